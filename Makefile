@@ -1,0 +1,29 @@
+# Two commands on a fresh machine with Python 3.11+:  make demo  |  make test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench contract clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tsodso demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/tsodso bench rtt --broker embedded
+	$(BIN)/tsodso bench rtt --broker mosquitto
+
+contract: $(STAMP)
+	$(BIN)/tsodso schemas export contract
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,13 @@
+"""The interface every actor uses to reach the bus. Knows MQTT and the contract; knows nothing of
+TSOs or grids."""
+
+from gateway.arrival import Received, Rejected
+from gateway.client import Gateway, PayloadTooLarge, RequestTimeout
+from gateway.connection import BrokerSpec
+from gateway.exchange_log import ExchangeLog
+from gateway.policy import DELIVERY_POLICY, DeliveryPolicy
+
+__all__ = [
+    "Gateway", "Received", "Rejected", "RequestTimeout", "PayloadTooLarge", "BrokerSpec", "ExchangeLog",
+    "DELIVERY_POLICY", "DeliveryPolicy",
+]  # fmt: skip

@@ -1,0 +1,518 @@
+"""The gateway: how an actor reaches the bus.
+
+    async with Gateway(Party(role="dso", id="dso1"), "mqtt://127.0.0.1:1883", log=log) as gw:
+        @gw.on(MeritOrderList)
+        async def validate(msg: Received[MeritOrderList]) -> None:
+            await gw.reply(msg, MolValidation(...))
+
+        answer = await gw.request(PrequalificationForward(...), to=tso, timeout=5)
+        async for msg in gw.messages():   # everything no handler took
+            ...
+
+What it does for every message is in ../DESIGN.md "How one message travels": envelope, topic,
+delivery policy (``gateway.policy``), exchange-log row, checks on arrival (``gateway.arrival``),
+rejections to the sender's error topic. Connection: TCP_NODELAY on the socket, a persistent session
+(QoS 1 messages queued while the actor is away arrive when it returns), reconnect with exponential
+back-off, QoS 1 messages that lost their connection before the broker acknowledged them are sent
+again on the next connection (receivers drop the duplicate by message id), a retained 'online'
+state on connect and an 'offline' state as the MQTT will.
+"""
+
+import asyncio
+import contextlib
+import math
+import random
+import socket
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import aiomqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.arrival import DEFAULT_MAX_PAYLOAD_BYTES, ArrivalCheck, Received, Rejected, encode
+from gateway.connection import BrokerSpec
+from gateway.exchange_log import ExchangeLog, LogRow, now_us
+from gateway.policy import DELIVERY_POLICY, DeliveryPolicy
+from schemas.envelope import SCHEMA_VERSION, Envelope, Party
+from schemas.messages import RESPONSE_TYPES, ActorState, Body, Rejection
+from schemas.rights import Rights, default_rights
+from schemas.topics import ALL, inbox_filters, topic_for
+
+B = TypeVar("B", bound=Body)
+Handler = Callable[[Received[Any]], Awaitable[None]]
+
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+SOFTWARE = "tsodso-testbed/0.1"
+
+
+class RequestTimeout(TimeoutError):
+    """No answer to a request within its time."""
+
+
+class PayloadTooLarge(ValueError):
+    """The gateway refuses to send what every receiver would reject."""
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, told to wake publishers still waiting for a PUBACK when the connection drops
+    (aiomqtt would leave them waiting until their timeout), so the gateway can resend them at once."""
+
+    lost = False
+
+    def _on_disconnect(self, *args: Any, **kwargs: Any) -> None:
+        super()._on_disconnect(*args, **kwargs)
+        self.lost = True
+        for event in list(self._pending_publishes.values()):
+            event.set()
+
+
+def _dt(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, UTC)
+
+
+class Gateway:
+    """One actor's connection to the bus. Use with ``async with``."""
+
+    def __init__(
+        self,
+        me: Party,
+        broker: BrokerSpec | str,
+        *,
+        log: ExchangeLog | None = None,
+        rights: Rights | None = None,
+        policy: Mapping[str, DeliveryPolicy] = DELIVERY_POLICY,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        resume_session: bool = False,
+        session_expiry_s: int = 3600,
+        tcp_nodelay: bool = True,
+        keepalive_s: int = 10,
+        connect_timeout_s: float = 10.0,
+        reconnect_delay_s: tuple[float, float] = (0.05, 5.0),
+        publish_timeout_s: float = 30.0,
+    ):
+        self.me = me
+        self.broker = BrokerSpec.parse(broker) if isinstance(broker, str) else broker
+        self.exchange_log = log
+        self.run_id = log.run_id if log else "-"
+        self.policy = policy
+        self.check = ArrivalCheck(me, rights or default_rights(), max_payload_bytes=max_payload_bytes)
+        self.max_payload_bytes = max_payload_bytes
+        self.resume_session = resume_session
+        self.session_expiry_s = session_expiry_s
+        self.tcp_nodelay = tcp_nodelay
+        self.keepalive_s = keepalive_s
+        self.connect_timeout_s = connect_timeout_s
+        self.reconnect_delay_s = reconnect_delay_s
+        self.publish_timeout_s = publish_timeout_s
+        self.client_id = f"{me.role}-{me.id}"
+        self.stats: Counter[str] = Counter()  # outcome -> count
+        self.connections = 0
+        self.log = structlog.get_logger("gateway").bind(actor=str(me), run=self.run_id)
+
+        self._me_str = str(me)
+        self._v5 = self.broker.protocol == 5
+        self._client: _Client | None = None
+        self._connected = asyncio.Event()
+        self._ready: asyncio.Future[None] | None = None
+        self._closing = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._sequence: dict[str, int] = defaultdict(int)
+        self._handlers: dict[str, list[Handler]] = defaultdict(list)
+        self._pending: dict[uuid.UUID, asyncio.Future[Received[Any]]] = {}
+        self._inbox: asyncio.Queue[Received[Any]] = asyncio.Queue(maxsize=100_000)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._state_topic = topic_for(me, ActorState.type_name, ALL)
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "Gateway":
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"gateway:{self.client_id}")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self.connect_timeout_s)
+        except (TimeoutError, Exception) as exc:
+            self._closing = True
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+            raise ConnectionError(
+                f"{self.client_id}: could not connect to {self.broker.url} within {self.connect_timeout_s} s: {exc!r}"
+            ) from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Say 'offline' (retained), disconnect cleanly, stop background work."""
+        if self._closing:
+            return
+        if self._client is not None and not self._client.lost:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.publish(self._state("offline"), ALL), 2.0)
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def _state(self, status: str) -> ActorState:
+        return ActorState(status=status, since=datetime.now(UTC), software=SOFTWARE)
+
+    def _make_client(self, clean: bool) -> _Client:
+        will_env, will_payload = self._build(self._state("offline"), ALL, sequence=0)
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s
+        return _Client(
+            self.broker.host,
+            self.broker.port,
+            username=self.broker.username or self.client_id,
+            password=self.broker.password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if self._v5 else clean,
+            clean_start=clean if self._v5 else aiomqtt.client.mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+            will=aiomqtt.Will(self._state_topic, will_payload, qos=1, retain=True),
+            keepalive=self.keepalive_s,
+            tls_context=self.broker.tls_context(),
+            socket_options=[NODELAY] if self.tcp_nodelay else None,
+            max_inflight_messages=1000,
+            timeout=self.connect_timeout_s,
+        )
+
+    async def _discard_old_session(self) -> None:
+        """MQTT 3.1.1 has no 'clean start but keep the session': connect once with a clean session
+        (which drops what a previous run left queued) and disconnect, then connect persistently."""
+        async with self._make_client(clean=True):
+            pass
+
+    async def _supervise(self) -> None:
+        delay = self.reconnect_delay_s[0]
+        first = True
+        while not self._closing:
+            client = None
+            try:
+                clean = first and not self.resume_session
+                if clean and not self._v5:
+                    await self._discard_old_session()
+                    clean = False
+                client = self._make_client(clean)
+                async with client:
+                    first = False
+                    self.connections += 1
+                    for flt in inbox_filters(self.me):
+                        await client.subscribe(flt, qos=1)
+                    self._client = client
+                    self._connected.set()
+                    self.log.info("connected", broker=self.broker.url, protocol=self.broker.protocol,
+                                  connections=self.connections)
+                    await self.publish(self._state("online"), ALL)
+                    if self._ready is not None and not self._ready.done():
+                        self._ready.set_result(None)
+                    delay = self.reconnect_delay_s[0]
+                    async for message in client.messages:
+                        self._on_message(message)
+            except aiomqtt.MqttError as exc:
+                if not self._closing:
+                    self.log.warning("disconnected", error=str(exc), retry_in_s=round(delay, 3))
+            finally:
+                self._connected.clear()
+                if client is not None:
+                    client.lost = True
+                if self._client is client:
+                    self._client = None
+            if self._closing:
+                break
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self.reconnect_delay_s[1])
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _build(
+        self,
+        body: Body,
+        to: Party,
+        *,
+        sequence: int | None = None,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        valid_for_s: float | None = None,
+        reply_to: str | None = None,
+        message_id: uuid.UUID | None = None,
+    ) -> tuple[Envelope, bytes]:
+        type_name = body.type_name
+        topic = topic_for(self.me, type_name, to)
+        if sequence is None:
+            self._sequence[topic] += 1
+            sequence = self._sequence[topic]
+        created = _dt(now_us())
+        expiry = valid_for_s if valid_for_s is not None else self.policy[type_name].expiry_s
+        env = Envelope.model_construct(
+            message_id=message_id or uuid.uuid4(),
+            type=type_name,
+            schema_version=SCHEMA_VERSION,
+            sender=self.me,
+            recipients=[to],
+            sequence=sequence,
+            created_at=created,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            valid_until=created + timedelta(seconds=expiry) if expiry is not None else None,
+            reply_to=reply_to,
+        )
+        return env, encode(env, body)
+
+    async def publish(
+        self,
+        body: Body,
+        to: Party,
+        *,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        valid_for_s: float | None = None,
+        reply_to: str | None = None,
+        message_id: uuid.UUID | None = None,
+    ) -> Envelope:
+        """Send ``body`` to ``to`` (an actor, ``Party(role, 'all')`` or ``ALL``) with its type's
+        delivery policy. Returns the envelope it went out in. QoS 1 messages wait for a connection;
+        QoS 0 messages and messages that expire while waiting are dropped (and logged)."""
+        type_name = body.type_name
+        policy = self.policy[type_name]
+        env, payload = self._build(
+            body, to, correlation_id=correlation_id, causation_id=causation_id,
+            valid_for_s=valid_for_s, reply_to=reply_to, message_id=message_id,
+        )  # fmt: skip
+        if len(payload) > self.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"{type_name} of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes} bytes"
+            )
+        topic = topic_for(self.me, type_name, to)
+        props = self._properties(env, policy) if self._v5 else None
+        valid_until_us = int(env.valid_until.timestamp() * 1e6) if env.valid_until else None
+        sent_us, dropped = await self._send(topic, payload, policy, props, valid_until_us)
+        self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
+        return env
+
+    def _properties(self, env: Envelope, policy: DeliveryPolicy) -> Properties | None:
+        if policy.expiry_s is None and env.reply_to is None and env.causation_id is None:
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        if policy.expiry_s is not None and env.valid_until is not None:
+            props.MessageExpiryInterval = max(1, math.ceil(policy.expiry_s))
+        if env.reply_to is not None:
+            props.ResponseTopic = env.reply_to
+            props.CorrelationData = env.message_id.bytes
+        elif env.causation_id is not None:
+            props.CorrelationData = env.causation_id.bytes
+        return props
+
+    async def _send(
+        self, topic: str, payload: bytes, policy: DeliveryPolicy, props: Properties | None, valid_until_us: int | None
+    ) -> tuple[int | None, str | None]:
+        """Publish until the broker has it. Returns (sent_us, None) or (None, why it was dropped)."""
+        while True:
+            client = self._client
+            if client is None or client.lost:
+                if policy.qos == 0:
+                    return None, "not connected (QoS 0 is not queued)"
+                if self._closing:
+                    return None, "gateway closed before the message could be sent"
+                await self._connected.wait()
+                await asyncio.sleep(0)
+                continue
+            sent_us = now_us()
+            if valid_until_us is not None and sent_us > valid_until_us:
+                return None, "expired before it could be sent"
+            try:
+                await client.publish(
+                    topic, payload, qos=policy.qos, retain=policy.retain, properties=props,
+                    timeout=self.publish_timeout_s,
+                )  # fmt: skip
+            except aiomqtt.MqttError as exc:
+                if policy.qos == 0:
+                    return None, f"publish failed: {exc}"
+                client.lost = True  # resend on the next connection
+                continue
+            if client.lost and policy.qos > 0:
+                continue  # the connection dropped before the PUBACK: send again (receivers de-duplicate)
+            return sent_us, None
+
+    def _record_out(
+        self, env: Envelope, topic: str, size: int, qos: int, sent_us: int | None, dropped: str | None
+    ) -> None:
+        self.stats["dropped" if dropped else "sent"] += 1
+        if dropped:
+            self.log.warning("dropped", type=env.type, topic=topic, reason=dropped)
+        if self.exchange_log is not None:
+            self.exchange_log.record(
+                LogRow(
+                    self.run_id, self._me_str, "out", "dropped" if dropped else "sent", dropped,
+                    str(env.message_id), env.type, topic, self._me_str, str(env.recipients[0]),
+                    str(env.correlation_id) if env.correlation_id else None,
+                    str(env.causation_id) if env.causation_id else None,
+                    env.sequence, size, qos, int(env.created_at.timestamp() * 1e6), sent_us, None,
+                )  # fmt: skip
+            )
+
+    # --- request / response ------------------------------------------------------------------
+
+    async def request(
+        self,
+        body: Body,
+        to: Party,
+        *,
+        timeout: float,
+        retries: int = 0,
+        correlation_id: uuid.UUID | None = None,
+    ) -> Received[Any]:
+        """Send a request and wait for its answer (matched by the answer's causation id, which is the
+        request's message id; MQTT 5 also carries it as Correlation Data). On a timeout the request
+        is sent again as a new message, ``retries`` times; a late answer to an earlier attempt counts.
+        Raises :class:`RequestTimeout`."""
+        response_type = RESPONSE_TYPES[body.type_name]
+        reply_to = topic_for(to, response_type, self.me)
+        answer: asyncio.Future[Received[Any]] = asyncio.get_running_loop().create_future()
+        ids: list[uuid.UUID] = []
+        try:
+            for attempt in range(retries + 1):
+                # reserve the message id before publishing: the answer may arrive before publish returns
+                env_id = uuid.uuid4()
+                self._pending[env_id] = answer
+                ids.append(env_id)
+                await self.publish(body, to, correlation_id=correlation_id or ids[0], reply_to=reply_to, message_id=env_id)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(answer), timeout)
+                except TimeoutError:
+                    self.log.warning("request timed out", type=body.type_name, to=str(to), attempt=attempt + 1)
+            raise RequestTimeout(
+                f"no {response_type} from {to} within {timeout} s for {body.type_name} "
+                f"({retries + 1} attempt{'s' if retries else ''})"
+            )
+        finally:
+            for env_id in ids:
+                self._pending.pop(env_id, None)
+
+    async def reply(self, request: Received[Any], body: Body) -> Envelope:
+        """Answer ``request``: same correlation id, causation id = the request's message id."""
+        req = request.envelope
+        return await self.publish(
+            body, req.sender, correlation_id=req.correlation_id or req.message_id, causation_id=req.message_id
+        )
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    def on(self, body_type: type[B], handler: Handler | None = None) -> Any:
+        """Register an async handler for a message type (usable as a decorator). Each message is
+        handled in its own task, so a handler may itself send requests and wait for answers."""
+
+        def register(fn: Handler) -> Handler:
+            self._handlers[body_type.type_name].append(fn)
+            return fn
+
+        return register(handler) if handler is not None else register
+
+    async def messages(self) -> AsyncIterator[Received[Any]]:
+        """Every accepted message that no handler and no pending request took, in arrival order."""
+        while True:
+            yield await self._inbox.get()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.log.error("handler failed", error=repr(exc), exc_info=exc)
+
+    def _on_message(self, message: aiomqtt.Message) -> None:
+        received_us = now_us()
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes) else bytes(str(message.payload), "utf-8")
+        try:
+            msg = self.check.check(topic, payload, received_us, retained=bool(message.retain))
+        except Rejected as rej:
+            self._on_rejected(rej, len(payload), message.qos, received_us)
+            return
+        self.stats["delivered"] += 1
+        env = msg.envelope
+        if self.exchange_log is not None:
+            self.exchange_log.record(
+                LogRow(
+                    self.run_id, self._me_str, "in", "delivered", msg.note, str(env.message_id), env.type, topic,
+                    str(env.sender), self._me_str,
+                    str(env.correlation_id) if env.correlation_id else None,
+                    str(env.causation_id) if env.causation_id else None,
+                    env.sequence, msg.size, message.qos, int(env.created_at.timestamp() * 1e6), None, received_us,
+                )  # fmt: skip
+            )
+        if msg.note:
+            self.log.info("sequence", topic=topic, note=msg.note)
+        if env.type == Rejection.type_name:
+            self.log.warning("my message was rejected", by=str(env.sender), code=msg.body.code, reason=msg.body.reason)
+        if env.causation_id is not None:
+            waiter = self._pending.get(env.causation_id)
+            if waiter is not None:
+                if not waiter.done():
+                    waiter.set_result(msg)
+                return
+        handlers = self._handlers.get(env.type)
+        if handlers:
+            for handler in handlers:
+                self._spawn(handler(msg))
+        else:
+            try:
+                self._inbox.put_nowait(msg)
+            except asyncio.QueueFull:
+                self.log.error("inbox full, message dropped", type=env.type)
+
+    def _on_rejected(self, rej: Rejected, size: int, qos: int, received_us: int) -> None:
+        outcome = "ignored" if rej.quiet else "rejected"
+        self.stats[outcome] += 1
+        env = rej.envelope
+        if not rej.quiet:
+            self.log.warning("rejected", topic=rej.topic, code=rej.code.value, reason=rej.reason)
+        if self.exchange_log is not None:
+            self.exchange_log.record(
+                LogRow(
+                    self.run_id, self._me_str, "in", outcome, str(rej), str(env.message_id) if env else None,
+                    env.type if env else None, rej.topic, str(rej.sender) if rej.sender else None, self._me_str,
+                    str(env.correlation_id) if env and env.correlation_id else None,
+                    str(env.causation_id) if env and env.causation_id else None,
+                    env.sequence if env else None, size, qos,
+                    int(env.created_at.timestamp() * 1e6) if env else None, None, received_us,
+                )  # fmt: skip
+            )
+        # Tell the sender, unless it is a copy we already had or a rejection itself (no ping-pong).
+        if rej.quiet or rej.sender is None or rej.sender.role not in ("tso", "dso", "bsp", "mo"):
+            return
+        if (env and env.type == Rejection.type_name) or "/rejection/" in rej.topic:
+            return
+        notice = Rejection(
+            rejected_message_id=str(env.message_id) if env else None,
+            rejected_type=env.type if env else None,
+            rejected_topic=rej.topic,
+            code=rej.code,
+            reason=rej.reason,
+        )
+        self._spawn(self.publish(notice, rej.sender, causation_id=env.message_id if env else None))

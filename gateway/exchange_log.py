@@ -1,0 +1,141 @@
+"""The exchange log: one SQLite row per message sent, received, rejected or dropped.
+
+The gateway calls :meth:`ExchangeLog.record` on its per-message path; that only appends a tuple to
+a thread-safe deque. A writer thread drains the deque in batches (``executemany`` in one
+transaction, WAL journal) every ``flush_interval_s``. :meth:`close` drains what is left, so nothing
+is lost on a clean stop. Several actors, in one process or several, may share one file: SQLite's
+WAL and a busy timeout serialise the writers.
+
+Times are integers in microseconds since the Unix epoch, UTC (``*_us`` columns).
+One-way latency of a delivered message = ``received_us - created_us`` of its "in" row.
+"""
+
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, NamedTuple
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS exchange (
+    id            INTEGER PRIMARY KEY,
+    run_id        TEXT NOT NULL,
+    actor         TEXT NOT NULL,      -- role/id of the gateway that wrote the row
+    direction     TEXT NOT NULL,      -- 'out' (sent by actor) or 'in' (arrived at actor)
+    outcome       TEXT NOT NULL,      -- sent | delivered | rejected | dropped | ignored
+    reason        TEXT,               -- why rejected / dropped / ignored, or a note (sequence gap)
+    message_id    TEXT,
+    type          TEXT,
+    topic         TEXT NOT NULL,
+    sender        TEXT,               -- role/id
+    receiver      TEXT,               -- role/id (comma-separated for several)
+    correlation_id TEXT,
+    causation_id  TEXT,
+    sequence      INTEGER,
+    bytes         INTEGER NOT NULL,
+    qos           INTEGER,
+    created_us    INTEGER,            -- envelope created_at (sender's clock)
+    sent_us       INTEGER,            -- handed to the MQTT client (sender's clock), 'out' rows
+    received_us   INTEGER             -- arrival at the receiving gateway (receiver's clock), 'in' rows
+);
+CREATE INDEX IF NOT EXISTS exchange_message ON exchange (message_id);
+CREATE INDEX IF NOT EXISTS exchange_type ON exchange (type, direction);
+"""
+
+COLUMNS = (
+    "run_id", "actor", "direction", "outcome", "reason", "message_id", "type", "topic", "sender",
+    "receiver", "correlation_id", "causation_id", "sequence", "bytes", "qos", "created_us", "sent_us",
+    "received_us",
+)  # fmt: skip
+_INSERT = f"INSERT INTO exchange ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+class LogRow(NamedTuple):
+    run_id: str
+    actor: str
+    direction: str
+    outcome: str
+    reason: str | None
+    message_id: str | None
+    type: str | None
+    topic: str
+    sender: str | None
+    receiver: str | None
+    correlation_id: str | None
+    causation_id: str | None
+    sequence: int | None
+    bytes: int
+    qos: int | None
+    created_us: int | None
+    sent_us: int | None
+    received_us: int | None
+
+
+def now_us() -> int:
+    """Wall-clock time in microseconds since the epoch (UTC)."""
+    return time.time_ns() // 1000
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open (and create) an exchange-log database for reading or writing."""
+    db = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    return db
+
+
+class ExchangeLog:
+    """Batched, thread-backed writer of exchange rows. Use as a context manager or call close()."""
+
+    def __init__(self, path: str | Path, *, run_id: str = "run", flush_interval_s: float = 0.1):
+        self.path = Path(path)
+        self.run_id = run_id
+        self.flush_interval_s = flush_interval_s
+        self._pending: deque[tuple[Any, ...]] = deque()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._db = connect(self.path)
+        self.written = 0
+        self._thread = threading.Thread(target=self._run, name=f"exchange-log:{self.path.name}", daemon=True)
+        self._thread.start()
+
+    def record(self, row: LogRow | tuple[Any, ...]) -> None:
+        """Queue one row; cheap enough for the per-message path."""
+        self._pending.append(row)
+
+    def flush(self) -> int:
+        """Write everything queued so far; returns the number of rows written. Thread-safe."""
+        batch = []
+        pop = self._pending.popleft
+        try:
+            while True:
+                batch.append(pop())
+        except IndexError:
+            pass
+        if batch:
+            with self._lock:
+                with self._db:
+                    self._db.executemany(_INSERT, batch)
+                self.written += len(batch)
+        return len(batch)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            self.flush()
+
+    def close(self) -> None:
+        """Stop the writer and write every queued row."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        self.flush()
+        self._db.close()
+
+    def __enter__(self) -> "ExchangeLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,53 @@
+"""Validate a captured message (envelope + body) against the contract, without a broker."""
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.envelope import Envelope
+from schemas.messages import MESSAGE_TYPES, Body
+
+
+class InvalidMessage(ValueError):
+    """What is wrong with a message, with the field path."""
+
+
+def describe_errors(exc: ValidationError, prefix: str) -> str:
+    """'body.bids[0].quantity_mw: Input should be greater than 0; ...' from a ValidationError."""
+    parts = []
+    for err in exc.errors()[:5]:
+        path = prefix
+        for loc in err["loc"]:
+            path += f"[{loc}]" if isinstance(loc, int) else f".{loc}"
+        parts.append(f"{path}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def validate_message(payload: bytes | str | dict[str, Any], expected_type: str | None = None) -> tuple[Envelope, Body]:
+    """Parse and check one message; raise :class:`InvalidMessage` saying where and what."""
+    if isinstance(payload, dict):
+        doc = payload
+    else:
+        try:
+            doc = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidMessage(f"not UTF-8 JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.keys() != {"envelope", "body"}:
+        got = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+        raise InvalidMessage(f'a message is an object {{"envelope", "body"}}, got {got}')
+    try:
+        env = Envelope.model_validate(doc["envelope"])
+    except ValidationError as exc:
+        raise InvalidMessage(describe_errors(exc, "envelope")) from None
+    if expected_type is not None and env.type != expected_type:
+        raise InvalidMessage(f"envelope.type: expected {expected_type!r}, got {env.type!r}")
+    body_cls = MESSAGE_TYPES.get(env.type)
+    if body_cls is None:
+        raise InvalidMessage(f"envelope.type: unknown message type {env.type!r}")
+    try:
+        body = body_cls.model_validate(doc["body"])
+    except ValidationError as exc:
+        raise InvalidMessage(describe_errors(exc, "body")) from None
+    return env, body

@@ -1,0 +1,146 @@
+"""`tsodso bench rtt`: the gateway's typed request/response round trip against raw aiomqtt.
+
+Both paths run in the same process, on the same broker, with the same payload sizes, QoS and
+socket options (TCP_NODELAY on the clients), in alternating blocks so that machine noise hits both
+alike. The gateway path is TSO → DSO ``merit_order_list`` answered by ``mol_validation``: envelope,
+JSON, pydantic validation on both ends, rights/expiry/duplicate checks, exchange-log rows. The raw
+path echoes opaque bytes of the same sizes between two aiomqtt clients.
+"""
+
+import asyncio
+import platform
+import socket
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from gateway import DELIVERY_POLICY, DeliveryPolicy, ExchangeLog, Gateway
+from gateway.arrival import encode
+from gateway.connection import BrokerSpec
+from schemas.codes import BidStatus, Connection, Direction, ProcessType
+from schemas.envelope import Party
+from schemas.messages import BidAsset, BidValidation, MeritOrderList, MolEntry, MolValidation
+from testbed.stats import summary
+
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+TSO = Party(role="tso", id="bench-tso")
+DSO = Party(role="dso", id="bench-dso")
+
+
+def sample_mol(n_bids: int = 1) -> MeritOrderList:
+    return MeritOrderList(
+        mol_id="bench", process=ProcessType.AFRR, isp_start=datetime(2026, 1, 1, 10, tzinfo=UTC),
+        bids=[
+            MolEntry(
+                rank=i + 1, bid_id=f"bid{i}", bsp_id="bsp1", direction=Direction.UP, price_eur_per_mwh=50 + i,
+                quantity_mw=20, upper_bound_mw=20,
+                assets=[BidAsset(asset_id=f"der{i}", connection=Connection.DN, dso_id=DSO.id, connection_bus="bus7",
+                                 share_mw=10)],
+            )
+            for i in range(n_bids)
+        ],
+    )  # fmt: skip
+
+
+def sample_validation(mol: MeritOrderList) -> MolValidation:
+    return MolValidation(
+        mol_id=mol.mol_id, iteration=1, dso_id=DSO.id,
+        results=[BidValidation(bid_id=b.bid_id, status=BidStatus.ACCEPTED, upper_bound_mw=b.quantity_mw)
+                 for b in mol.bids],
+    )  # fmt: skip
+
+
+async def _gateway_block(tso: Gateway, mol: MeritOrderList, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        await tso.request(mol, DSO, timeout=10)
+        out.append((time.perf_counter_ns() - t0) / 1e6)
+    return out
+
+
+async def _raw_block(req: aiomqtt.Client, it: Any, payload: bytes, qos: int, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        await req.publish("bench/raw/req", payload, qos=qos)
+        await it.__anext__()
+        out.append((time.perf_counter_ns() - t0) / 1e6)
+    return out
+
+
+async def run_rtt(broker_url: str, *, n: int = 1000, qos: int = 1, block: int = 100, warmup: int = 50) -> dict[str, Any]:
+    spec = BrokerSpec.parse(broker_url)
+    policy = {**DELIVERY_POLICY, "merit_order_list": DeliveryPolicy(qos=qos, expiry_s=900),
+              "mol_validation": DeliveryPolicy(qos=qos, expiry_s=900)}  # fmt: skip
+    mol = sample_mol()
+    answer = sample_validation(mol)
+    protocol = aiomqtt.ProtocolVersion.V5 if spec.protocol == 5 else aiomqtt.ProtocolVersion.V311
+    with tempfile.TemporaryDirectory() as tmp:
+        log = ExchangeLog(Path(tmp) / "exchange.sqlite", run_id="bench-rtt")
+        async with (
+            Gateway(TSO, spec, log=log, policy=policy) as tso,
+            Gateway(DSO, spec, log=log, policy=policy) as dso,
+            aiomqtt.Client(spec.host, spec.port, username=spec.username, password=spec.password, protocol=protocol,
+                           socket_options=NODELAY, identifier="bench-raw-req") as raw_req,
+            aiomqtt.Client(spec.host, spec.port, username=spec.username, password=spec.password, protocol=protocol,
+                           socket_options=NODELAY, identifier="bench-raw-rep") as raw_rep,
+        ):  # fmt: skip
+
+            @dso.on(MeritOrderList)
+            async def validate(msg: Any) -> None:
+                await dso.reply(msg, answer)
+
+            # raw payloads of the same sizes as the gateway's wire messages
+            req_env, req_bytes = tso._build(mol, DSO)
+            _, rep_bytes = dso._build(answer, TSO)
+            req_payload = b"x" * len(req_bytes)
+            rep_payload = b"y" * len(rep_bytes)
+            await raw_req.subscribe("bench/raw/rep", qos=qos)
+            await raw_rep.subscribe("bench/raw/req", qos=qos)
+
+            async def echo() -> None:
+                async for _ in raw_rep.messages:
+                    await raw_rep.publish("bench/raw/rep", rep_payload, qos=qos)
+
+            echo_task = asyncio.create_task(echo())
+            it = raw_req.messages.__aiter__()
+            await _gateway_block(tso, mol, warmup)
+            await _raw_block(raw_req, it, req_payload, qos, warmup)
+            gw_ms: list[float] = []
+            raw_ms: list[float] = []
+            while len(gw_ms) < n:
+                k = min(block, n - len(gw_ms))
+                raw_ms += await _raw_block(raw_req, it, req_payload, qos, k)
+                gw_ms += await _gateway_block(tso, mol, k)
+            echo_task.cancel()
+        log.close()
+    g, r = summary(gw_ms), summary(raw_ms)
+    return {
+        "benchmark": "rtt",
+        "metric": "request_response_p50",
+        "value": round(g["p50"], 4),
+        "unit": "ms",
+        "goal": "ratio_p50 <= 1.3",
+        "baseline": "raw aiomqtt request/response, same payload sizes, QoS and socket options",
+        "baseline_value": round(r["p50"], 4),
+        "ratio": round(g["p50"] / r["p50"], 3),
+        "gateway_p50_ms": round(g["p50"], 4),
+        "gateway_p99_ms": round(g["p99"], 4),
+        "raw_p50_ms": round(r["p50"], 4),
+        "raw_p99_ms": round(r["p99"], 4),
+        "ratio_p50": round(g["p50"] / r["p50"], 3),
+        "n": n,
+        "qos": qos,
+        "request_bytes": len(req_bytes),
+        "response_bytes": len(rep_bytes),
+        "broker": spec.url,
+        "protocol": "5" if spec.protocol == 5 else "3.1.1",
+        "client_tcp_nodelay": True,
+        "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}",
+    }

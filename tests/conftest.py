@@ -1,0 +1,65 @@
+"""Fixtures: real brokers on real sockets.
+
+``broker`` runs every test that takes it twice: on the embedded broker (amqtt, started here on a
+free port) and on Mosquitto (the installed binary with the project's configuration, started here on
+a free port). When the mosquitto binary is missing those runs are skipped with the reason, unless
+TSODSO_REQUIRE_MOSQUITTO=1 (CI sets it), which turns the skip into a failure.
+"""
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker import RunningBroker, start_broker
+from broker.mosquitto import MosquittoMissing, binary
+
+REQUIRE_MOSQUITTO = os.environ.get("TSODSO_REQUIRE_MOSQUITTO") == "1"
+
+
+def mosquitto_or_skip() -> None:
+    try:
+        binary()
+    except MosquittoMissing as exc:
+        if REQUIRE_MOSQUITTO:
+            pytest.fail(f"TSODSO_REQUIRE_MOSQUITTO=1 but {exc}")
+        pytest.skip(f"{exc}; set TSODSO_REQUIRE_MOSQUITTO=1 to make this a failure")
+
+
+def _start(kind: str, tmp: Path) -> RunningBroker:
+    if kind == "mosquitto":
+        mosquitto_or_skip()
+    return start_broker(kind, data_dir=tmp / kind)
+
+
+@pytest.fixture(scope="session", params=["embedded", "mosquitto"])
+def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
+    """A broker shared by the session's tests (each test uses its own actor ids)."""
+    running = _start(request.param, tmp_path_factory.mktemp("brokers"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def own_mosquitto(tmp_path: Path) -> Iterator[RunningBroker]:
+    """A Mosquitto of this test alone (for restarts and access lists)."""
+    mosquitto_or_skip()
+    running = start_broker("mosquitto", data_dir=tmp_path / "mosquitto")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def own_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningBroker]:
+    """A broker of this test alone, of the kind named by the test's ``kind`` parameter."""
+    running = _start(request.param, tmp_path)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def uid() -> str:
+    """A short suffix that keeps actor ids (and so client ids, sessions, topics) apart between tests."""
+    return uuid.uuid4().hex[:8]

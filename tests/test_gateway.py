@@ -1,0 +1,260 @@
+"""The gateway over real brokers: typed round trips, request/response, checks on arrival, presence,
+the exchange log. Each test runs on the embedded broker and on Mosquitto (``broker`` fixture)."""
+
+import asyncio
+import json
+import socket
+import sqlite3
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import aiomqtt
+import pytest
+
+from gateway import ExchangeLog, Gateway, RequestTimeout
+from gateway.arrival import encode
+from gateway.connection import BrokerSpec
+from schemas import Envelope, Party
+from schemas.messages import Heartbeat, MeritOrderList, MolValidation, Rejection
+from schemas.topics import ALL, topic_for
+from tests.samples import SAMPLES
+
+
+def parties(uid: str) -> dict[str, Party]:
+    return {role: Party(role=role, id=f"{role}-{uid}") for role in ("tso", "dso", "bsp")}
+
+
+def raw_client(broker, ident: str) -> aiomqtt.Client:
+    spec = BrokerSpec.parse(broker.url)
+    version = aiomqtt.ProtocolVersion.V5 if spec.protocol == 5 else aiomqtt.ProtocolVersion.V311
+    return aiomqtt.Client(spec.host, spec.port, identifier=ident, username=ident, protocol=version)
+
+
+def wire(body, sender: Party, recipient: Party, **env) -> bytes:
+    envelope = Envelope(
+        message_id=env.pop("message_id", uuid.uuid4()), type=body.type_name, schema_version="1.0", sender=sender,
+        recipients=[recipient], sequence=env.pop("sequence", 1), created_at=env.pop("created_at", datetime.now(UTC)),
+        **env,
+    )  # fmt: skip
+    return encode(envelope, body)
+
+
+def sample(type_name: str):
+    return next(b for b, _, _ in SAMPLES if b.type_name == type_name)
+
+
+async def collect(gw: Gateway, into: list) -> None:
+    async for msg in gw.messages():
+        into.append(msg)
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_every_message_family_round_trips_typed(broker, uid, tmp_path):
+    p = parties(uid)
+    received: dict[str, list] = {role: [] for role in p}
+    with ExchangeLog(tmp_path / "x.sqlite", run_id=uid) as log:
+        async with (
+            Gateway(p["tso"], broker.url, log=log) as tso,
+            Gateway(p["dso"], broker.url, log=log) as dso,
+            Gateway(p["bsp"], broker.url, log=log) as bsp,
+        ):
+            gws = {"tso": tso, "dso": dso, "bsp": bsp}
+            tasks = [asyncio.create_task(collect(gw, received[r])) for r, gw in gws.items()]
+            sent = []
+            for body, sender, recipient in SAMPLES:
+                to = ALL if recipient == "all" else p[recipient]
+                env = await gws[sender].publish(body, to)
+                sent.append((env.message_id, body, recipient))
+
+            def arrived(mid, recipient):
+                watchers = p if recipient == "all" else [recipient]
+                return all(any(m.envelope.message_id == mid for m in received[r]) for r in watchers)
+
+            await wait_until(lambda: all(arrived(mid, r) for mid, _, r in sent))
+            for mid, body, recipient in sent:
+                for role in p if recipient == "all" else [recipient]:
+                    got = next(m for m in received[role] if m.envelope.message_id == mid)
+                    assert got.body == body and type(got.body) is type(body)
+                    assert got.latency_ms >= 0
+            for t in tasks:
+                t.cancel()
+    assert tso.stats["rejected"] == dso.stats["rejected"] == bsp.stats["rejected"] == 0
+    db = sqlite3.connect(log.path)
+    types_in = {r[0] for r in db.execute("SELECT type FROM exchange WHERE direction='in' AND outcome='delivered'")}
+    assert {b.type_name for b, _, _ in SAMPLES} <= types_in
+
+
+async def test_request_response_correlates_and_times_out(broker, uid, tmp_path):
+    p = parties(uid)
+    mol = sample("merit_order_list")
+    with ExchangeLog(tmp_path / "x.sqlite", run_id=uid) as log:
+        async with Gateway(p["tso"], broker.url, log=log) as tso, Gateway(p["dso"], broker.url, log=log) as dso:
+
+            @dso.on(MeritOrderList)
+            async def validate(msg):
+                await dso.reply(msg, sample("mol_validation"))
+
+            answer = await tso.request(mol, p["dso"], timeout=5)
+            assert isinstance(answer.body, MolValidation)
+            assert answer.envelope.sender == p["dso"]
+            request_id = answer.envelope.causation_id
+            assert answer.envelope.correlation_id == request_id  # a new conversation is named by its request
+
+            nobody = Party(role="dso", id=f"nobody-{uid}")
+            with pytest.raises(RequestTimeout, match=rf"no mol_validation from dso/nobody-{uid} within 0.3 s"):
+                await tso.request(mol, nobody, timeout=0.3, retries=1)
+    db = sqlite3.connect(log.path)
+    out_row = db.execute(
+        "SELECT sender, receiver, sent_us, created_us, qos FROM exchange WHERE message_id=? AND direction='out'",
+        (str(request_id),),
+    ).fetchone()
+    assert out_row[:2] == (str(p["tso"]), str(p["dso"])) and out_row[2] >= out_row[3] and out_row[4] == 1
+    in_row = db.execute(
+        "SELECT received_us - created_us, actor FROM exchange WHERE message_id=? AND direction='in'", (str(request_id),)
+    ).fetchone()
+    assert in_row[0] >= 0 and in_row[1] == str(p["dso"])
+    retries = db.execute(
+        "SELECT COUNT(*) FROM exchange WHERE direction='out' AND receiver=?", (f"dso/nobody-{uid}",)
+    ).fetchone()[0]
+    assert retries == 2  # the request and its one retry
+
+
+async def test_bad_input_is_rejected_with_its_own_reason_and_the_actor_keeps_serving(broker, uid, tmp_path):
+    p = parties(uid)
+    tso_id, dso = p["tso"], p["dso"]
+    mol = sample("merit_order_list")
+    ok = wire(mol, tso_id, dso)
+    expired = wire(mol, tso_id, dso, created_at=datetime.now(UTC) - timedelta(seconds=10),
+                   valid_until=datetime.now(UTC) - timedelta(seconds=5))  # fmt: skip
+    bad_body = json.loads(ok)
+    bad_body["envelope"]["message_id"] = str(uuid.uuid4())
+    bad_body["body"]["bids"][0]["quantity_mw"] = -5
+    no_id = json.loads(ok)
+    del no_id["envelope"]["message_id"]
+    unknown = json.loads(ok)
+    unknown["envelope"].update(type="pizza_order", message_id=str(uuid.uuid4()))
+    dup_id = uuid.uuid4()
+    heartbeat = Heartbeat(sent_at=datetime.now(UTC), interval_s=4)
+    bsp = p["bsp"]
+    cases = [  # (topic, payload, expected code, text the reason must contain)
+        (topic_for(tso_id, "merit_order_list", dso), b"{not json", "malformed", "not UTF-8 JSON"),
+        (topic_for(tso_id, "merit_order_list", dso), json.dumps(no_id).encode(), "envelope",
+         "envelope.message_id: Field required"),
+        (topic_for(tso_id, "pizza_order", dso), json.dumps(unknown).encode(), "unknown_type",
+         "unknown message type 'pizza_order'"),
+        (topic_for(bsp, "merit_order_list", dso), wire(mol, bsp, dso), "unauthorised",
+         "a bsp may not send merit_order_list to dso/"),
+        (topic_for(tso_id, "merit_order_list", dso), expired, "expired", "ms later"),
+        (topic_for(tso_id, "heartbeat", dso), wire(heartbeat, tso_id, dso, message_id=dup_id, sequence=1), None, None),
+        (topic_for(tso_id, "heartbeat", dso), wire(heartbeat, tso_id, dso, message_id=dup_id, sequence=2),
+         "duplicate", f"message {dup_id} already received"),
+        (topic_for(tso_id, "merit_order_list", dso), json.dumps(bad_body).encode(), "schema",
+         "body.bids[0].quantity_mw: Input should be greater than 0"),
+        (topic_for(tso_id, "merit_order_list", dso), wire(mol, tso_id, dso) + b" " * 70_000, "oversize",
+         "exceeds the limit of 65536 bytes"),
+        (topic_for(Party(role="tso", id=f"other-{uid}"), "merit_order_list", dso), wire(mol, tso_id, dso),
+         "topic_mismatch", "envelope says"),
+    ]  # fmt: skip
+    rejections: list = []
+    with ExchangeLog(tmp_path / "x.sqlite", run_id=uid) as log:
+        async with (
+            Gateway(dso, broker.url, log=log, max_payload_bytes=65536) as dso_gw,
+            Gateway(tso_id, broker.url, log=log) as tso_gw,
+            Gateway(bsp, broker.url, log=log) as bsp_gw,
+        ):
+
+            @dso_gw.on(MeritOrderList)
+            async def validate(msg):
+                await dso_gw.reply(msg, sample("mol_validation"))
+
+            bsp_heard: list = []
+
+            @bsp_gw.on(Rejection)
+            async def heard(msg):
+                bsp_heard.append(msg)
+
+            async with raw_client(broker, f"raw-{uid}") as raw:
+                # every rejection the DSO sends, whoever it is for
+                await raw.subscribe(f"tsodso/v1/dso/{dso.id}/rejection/#", qos=1)
+
+                async def watch():
+                    async for m in raw.messages:
+                        rejections.append(Rejection.model_validate(json.loads(m.payload)["body"]))
+
+                watcher = asyncio.create_task(watch())
+                for topic, payload, _, _ in cases:
+                    await raw.publish(topic, payload, qos=1)
+                expected = [c for c in cases if c[2]]
+                await wait_until(lambda: len(rejections) >= len(expected))
+                watcher.cancel()
+            # the sender's own gateway hears about it on its error topic
+            await wait_until(lambda: any(m.body.code.value == "unauthorised" for m in bsp_heard))
+            assert bsp_heard[0].envelope.sender == dso and "bilateral table" in bsp_heard[0].body.reason
+            # the DSO still serves a valid request after all that
+            answer = await tso_gw.request(mol, dso, timeout=5)
+            assert isinstance(answer.body, MolValidation)
+    by_code = {m.code.value: m for m in rejections}
+    for topic, _, code, text in expected:
+        assert code in by_code, f"no rejection with code {code}"
+        assert text in by_code[code].reason, (code, by_code[code].reason)
+        assert by_code[code].rejected_topic == topic
+    assert dso_gw.stats["rejected"] == len(expected)
+    db = sqlite3.connect(log.path)
+    reasons = [r[0] for r in db.execute("SELECT reason FROM exchange WHERE outcome='rejected' AND actor=?",
+                                        (str(dso),))]  # fmt: skip
+    assert sorted(r.split(":")[0] for r in reasons) == sorted(c[2] for c in expected)
+
+
+async def test_sequence_gaps_are_noted_in_the_log(broker, uid, tmp_path):
+    p = parties(uid)
+    hb = Heartbeat(sent_at=datetime.now(UTC), interval_s=4)
+    topic = topic_for(p["tso"], "heartbeat", p["dso"])
+    with ExchangeLog(tmp_path / "x.sqlite", run_id=uid) as log:
+        async with Gateway(p["dso"], broker.url, log=log) as dso:
+            async with raw_client(broker, f"raw-{uid}") as raw:
+                for seq in (1, 2, 5, 6):
+                    await raw.publish(topic, wire(hb, p["tso"], p["dso"], sequence=seq), qos=1)
+            await wait_until(lambda: dso.stats["delivered"] >= 4)
+    notes = [r[0] for r in sqlite3.connect(log.path).execute(
+        "SELECT reason FROM exchange WHERE topic=? ORDER BY sequence", (topic,))]  # fmt: skip
+    assert notes == [None, None, "sequence gap: expected 3, got 5 (2 missing)", None]
+
+
+async def test_presence_birth_is_retained_and_death_is_the_will(broker, uid):
+    p = parties(uid)
+    state_topic = topic_for(p["bsp"], "actor_state", ALL)
+    async with Gateway(p["bsp"], broker.url, keepalive_s=2) as bsp:
+        seen: list[dict] = []
+        async with raw_client(broker, f"watch-{uid}") as watcher:
+            await watcher.subscribe(state_topic, qos=1)
+
+            async def watch():
+                async for m in watcher.messages:
+                    seen.append(json.loads(m.payload)["body"] | {"retained": bool(m.retain)})
+
+            task = asyncio.create_task(watch())
+            await wait_until(lambda: seen)
+            assert seen[0]["status"] == "online" and seen[0]["retained"]  # a late subscriber learns it at once
+            # the connection dies without a DISCONNECT: the broker publishes the will
+            bsp._client._client.socket().shutdown(socket.SHUT_RDWR)
+            await wait_until(lambda: any(s["status"] == "offline" for s in seen), timeout=10)
+            # and the gateway comes back by itself, saying so
+            await wait_until(lambda: seen[-1]["status"] == "online" and bsp.connections == 2, timeout=10)
+            task.cancel()
+
+
+async def test_clean_stop_leaves_offline_state_retained(broker, uid):
+    p = parties(uid)
+    async with Gateway(p["dso"], broker.url):
+        pass
+    async with raw_client(broker, f"late-{uid}") as late:
+        await late.subscribe(topic_for(p["dso"], "actor_state", ALL), qos=1)
+        msg = await asyncio.wait_for(anext(aiter(late.messages)), 5)
+    assert json.loads(msg.payload)["body"]["status"] == "offline" and msg.retain
