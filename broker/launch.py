@@ -93,7 +93,8 @@ def start_broker(
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix=f"tsodso-{kind}-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     if kind == "embedded":
-        cmd = [sys.executable, "-m", "broker.embedded", "--host", host, "--port", str(port)]
+        cmd = [sys.executable, "-m", "broker.embedded", "--host", host, "--port", str(port),
+               "--store", str(data_dir / "embedded-broker.sqlite")]  # fmt: skip
         url = f"mqtt://{host}:{port}?protocol=3.1.1"
     elif kind == "mosquitto":
         conf = mosquitto.write_config(data_dir, port, host=host, auth=auth)

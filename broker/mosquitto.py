@@ -1,5 +1,6 @@
 """Mosquitto with the project's configuration (``mosquitto.conf`` beside this file)."""
 
+import getpass
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,7 @@ def write_config(data_dir: Path, port: int, *, host: str = "127.0.0.1", auth: st
     data_dir.mkdir(parents=True, exist_ok=True)
     template = resources.files("broker").joinpath("mosquitto.conf").read_text()
     text = template.format(
-        port=port, host=host, data_dir=data_dir.resolve(), auth=auth or "allow_anonymous true"
+        port=port, host=host, data_dir=data_dir.resolve(), auth=auth or "allow_anonymous true", user=getpass.getuser()
     )
     path = data_dir / "mosquitto.conf"
     path.write_text(text)

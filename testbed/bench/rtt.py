@@ -54,6 +54,11 @@ def sample_validation(mol: MeritOrderList) -> MolValidation:
     )  # fmt: skip
 
 
+def _raw(spec: BrokerSpec, protocol: aiomqtt.ProtocolVersion, ident: str) -> aiomqtt.Client:
+    return aiomqtt.Client(spec.host, spec.port, username=spec.username or ident, password=spec.password,
+                          protocol=protocol, socket_options=NODELAY, identifier=ident)  # fmt: skip
+
+
 async def _gateway_block(tso: Gateway, mol: MeritOrderList, n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -85,10 +90,8 @@ async def run_rtt(broker_url: str, *, n: int = 1000, qos: int = 1, block: int = 
         async with (
             Gateway(TSO, spec, log=log, policy=policy) as tso,
             Gateway(DSO, spec, log=log, policy=policy) as dso,
-            aiomqtt.Client(spec.host, spec.port, username=spec.username, password=spec.password, protocol=protocol,
-                           socket_options=NODELAY, identifier="bench-raw-req") as raw_req,
-            aiomqtt.Client(spec.host, spec.port, username=spec.username, password=spec.password, protocol=protocol,
-                           socket_options=NODELAY, identifier="bench-raw-rep") as raw_rep,
+            _raw(spec, protocol, "bench-raw-req") as raw_req,
+            _raw(spec, protocol, "bench-raw-rep") as raw_rep,
         ):  # fmt: skip
 
             @dso.on(MeritOrderList)

@@ -1,0 +1,40 @@
+"""The command line as a user runs it: the demo over the embedded broker, the rtt benchmark."""
+
+import asyncio
+import json
+import sqlite3
+
+from typer.testing import CliRunner
+
+from broker import start_broker
+from testbed.bench.rtt import run_rtt
+from testbed.cli import app
+
+
+def test_demo_prints_what_crossed_the_bus(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    for type_name in ("prequalification_request", "prequalification_forward", "merit_order_list",
+                      "mol_validation", "offer_acceptance", "delta_setpoint", "telemetry"):  # fmt: skip
+        assert type_name in result.output
+    assert "rejected messages: 0" in result.output
+    db = sqlite3.connect(tmp_path / "demo" / "exchange.sqlite")
+    delivered = dict(db.execute(
+        "SELECT type, COUNT(*) FROM exchange WHERE direction='in' AND outcome='delivered' GROUP BY type"))  # fmt: skip
+    assert delivered["delta_setpoint"] == 5 and delivered["telemetry"] == 5
+    # every message sent was received: the log has both ends of each
+    out_ids = {r[0] for r in db.execute("SELECT message_id FROM exchange WHERE direction='out' AND type!='actor_state'")}
+    in_ids = {r[0] for r in db.execute("SELECT message_id FROM exchange WHERE direction='in' AND type!='actor_state'")}
+    assert out_ids == in_ids
+    events = (tmp_path / "demo" / "events.jsonl").read_text().splitlines()
+    assert any(json.loads(e)["event"] == "connected" for e in events)
+
+
+def test_rtt_benchmark_reports_both_paths_from_one_run():
+    with start_broker("embedded") as running:
+        result = asyncio.run(run_rtt(running.url, n=60, block=20, warmup=10))
+    for key in ("gateway_p50_ms", "gateway_p99_ms", "raw_p50_ms", "raw_p99_ms", "ratio_p50", "benchmark", "metric",
+                "value", "unit", "goal", "baseline", "baseline_value", "ratio"):  # fmt: skip
+        assert key in result
+    assert result["ratio_p50"] == round(result["gateway_p50_ms"] / result["raw_p50_ms"], 3)
+    assert result["protocol"] == "3.1.1" and result["request_bytes"] > 500
