@@ -23,6 +23,7 @@ import contextlib
 import math
 import random
 import socket
+import struct
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 import aiomqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 
 from gateway.arrival import DEFAULT_MAX_PAYLOAD_BYTES, ArrivalCheck, Received, Rejected, encode
 from gateway.connection import BrokerSpec
@@ -69,19 +70,49 @@ class _Client(aiomqtt.Client):
         self.pending_calls_threshold = 1_000_000  # many QoS 1 publishes in flight is normal here
 
     def _on_socket_register_write(self, *args: Any) -> None:
-        # paho asks for write readiness on a socket that the broker has just closed; nothing to do
-        with contextlib.suppress(OSError, ValueError, KeyError):
+        try:
             super()._on_socket_register_write(*args)
+        except (OSError, ValueError, KeyError):
+            pass  # paho asks for write readiness on a socket the broker has just closed
 
     def _on_socket_unregister_write(self, *args: Any) -> None:
-        with contextlib.suppress(OSError, ValueError, KeyError):
+        try:
             super()._on_socket_unregister_write(*args)
+        except (OSError, ValueError, KeyError):
+            pass
 
     def _on_disconnect(self, *args: Any, **kwargs: Any) -> None:
         super()._on_disconnect(*args, **kwargs)
         self.lost = True
         for event in list(self._pending_publishes.values()):
             event.set()
+
+
+class PublishProperties(Properties):
+    """MQTT 5 PUBLISH properties, packed once by hand. paho's Properties validates every attribute
+    by scanning its name table and costs ~20 µs to build and pack, on every message."""
+
+    def __init__(
+        self, expiry_s: int | None = None, response_topic: str | None = None, correlation: bytes | None = None
+    ) -> None:
+        object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
+        buf = b""
+        if expiry_s is not None:
+            buf += b"\x02" + struct.pack("!I", expiry_s)  # Message Expiry Interval
+        if response_topic is not None:
+            topic = response_topic.encode()
+            buf += b"\x08" + struct.pack("!H", len(topic)) + topic  # Response Topic
+        if correlation is not None:
+            buf += b"\x09" + struct.pack("!H", len(correlation)) + correlation  # Correlation Data
+        object.__setattr__(self, "_packed", VariableByteIntegers.encode(len(buf)) + buf)
+        object.__setattr__(self, "_fields", (expiry_s, response_topic, correlation))
+
+    def pack(self) -> bytes:
+        return self._packed
+
+    def __str__(self) -> str:
+        expiry, topic, corr = self._fields
+        return f"[MessageExpiryInterval: {expiry}, ResponseTopic: {topic}, CorrelationData: {corr!r}]"
 
 
 def _dt(us: int) -> datetime:
@@ -140,6 +171,7 @@ class Gateway:
         self._inbox: asyncio.Queue[Received[Any]] = asyncio.Queue(maxsize=100_000)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_topic = topic_for(me, ActorState.type_name, ALL)
+        self._expiry_properties: dict[int, PublishProperties] = {}
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -325,16 +357,16 @@ class Gateway:
         return env
 
     def _properties(self, env: Envelope, policy: DeliveryPolicy) -> Properties | None:
-        if policy.expiry_s is None and env.reply_to is None and env.causation_id is None:
-            return None
-        props = Properties(PacketTypes.PUBLISH)
-        if policy.expiry_s is not None and env.valid_until is not None:
-            props.MessageExpiryInterval = max(1, math.ceil(policy.expiry_s))
+        expiry = max(1, math.ceil(policy.expiry_s)) if policy.expiry_s is not None and env.valid_until else None
         if env.reply_to is not None:
-            props.ResponseTopic = env.reply_to
-            props.CorrelationData = env.message_id.bytes
-        elif env.causation_id is not None:
-            props.CorrelationData = env.causation_id.bytes
+            return PublishProperties(expiry, env.reply_to, env.message_id.bytes)
+        if env.causation_id is not None:
+            return PublishProperties(expiry, None, env.causation_id.bytes)
+        if expiry is None:
+            return None
+        props = self._expiry_properties.get(expiry)
+        if props is None:
+            props = self._expiry_properties[expiry] = PublishProperties(expiry)
         return props
 
     async def _send(
@@ -402,17 +434,25 @@ class Gateway:
         Raises :class:`RequestTimeout`."""
         response_type = RESPONSE_TYPES[body.type_name]
         reply_to = topic_for(to, response_type, self.me)
-        answer: asyncio.Future[Received[Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Received[Any]] = loop.create_future()
         ids: list[uuid.UUID] = []
         try:
             for attempt in range(retries + 1):
+                if answer.cancelled():  # the last attempt timed out: a late answer to any attempt counts
+                    answer = loop.create_future()
+                    for earlier in ids:
+                        self._pending[earlier] = answer
                 # reserve the message id before publishing: the answer may arrive before publish returns
                 env_id = uuid.uuid4()
                 self._pending[env_id] = answer
                 ids.append(env_id)
-                await self.publish(body, to, correlation_id=correlation_id or ids[0], reply_to=reply_to, message_id=env_id)
+                await self.publish(
+                    body, to, correlation_id=correlation_id or ids[0], reply_to=reply_to, message_id=env_id
+                )
                 try:
-                    return await asyncio.wait_for(asyncio.shield(answer), timeout)
+                    async with asyncio.timeout(timeout):
+                        return await answer
                 except TimeoutError:
                     self.log.warning("request timed out", type=body.type_name, to=str(to), attempt=attempt + 1)
             raise RequestTimeout(

@@ -8,9 +8,19 @@ from typing import TextIO
 import structlog
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time (a test runner may swap and close its own)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(path: Path | None = None, *, level: int = logging.INFO, stream: TextIO | None = None) -> None:
     """Events as JSON lines into ``path`` (appended), or to ``stream`` (stderr) when no path is given."""
-    out: TextIO = open(path, "a", buffering=1) if path else (stream or sys.stderr)  # noqa: SIM115
+    out: TextIO = open(path, "a", buffering=1) if path else (stream or _CurrentStderr())  # noqa: SIM115
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

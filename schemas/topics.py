@@ -8,6 +8,7 @@ end in its own ``{role}/{id}``, its role's ``{role}/all`` or ``all/all``. ``v1``
 of the contract; a breaking change gets a new prefix and both can share a broker.
 """
 
+from functools import lru_cache
 from typing import NamedTuple
 
 from schemas.envelope import Party
@@ -27,8 +28,10 @@ def topic_for(sender: Party, type_name: str, recipient: Party) -> str:
     return f"{PREFIX}/{sender.role}/{sender.id}/{type_name}/{recipient.role}/{recipient.id}"
 
 
+@lru_cache(maxsize=65536)
 def parse_topic(topic: str) -> TopicParts:
-    """Split a topic of the namespace; ValueError says what is wrong with it."""
+    """Split a topic of the namespace; ValueError says what is wrong with it. (Cached: a run uses
+    few distinct topics, and parsing builds two validated Party objects.)"""
     parts = topic.split("/")
     if len(parts) != 7 or "/".join(parts[:2]) != PREFIX:
         raise ValueError(f"topic {topic!r} is not {PREFIX}/<role>/<id>/<type>/<role>/<id>")

@@ -23,6 +23,18 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
+@app.callback()
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log gateway events (JSON lines) to stderr.")] = False,
+) -> None:
+    """Logs go to stderr (warnings only unless --verbose), so stdout stays clean for --json."""
+    import logging
+
+    from gateway.logs import configure_logging
+
+    configure_logging(level=logging.INFO if verbose else logging.WARNING)
+
+
 BrokerOpt = Annotated[
     str, typer.Option("--broker", "-b", help="embedded | mosquitto | mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
 ]

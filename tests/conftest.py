@@ -63,3 +63,12 @@ def own_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runni
 def uid() -> str:
     """A short suffix that keeps actor ids (and so client ids, sessions, topics) apart between tests."""
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_stderr():
+    """Each test starts with gateway events going to stderr (a CLI test may point them at a file)."""
+    from gateway.logs import configure_logging
+
+    configure_logging()
+    yield
