@@ -1,0 +1,154 @@
+"""The BSP: prequalifies its assets, sends schedules and bids, follows delta setpoints with its
+fleet and reports telemetry every setpoint cycle (seed 000 Figs. 3-4, §IV.B)."""
+
+import math
+from dataclasses import dataclass
+
+from actors.base import Actor
+from actors.config import ISP, AssetConfig, BspConfig
+from gateway import Received
+from schemas.codes import Connection, ProcessType, Quality
+from schemas.envelope import Party
+from schemas.messages import (
+    ActivationLimit,
+    AssetData,
+    BidAsset,
+    DeltaSetpoint,
+    EnergyBid,
+    Measurement,
+    OfferAcceptance,
+    PrequalificationRequest,
+    Schedule,
+    ScheduleSeries,
+    SettlementReport,
+    MonitoringReport,
+    Telemetry,
+)
+
+
+@dataclass
+class AssetState:
+    """One asset's deviation from its schedule, following a target with a ramp limit and a
+    first-order response (time constant)."""
+
+    config: AssetConfig
+    delta_mw: float = 0.0
+
+    def step(self, target_mw: float, dt_s: float) -> float:
+        c = self.config
+        target = min(max(target_mw, -c.capacity_down_mw), c.capacity_up_mw)
+        move = (target - self.delta_mw) * (1 - math.exp(-dt_s / c.time_constant_s)) if c.time_constant_s else target - self.delta_mw
+        limit = c.ramp_rate_mw_per_min * dt_s / 60
+        self.delta_mw += max(-limit, min(limit, move))
+        return self.delta_mw
+
+
+class BSP(Actor):
+    def __init__(self, gateway, clock, scenario, config: BspConfig):  # noqa: ANN001
+        super().__init__(gateway, clock, scenario)
+        self.config = config
+        self.tso = Party(role="tso", id=scenario.tso.id)
+        self.assets = {a.asset_id: AssetState(a) for a in config.assets}
+        self.qualified: set[str] = set()
+        self.accepted: dict[str, float] = {}  # bid id -> upper bound [MW]
+        self.limits: dict[str, float] = {}  # bid id -> activation limit [MW]
+        self.bids = {b.bid_id: b for b in config.bids}
+        self.settlements: list[SettlementReport] = []
+        self.monitoring: list[MonitoringReport] = []
+        gateway.on(DeltaSetpoint, self.on_setpoint)
+        gateway.on(ActivationLimit, self.on_limit)
+        gateway.on(OfferAcceptance, self.on_acceptance)
+        gateway.on(SettlementReport, self.on_settlement)
+        gateway.on(MonitoringReport, self.on_monitoring)
+
+    async def run(self) -> None:
+        await self.prequalify()
+        await self.send_schedule()
+        await self.send_bids()
+
+    async def prequalify(self) -> None:
+        assets = [
+            AssetData(asset_id=a.asset_id, connection=a.connection, dso_id=a.dso_id, connection_bus=a.connection_bus,
+                      product=ProcessType.AFRR, capacity_up_mw=a.capacity_up_mw, capacity_down_mw=a.capacity_down_mw,
+                      ramp_rate_mw_per_min=a.ramp_rate_mw_per_min, time_constant_s=a.time_constant_s)
+            for a in self.config.assets
+        ]  # fmt: skip
+        answer = await self.gw.request(PrequalificationRequest(bsp_id=self.me.id, assets=assets), self.tso,
+                                       timeout=10, retries=1)  # fmt: skip
+        self.qualified = {v.asset_id for v in answer.body.verdicts if v.qualified}
+        for v in answer.body.verdicts:
+            if not v.qualified:
+                self.log.warning("asset not prequalified", asset=v.asset_id, reason=v.reason)
+
+    async def send_schedule(self) -> None:
+        start = self.scenario.isps()[0]
+        series = [ScheduleSeries(asset_id=a.asset_id, dso_id=a.dso_id, p_mw=[a.scheduled_mw] * len(self.scenario.isps()))
+                  for a in self.config.assets]  # fmt: skip
+        await self.gw.publish(Schedule(kind="day_ahead", start=start, series=series), self.tso)
+
+    async def send_bids(self) -> None:
+        """One bid per configured bid and ISP, before gate closure, with qualified assets only."""
+        by_id = {a.asset_id: a for a in self.config.assets}
+        for isp in self.scenario.isps():
+            for bid in self.config.bids:
+                if not set(bid.assets) <= self.qualified:
+                    self.log.warning("bid not sent: an asset is not prequalified", bid=bid.bid_id)
+                    continue
+                assets = [BidAsset(asset_id=a, connection=by_id[a].connection, dso_id=by_id[a].dso_id,
+                                   connection_bus=by_id[a].connection_bus, share_mw=share)
+                          for a, share in bid.assets.items()]  # fmt: skip
+                await self.gw.publish(
+                    EnergyBid(bid_id=bid.bid_id, bsp_id=self.me.id, process=ProcessType.AFRR, direction=bid.code,
+                              isp_start=isp, quantity_mw=bid.quantity_mw, price_eur_per_mwh=bid.price_eur_per_mwh,
+                              reference_mw=self.config.reference_mw, ramp_rate_mw_per_min=bid.ramp_rate_mw_per_min,
+                              assets=assets),
+                    self.tso, valid_for_s=self.clock.wall_seconds((isp + ISP - self.clock.now()).total_seconds()) + 60,
+                )  # fmt: skip
+
+    async def on_acceptance(self, msg: Received[OfferAcceptance]) -> None:
+        for offer in msg.body.accepted:
+            self.accepted[offer.bid_id] = offer.upper_bound_mw
+
+    async def on_limit(self, msg: Received[ActivationLimit]) -> None:
+        self.limits[msg.body.bid_id] = msg.body.max_mw
+        self.log.info("activation limit", bid=msg.body.bid_id, max_mw=msg.body.max_mw)
+
+    async def on_settlement(self, msg: Received[SettlementReport]) -> None:
+        self.settlements.append(msg.body)
+
+    async def on_monitoring(self, msg: Received[MonitoringReport]) -> None:
+        self.monitoring.append(msg.body)
+
+    def asset_targets(self, setpoint: DeltaSetpoint) -> dict[str, float]:
+        """Split the per-bid deltas over the assets by their shares; honour activation limits."""
+        targets = {a: 0.0 for a in self.assets}
+        for bid_id, delta in setpoint.bid_deltas_mw.items():
+            bid = self.bids.get(bid_id)
+            if bid is None:
+                continue
+            if bid_id in self.limits:
+                delta = math.copysign(min(abs(delta), self.limits[bid_id]), delta)
+            for asset, share in bid.assets.items():
+                targets[asset] += delta * share / bid.quantity_mw * self.config.follow_factor
+        return targets
+
+    async def on_setpoint(self, msg: Received[DeltaSetpoint]) -> None:
+        sp = msg.body
+        # the fleet has followed the previous targets until now; report, then take the new setpoint
+        delivered = sum(a.delta_mw for a in self.assets.values())
+        measurements = [Measurement(resource_id=a.config.asset_id, p_mw=a.config.scheduled_mw + a.delta_mw,
+                                    quality=Quality.GOOD) for a in self.assets.values()]  # fmt: skip
+        telemetry = Telemetry(source_id=self.me.id, instant=sp.instant, cycle=sp.cycle, delivered_delta_mw=delivered,
+                              measurements=measurements)  # fmt: skip
+        await self.gw.publish(telemetry, self.tso, causation_id=msg.envelope.message_id,
+                              correlation_id=msg.envelope.correlation_id)  # fmt: skip
+        for dso_id in {a.config.dso_id for a in self.assets.values() if a.config.connection == Connection.DN}:
+            dn = [m for m, a in zip(measurements, self.assets.values()) if a.config.dso_id == dso_id]
+            await self.gw.publish(
+                Telemetry(source_id=self.me.id, instant=sp.instant, cycle=sp.cycle, measurements=dn),
+                Party(role="dso", id=dso_id),
+            )
+        targets = self.asset_targets(sp)
+        for asset_id, state in self.assets.items():
+            state.step(targets[asset_id], self.scenario.setpoint_period_s)
+

@@ -1,0 +1,131 @@
+"""What each actor is told by a scenario (scenario files are data: ../scenarios/*.yaml)."""
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.codes import Connection, Direction, SystemState
+from schemas.envelope import PartyId, UtcTime
+
+ISP = timedelta(minutes=15)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AssetConfig(_Model):
+    asset_id: PartyId
+    connection: Connection
+    dso_id: PartyId | None = None
+    connection_bus: str | None = None
+    capacity_up_mw: float = Field(ge=0, description="[MW]")
+    capacity_down_mw: float = Field(ge=0, description="[MW]")
+    ramp_rate_mw_per_min: float = Field(gt=0, description="[MW/min] physical ramp of the asset")
+    time_constant_s: float = Field(ge=0, default=2.0, description="[s] first-order response")
+    scheduled_mw: float = Field(default=0.0, description="[MW] day-ahead schedule (reference contribution)")
+
+
+class BidConfig(_Model):
+    bid_id: PartyId
+    direction: Literal["up", "down"]
+    quantity_mw: float = Field(gt=0)
+    price_eur_per_mwh: float
+    ramp_rate_mw_per_min: float = Field(gt=0, description="[MW/min] the bid's ramp: the setpoint changes no faster")
+    assets: dict[str, float] = Field(description="asset id -> share of the quantity [MW]")
+
+    @property
+    def code(self) -> Direction:
+        return Direction.UP if self.direction == "up" else Direction.DOWN
+
+
+class BspConfig(_Model):
+    id: PartyId
+    reference_mw: float = Field(description="[MW] the BSP's reference (scheduled) output")
+    assets: list[AssetConfig]
+    bids: list[BidConfig]
+    follow_factor: float = Field(default=1.0, gt=0, description="1: follows setpoints; <1 under-delivers")
+
+
+class Redispatch(_Model):
+    at: UtcTime
+    element: str = Field(description="'sgen:<name>' or 'load:<name>'")
+    delta_mw: float
+    reason: str = ""
+
+
+class GridChange(_Model):
+    """A change the DSO did not forecast (it appears in real time only)."""
+
+    at: UtcTime
+    element: str = Field(description="'sgen:<name>' or 'load:<name>'")
+    delta_mw: float
+
+
+class Fault(_Model):
+    at: UtcTime
+    element: str = Field(description="e.g. 'line:south-pv'")
+    fault_type: Literal["line_fault", "trafo_fault", "bus_fault", "protection_trip"] = "line_fault"
+    lost_load_mw: float = 0.0
+    lost_generation_mw: float = 0.0
+
+
+class DsoConfig(_Model):
+    id: PartyId
+    grid: str = Field(description="grid builder name (actors.grid) or simbench:<code>")
+    interface: str = Field(default="trafo:coupling", description="the TSO-DSO coupling element")
+    redispatch: list[Redispatch] = Field(default_factory=list)
+    unforecast: list[GridChange] = Field(default_factory=list)
+    faults: list[Fault] = Field(default_factory=list)
+    curtailable_load_mw: float = Field(default=5.0, ge=0, description="[MW] what the DSO can shed on request")
+    validation_delay_s: float = Field(default=0.0, ge=0, description="[s, wall] slows MOL answers (tests)")
+
+
+class Emergency(_Model):
+    at: UtcTime
+    state: SystemState
+    curtail_dso: PartyId | None = None
+    target: Literal["load", "generation"] = "load"
+    amount_mw: float = 0.0
+    duration_s: float = 900.0
+
+
+class TsoConfig(_Model):
+    id: PartyId = "tso"
+    area: str = "NL"
+    imbalance: list[tuple[UtcTime, float]] = Field(
+        description="system imbalance, piecewise constant from each instant: MW short (+) or long (-)"
+    )
+    activation_delay_s: float = Field(default=60.0, ge=0, description="[s] LFC reaction before the first setpoint")
+    setpoint_step_s: float = Field(default=30.0, gt=0, description="[s] the setpoint changes at most this often")
+    monitoring_period_s: float = Field(default=300.0, gt=0, description="[s] requested vs delivered (seed 000)")
+    mol_timeout_s: float = Field(default=2.0, gt=0, description="[s, wall] wait for each DSO's validation")
+    mol_retries: int = Field(default=1, ge=0)
+    mol_fallback: Literal["exclude_dn", "unvalidated"] = Field(
+        default="exclude_dn",
+        description="when a DSO does not answer: leave out the bids with assets in its grid (exclude_dn), or "
+        "activate them as offered, as without coordination (unvalidated)",
+    )
+    emergencies: list[Emergency] = Field(default_factory=list)
+
+
+class Scenario(_Model):
+    name: str
+    description: str = ""
+    start: UtcTime
+    end: UtcTime
+    setpoint_period_s: float = Field(default=4.0, gt=0, description="[s] aFRR setpoint resolution (seed 000)")
+    coordination: bool = True
+    tso: TsoConfig
+    dsos: list[DsoConfig]
+    bsps: list[BspConfig]
+
+    def isps(self) -> list[datetime]:
+        """Starts of the ISPs that overlap the run."""
+        first = self.start.replace(minute=self.start.minute - self.start.minute % 15, second=0, microsecond=0)
+        out, t = [], first
+        while t < self.end:
+            out.append(t)
+            t += ISP
+        return out

@@ -1,0 +1,287 @@
+"""The DSO: checks prequalified DN assets against its grid, publishes its interface forecast,
+validates merit order lists with AC power flows, watches its grid in real time from telemetry and
+limits activations that would congest it, reports faults and answers curtailment requests
+(seed 000 Figs. 3-4, seed 004 §3)."""
+
+import asyncio
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pandapower as pp
+
+from actors import grid as grids
+from actors.base import Actor
+from actors.config import ISP, DsoConfig
+from actors.powerflow import FastAC, GridState
+from actors.validation import largest_activation, validate_mol
+from gateway import Received
+from schemas.codes import BidStatus, Connection, Direction
+from schemas.envelope import Party
+from schemas.messages import (
+    AssetVerdict,
+    CurtailmentRequest,
+    CurtailmentResponse,
+    FaultReport,
+    Forecast,
+    MeritOrderList,
+    MolValidation,
+    PrequalificationForward,
+    PrequalificationResult,
+    Schedule,
+    SystemStateNotice,
+    Telemetry,
+    TerminationSignal,
+)
+
+
+class DSO(Actor):
+    def __init__(self, gateway, clock, scenario, config: DsoConfig, out_dir: Path | None = None):  # noqa: ANN001
+        super().__init__(gateway, clock, scenario)
+        self.config = config
+        self.out_dir = out_dir
+        self.tso = Party(role="tso", id=scenario.tso.id)
+        self.net = grids.build(config.grid)
+        self.fast = FastAC(self.net, self.net.bus.index)  # every bus may carry flex injections
+        self.assets: dict[str, int] = {}  # qualified DN asset id -> bus
+        # connection agreements: every DN asset in this grid, qualified for balancing or not
+        self.connections: dict[str, int] = {
+            a.asset_id: self.bus_of(a.connection_bus)
+            for b in scenario.bsps for a in b.assets
+            if a.connection == Connection.DN and a.dso_id == config.id and a.connection_bus
+        }  # fmt: skip
+        self.scheduled: dict[str, float] = {}  # asset id -> scheduled MW
+        self.measured: dict[str, float] = {}  # asset id -> latest telemetered MW
+        self.asset_bid: dict[str, tuple[str, float, float, Direction]] = {}  # asset -> (bid, share, quantity, dir)
+        self.validated: dict[str, float] = {}  # bid id -> upper bound from the last validation
+        self.limited_in_real_time: dict[str, float] = {}
+        self.loading: list[tuple[datetime, str, float]] = []  # (instant, most loaded element, %)
+        self.congestion_s = 0.0
+        self.validation_ms: list[float] = []
+        self.validated_mols: list = []
+        self.faults_reported = 0
+        self.curtailments: list[CurtailmentResponse] = []
+        self.states_seen: list[SystemStateNotice] = []
+        gateway.on(PrequalificationForward, self.on_prequalification)
+        gateway.on(MeritOrderList, self.on_mol)
+        gateway.on(Telemetry, self.on_telemetry)
+        gateway.on(Schedule, self.on_schedule)
+        gateway.on(CurtailmentRequest, self.on_curtailment)
+        gateway.on(SystemStateNotice, self.on_system_state)
+
+    # --- grid state -------------------------------------------------------------------------
+
+    def _element_bus(self, element: str) -> tuple[int, float]:
+        """Bus of 'sgen:<name>' / 'load:<name>' and the sign of a +1 MW change as an injection."""
+        table, name = element.split(":", 1)
+        idx = grids.element_index(self.net, table, name)
+        return int(self.net[table].bus.at[idx]), (1.0 if table == "sgen" else -1.0)
+
+    def event_injections(self, t: datetime, *, forecast: bool) -> dict[int, float]:
+        """Redispatch active at ``t`` (and, in real time, the changes nobody forecast), bus -> MW."""
+        out: dict[int, float] = {}
+        changes = list(self.config.redispatch) + ([] if forecast else list(self.config.unforecast))
+        for change in changes:
+            if change.at <= t:
+                bus, sign = self._element_bus(change.element)
+                out[bus] = out.get(bus, 0.0) + sign * change.delta_mw
+        return out
+
+    def bus_of(self, name: str) -> int:
+        return grids.bus_index(self.net, name)
+
+    # --- prequalification (Fig. 3) ----------------------------------------------------------
+
+    async def on_prequalification(self, msg: Received[PrequalificationForward]) -> None:
+        """Connection bus exists; capacity within the hosting capacity at that bus, computed by AC
+        power flow on the base case (largest injection / withdrawal that breaks no limit)."""
+        verdicts = []
+        for asset in msg.body.assets:
+            try:
+                bus = self.bus_of(asset.connection_bus or "")
+            except KeyError:
+                verdicts.append(AssetVerdict(asset_id=asset.asset_id, qualified=False, validated_capacity_up_mw=0,
+                                             validated_capacity_down_mw=0, checked_by="dso",
+                                             reason=f"connection bus {asset.connection_bus!r} is not in the grid of "
+                                                    f"{self.me.id}"))  # fmt: skip
+                continue
+            up, _ = largest_activation(self.fast, {}, {bus: 1.0}, asset.capacity_up_mw)
+            down, _ = largest_activation(self.fast, {}, {bus: -1.0}, asset.capacity_down_mw)
+            ok = up >= asset.capacity_up_mw - 1e-9 and down >= asset.capacity_down_mw - 1e-9
+            if ok:
+                self.assets[asset.asset_id] = bus
+            verdicts.append(AssetVerdict(
+                asset_id=asset.asset_id, qualified=ok, checked_by="dso", validated_capacity_up_mw=up,
+                validated_capacity_down_mw=down,
+                reason=None if ok else f"hosting capacity at {asset.connection_bus}: +{up:.2f} / -{down:.2f} MW, "
+                                       f"asked +{asset.capacity_up_mw} / -{asset.capacity_down_mw} MW",
+            ))  # fmt: skip
+        await self.gw.reply(msg, PrequalificationResult(bsp_id=msg.body.bsp_id, verdicts=verdicts))
+
+    async def on_schedule(self, msg: Received[Schedule]) -> None:
+        for series in msg.body.series:
+            if series.asset_id in self.connections or series.dso_id == self.me.id:
+                self.scheduled[series.asset_id] = series.p_mw[0]
+
+    # --- forecast (seed 004 §3) ---------------------------------------------------------------
+
+    async def publish_forecast(self) -> None:
+        isps = self.scenario.isps()
+        flows, qs = [], []
+        table, name = self.config.interface.split(":", 1)
+        for isp in isps:
+            state_net = self.fast.audit(self.event_injections(isp + ISP / 2, forecast=True))
+            idx = grids.element_index(state_net, table, name)
+            res = state_net[f"res_{table}"]
+            flows.append(round(float(res.at[idx, "p_hv_mw" if table == "trafo" else "p_from_mw"]), 4))
+            qs.append(round(float(res.at[idx, "q_hv_mvar" if table == "trafo" else "q_from_mvar"]), 4))
+        await self.gw.publish(
+            Forecast(dso_id=self.me.id, interface_id=self.config.interface, kind="interface_flow", start=isps[0],
+                     p_mw=flows, q_mvar=qs),
+            self.tso,
+        )  # fmt: skip
+
+    # --- merit order list validation (Fig. 4) -----------------------------------------------
+
+    async def on_mol(self, msg: Received[MeritOrderList]) -> None:
+        if self.config.validation_delay_s:
+            await asyncio.sleep(self.config.validation_delay_s)
+        t0 = time.perf_counter()
+        mol = msg.body
+        base = self.event_injections(mol.isp_start + ISP / 2, forecast=True)
+        validated = validate_mol(self.fast, mol.bids, self.me.id, self.bus_of, base=base)
+        elapsed = time.perf_counter() - t0
+        self.validation_ms.append(elapsed * 1000)
+        for entry in mol.bids:
+            for asset in entry.assets:
+                if asset.connection == Connection.DN and asset.dso_id == self.me.id:
+                    self.asset_bid[asset.asset_id] = (entry.bid_id, asset.share_mw, entry.quantity_mw, entry.direction)
+        for r in validated.results:
+            self.validated[r.bid_id] = r.upper_bound_mw
+        await self.gw.reply(msg, MolValidation(mol_id=mol.mol_id, iteration=mol.iteration, dso_id=self.me.id,
+                                               results=validated.results, computation_time_s=elapsed))  # fmt: skip
+        self.validated_mols.append((mol, validated))  # written to the run directory when the run ends
+
+    def save_validated_nets(self, mol: MeritOrderList, validated) -> None:  # noqa: ANN001
+        """The net each direction was validated on, every bid at its limit, with a 'bid_validation'
+        table marking each bid's bus and limiting element: pandapower JSON anyone can re-check."""
+        directory = self.out_dir / "nets"
+        directory.mkdir(parents=True, exist_ok=True)
+        by_bid = {r.bid_id: r for r in validated.results}
+        for direction, injections in validated.injections.items():
+            rows = []
+            for entry in mol.bids:
+                if entry.direction != direction or entry.bid_id not in by_bid:
+                    continue
+                r = by_bid[entry.bid_id]
+                for asset in entry.assets:
+                    if asset.connection == Connection.DN and asset.dso_id == self.me.id:
+                        rows.append({"bid_id": entry.bid_id, "asset_id": asset.asset_id, "bus": asset.connection_bus,
+                                     "status": r.status.value, "upper_bound_mw": r.upper_bound_mw,
+                                     "limiting_element": r.limiting_element, "loading_percent": r.loading_percent})  # fmt: skip
+            if not rows:
+                continue
+            net = self.fast.audit(injections)
+            net["bid_validation"] = pd.DataFrame(rows)
+            name = f"{self.me.id}-{mol.mol_id}-iter{mol.iteration}-{'up' if direction == Direction.UP else 'down'}.json"
+            pp.to_json(net, str(directory / name))
+
+    # --- real time ---------------------------------------------------------------------------
+
+    async def on_telemetry(self, msg: Received[Telemetry]) -> None:
+        for m in msg.body.measurements:
+            self.measured[m.resource_id] = m.p_mw
+
+    def real_time_injections(self, t: datetime) -> tuple[dict[int, float], dict[int, float]]:
+        """(events only, events + telemetered deviations of the DN assets from their schedules)."""
+        events = self.event_injections(t, forecast=False)
+        total = dict(events)
+        for asset, bus in self.connections.items():
+            if asset in self.measured:
+                total[bus] = total.get(bus, 0.0) + self.measured[asset] - self.scheduled.get(asset, 0.0)
+        return events, total
+
+    async def watch(self, t: datetime) -> GridState:
+        """One real-time check: power flow of the telemetered state; record the loading; with
+        coordination, send the TSO a limit for an activation that breaks a limit."""
+        events, total = self.real_time_injections(t)
+        reference = self.fast.solve(events)
+        state = self.fast.solve(total)
+        element, loading = self.fast.max_line_loading(state)
+        self.loading.append((t, element, loading))
+        if loading > 100.0 + 1e-6:
+            self.congestion_s += self.scenario.setpoint_period_s
+        if self.scenario.coordination:
+            violations = self.fast.violations(state, reference)
+            if violations:
+                await self.limit_activations(events, reference, violations)
+        return state
+
+    async def limit_activations(self, events, reference, violations) -> None:  # noqa: ANN001
+        """Limit each activated bid with DN assets here to what the grid takes now (termination when
+        nothing)."""
+        bids: dict[str, dict[int, float]] = {}
+        quantities: dict[str, float] = {}
+        for asset, (bid, share, quantity, direction) in self.asset_bid.items():
+            if asset in self.connections:
+                sign = 1.0 if direction == Direction.UP else -1.0
+                bus = self.connections[asset]
+                bids.setdefault(bid, {})
+                bids[bid][bus] = bids[bid].get(bus, 0.0) + sign * share / quantity
+                quantities[bid] = quantity
+        for bid, per_mw in bids.items():
+            allowed, _ = largest_activation(self.fast, events, per_mw, self.validated.get(bid, quantities[bid]),
+                                            reference=reference)  # fmt: skip
+            if self.limited_in_real_time.get(bid, float("inf")) <= allowed + 1e-6:
+                continue
+            self.limited_in_real_time[bid] = allowed
+            worst = violations[0]
+            await self.gw.publish(
+                TerminationSignal(dso_id=self.me.id, bid_id=bid, action="terminate" if allowed <= 0 else "limit",
+                                  max_mw=allowed, limiting_element=worst.element,
+                                  loading_percent=round(worst.value, 3) if worst.element.startswith(("line", "trafo"))
+                                  else None,
+                                  reason=f"{worst.element} at {worst.value:.1f} in real time"),
+                self.tso,
+            )  # fmt: skip
+
+    # --- emergencies (seed 004 §3) -----------------------------------------------------------
+
+    async def on_system_state(self, msg: Received[SystemStateNotice]) -> None:
+        self.states_seen.append(msg.body)
+
+    async def on_curtailment(self, msg: Received[CurtailmentRequest]) -> None:
+        req = msg.body
+        accepted = min(req.amount_mw, self.config.curtailable_load_mw if req.target == "load" else req.amount_mw)
+        status = "accepted" if accepted >= req.amount_mw else ("partial" if accepted > 0 else "refused")
+        answer = CurtailmentResponse(dso_id=self.me.id, accepted_mw=accepted, status=status,
+                                     reason=None if status == "accepted" else "curtailable load exhausted")  # fmt: skip
+        self.curtailments.append(answer)
+        await self.gw.reply(msg, answer)
+
+    async def report_fault(self, fault) -> None:  # noqa: ANN001
+        self.faults_reported += 1
+        await self.gw.publish(
+            FaultReport(dso_id=self.me.id, element_id=fault.element, fault_type=fault.fault_type,
+                        occurred_at=fault.at, lost_load_mw=fault.lost_load_mw,
+                        lost_generation_mw=fault.lost_generation_mw),
+            self.tso,
+        )  # fmt: skip
+
+    # --- the run -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.publish_forecast()
+        faults = sorted(self.config.faults, key=lambda f: f.at)
+        for _, t in self.cycles(self.scenario.start, self.scenario.end):
+            await self.clock.sleep_until(t)
+            while faults and faults[0].at <= t:
+                await self.report_fault(faults.pop(0))
+            await self.watch(t)
+        if self.out_dir is not None:  # after the run: pp.runpp audits would stall the real-time loop
+            for mol, validated in self.validated_mols:
+                self.save_validated_nets(mol, validated)
+
+
+__all__ = ["DSO", "BidStatus"]

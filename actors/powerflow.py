@@ -1,0 +1,148 @@
+"""AC power flow for the DSO's decisions: fast through lightsim2grid, audited with pandapower.
+
+``pp.runpp`` spends 30-45 ms per call on these grids, mostly converting the net; lightsim2grid
+(pandapower's C++ backend) solves the same AC equations on a model converted once, in ~0.03 ms
+(measured here; BENCHMARKS.md). :class:`FastAC` converts the DSO's net once, with one extra static
+generator per bus where flexibility may be activated ("flex" injections, MW, generation positive),
+and then solves any set of flex injections. :meth:`FastAC.audit` runs ``pp.runpp`` on the same
+state, so the pandapower net stays the model users see and can re-check.
+"""
+
+import copy
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandapower as pp
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from lightsim2grid.network import init_from_pandapower
+
+
+@dataclass
+class GridState:
+    """Loadings and voltages of one power flow. Loadings in % of rating, voltages in p.u."""
+
+    line_loading: np.ndarray
+    trafo_loading: np.ndarray
+    vm_pu: np.ndarray
+    converged: bool = True
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A limit the activation would break (or worsen)."""
+
+    element: str  # 'line:behind-coupling', 'trafo:coupling', 'bus:der-park'
+    value: float  # loading in %, or voltage in p.u.
+    limit: float
+
+    @property
+    def excess(self) -> float:
+        return self.value - self.limit if self.element.startswith(("line", "trafo")) else abs(self.value - self.limit)
+
+
+@dataclass
+class FastAC:
+    """One DSO grid prepared for many AC power flows that differ only in flex injections."""
+
+    net: pp.pandapowerNet
+    flex_buses: Iterable[int]
+    vm_limits: tuple[float, float] = (0.95, 1.05)  # used where the net has no min/max_vm_pu
+    flex: dict[int, int] = field(init=False)  # bus -> sgen index in the prepared net
+
+    def __post_init__(self) -> None:
+        self.net = copy.deepcopy(self.net)
+        net = self.net
+        self.flex = {}
+        for bus in sorted(set(self.flex_buses)):
+            self.flex[bus] = int(pp.create_sgen(net, bus, p_mw=0.0, name=f"flex:{net.bus.name.at[bus]}"))
+        pp.runpp(net, numba=False)
+        self._v0 = (net.res_bus.vm_pu.values * np.exp(1j * np.deg2rad(net.res_bus.va_degree.values))).astype(complex)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model = init_from_pandapower(net)
+        self._sgen_pos = {idx: pos for pos, idx in enumerate(net.sgen.index)}
+        line = net.line
+        self._line_imax = (line.max_i_ka * line.df * line.parallel).values
+        trafo = net.trafo
+        scale = (trafo.parallel * trafo.df).values if "df" in trafo else trafo.parallel.values
+        self._trafo_i_hv = (trafo.sn_mva / (np.sqrt(3) * trafo.vn_hv_kv)).values * scale
+        self._trafo_i_lv = (trafo.sn_mva / (np.sqrt(3) * trafo.vn_lv_kv)).values * scale
+        bus = net.bus
+        self._vmin = (bus.min_vm_pu if "min_vm_pu" in bus else bus.vn_kv * 0 + self.vm_limits[0]).fillna(self.vm_limits[0]).values
+        self._vmax = (bus.max_vm_pu if "max_vm_pu" in bus else bus.vn_kv * 0 + self.vm_limits[1]).fillna(self.vm_limits[1]).values
+        self.names = {
+            "line": [f"line:{n}" for n in line.name.fillna("").values] if len(line) else [],
+            "trafo": [f"trafo:{n}" for n in trafo.name.fillna("").values] if len(trafo) else [],
+            "bus": [f"bus:{n}" for n in bus.name.fillna("").values],
+        }
+        self._line_in_service = line.in_service.values.astype(bool)
+        self.base = self.solve({})
+
+    def _apply(self, injections: Mapping[int, float]) -> None:
+        for bus, sgen in self.flex.items():
+            self.model.change_p_sgen(self._sgen_pos[sgen], float(injections.get(bus, 0.0)))
+
+    def solve(self, injections: Mapping[int, float]) -> GridState:
+        """AC power flow with ``injections`` (bus index -> MW, generation positive) at the flex buses."""
+        self._apply(injections)
+        v = self.model.ac_pf(self._v0, 30, 1e-8)
+        if len(v) == 0:
+            n = len(self.net.bus)
+            return GridState(np.full(len(self._line_imax), np.inf), np.full(len(self._trafo_i_hv), np.inf),
+                             np.zeros(n), converged=False)  # fmt: skip
+        _, _, _, a1 = self.model.get_line_res1()
+        _, _, _, a2 = self.model.get_line_res2()
+        line_loading = np.maximum(np.abs(a1), np.abs(a2)) / self._line_imax * 100.0
+        if len(self._trafo_i_hv):
+            _, _, _, t1 = self.model.get_trafo_res1()
+            _, _, _, t2 = self.model.get_trafo_res2()
+            trafo_loading = np.maximum(np.abs(t1) / self._trafo_i_hv, np.abs(t2) / self._trafo_i_lv) * 100.0
+        else:
+            trafo_loading = np.zeros(0)
+        return GridState(line_loading, trafo_loading, np.abs(v))
+
+    worsen_tolerance_percent: float = 0.5
+    worsen_tolerance_pu: float = 0.002
+
+    def violations(self, state: GridState, reference: GridState | None = None, *, tol: float = 1e-6) -> list[Violation]:
+        """Limits broken in ``state`` that are not already broken in ``reference`` (the base case by
+        default): an activation may not create a violation, nor worsen one that exists without it by
+        more than ``worsen_tolerance_percent`` (percentage points) or ``worsen_tolerance_pu``; it is
+        not blamed for the violation itself, nor for the hundredths of a percent any injection
+        anywhere moves it by. Worst first."""
+        if not state.converged:
+            return [Violation("powerflow:diverged", float("inf"), 0.0)]
+        base = reference or self.base
+        out = []
+        pre = self.worsen_tolerance_percent
+        line_limit = np.where(base.line_loading > 100.0, base.line_loading + pre, 100.0)
+        for i in np.nonzero((state.line_loading > line_limit + tol) & self._line_in_service)[0]:
+            out.append(Violation(self.names["line"][i], float(state.line_loading[i]), float(line_limit[i])))
+        trafo_limit = np.where(base.trafo_loading > 100.0, base.trafo_loading + pre, 100.0)
+        for i in np.nonzero(state.trafo_loading > trafo_limit + tol)[0]:
+            out.append(Violation(self.names["trafo"][i], float(state.trafo_loading[i]), float(trafo_limit[i])))
+        vmax = np.where(base.vm_pu > self._vmax, base.vm_pu + self.worsen_tolerance_pu, self._vmax)
+        vmin = np.where(base.vm_pu < self._vmin, base.vm_pu - self.worsen_tolerance_pu, self._vmin)
+        for i in np.nonzero(state.vm_pu > vmax + tol)[0]:
+            out.append(Violation(self.names["bus"][i], float(state.vm_pu[i]), float(vmax[i])))
+        for i in np.nonzero(state.vm_pu < vmin - tol)[0]:
+            out.append(Violation(self.names["bus"][i], float(state.vm_pu[i]), float(vmin[i])))
+        return sorted(out, key=lambda v: -v.excess)
+
+    def audit(self, injections: Mapping[int, float]) -> pp.pandapowerNet:
+        """The same state solved by ``pp.runpp``: a pandapower net anyone can re-check."""
+        net = copy.deepcopy(self.net)
+        for bus, sgen in self.flex.items():
+            net.sgen.at[sgen, "p_mw"] = float(injections.get(bus, 0.0))
+        pp.runpp(net, numba=False)
+        return net
+
+    def max_line_loading(self, state: GridState) -> tuple[str, float]:
+        """The most loaded line or transformer and its loading in %."""
+        loads = list(zip(self.names["line"], state.line_loading)) + list(zip(self.names["trafo"], state.trafo_loading))
+        name, value = max(loads, key=lambda x: x[1])
+        return name, float(value)

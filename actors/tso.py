@@ -1,0 +1,403 @@
+"""The TSO: prequalifies (forwarding DN assets to their DSO), collects bids, builds the merit order
+list per ISP and has it validated by the DSOs, activates aFRR by 4-second delta setpoints within
+the validated bounds, checks delivery, limits activations a DSO objects to, signals emergencies and
+settles per ISP (seed 000 Figs. 3-4 and §IV.B, seed 004 §3)."""
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from actors.base import Actor
+from actors.config import ISP, TsoConfig
+from gateway import Received, RequestTimeout
+from schemas.codes import BidStatus, Connection, Direction, ProcessType
+from schemas.envelope import Party
+from schemas.messages import (
+    AcceptedOffer,
+    ActivationLimit,
+    AssetVerdict,
+    CurtailmentRequest,
+    CurtailmentResponse,
+    DeltaSetpoint,
+    EnergyBid,
+    FaultReport,
+    Forecast,
+    MeritOrderList,
+    MolEntry,
+    MonitoringReport,
+    OfferAcceptance,
+    PrequalificationForward,
+    PrequalificationRequest,
+    PrequalificationResult,
+    Schedule,
+    ScheduleSeries,
+    SettlementLine,
+    SettlementReport,
+    SystemStateNotice,
+    Telemetry,
+    TerminationSignal,
+)
+
+TOLERANCE = (-0.10, 0.20)  # delivery band around the setpoint, seed 000 §IV.B
+
+
+@dataclass
+class Activated:
+    """A bid accepted for the current ISP and how far it is activated."""
+
+    bid: EnergyBid
+    rank: int
+    upper_mw: float
+    activated_mw: float = 0.0
+    energy_mwh: float = 0.0
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.bid.direction == Direction.UP else -1.0
+
+
+@dataclass
+class BspRecord:
+    setpoints: dict[int, float] = field(default_factory=dict)  # cycle -> delta [MW]
+    delivered: dict[int, float] = field(default_factory=dict)  # cycle -> delivered delta at that instant [MW]
+    instants: dict[int, datetime] = field(default_factory=dict)
+
+
+class TSO(Actor):
+    def __init__(self, gateway, clock, scenario, config: TsoConfig):  # noqa: ANN001
+        super().__init__(gateway, clock, scenario)
+        self.config = config
+        self.bids: dict[datetime, dict[str, EnergyBid]] = defaultdict(dict)
+        self.qualified: dict[str, set[str]] = defaultdict(set)  # bsp -> qualified asset ids
+        self.active: dict[str, Activated] = {}  # bid id -> current ISP activation
+        self.validations: dict[str, dict] = {}  # bid id -> last verdict (as dict)
+        self.dso_limits_mw: dict[str, float] = {}
+        self.rt_limits: dict[str, float] = {}
+        self.mol_round_trip_ms: list[float] = []
+        self.mol_iterations: dict[str, int] = {}
+        self.fallbacks: list[str] = []
+        self.records: dict[str, BspRecord] = defaultdict(BspRecord)
+        self.monitoring: list[MonitoringReport] = []
+        self.settlements: list[SettlementReport] = []
+        self.forecasts: list[Forecast] = []
+        self.faults: list[FaultReport] = []
+        self.curtailments: list[CurtailmentResponse] = []
+        self.terminations: list[TerminationSignal] = []
+        self.setpoints_sent = 0
+        self.late_cycles = 0
+        gateway.on(PrequalificationRequest, self.on_prequalification)
+        gateway.on(EnergyBid, self.on_bid)
+        gateway.on(Schedule, self.on_schedule)
+        gateway.on(Telemetry, self.on_telemetry)
+        gateway.on(TerminationSignal, self.on_termination)
+        gateway.on(FaultReport, self.on_fault)
+        gateway.on(Forecast, self.on_forecast)
+
+    # --- prequalification (Fig. 3) ----------------------------------------------------------
+
+    async def on_prequalification(self, msg: Received[PrequalificationRequest]) -> None:
+        req = msg.body
+        verdicts: list[AssetVerdict] = []
+        by_dso: dict[str, list] = defaultdict(list)
+        for asset in req.assets:
+            if asset.connection == Connection.DN and self.scenario.coordination:
+                if asset.dso_id is None:
+                    verdicts.append(AssetVerdict(asset_id=asset.asset_id, qualified=False, checked_by="tso",
+                                                 validated_capacity_up_mw=0, validated_capacity_down_mw=0,
+                                                 reason="DN asset without a DSO"))  # fmt: skip
+                else:
+                    by_dso[asset.dso_id].append(asset)
+                continue
+            ok = asset.product == ProcessType.AFRR and asset.capacity_up_mw + asset.capacity_down_mw > 0
+            verdicts.append(AssetVerdict(asset_id=asset.asset_id, qualified=ok, checked_by="tso",
+                                         validated_capacity_up_mw=asset.capacity_up_mw if ok else 0,
+                                         validated_capacity_down_mw=asset.capacity_down_mw if ok else 0,
+                                         reason=None if ok else "not an aFRR-capable asset"))  # fmt: skip
+        for dso_id, assets in by_dso.items():
+            try:
+                answer = await self.gw.request(
+                    PrequalificationForward(bsp_id=req.bsp_id, dso_id=dso_id, assets=assets),
+                    Party(role="dso", id=dso_id), timeout=10, retries=1,
+                    correlation_id=msg.envelope.correlation_id or msg.envelope.message_id,
+                )  # fmt: skip
+                verdicts += answer.body.verdicts
+            except RequestTimeout as exc:
+                verdicts += [AssetVerdict(asset_id=a.asset_id, qualified=False, checked_by="tso",
+                                          validated_capacity_up_mw=0, validated_capacity_down_mw=0,
+                                          reason=f"DSO {dso_id} did not answer: {exc}") for a in assets]  # fmt: skip
+        self.qualified[req.bsp_id] |= {v.asset_id for v in verdicts if v.qualified}
+        await self.gw.reply(msg, PrequalificationResult(bsp_id=req.bsp_id, verdicts=verdicts))
+
+    # --- schedules, forecasts, bids ---------------------------------------------------------
+
+    async def on_schedule(self, msg: Received[Schedule]) -> None:
+        """Pass the final schedules of DN-connected resources to their DSO (seed 004 §3)."""
+        if msg.sender.role != "bsp":
+            return
+        by_dso: dict[str, list[ScheduleSeries]] = defaultdict(list)
+        for series in msg.body.series:
+            if series.dso_id:
+                by_dso[series.dso_id].append(series)
+        for dso_id, series in by_dso.items():
+            await self.gw.publish(Schedule(kind="final", start=msg.body.start, resolution=msg.body.resolution,
+                                           series=series), Party(role="dso", id=dso_id))  # fmt: skip
+
+    async def on_forecast(self, msg: Received[Forecast]) -> None:
+        self.forecasts.append(msg.body)
+
+    async def on_bid(self, msg: Received[EnergyBid]) -> None:
+        bid = msg.body
+        missing = {a.asset_id for a in bid.assets} - self.qualified[bid.bsp_id]
+        if missing:
+            self.log.warning("bid refused: assets not prequalified", bid=bid.bid_id, assets=sorted(missing))
+            return
+        self.bids[bid.isp_start][bid.bid_id] = bid
+
+    # --- the merit order list (Fig. 4) ------------------------------------------------------
+
+    async def build_mol(self, isp: datetime) -> None:
+        """Rank the ISP's bids per direction; with coordination have every affected DSO validate
+        them, re-sending with the new bounds until no bid changes; accept the offers."""
+        bids = self.bids.get(isp, {})
+        entries: dict[str, MolEntry] = {}
+        for direction in (Direction.UP, Direction.DOWN):
+            ranked = sorted((b for b in bids.values() if b.direction == direction), key=lambda b: b.price_eur_per_mwh)
+            for rank, b in enumerate(ranked, 1):
+                entries[b.bid_id] = MolEntry(rank=rank, bid_id=b.bid_id, bsp_id=b.bsp_id, direction=direction,
+                                             price_eur_per_mwh=b.price_eur_per_mwh, quantity_mw=b.quantity_mw,
+                                             upper_bound_mw=b.quantity_mw, assets=b.assets)  # fmt: skip
+        mol_id = f"mol-{isp:%Y%m%d%H%M}"
+        if self.scenario.coordination:
+            dsos = sorted({a.dso_id for e in entries.values() for a in e.assets if a.connection == Connection.DN and a.dso_id})
+            await asyncio.gather(*(self.validate_with(dso, mol_id, isp, entries) for dso in dsos))
+        self.active = {}
+        for e in entries.values():
+            self.active[e.bid_id] = Activated(bids[e.bid_id], e.rank, e.upper_bound_mw)
+        await self.accept_offers(isp, bids)
+
+    async def validate_with(self, dso_id: str, mol_id: str, isp: datetime, entries: dict[str, MolEntry]) -> None:
+        dso = Party(role="dso", id=dso_id)
+        for iteration in range(1, 4):
+            mine = [e for e in entries.values()
+                    if any(a.connection == Connection.DN and a.dso_id == dso_id for a in e.assets)]  # fmt: skip
+            if not mine:
+                return
+            mol = MeritOrderList(mol_id=mol_id, process=ProcessType.AFRR, isp_start=isp, iteration=iteration, bids=mine)
+            t0 = time.perf_counter()
+            try:
+                answer = await self.gw.request(mol, dso, timeout=self.config.mol_timeout_s, retries=self.config.mol_retries)
+            except RequestTimeout:
+                self.fallbacks.append(f"{dso_id}:{mol_id}:{self.config.mol_fallback}")
+                self.log.warning("MOL validation missed its window; fallback", dso=dso_id, fallback=self.config.mol_fallback)
+                if self.config.mol_fallback == "exclude_dn":
+                    for e in mine:
+                        entries.pop(e.bid_id, None)
+                return
+            self.mol_round_trip_ms.append((time.perf_counter() - t0) * 1000)
+            self.mol_iterations[dso_id] = iteration
+            changed = False
+            for r in answer.body.results:
+                self.validations[r.bid_id] = r.model_dump(mode="json")
+                if r.bid_id not in entries:
+                    continue
+                if r.status == BidStatus.REJECTED:
+                    entries.pop(r.bid_id)
+                    self.dso_limits_mw[r.bid_id] = 0.0
+                    changed = True
+                elif r.upper_bound_mw < entries[r.bid_id].upper_bound_mw - 1e-9:
+                    entries[r.bid_id] = entries[r.bid_id].model_copy(update={"upper_bound_mw": r.upper_bound_mw})
+                    self.dso_limits_mw[r.bid_id] = r.upper_bound_mw
+                    changed = True
+            if not changed:
+                return  # the DSO accepted the list as it stands
+
+    async def accept_offers(self, isp: datetime, bids: dict[str, EnergyBid]) -> None:
+        for bsp in sorted({b.bsp_id for b in bids.values()}):
+            accepted = [AcceptedOffer(bid_id=a.bid.bid_id, direction=a.bid.direction, upper_bound_mw=a.upper_mw)
+                        for a in self.active.values() if a.bid.bsp_id == bsp]  # fmt: skip
+            rejected = sorted(b.bid_id for b in bids.values() if b.bsp_id == bsp and b.bid_id not in self.active)
+            await self.gw.publish(OfferAcceptance(isp_start=isp, accepted=accepted, rejected_bid_ids=rejected),
+                                  Party(role="bsp", id=bsp))  # fmt: skip
+
+    # --- activation (§IV.B) -------------------------------------------------------------------
+
+    def imbalance(self, t: datetime) -> float:
+        value = 0.0
+        for at, mw in self.config.imbalance:
+            if at <= t:
+                value = mw
+        return value
+
+    def step_activations(self, t: datetime, stepping: bool) -> None:
+        """Allocate the demand over the bids in merit order within their bounds; at a step instant
+        move each bid toward its share by at most ramp x step period (1 MW per 30 s at 2 MW/min)."""
+        demand = self.imbalance(t - timedelta(seconds=self.config.activation_delay_s))
+        direction = Direction.UP if demand >= 0 else Direction.DOWN
+        remaining = abs(demand)
+        for a in sorted(self.active.values(), key=lambda a: (a.bid.direction != direction, a.rank)):
+            bound = min(a.upper_mw, self.rt_limits.get(a.bid.bid_id, a.upper_mw))
+            target = 0.0
+            if a.bid.direction == direction:
+                target = min(bound, remaining)
+                remaining -= target
+            if a.activated_mw > bound:
+                a.activated_mw = bound  # a new limit applies at once
+            if stepping:
+                step = a.bid.ramp_rate_mw_per_min * self.config.setpoint_step_s / 60
+                a.activated_mw += max(-step, min(step, target - a.activated_mw))
+
+    async def send_setpoints(self, cycle: int, t: datetime) -> None:
+        per_bsp: dict[str, dict[str, float]] = defaultdict(dict)
+        for a in self.active.values():
+            per_bsp[a.bid.bsp_id][a.bid.bid_id] = round(a.sign * a.activated_mw, 6)
+            a.energy_mwh += a.activated_mw * self.scenario.setpoint_period_s / 3600
+        reference = {a.bid.bsp_id: a.bid.reference_mw for a in self.active.values()}
+        valid_for = self.clock.wall_seconds(self.scenario.setpoint_period_s)
+        for bsp, deltas in per_bsp.items():
+            delta = round(sum(deltas.values()), 6)
+            rec = self.records[bsp]
+            rec.setpoints[cycle] = delta
+            rec.instants[cycle] = t
+            self.setpoints_sent += 1
+            await self.gw.publish(DeltaSetpoint(bsp_id=bsp, cycle=cycle, instant=t, reference_mw=reference[bsp],
+                                                delta_mw=delta, bid_deltas_mw=deltas),
+                                  Party(role="bsp", id=bsp), valid_for_s=valid_for)  # fmt: skip
+
+    async def on_telemetry(self, msg: Received[Telemetry]) -> None:
+        body = msg.body
+        if msg.sender.role == "bsp" and body.cycle is not None and body.delivered_delta_mw is not None:
+            self.records[body.source_id].delivered[body.cycle] = body.delivered_delta_mw
+
+    def delivery(self, bsp: str, cycles: range) -> tuple[float, float, float, int]:
+        """(requested MWh, delivered MWh, share of steady cycles within [-10 %, +20 %], cycles checked).
+
+        Telemetry of cycle k is the fleet's output just before setpoint k, i.e. its answer to
+        setpoint k-1. A cycle is checked when that setpoint was at least 0.5 MW and had not changed
+        in the cycle before (a step is given one setpoint period to be followed)."""
+        rec = self.records[bsp]
+        h = self.scenario.setpoint_period_s / 3600
+        requested = delivered = 0.0
+        ok = checked = 0
+        for k in cycles:
+            sp = rec.setpoints.get(k - 1)
+            got = rec.delivered.get(k)
+            if sp is None:
+                continue
+            requested += abs(sp) * h
+            delivered += abs(got or 0.0) * h
+            if abs(sp) >= 0.5 and rec.setpoints.get(k - 2) == sp:
+                checked += 1
+                if got is not None and sp * (1 + TOLERANCE[0]) <= got <= sp * (1 + TOLERANCE[1]) if sp > 0 else (
+                    got is not None and sp * (1 + TOLERANCE[1]) <= got <= sp * (1 + TOLERANCE[0])
+                ):
+                    ok += 1
+        return requested, delivered, (ok / checked if checked else 1.0), checked
+
+    async def monitor(self, start: datetime, end: datetime, first: int, last: int) -> None:
+        """Requested vs delivered every 5 minutes (seed 000 §IV.A), one report per BSP."""
+        for bsp in sorted(self.records):
+            requested, delivered, ratio, _ = self.delivery(bsp, range(first, last + 1))
+            energy_ok = requested < 1e-6 or (1 + TOLERANCE[0]) <= delivered / requested <= (1 + TOLERANCE[1])
+            report = MonitoringReport(bsp_id=bsp, period_start=start, period_end=end,
+                                      requested_energy_mwh=round(requested, 6), delivered_energy_mwh=round(delivered, 6),
+                                      within_tolerance_ratio=round(ratio, 4), compliant=energy_ok and ratio >= 0.9)  # fmt: skip
+            self.monitoring.append(report)
+            await self.gw.publish(report, Party(role="bsp", id=bsp))
+
+    async def settle(self, isp: datetime) -> None:
+        """Per ISP: activated energy x price, per bid, to each BSP (seed 000 §IV.A)."""
+        by_bsp: dict[str, list[SettlementLine]] = defaultdict(list)
+        for a in self.active.values():
+            amount = a.energy_mwh * a.bid.price_eur_per_mwh * a.sign
+            by_bsp[a.bid.bsp_id].append(SettlementLine(bid_id=a.bid.bid_id, direction=a.bid.direction,
+                                                       activated_energy_mwh=round(a.energy_mwh, 6),
+                                                       price_eur_per_mwh=a.bid.price_eur_per_mwh,
+                                                       amount_eur=round(amount, 2)))  # fmt: skip
+        for bsp, lines in by_bsp.items():
+            report = SettlementReport(bsp_id=bsp, isp_start=isp, lines=lines,
+                                      total_eur=round(sum(x.amount_eur for x in lines), 2))  # fmt: skip
+            self.settlements.append(report)
+            await self.gw.publish(report, Party(role="bsp", id=bsp))
+
+    # --- real-time coordination and emergencies ----------------------------------------------
+
+    async def on_termination(self, msg: Received[TerminationSignal]) -> None:
+        sig = msg.body
+        self.terminations.append(sig)
+        a = self.active.get(sig.bid_id)
+        if a is None:
+            return
+        self.rt_limits[sig.bid_id] = sig.max_mw
+        a.activated_mw = min(a.activated_mw, sig.max_mw)
+        await self.gw.publish(
+            ActivationLimit(bsp_id=a.bid.bsp_id, bid_id=sig.bid_id, direction=a.bid.direction, max_mw=sig.max_mw,
+                            valid_from=self.clock.now(), requested_by=sig.dso_id, reason=sig.reason),
+            Party(role="bsp", id=a.bid.bsp_id), correlation_id=msg.envelope.correlation_id,
+            causation_id=msg.envelope.message_id,
+        )  # fmt: skip
+
+    async def on_fault(self, msg: Received[FaultReport]) -> None:
+        self.faults.append(msg.body)
+        self.log.warning("fault reported", dso=msg.body.dso_id, element=msg.body.element_id)
+
+    async def emergencies(self) -> None:
+        for e in sorted(self.config.emergencies, key=lambda e: e.at):
+            await self.clock.sleep_until(e.at)
+            await self.gw.publish(SystemStateNotice(state=e.state, area=self.config.area, since=e.at,
+                                                    reason="system state changed"), Party(role="dso", id="all"))  # fmt: skip
+            if e.curtail_dso and e.amount_mw > 0:
+                try:
+                    answer = await self.gw.request(
+                        CurtailmentRequest(dso_id=e.curtail_dso, target=e.target, amount_mw=e.amount_mw, start=e.at,
+                                           duration_s=e.duration_s, state=e.state),
+                        Party(role="dso", id=e.curtail_dso), timeout=5, retries=1,
+                    )  # fmt: skip
+                    self.curtailments.append(answer.body)
+                except RequestTimeout as exc:
+                    self.log.error("curtailment unanswered", error=str(exc))
+
+    # --- the run -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        emergencies = asyncio.create_task(self.emergencies())
+        scenario = self.scenario
+        step = timedelta(seconds=self.config.setpoint_step_s)
+        next_step = scenario.start
+        period_cycles = round(self.config.monitoring_period_s / scenario.setpoint_period_s)
+        isp_start = None
+        first_cycle_of_period = 0
+        try:
+            for k, t in self.cycles(scenario.start, scenario.end):
+                late = await self.clock.sleep_until(t)
+                if late > self.clock.wall_seconds(scenario.setpoint_period_s):
+                    self.late_cycles += 1
+                isp = t.replace(minute=t.minute - t.minute % 15, second=0, microsecond=0)
+                if isp != isp_start:
+                    if isp_start is not None:
+                        await self.settle(isp_start)
+                    isp_start = isp
+                    if t == isp:  # a whole ISP ahead: build and validate its MOL
+                        await self.build_mol(isp)
+                stepping = t >= next_step
+                if stepping:
+                    while next_step <= t:
+                        next_step += step
+                self.step_activations(t, stepping)
+                if self.active:
+                    await self.send_setpoints(k, t)
+                if (k + 1) % period_cycles == 0:
+                    await self.monitor(t - timedelta(seconds=self.config.monitoring_period_s) +
+                                       timedelta(seconds=scenario.setpoint_period_s), t, first_cycle_of_period, k)  # fmt: skip
+                    first_cycle_of_period = k + 1
+            if isp_start is not None and self.active:
+                await self.settle(isp_start)
+        finally:
+            emergencies.cancel()
+
+    def requested_energy_mwh(self) -> float:
+        return sum(a.energy_mwh for a in self.active.values())
+
+
+__all__ = ["TSO", "ISP"]

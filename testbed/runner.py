@@ -1,0 +1,63 @@
+"""Run a scenario: every actor in this process on one broker, one clock, one exchange log.
+
+The run directory receives the scenario as run (``scenario.yaml``), the exchange log
+(``exchange.sqlite``), the events (``events.jsonl``), the nets the DSOs validated on (``nets/``)
+and ``summary.json``.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from actors.bsp import BSP
+from actors.config import Scenario
+from actors.dso import DSO
+from actors.tso import TSO
+from gateway import ExchangeLog, Gateway
+from gateway.logs import configure_logging
+from schemas.envelope import Party
+from testbed.clock import Clock
+from testbed.scenario import dump_scenario
+from testbed.summary import summarize
+
+
+async def run_scenario(
+    scenario: Scenario, broker_url: str, out: Path, *, speed: float = 50.0, progress: Any = None
+) -> dict[str, Any]:
+    """Run ``scenario`` to its end and return the summary (also written to ``out/summary.json``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("exchange.sqlite", "exchange.sqlite-wal", "exchange.sqlite-shm", "events.jsonl"):
+        (out / stale).unlink(missing_ok=True)
+    dump_scenario(scenario, out / "scenario.yaml")
+    configure_logging(out / "events.jsonl")
+    run_id = f"{scenario.name}-{'coord' if scenario.coordination else 'nocoord'}-{uuid.uuid4().hex[:6]}"
+    clock = Clock(scenario.start, speed)
+    wall_start = time.time()
+    with ExchangeLog(out / "exchange.sqlite", run_id=run_id) as log:
+        async with AsyncExitStack() as stack:
+
+            async def gateway(role: str, actor_id: str) -> Gateway:
+                return await stack.enter_async_context(Gateway(Party(role=role, id=actor_id), broker_url, log=log))
+
+            tso = TSO(await gateway("tso", scenario.tso.id), clock, scenario, scenario.tso)
+            dsos = [DSO(await gateway("dso", d.id), clock, scenario, d, out) for d in scenario.dsos]
+            bsps = [BSP(await gateway("bsp", b.id), clock, scenario, b) for b in scenario.bsps]
+            clock.wall_origin = time.time() + 0.2  # every actor is connected: scenario time starts now
+            tasks = [asyncio.create_task(a.run(), name=f"{type(a).__name__}") for a in (tso, *dsos, *bsps)]
+            if progress is not None:
+                tasks.append(asyncio.create_task(progress(clock, scenario)))
+            done, pending = await asyncio.wait(tasks[:-1] if progress else tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # an actor that failed fails the run, loudly
+            for task in pending:
+                task.cancel()
+            await asyncio.sleep(clock.wall_seconds(scenario.setpoint_period_s))  # last answers arrive
+    summary = summarize(scenario, out / "exchange.sqlite", tso, dsos, bsps)
+    summary["wall_clock_s"] = round(time.time() - wall_start, 3)
+    summary["speed"] = speed
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
