@@ -46,11 +46,14 @@ class DSO(Actor):
         self.fast = FastAC(self.net, self.net.bus.index)  # every bus may carry flex injections
         self.assets: dict[str, int] = {}  # qualified DN asset id -> bus
         # connection agreements: every DN asset in this grid, qualified for balancing or not
-        self.connections: dict[str, int] = {
-            a.asset_id: self.bus_of(a.connection_bus)
-            for b in scenario.bsps for a in b.assets
-            if a.connection == Connection.DN and a.dso_id == config.id and a.connection_bus
-        }  # fmt: skip
+        self.connections: dict[str, int] = {}
+        for bsp in scenario.bsps:
+            for a in bsp.assets:
+                if a.connection == Connection.DN and a.dso_id == config.id:
+                    try:
+                        self.connections[a.asset_id] = self.bus_of(a.connection_bus or "")
+                    except KeyError:
+                        self.log.warning("asset connected to an unknown bus", asset=a.asset_id, bus=a.connection_bus)
         self.scheduled: dict[str, float] = {}  # asset id -> scheduled MW
         self.measured: dict[str, float] = {}  # asset id -> latest telemetered MW
         self.asset_bid: dict[str, tuple[str, float, float, Direction]] = {}  # asset -> (bid, share, quantity, dir)
@@ -279,7 +282,10 @@ class DSO(Actor):
             while faults and faults[0].at <= t:
                 await self.report_fault(faults.pop(0))
             await self.watch(t)
-        if self.out_dir is not None:  # after the run: pp.runpp audits would stall the real-time loop
+
+    def write_results(self) -> None:
+        """After the run (pp.runpp audits would stall the real-time loop): the validated nets."""
+        if self.out_dir is not None:
             for mol, validated in self.validated_mols:
                 self.save_validated_nets(mol, validated)
 

@@ -199,7 +199,8 @@ class TSO(Actor):
             self.mol_iterations[dso_id] = iteration
             changed = False
             for r in answer.body.results:
-                self.validations[r.bid_id] = r.model_dump(mode="json")
+                if r.status != BidStatus.ACCEPTED or r.bid_id not in self.validations:
+                    self.validations[r.bid_id] = r.model_dump(mode="json")  # the verdict that set the bound
                 if r.bid_id not in entries:
                     continue
                 if r.status == BidStatus.REJECTED:

@@ -56,8 +56,18 @@ async def run_scenario(
             for task in pending:
                 task.cancel()
             await asyncio.sleep(clock.wall_seconds(scenario.setpoint_period_s))  # last answers arrive
+    for dso in dsos:
+        dso.write_results()
     summary = summarize(scenario, out / "exchange.sqlite", tso, dsos, bsps)
     summary["wall_clock_s"] = round(time.time() - wall_start, 3)
     summary["speed"] = speed
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "timeseries.json").write_text(json.dumps({
+        "setpoint_period_s": scenario.setpoint_period_s,
+        "start": scenario.start.isoformat(),
+        "setpoints": {bsp: rec.setpoints for bsp, rec in tso.records.items()},
+        "delivered": {bsp: rec.delivered for bsp, rec in tso.records.items()},
+        "limits_mw": {**tso.dso_limits_mw, **tso.rt_limits},
+        "loading": {d.me.id: [[t.isoformat(), element, round(v, 4)] for t, element, v in d.loading] for d in dsos},
+    }) + "\n")  # fmt: skip
     return summary

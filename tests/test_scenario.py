@@ -1,0 +1,181 @@
+"""The §IV.B reference scenario end to end over a real broker, with and without coordination,
+and the variations the actors must handle (tolerance, prequalification, DSO timeout, emergencies)."""
+
+import asyncio
+import json
+import sqlite3
+from datetime import datetime, timedelta
+
+import pandapower as pp
+import pytest
+
+from broker import start_broker
+from testbed.runner import run_scenario
+from testbed.scenario import load_scenario
+from tests.conftest import mosquitto_or_skip
+
+SCENARIO = "scenarios/nl-afrr-congestion.yaml"
+SPEED = 50.0
+
+
+def run(tmp_path_factory, name: str, broker: str = "embedded", speed: float = SPEED, **changes):
+    scenario = load_scenario(SCENARIO, coordination=changes.pop("coordination", None))
+    if changes:
+        scenario = changes.pop("edit")(scenario)
+    out = tmp_path_factory.mktemp(name)
+    with start_broker(broker, data_dir=out / "broker") as running:
+        summary = asyncio.run(run_scenario(scenario, running.url, out / "run", speed=speed))
+    return summary, out / "run"
+
+
+@pytest.fixture(scope="module")
+def coordinated(tmp_path_factory):
+    return run(tmp_path_factory, "on", coordination=True)
+
+
+@pytest.fixture(scope="module")
+def uncoordinated(tmp_path_factory):
+    return run(tmp_path_factory, "off", coordination=False)
+
+
+def test_with_coordination_the_dso_limits_the_bid_to_15_mw_and_nothing_congests(coordinated):
+    summary, run_dir = coordinated
+    assert summary["coordination"] == "on"
+    assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.0, abs=0.1)
+    assert summary["validations"]["bsp1-up"]["limiting_element"] == "line:behind-coupling"
+    assert summary["congestion_seconds"] == 0
+    assert summary["max_line_loading_percent"] <= 100.0
+    assert summary["max_delta_setpoint_mw"]["bsp1"] <= summary["dso_limits_mw"]["bsp1-up"] + 1e-9
+    assert summary["setpoints_missed"] == 0 and summary["rejected_messages"] == 0
+    assert summary["mol_validation_round_trip_ms"]["count"] >= 1
+
+
+def test_without_coordination_the_full_activation_congests_the_line(uncoordinated):
+    summary, _ = uncoordinated
+    assert summary["coordination"] == "off"
+    assert summary["dso_limits_mw"] == {} and summary["mol_validation_round_trip_ms"]["count"] == 0
+    assert summary["max_delta_setpoint_mw"]["bsp1"] == pytest.approx(20.0)
+    assert summary["congestion_seconds"] > 0
+    assert summary["max_line_loading_percent"] > 100.0
+    assert summary["max_loading_element"] == "line:behind-coupling"
+    assert "merit_order_list" not in summary["messages"]  # today, the DSO never sees the MOL
+
+
+def test_the_bsp_never_delivers_beyond_the_dso_limit(coordinated):
+    _, run_dir = coordinated
+    db = sqlite3.connect(run_dir / "exchange.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM exchange WHERE type='telemetry' AND direction='in'").fetchone()[0] > 200
+    summary = json.loads((run_dir / "summary.json").read_text())
+    limit = summary["dso_limits_mw"]["bsp1-up"]
+    settled = summary["settlement"][0]["lines"]
+    up = next(x for x in settled if x["bid_id"] == "bsp1-up")
+    assert up["amount_eur"] == pytest.approx(up["activated_energy_mwh"] * 85, abs=0.01)
+    assert summary["activated_energy_mwh"] < limit * 0.25  # never more than the limit for the 15-min ISP
+
+
+def test_the_setpoint_ramps_1_mw_every_30_s_from_10_01(coordinated):
+    _, run_dir = coordinated
+    scenario = load_scenario(run_dir / "scenario.yaml")
+    db = sqlite3.connect(run_dir / "exchange.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM exchange WHERE type='delta_setpoint' AND outcome='delivered'").fetchone()[0] == 225
+    trace = json.loads((run_dir / "timeseries.json").read_text())["setpoints"]["bsp1"]
+    t0 = scenario.start
+    changes = []
+    previous = 0.0
+    for cycle, delta in sorted((int(k), v) for k, v in trace.items()):
+        if delta != previous:
+            changes.append((t0 + timedelta(seconds=4 * cycle), delta - previous, delta))
+            previous = delta
+    first_time, first_step, _ = changes[0]
+    assert first_time == datetime.fromisoformat("2026-11-23T10:01:00+00:00") and first_step == pytest.approx(1.0)
+    assert all(step <= 1.0 + 1e-9 for _, step, _ in changes)
+    gaps = [(b[0] - a[0]).total_seconds() for a, b in zip(changes, changes[1:])]
+    assert min(gaps) >= 28
+    ten = next(t for t, _, level in changes if level >= 10.0 - 1e-9)
+    assert ten == datetime.fromisoformat("2026-11-23T10:05:32+00:00")  # the 10th step, first cycle after 10:05:30
+
+
+def test_the_dso_keeps_the_nets_it_validated_on(coordinated):
+    _, run_dir = coordinated
+    nets = sorted((run_dir / "nets").glob("*-up.json"))
+    assert nets
+    net = pp.from_json(str(nets[-1]))
+    table = net["bid_validation"]
+    assert list(table.bid_id) == ["bsp1-up"] and table.bus.iloc[0] == "der-park"
+    pp.runpp(net, numba=False)  # anyone can re-check the decision
+    assert net.res_line.loading_percent.max() <= 100.0
+
+
+def test_emergency_path_round_trips(coordinated):
+    summary, run_dir = coordinated
+    assert summary["faults_reported"][0]["element_id"] == "line:south-pv"
+    assert summary["curtailments"] == [{"dso_id": "dso1", "accepted_mw": 3.0, "status": "accepted", "reason": None}]
+    db = sqlite3.connect(run_dir / "exchange.sqlite")
+    delivered = dict(db.execute("SELECT type, COUNT(*) FROM exchange WHERE direction='in' AND outcome='delivered' "
+                                "AND type IN ('system_state','curtailment_request','curtailment_response','fault_report') "
+                                "GROUP BY type"))  # fmt: skip
+    assert delivered == {"system_state": 1, "curtailment_request": 1, "curtailment_response": 1, "fault_report": 1}
+
+
+def short(scenario, minutes: int = 4):
+    scenario.end = scenario.start + timedelta(minutes=minutes)
+    scenario.tso.emergencies = []
+    scenario.dsos[0].faults = []
+    return scenario
+
+
+def test_a_bsp_outside_the_tolerance_band_is_flagged(tmp_path_factory):
+    def sluggish(s):
+        s = short(s, 6)
+        s.bsps[0].follow_factor = 0.7
+        s.tso.monitoring_period_s = 120
+        return s
+
+    summary, _ = run(tmp_path_factory, "sluggish", edit=sluggish)
+    assert summary["non_compliant_bsps"] == ["bsp1"]
+    assert summary["delivery_within_tolerance_ratio"] < 0.5
+
+
+def test_a_compliant_bsp_is_not_flagged(coordinated):
+    summary, _ = coordinated
+    assert summary["non_compliant_bsps"] == [] and summary["delivery_within_tolerance_ratio"] >= 0.9
+
+
+def test_a_failed_prequalification_keeps_the_asset_out_of_the_mol(tmp_path_factory):
+    def misplaced(s):
+        s = short(s)
+        s.bsps[0].assets[1].connection_bus = "nowhere"
+        s.bsps[0].bids.append(s.bsps[0].bids[0].model_copy(update={"bid_id": "bsp1-plant", "quantity_mw": 10,
+                                                                     "assets": {"plant": 10}}))  # fmt: skip
+        return s
+
+    summary, run_dir = run(tmp_path_factory, "prequal", edit=misplaced)
+    db = sqlite3.connect(run_dir / "exchange.sqlite")
+    bids = {r[0] for r in db.execute("SELECT DISTINCT type FROM exchange WHERE type='energy_bid'")}
+    assert bids == {"energy_bid"}
+    # the DER park failed at the DSO; only the plant's bid was offered and activated
+    assert list(summary["max_delta_setpoint_mw"]) == ["bsp1"]
+    assert summary["validations"] == {}  # no bid touched the DSO's grid, so nothing was sent to validate
+    assert "merit_order_list" not in summary["messages"]
+    events = (run_dir / "events.jsonl").read_text()
+    assert "not in the grid of dso1" in events
+
+
+def test_a_dso_that_misses_the_validation_window_triggers_the_fallback(tmp_path_factory):
+    def slow_dso(s):
+        s = short(s)
+        s.dsos[0].validation_delay_s = 1.5
+        s.tso.mol_timeout_s = 0.3
+        s.tso.mol_retries = 0
+        return s
+
+    summary, _ = run(tmp_path_factory, "timeout", edit=slow_dso)
+    assert summary["mol_fallbacks"] == ["dso1:mol-202611231000:exclude_dn"]
+    assert summary["max_delta_setpoint_mw"] == {}  # the only bids had DN assets: excluded, nothing activated
+
+
+def test_same_outcome_on_mosquitto(tmp_path_factory):
+    mosquitto_or_skip()
+    summary, _ = run(tmp_path_factory, "mosquitto", broker="mosquitto", coordination=True)
+    assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.0, abs=0.1)
+    assert summary["congestion_seconds"] == 0 and summary["setpoints_missed"] == 0
