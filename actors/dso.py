@@ -17,7 +17,7 @@ from actors.config import ISP, DsoConfig
 from actors.powerflow import FastAC, GridState
 from actors.validation import largest_activation, validate_mol
 from gateway import Received
-from schemas.codes import BidStatus, Connection, Direction
+from schemas.codes import Connection, Direction
 from schemas.envelope import Party
 from schemas.messages import (
     AssetVerdict,
@@ -283,11 +283,19 @@ class DSO(Actor):
                 await self.report_fault(faults.pop(0))
             await self.watch(t)
 
+    def results(self) -> dict:
+        """What the DSO saw, for the run's summary (JSON-able)."""
+        return {
+            "dso_id": self.me.id,
+            "congestion_seconds": self.congestion_s,
+            "loading": [[t.isoformat(), element, round(v, 4)] for t, element, v in self.loading],
+            "validation_ms": self.validation_ms,
+            "faults_reported": self.faults_reported,
+        }
+
     def write_results(self) -> None:
         """After the run (pp.runpp audits would stall the real-time loop): the validated nets."""
         if self.out_dir is not None:
             for mol, validated in self.validated_mols:
                 self.save_validated_nets(mol, validated)
 
-
-__all__ = ["DSO", "BidStatus"]

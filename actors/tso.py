@@ -397,8 +397,25 @@ class TSO(Actor):
         finally:
             emergencies.cancel()
 
-    def requested_energy_mwh(self) -> float:
-        return sum(a.energy_mwh for a in self.active.values())
+    def results(self) -> dict:
+        """What the TSO did, for the run's summary (JSON-able)."""
+        return {
+            "dso_limits_mw": self.dso_limits_mw,
+            "validations": self.validations,
+            "mol_iterations": self.mol_iterations,
+            "mol_fallbacks": self.fallbacks,
+            "activated_energy_mwh": round(sum(a.energy_mwh for a in self.active.values()), 6),
+            "max_delta_setpoint_mw": {b: max((abs(v) for v in r.setpoints.values()), default=0.0)
+                                      for b, r in self.records.items()},
+            "late_cycles": self.late_cycles,
+            "monitoring": [m.model_dump(mode="json") for m in self.monitoring],
+            "real_time_limits": [t.model_dump(mode="json") for t in self.terminations],
+            "faults_reported": [f.model_dump(mode="json") for f in self.faults],
+            "curtailments": [c.model_dump(mode="json") for c in self.curtailments],
+            "settlement": [x.model_dump(mode="json") for x in self.settlements],
+            "mol_round_trip_ms": self.mol_round_trip_ms,
+            "setpoints": {b: r.setpoints for b, r in self.records.items()},
+            "delivered": {b: r.delivered for b, r in self.records.items()},
+            "limits_mw": {**self.dso_limits_mw, **self.rt_limits},
+        }  # fmt: skip
 
-
-__all__ = ["TSO", "ISP"]

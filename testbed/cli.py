@@ -159,16 +159,143 @@ def bench_rtt(
     console.print(f"ratio_p50 = {result['ratio_p50']} (goal <= 1.3: {verdict})")
 
 
+CoordinationOpt = Annotated[
+    Optional[str], typer.Option("--coordination", "-c", help="on | off (default: the scenario's setting)")
+]
+
+
+def _coordination(value: Optional[str]) -> Optional[bool]:
+    if value is None:
+        return None
+    if value not in ("on", "off"):
+        raise typer.BadParameter("--coordination is on or off")
+    return value == "on"
+
+
+async def _progress(clock, scenario) -> None:  # noqa: ANN001
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    total = (scenario.end - scenario.start).total_seconds()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[now]}"),
+                  TimeRemainingColumn(), console=err, transient=True) as bar:  # fmt: skip
+        task = bar.add_task(scenario.name, total=total, now="")
+        while True:
+            now = clock.now()
+            bar.update(task, completed=min(total, max(0.0, (now - scenario.start).total_seconds())),
+                       now=f"{now:%H:%M:%S}" if now >= scenario.start else "connecting")  # fmt: skip
+            await asyncio.sleep(0.2)
+
+
+def _run(scenario_file: Path, coordination: Optional[bool], speed: float, broker: str, out: Path) -> dict:
+    from broker import start_broker
+    from testbed.runner import run_scenario
+    from testbed.scenario import load_scenario
+
+    scenario = load_scenario(scenario_file, coordination=coordination)
+    with start_broker(broker, data_dir=out / "broker") as running:
+        progress = _progress if sys.stderr.isatty() else None
+        return asyncio.run(run_scenario(scenario, running.url, out, speed=speed, progress=progress))
+
+
+@app.command()
+def run(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (YAML).")],
+    coordination: CoordinationOpt = None,
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
+    realtime: Annotated[bool, typer.Option("--realtime", help="Same as --speed 1.")] = False,
+    broker: BrokerOpt = "embedded",
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/latest"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
+):
+    """Run a scenario with every actor in this process; write the run directory."""
+    summary = _run(scenario, _coordination(coordination), 1.0 if realtime else speed, broker, out)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    _print_outcomes([summary], console)
+    console.print(f"run directory: {out}", highlight=False)
+
+
+@app.command()
+def actor(
+    role: Annotated[str, typer.Argument(help="tso | dso | bsp")],
+    actor_id: Annotated[str, typer.Option("--id", help="The actor's id in the scenario.")],
+    scenario: Annotated[Path, typer.Option(help="Scenario file (YAML).")],
+    broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")],
+    coordination: CoordinationOpt = None,
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second (the same for every actor).")] = 50.0,
+    out: Annotated[Path, typer.Option(help="Run directory shared by the actors.")] = Path("runs/actors"),
+):
+    """Run one actor in this process on any broker; the TSO starts the run when all are online."""
+    from testbed.scenario import load_scenario
+    from testbed.standalone import run_actor
+
+    if role not in ("tso", "dso", "bsp"):
+        raise typer.BadParameter("role is tso, dso or bsp")
+    loaded = load_scenario(scenario, coordination=_coordination(coordination))
+    asyncio.run(run_actor(role, actor_id, loaded, broker, out, speed=speed))
+    if role == "tso":
+        console.print(f"summary: {out / 'summary.json'}", highlight=False)
+
+
+def _print_outcomes(summaries: list[dict], to: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{summaries[0]['scenario']}: outcomes")
+    table.add_column("")
+    for s in summaries:
+        table.add_column(f"coordination {s['coordination']}", justify="right")
+
+    def row(label: str, fn) -> None:  # noqa: ANN001
+        table.add_row(label, *[fn(s) for s in summaries])
+
+    row("DSO limit on bsp1-up [MW]", lambda s: ", ".join(f"{v:.2f}" for v in s["dso_limits_mw"].values()) or "none")
+    row("limiting element", lambda s: next((v.get("limiting_element") or "" for v in s["validations"].values()
+                                            if v.get("limiting_element")), "-"))  # fmt: skip
+    row("largest delta setpoint [MW]", lambda s: ", ".join(f"{v:.2f}" for v in s["max_delta_setpoint_mw"].values()))
+    row("max line loading [%]", lambda s: f"{s['max_line_loading_percent']:.1f} ({s['max_loading_element']})")
+    row("congestion [s]", lambda s: f"{s['congestion_seconds']:.0f}")
+    row("activated energy [MWh]", lambda s: f"{s['activated_energy_mwh']:.3f}")
+    row("setpoints sent / missed", lambda s: f"{s['setpoints_sent']} / {s['setpoints_missed']}")
+    row("delivery within [-10 %, +20 %]", lambda s: f"{s['delivery_within_tolerance_ratio']}")
+    row("MOL -> validation p50 / p99 [ms]", lambda s: (f"{s['mol_validation_round_trip_ms']['p50']} / "
+                                                        f"{s['mol_validation_round_trip_ms']['p99']}")
+        if s["mol_validation_round_trip_ms"]["count"] else "-")  # fmt: skip
+    row("delta_setpoint latency p50 / p99 [ms]", lambda s: (f"{s['latency_ms']['delta_setpoint']['p50']} / "
+                                                             f"{s['latency_ms']['delta_setpoint']['p99']}"))  # fmt: skip
+    row("messages", lambda s: str(sum(s["messages"].values())))
+    row("wall clock [s]", lambda s: f"{s['wall_clock_s']:.1f}")
+    to.print(table)
+
+
 @app.command()
 def demo(
     broker: BrokerOpt = "embedded",
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
+    out: Annotated[Path, typer.Option(help="Where the two runs go.")] = Path("runs/demo"),
+    scenario: Annotated[Path, typer.Option(help="Scenario file.")] = Path("scenarios/nl-afrr-congestion.yaml"),
+):
+    """The reference scenario (seed 000 §IV.B) with coordination on and off, side by side."""
+    summaries = []
+    for coordination in (True, False):
+        label = "on" if coordination else "off"
+        console.print(f"running {scenario} with coordination {label} on the {broker} broker ...", highlight=False)
+        summaries.append(_run(scenario, coordination, speed, broker, out / f"coordination-{label}"))
+    _print_outcomes(summaries, console)
+    console.print(f"run directories: {out}/coordination-on, {out}/coordination-off", highlight=False)
+
+
+@app.command()
+def exchange(
+    broker: BrokerOpt = "embedded",
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/exchange"),
 ):
     """A small TSO-DSO-BSP exchange over a real broker; prints what crossed the bus with latencies."""
     from broker import start_broker
     from gateway import ExchangeLog
     from gateway.logs import configure_logging
-    from testbed.demo import exchange, print_exchange
+    from testbed.demo import exchange as small_exchange
+    from testbed.demo import print_exchange
 
     out.mkdir(parents=True, exist_ok=True)
     db = out / "exchange.sqlite"
@@ -177,8 +304,8 @@ def demo(
     configure_logging(out / "events.jsonl")
     with start_broker(broker, data_dir=out / "broker") as running:
         console.print(f"broker: {running.kind} at {running.url}", highlight=False)
-        with ExchangeLog(db, run_id="demo") as log:
-            asyncio.run(exchange(running.url, log))
+        with ExchangeLog(db, run_id="exchange") as log:
+            asyncio.run(small_exchange(running.url, log))
     print_exchange(db, console)
 
 

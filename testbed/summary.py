@@ -1,4 +1,4 @@
-"""``summary.json``: what a run did, from the actors' records and the exchange log."""
+"""``summary.json``: what a run did, from the actors' results and the exchange log."""
 
 import sqlite3
 from collections import defaultdict
@@ -13,7 +13,8 @@ def _p(values: list[float]) -> dict[str, float | int]:
     return {"count": s["count"], "p50": round(s["p50"], 3), "p99": round(s["p99"], 3)} if values else {"count": 0}
 
 
-def summarize(scenario, db_path: Path, tso, dsos, bsps) -> dict[str, Any]:  # noqa: ANN001
+def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: ANN001
+    """Merge the TSO's and DSOs' results (``results()``) with what the exchange log shows."""
     db = sqlite3.connect(db_path)
     messages = dict(db.execute("SELECT type, COUNT(*) FROM exchange WHERE direction='out' AND outcome='sent' GROUP BY type"))
     latency: dict[str, list[float]] = defaultdict(list)
@@ -25,37 +26,47 @@ def summarize(scenario, db_path: Path, tso, dsos, bsps) -> dict[str, Any]:  # no
     got_ids = {r[0] for r in db.execute(
         "SELECT message_id FROM exchange WHERE direction='in' AND type='delta_setpoint' AND outcome='delivered'")}  # fmt: skip
     rejected = db.execute("SELECT COUNT(*) FROM exchange WHERE outcome='rejected'").fetchone()[0]
-    loading = [(t, e, v) for d in dsos for (t, e, v) in d.loading]
+    loading = [row for d in dsos for row in d["loading"]]
     worst = max(loading, key=lambda x: x[2]) if loading else (None, None, 0.0)
-    ratios = [m.within_tolerance_ratio for m in tso.monitoring]
-    flagged = sorted({m.bsp_id for m in tso.monitoring if not m.compliant})
-    activated = sum(a.energy_mwh for a in tso.active.values())
-    setpoint_peak = {bsp: max((abs(v) for v in rec.setpoints.values()), default=0.0) for bsp, rec in tso.records.items()}
+    monitoring = tso["monitoring"]
+    ratios = [m["within_tolerance_ratio"] for m in monitoring]
     return {
         "scenario": scenario.name,
         "coordination": "on" if scenario.coordination else "off",
-        "dso_limits_mw": tso.dso_limits_mw,
-        "validations": tso.validations,
-        "mol_iterations": tso.mol_iterations,
-        "mol_fallbacks": tso.fallbacks,
-        "congestion_seconds": sum(d.congestion_s for d in dsos),
+        "dso_limits_mw": tso["dso_limits_mw"],
+        "validations": tso["validations"],
+        "mol_iterations": tso["mol_iterations"],
+        "mol_fallbacks": tso["mol_fallbacks"],
+        "congestion_seconds": sum(d["congestion_seconds"] for d in dsos),
         "max_line_loading_percent": round(worst[2], 3),
         "max_loading_element": worst[1],
-        "max_loading_at": worst[0].isoformat() if worst[0] else None,
-        "activated_energy_mwh": round(activated, 6),
-        "max_delta_setpoint_mw": setpoint_peak,
+        "max_loading_at": worst[0],
+        "activated_energy_mwh": tso["activated_energy_mwh"],
+        "max_delta_setpoint_mw": tso["max_delta_setpoint_mw"],
         "setpoints_sent": len(sent_ids),
         "setpoints_missed": len(sent_ids - got_ids),
-        "late_cycles": tso.late_cycles,
+        "late_cycles": tso["late_cycles"],
         "delivery_within_tolerance_ratio": round(min(ratios), 4) if ratios else None,
-        "non_compliant_bsps": flagged,
-        "real_time_limits": [t.model_dump(mode="json") for t in tso.terminations],
-        "faults_reported": [f.model_dump(mode="json") for f in tso.faults],
-        "curtailments": [c.model_dump(mode="json") for c in tso.curtailments],
-        "settlement": [s.model_dump(mode="json") for s in tso.settlements],
+        "non_compliant_bsps": sorted({m["bsp_id"] for m in monitoring if not m["compliant"]}),
+        "real_time_limits": tso["real_time_limits"],
+        "faults_reported": tso["faults_reported"],
+        "curtailments": tso["curtailments"],
+        "settlement": tso["settlement"],
         "messages": messages,
         "rejected_messages": rejected,
         "latency_ms": {t: _p(v) for t, v in sorted(latency.items())},
-        "mol_validation_round_trip_ms": _p(tso.mol_round_trip_ms),
-        "dso_validation_compute_ms": _p([ms for d in dsos for ms in d.validation_ms]),
+        "mol_validation_round_trip_ms": _p(tso["mol_round_trip_ms"]),
+        "dso_validation_compute_ms": _p([ms for d in dsos for ms in d["validation_ms"]]),
+    }
+
+
+def timeseries(scenario, tso: dict[str, Any], dsos: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: ANN001
+    """Setpoints, telemetered delivery, limits and grid loading over time (for reports)."""
+    return {
+        "setpoint_period_s": scenario.setpoint_period_s,
+        "start": scenario.start.isoformat(),
+        "setpoints": tso["setpoints"],
+        "delivered": tso["delivered"],
+        "limits_mw": tso["limits_mw"],
+        "loading": {d["dso_id"]: d["loading"] for d in dsos},
     }

@@ -67,8 +67,10 @@ def uid() -> str:
 
 @pytest.fixture(autouse=True)
 def _logs_to_stderr():
-    """Each test starts with gateway events going to stderr (a CLI test may point them at a file)."""
+    """Each test starts with gateway warnings going to stderr (a run may have pointed them at a file)."""
+    import logging
+
     from gateway.logs import configure_logging
 
-    configure_logging()
+    configure_logging(level=logging.WARNING)
     yield

@@ -11,8 +11,8 @@ from testbed.bench.rtt import run_rtt
 from testbed.cli import app
 
 
-def test_demo_prints_what_crossed_the_bus(tmp_path):
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+def test_exchange_prints_what_crossed_the_bus(tmp_path):
+    result = CliRunner().invoke(app, ["exchange", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     for type_name in ("prequalification_request", "prequalification_forward", "merit_order_list",
                       "mol_validation", "offer_acceptance", "delta_setpoint", "telemetry"):  # fmt: skip

@@ -1,0 +1,87 @@
+"""One actor in its own OS process, on any broker: ``tsodso actor tso|dso|bsp --id ID ...``.
+
+Processes agree on the run's clock over the bus: the TSO waits until every DSO and BSP of the
+scenario is online (their retained ``actor_state``), then announces the start with a
+``system_state`` (state normal, reason 'run start') to everyone; scenario time begins one second
+after that message's ``created_at``. Each actor appends to the run directory's exchange log and
+writes ``<role>-<id>.json``; the TSO, last, writes ``summary.json``.
+"""
+
+import asyncio
+import gc
+import json
+import time
+from pathlib import Path
+
+from actors.bsp import BSP
+from actors.config import Scenario
+from actors.dso import DSO
+from actors.tso import TSO
+from gateway import ExchangeLog, Gateway, Received
+from gateway.logs import configure_logging
+from schemas.codes import SystemState
+from schemas.envelope import Party
+from schemas.messages import ActorState, SystemStateNotice
+from schemas.topics import ALL
+from testbed.clock import Clock
+from testbed.runner import write_outputs
+
+RUN_START = "run start"
+LEAD_S = 1.0
+
+
+async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: str, out: Path, *, speed: float,
+                    start_timeout_s: float = 60.0) -> None:  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    configure_logging(out / f"events-{role}-{actor_id}.jsonl")
+    clock = Clock(scenario.start, speed, wall_origin=float("inf"))
+    online: set[str] = set()
+    started: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    wall_start = time.time()
+    with ExchangeLog(out / "exchange.sqlite", run_id=scenario.name) as log:
+        async with Gateway(Party(role=role, id=actor_id), broker_url, log=log) as gw:
+            connected_at = time.time()
+
+            @gw.on(ActorState)
+            async def presence(msg: Received[ActorState]) -> None:
+                (online.add if msg.body.status == "online" else online.discard)(str(msg.sender))
+
+            @gw.on(SystemStateNotice)
+            async def start(msg: Received[SystemStateNotice]) -> None:
+                created = msg.envelope.created_at.timestamp()
+                if msg.body.reason == RUN_START and created >= connected_at - 1 and not started.done():
+                    started.set_result(created + LEAD_S)
+
+            if role == "tso":
+                actor = TSO(gw, clock, scenario, scenario.tso)
+                peers = {f"dso/{d.id}" for d in scenario.dsos} | {f"bsp/{b.id}" for b in scenario.bsps}
+                deadline = time.time() + start_timeout_s
+                while not peers <= online:
+                    if time.time() > deadline:
+                        raise TimeoutError(f"peers not online after {start_timeout_s} s: {sorted(peers - online)}")
+                    await asyncio.sleep(0.05)
+                env = await gw.publish(SystemStateNotice(state=SystemState.NORMAL, area=scenario.tso.area,
+                                                         since=scenario.start, reason=RUN_START), ALL)  # fmt: skip
+                clock.wall_origin = env.created_at.timestamp() + LEAD_S
+            else:
+                if role == "dso":
+                    actor = DSO(gw, clock, scenario, next(d for d in scenario.dsos if d.id == actor_id), out)
+                else:
+                    actor = BSP(gw, clock, scenario, next(b for b in scenario.bsps if b.id == actor_id))
+                clock.wall_origin = await asyncio.wait_for(started, start_timeout_s)
+            gc.collect()
+            gc.freeze()  # see testbed.runner: no full collection over the grid's heap mid-run
+            await actor.run()
+            await clock.sleep_until(scenario.end)
+            await asyncio.sleep(clock.wall_seconds(2 * scenario.setpoint_period_s))  # last answers arrive
+    if role == "dso":
+        actor.write_results()
+    if role in ("tso", "dso"):
+        (out / f"{role}-{actor_id}.json").write_text(json.dumps(actor.results()) + "\n")
+    if role == "tso":
+        paths = [out / f"dso-{d.id}.json" for d in scenario.dsos]
+        deadline = time.time() + 60
+        while not all(p.exists() for p in paths) and time.time() < deadline:
+            await asyncio.sleep(0.1)
+        write_outputs(scenario, out, actor.results(), [json.loads(p.read_text()) for p in paths],
+                      wall_start=wall_start, speed=speed)  # fmt: skip
