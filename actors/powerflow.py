@@ -44,6 +44,32 @@ class Violation:
         return self.value - self.limit if self.element.startswith(("line", "trafo")) else abs(self.value - self.limit)
 
 
+def without_switches(net: pp.pandapowerNet) -> tuple[pp.pandapowerNet, dict[int, int]]:
+    """The same grid with its switches applied (lightsim2grid models no switches): buses joined by
+    a closed bus-bus switch are fused, lines and transformers behind an open switch are taken out of
+    service. Returns the new net and, for every fused-away bus, the bus it became."""
+    net = copy.deepcopy(net)
+    fused: dict[int, int] = {}
+    sw = net.switch
+    if len(sw):
+        for _, s in sw[(sw.et == "l") & ~sw.closed.astype(bool)].iterrows():
+            net.line.at[s.element, "in_service"] = False
+        for _, s in sw[(sw.et == "t") & ~sw.closed.astype(bool)].iterrows():
+            net.trafo.at[s.element, "in_service"] = False
+        for _, s in sw[(sw.et == "b") & sw.closed.astype(bool)].iterrows():
+            keep, drop = fused.get(int(s.bus), int(s.bus)), fused.get(int(s.element), int(s.element))
+            if keep != drop:
+                pp.toolbox.fuse_buses(net, keep, drop)
+                fused = {k: (keep if v == drop else v) for k, v in fused.items()}
+                fused[drop] = keep
+        net.switch = net.switch.iloc[0:0]
+    for table in ("sgen", "load", "gen", "storage"):
+        for col in ("min_p_mw", "max_p_mw", "min_q_mvar", "max_q_mvar"):
+            if col in net[table]:
+                net[table][col] = net[table][col].astype(float)
+    return net, fused
+
+
 @dataclass
 class FastAC:
     """One DSO grid prepared for many AC power flows that differ only in flex injections."""
@@ -54,17 +80,23 @@ class FastAC:
     flex: dict[int, int] = field(init=False)  # bus -> sgen index in the prepared net
 
     def __post_init__(self) -> None:
-        self.net = copy.deepcopy(self.net)
+        self.net, self.fused = without_switches(self.net)
         net = self.net
         self.flex = {}
-        for bus in sorted(set(self.flex_buses)):
+        for bus in sorted({self.fused.get(int(b), int(b)) for b in self.flex_buses}):
             self.flex[bus] = int(pp.create_sgen(net, bus, p_mw=0.0, name=f"flex:{net.bus.name.at[bus]}"))
         pp.runpp(net, numba=False)
         self._v0 = (net.res_bus.vm_pu.values * np.exp(1j * np.deg2rad(net.res_bus.va_degree.values))).astype(complex)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.model = init_from_pandapower(net)
-        self._sgen_pos = {idx: pos for pos, idx in enumerate(net.sgen.index)}
+        sgen_pos = {idx: pos for pos, idx in enumerate(net.sgen.index)}
+        self.flex_order = list(self.flex)  # flex vectors are aligned with this list of buses
+        self._flex_index = {bus: i for i, bus in enumerate(self.flex_order)}
+        self._flex_sgen = np.array([sgen_pos[self.flex[b]] for b in self.flex_order], dtype=int)
+        self._sgen_p = net.sgen.p_mw.values.astype(np.float64) * net.sgen.scaling.values.astype(np.float64)
+        self._sgen_all = np.ones(len(net.sgen), dtype=bool)
+        self._limits_cache: dict[int, tuple] = {}
         line = net.line
         self._line_imax = (line.max_i_ka * line.df * line.parallel).values
         trafo = net.trafo
@@ -82,13 +114,26 @@ class FastAC:
         self._line_in_service = line.in_service.values.astype(bool)
         self.base = self.solve({})
 
-    def _apply(self, injections: Mapping[int, float]) -> None:
-        for bus, sgen in self.flex.items():
-            self.model.change_p_sgen(self._sgen_pos[sgen], float(injections.get(bus, 0.0)))
+    def bus(self, bus: int) -> int:
+        """The bus of the prepared net that ``bus`` of the original net became."""
+        return self.fused.get(bus, bus)
 
-    def solve(self, injections: Mapping[int, float]) -> GridState:
-        """AC power flow with ``injections`` (bus index -> MW, generation positive) at the flex buses."""
-        self._apply(injections)
+    def vector(self, injections: Mapping[int, float]) -> np.ndarray:
+        """Flex injections (bus of the original net -> MW) as a vector aligned with ``flex_order``."""
+        vec = np.zeros(len(self.flex_order))
+        for bus, mw in injections.items():
+            vec[self._flex_index[self.fused.get(bus, bus)]] += mw
+        return vec
+
+    def injections(self, vec: np.ndarray) -> dict[int, float]:
+        return {self.flex_order[i]: float(vec[i]) for i in np.nonzero(vec)[0]}
+
+    def solve(self, injections: Mapping[int, float] | np.ndarray) -> GridState:
+        """AC power flow with ``injections`` (bus index -> MW, generation positive, or a flex vector)."""
+        vec = injections if isinstance(injections, np.ndarray) else self.vector(injections)
+        p = self._sgen_p.copy()
+        p[self._flex_sgen] = vec
+        self.model.update_sgens_p(self._sgen_all, p.astype(np.float32))
         v = self.model.ac_pf(self._v0, 30, 1e-8)
         if len(v) == 0:
             n = len(self.net.bus)
@@ -116,28 +161,45 @@ class FastAC:
         anywhere moves it by. Worst first."""
         if not state.converged:
             return [Violation("powerflow:diverged", float("inf"), 0.0)]
-        base = reference or self.base
+        line_limit, trafo_limit, vmax, vmin = self._limits(reference or self.base)
+        line_over = state.line_loading > line_limit + tol
+        trafo_over = state.trafo_loading > trafo_limit + tol
+        v_high = state.vm_pu > vmax + tol
+        v_low = state.vm_pu < vmin - tol
+        if not (line_over.any() or trafo_over.any() or v_high.any() or v_low.any()):
+            return []
         out = []
-        pre = self.worsen_tolerance_percent
-        line_limit = np.where(base.line_loading > 100.0, base.line_loading + pre, 100.0)
-        for i in np.nonzero((state.line_loading > line_limit + tol) & self._line_in_service)[0]:
+        for i in np.nonzero(line_over)[0]:
             out.append(Violation(self.names["line"][i], float(state.line_loading[i]), float(line_limit[i])))
-        trafo_limit = np.where(base.trafo_loading > 100.0, base.trafo_loading + pre, 100.0)
-        for i in np.nonzero(state.trafo_loading > trafo_limit + tol)[0]:
+        for i in np.nonzero(trafo_over)[0]:
             out.append(Violation(self.names["trafo"][i], float(state.trafo_loading[i]), float(trafo_limit[i])))
-        vmax = np.where(base.vm_pu > self._vmax, base.vm_pu + self.worsen_tolerance_pu, self._vmax)
-        vmin = np.where(base.vm_pu < self._vmin, base.vm_pu - self.worsen_tolerance_pu, self._vmin)
-        for i in np.nonzero(state.vm_pu > vmax + tol)[0]:
+        for i in np.nonzero(v_high)[0]:
             out.append(Violation(self.names["bus"][i], float(state.vm_pu[i]), float(vmax[i])))
-        for i in np.nonzero(state.vm_pu < vmin - tol)[0]:
+        for i in np.nonzero(v_low)[0]:
             out.append(Violation(self.names["bus"][i], float(state.vm_pu[i]), float(vmin[i])))
         return sorted(out, key=lambda v: -v.excess)
 
-    def audit(self, injections: Mapping[int, float]) -> pp.pandapowerNet:
+    def _limits(self, base: GridState) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        cached = self._limits_cache.get(id(base))
+        if cached is None or cached[0] is not base:
+            pre = self.worsen_tolerance_percent
+            in_service = np.where(self._line_in_service, 0.0, np.inf)
+            line_limit = np.where(base.line_loading > 100.0, base.line_loading + pre, 100.0) + in_service
+            trafo_limit = np.where(base.trafo_loading > 100.0, base.trafo_loading + pre, 100.0)
+            vmax = np.where(base.vm_pu > self._vmax, base.vm_pu + self.worsen_tolerance_pu, self._vmax)
+            vmin = np.where(base.vm_pu < self._vmin, base.vm_pu - self.worsen_tolerance_pu, self._vmin)
+            if len(self._limits_cache) > 64:
+                self._limits_cache.clear()
+            cached = self._limits_cache[id(base)] = (base, (line_limit, trafo_limit, np.nan_to_num(vmax, nan=np.inf),
+                                                            np.nan_to_num(vmin, nan=-np.inf)))  # fmt: skip
+        return cached[1]
+
+    def audit(self, injections: Mapping[int, float] | np.ndarray) -> pp.pandapowerNet:
         """The same state solved by ``pp.runpp``: a pandapower net anyone can re-check."""
+        vec = injections if isinstance(injections, np.ndarray) else self.vector(injections)
         net = copy.deepcopy(self.net)
-        for bus, sgen in self.flex.items():
-            net.sgen.at[sgen, "p_mw"] = float(injections.get(bus, 0.0))
+        for i, bus in enumerate(self.flex_order):
+            net.sgen.at[self.flex[bus], "p_mw"] = float(vec[i])
         pp.runpp(net, numba=False)
         return net
 

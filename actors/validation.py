@@ -10,6 +10,8 @@ loading at the full bid.
 """
 
 import math
+
+import numpy as np
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,44 +28,42 @@ class Validated:
     injections: dict[Direction, dict[int, float]]
 
 
-def _injection(entry: MolEntry, activation_mw: float, buses: dict[str, int], dso_id: str) -> dict[int, float]:
+def _per_mw(entry: MolEntry, buses: dict[str, int], dso_id: str) -> dict[int, float]:
+    """Injection per MW of the bid's activation, per bus of this DSO (generation positive)."""
     sign = 1.0 if entry.direction == Direction.UP else -1.0
     out: dict[int, float] = {}
     for asset in entry.assets:
         if asset.connection == Connection.DN and asset.dso_id == dso_id:
             bus = buses[asset.connection_bus]
-            out[bus] = out.get(bus, 0.0) + sign * asset.share_mw * activation_mw / entry.quantity_mw
-    return out
-
-
-def _plus(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
-    out = dict(a)
-    for bus, mw in b.items():
-        out[bus] = out.get(bus, 0.0) + mw
+            out[bus] = out.get(bus, 0.0) + sign * asset.share_mw / entry.quantity_mw
     return out
 
 
 def largest_activation(
     fast: FastAC,
-    base: dict[int, float],
-    per_mw: dict[int, float],
+    base: dict[int, float] | np.ndarray,
+    per_mw: dict[int, float] | np.ndarray,
     upper_mw: float,
     *,
     reference: GridState | None = None,
     step_mw: float = 0.01,
 ) -> tuple[float, list[Violation]]:
     """The largest activation ``a`` in [0, upper] (to ``step_mw``, rounded down) such that injecting
-    ``per_mw[bus] * a`` on top of ``base`` breaks no limit, and the violations at ``upper``.
+    ``per_mw * a`` on top of ``base`` breaks no limit, and the violations at ``upper``.
     Assumes one crossing (loading grows with the activation), which holds on radial feeders."""
-    reference = reference or fast.solve(base)
+    base_vec = base if isinstance(base, np.ndarray) else fast.vector(base)
+    per_vec = per_mw if isinstance(per_mw, np.ndarray) else fast.vector(per_mw)
+    reference = reference or fast.solve(base_vec)
 
     def violations(a: float) -> list[Violation]:
-        return fast.violations(fast.solve(_plus(base, {b: k * a for b, k in per_mw.items()})), reference)
+        return fast.violations(fast.solve(base_vec + per_vec * a), reference)
 
     at_full = violations(upper_mw)
     if not at_full:
         return upper_mw, []
-    lo, hi = 0.0, upper_mw
+    if violations(step_mw):  # nothing fits: no bisection needed
+        return 0.0, at_full
+    lo, hi = step_mw, upper_mw
     while hi - lo > step_mw / 4:
         mid = (lo + hi) / 2
         if violations(mid):
@@ -83,13 +83,18 @@ def validate_mol(
     step_mw: float = 0.01,
 ) -> Validated:
     """Validate the bids of a merit order list on the DSO's grid (see the module docstring).
-    ``base``: the DSO's forecast injections for the ISP (its own redispatch), bus -> MW."""
-    base = base or {}
-    reference = fast.solve(base)
+    ``base``: the DSO's forecast injections for the ISP (its own redispatch), bus -> MW.
+
+    A bus where a cheaper bid of the same direction was cut is full: ``step_mw`` more there breaks
+    a limit (the limits are tight), so a later bid that would put at least that much there with its
+    smallest activation is rejected without another power flow."""
+    base_vec = fast.vector(base or {})
+    reference = fast.solve(base_vec)
     results: list[BidValidation] = []
     injections: dict[Direction, dict[int, float]] = {}
     for direction in (Direction.UP, Direction.DOWN):
-        cum: dict[int, float] = dict(base)
+        cum = base_vec.copy()
+        full_buses: dict[int, str] = {}  # bus -> element that filled it, for this direction
         for entry in sorted((e for e in entries if e.direction == direction), key=lambda e: e.rank):
             here = [a for a in entry.assets if a.connection == Connection.DN and a.dso_id == dso_id]
             if not here:
@@ -109,15 +114,25 @@ def validate_mol(
                                              reason=f"connection bus {', '.join(map(str, unknown))} not in the grid of "
                                                     f"{dso_id}"))  # fmt: skip
                 continue
-            per_mw = _injection(entry, 1.0, buses, dso_id)
+            per_mw = _per_mw(entry, buses, dso_id)
+            saturated = [b for b, k in per_mw.items() if b in full_buses and abs(k) >= 1.0 - 1e-9]
+            if saturated:
+                element = full_buses[saturated[0]]
+                results.append(BidValidation(bid_id=entry.bid_id, status=BidStatus.REJECTED, upper_bound_mw=0.0,
+                                             limiting_element=element,
+                                             reason=f"{element} already at its limit with the cheaper bids"))  # fmt: skip
+                continue
+            per_vec = fast.vector(per_mw)
             full = entry.upper_bound_mw
-            limit, at_full = largest_activation(fast, cum, per_mw, full, reference=reference, step_mw=step_mw)
+            limit, at_full = largest_activation(fast, cum, per_vec, full, reference=reference, step_mw=step_mw)
             if not at_full:
                 results.append(BidValidation(bid_id=entry.bid_id, status=BidStatus.ACCEPTED,
                                              lower_bound_mw=entry.lower_bound_mw, upper_bound_mw=full))  # fmt: skip
-                cum = _plus(cum, {b: k * full for b, k in per_mw.items()})
+                cum = cum + per_vec * full
                 continue
             worst = at_full[0]
+            if len(per_mw) == 1:  # a one-bus bid was cut: step_mw more at that bus breaks a limit
+                full_buses.setdefault(next(iter(per_mw)), worst.element)
             kind = "loading" if worst.element.startswith(("line", "trafo")) else "voltage"
             common = dict(
                 bid_id=entry.bid_id, limiting_element=worst.element,
@@ -133,6 +148,6 @@ def validate_mol(
                 reason=f"{worst.element} at {worst.value:.1f} {'%' if kind == 'loading' else 'p.u.'} with the full bid",
                 **common,
             ))  # fmt: skip
-            cum = _plus(cum, {b: k * limit for b, k in per_mw.items()})
-        injections[direction] = cum
+            cum = cum + per_vec * limit
+        injections[direction] = fast.injections(cum)
     return Validated(results, injections)

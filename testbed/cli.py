@@ -268,6 +268,32 @@ def _print_outcomes(summaries: list[dict], to: Console) -> None:
     to.print(table)
 
 
+@bench_app.command("mol")
+def bench_mol(
+    bids: Annotated[int, typer.Option("--bids", help="Bids in the merit order list.")] = 1000,
+    grid: Annotated[str, typer.Option("--grid", help="Grid name or simbench:<code>.")] = "simbench:1-MV-semiurb--0-sw",
+    baseline_bids: Annotated[int, typer.Option(help="Bids for the pp.runpp baseline (scaled).")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """DSO validation time of an N-bid MOL, against per-bid pp.runpp. Goal: <= 150 ms for 1000 bids."""
+    from testbed.bench.mol import run_mol
+
+    result = run_mol(grid, bids, baseline_bids)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(
+        f"{bids} bids on {grid} ({result['buses']} buses): {result['value']} ms "
+        f"(runs {result['validation_ms_runs']}), verdicts {result['verdicts']}\n"
+        f"pp.runpp baseline scaled to {bids} bids: {result['baseline_value']} ms; "
+        f"real-time check p50 {result['realtime_check_ms_p50']} ms; "
+        f"engine vs pp.runpp max loading difference {result['engine_vs_runpp_max_loading_diff_percent']} %",
+        highlight=False,
+    )
+    verdict = "[green]met[/green]" if result["value"] <= 150 else "[red]not met[/red]"
+    console.print(f"goal <= 150 ms for 1000 bids: {verdict}")
+
+
 @app.command()
 def demo(
     broker: BrokerOpt = "embedded",

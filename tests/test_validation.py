@@ -99,3 +99,13 @@ def test_real_time_check_is_one_fast_power_flow(grid):
     violations = fast.violations(state, fast.solve(redispatch))
     assert violations and violations[0].element == "line:behind-coupling"
     assert violations[0].value == pytest.approx(116.6, abs=0.1)
+
+
+def test_on_a_simbench_grid_the_engine_agrees_with_pandapower_and_leaves_no_violation():
+    from testbed.bench.mol import run_mol
+
+    result = run_mol("simbench:1-MV-semiurb--0-sw", n=120, baseline_n=2, repeat=1)
+    assert result["buses"] > 100  # a real MV grid, switches applied
+    assert result["engine_vs_runpp_max_loading_diff_percent"] < 0.01
+    assert result["violations_left_at_limits"] is False
+    assert sum(result["verdicts"].values()) == 120 and result["verdicts"]["accepted"] > 0
