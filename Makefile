@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/tsodso bench rtt --broker embedded
 	$(BIN)/tsodso bench rtt --broker mosquitto
+	$(BIN)/tsodso bench mol --bids 1000
 
 contract: $(STAMP)
 	$(BIN)/tsodso schemas export contract
