@@ -56,7 +56,7 @@ class DSO(Actor):
                         self.log.warning("asset connected to an unknown bus", asset=a.asset_id, bus=a.connection_bus)
         self.scheduled: dict[str, float] = {}  # asset id -> scheduled MW
         self.measured: dict[str, float] = {}  # asset id -> latest telemetered MW
-        self.asset_bid: dict[str, tuple[str, float, float, Direction]] = {}  # asset -> (bid, share, quantity, dir)
+        self.asset_bids: dict[str, dict[str, tuple[float, float, Direction]]] = {}  # asset -> bid -> (share, q, dir)
         self.validated: dict[str, float] = {}  # bid id -> upper bound from the last validation
         self.limited_in_real_time: dict[str, float] = {}
         self.loading: list[tuple[datetime, str, float]] = []  # (instant, most loaded element, %)
@@ -159,7 +159,8 @@ class DSO(Actor):
         for entry in mol.bids:
             for asset in entry.assets:
                 if asset.connection == Connection.DN and asset.dso_id == self.me.id:
-                    self.asset_bid[asset.asset_id] = (entry.bid_id, asset.share_mw, entry.quantity_mw, entry.direction)
+                    self.asset_bids.setdefault(asset.asset_id, {})[entry.bid_id] = (
+                        asset.share_mw, entry.quantity_mw, entry.direction)
         for r in validated.results:
             self.validated[r.bid_id] = r.upper_bound_mw
         await self.gw.reply(msg, MolValidation(mol_id=mol.mol_id, iteration=mol.iteration, dso_id=self.me.id,
@@ -223,21 +224,22 @@ class DSO(Actor):
 
     async def limit_activations(self, events, reference, violations) -> None:  # noqa: ANN001
         """Limit each activated bid with DN assets here to what the grid takes now (termination when
-        nothing)."""
+        nothing fits). Only a limit below the bid's current bound is sent."""
         bids: dict[str, dict[int, float]] = {}
-        quantities: dict[str, float] = {}
-        for asset, (bid, share, quantity, direction) in self.asset_bid.items():
-            if asset in self.connections:
+        bounds: dict[str, float] = {}
+        for asset, by_bid in self.asset_bids.items():
+            if asset not in self.connections:
+                continue
+            bus = self.connections[asset]
+            for bid, (share, quantity, direction) in by_bid.items():
                 sign = 1.0 if direction == Direction.UP else -1.0
-                bus = self.connections[asset]
                 bids.setdefault(bid, {})
                 bids[bid][bus] = bids[bid].get(bus, 0.0) + sign * share / quantity
-                quantities[bid] = quantity
+                bounds[bid] = min(self.validated.get(bid, quantity), self.limited_in_real_time.get(bid, quantity))
         for bid, per_mw in bids.items():
-            allowed, _ = largest_activation(self.fast, events, per_mw, self.validated.get(bid, quantities[bid]),
-                                            reference=reference)  # fmt: skip
-            if self.limited_in_real_time.get(bid, float("inf")) <= allowed + 1e-6:
-                continue
+            allowed, _ = largest_activation(self.fast, events, per_mw, bounds[bid], reference=reference)
+            if allowed >= bounds[bid] - 1e-6:
+                continue  # this bid is not what breaks the limit
             self.limited_in_real_time[bid] = allowed
             worst = violations[0]
             await self.gw.publish(

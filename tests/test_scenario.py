@@ -179,3 +179,34 @@ def test_same_outcome_on_mosquitto(tmp_path_factory):
     summary, _ = run(tmp_path_factory, "mosquitto", broker="mosquitto", coordination=True)
     assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.0, abs=0.1)
     assert summary["congestion_seconds"] == 0 and summary["setpoints_missed"] == 0
+
+
+def test_an_unforecast_change_makes_the_dso_limit_the_activation_in_real_time(tmp_path_factory):
+    """The DSO validated on its forecast; in real time the north load drops by 2 MW (nobody
+    forecast it), so the validated 15 MW no longer fits. The DSO's real-time power flow sees the
+    violation, sends the TSO a limit, the TSO sends the BSP an activation limit, and the setpoints
+    stay below it from then on."""
+    from actors.config import GridChange
+
+    def load_drop(s):
+        s = short(s, 12)
+        s.dsos[0].unforecast = [GridChange(at=datetime.fromisoformat("2026-11-23T10:02:00+00:00"),
+                                           element="load:north-load", delta_mw=-2.0)]  # fmt: skip
+        return s
+
+    summary, run_dir = run(tmp_path_factory, "unforecast", edit=load_drop)
+    limits = summary["real_time_limits"]
+    assert limits and limits[0]["action"] == "limit" and limits[0]["limiting_element"] == "line:behind-coupling"
+    real_time_limit = limits[0]["max_mw"]
+    assert 5.0 < real_time_limit < summary["dso_limits_mw"]["bsp1-up"]
+    db = sqlite3.connect(run_dir / "exchange.sqlite")
+    delivered = dict(db.execute("SELECT type, COUNT(*) FROM exchange WHERE direction='in' AND outcome='delivered' "
+                                "AND type IN ('termination_signal', 'activation_limit') GROUP BY type"))  # fmt: skip
+    assert delivered == {"termination_signal": 1, "activation_limit": 1}
+    trace = [v for _, v in sorted((int(k), v) for k, v in
+                                  json.loads((run_dir / "timeseries.json").read_text())["setpoints"]["bsp1"].items())]
+    assert trace[-1] == pytest.approx(real_time_limit)  # held at the limit to the end
+    # the reaction takes a few 4-s cycles (BSP follows, telemetry, DSO power flow, limit to TSO, setpoint)
+    above = [v for v in trace if v > real_time_limit + 1e-9]
+    assert len(above) <= 4
+    assert summary["congestion_seconds"] <= 4 * 4 and summary["max_line_loading_percent"] < 101
