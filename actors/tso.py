@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from actors.base import Actor
-from actors.config import ISP, TsoConfig
+from actors.config import TsoConfig
 from gateway import Received, RequestTimeout
 from schemas.codes import BidStatus, Connection, Direction, ProcessType
 from schemas.envelope import Party

@@ -209,11 +209,14 @@ def run(
 ):
     """Run a scenario with every actor in this process; write the run directory."""
     summary = _run(scenario, _coordination(coordination), 1.0 if realtime else speed, broker, out)
+    from testbed.report import build_report
+
+    build_report([out])
     if as_json:
         print(json.dumps(summary, indent=2))
         return
     _print_outcomes([summary], console)
-    console.print(f"run directory: {out}", highlight=False)
+    console.print(f"run directory: {out} (report: {out / 'report.html'})", highlight=False)
 
 
 @app.command()
@@ -308,7 +311,22 @@ def demo(
         console.print(f"running {scenario} with coordination {label} on the {broker} broker ...", highlight=False)
         summaries.append(_run(scenario, coordination, speed, broker, out / f"coordination-{label}"))
     _print_outcomes(summaries, console)
-    console.print(f"run directories: {out}/coordination-on, {out}/coordination-off", highlight=False)
+    from testbed.report import build_report
+
+    report = build_report([out / "coordination-on", out / "coordination-off"], out)
+    console.print(f"run directories: {out}/coordination-on, {out}/coordination-off; report: {report}", highlight=False)
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="One run directory, or two to compare (e.g. on and off).")],
+    out: Annotated[Optional[Path], typer.Option(help="Where report.html and the PNGs go (default: the first run).")] = None,
+):
+    """Build report.html (self-contained, plots embedded) and PNGs from run directories alone."""
+    from testbed.report import build_report
+
+    path = build_report(runs, out)
+    console.print(f"report: {path}", highlight=False)
 
 
 @app.command()

@@ -210,3 +210,20 @@ def test_an_unforecast_change_makes_the_dso_limit_the_activation_in_real_time(tm
     above = [v for v in trace if v > real_time_limit + 1e-9]
     assert len(above) <= 4
     assert summary["congestion_seconds"] <= 4 * 4 and summary["max_line_loading_percent"] < 101
+
+
+def test_the_report_builds_from_the_run_directories_alone(coordinated, uncoordinated, tmp_path):
+    from typer.testing import CliRunner
+
+    from testbed.cli import app
+    from testbed.report import PLOTS
+
+    result = CliRunner().invoke(app, ["report", str(coordinated[1]), str(uncoordinated[1]), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report.html").read_text()
+    for name in PLOTS:
+        png = (tmp_path / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+        assert f'alt="{name}"' in page
+    assert page.count("data:image/png;base64,") == len(PLOTS)  # self-contained
+    assert "coordination on" in page and "coordination off" in page and "line:behind-coupling" in page
