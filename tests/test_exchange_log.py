@@ -46,3 +46,11 @@ def test_schema_has_the_columns_the_reports_read(tmp_path):
         pass
     cols = [r[1] for r in sqlite3.connect(log.path).execute("PRAGMA table_info(exchange)")]
     assert cols[1:] == list(COLUMNS)
+
+
+def test_log_benchmark_writes_every_row():
+    from testbed.bench.log import run_log
+
+    result = run_log(20_000)
+    assert result["rows_written"] == 20_000 and result["lost"] == 0
+    assert result["ratio"] == round(result["value"] / result["baseline_value"], 3)
