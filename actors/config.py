@@ -110,6 +110,17 @@ class TsoConfig(_Model):
     emergencies: list[Emergency] = Field(default_factory=list)
 
 
+class LinkConfig(_Model):
+    """Conditions of the links between actors (gateway.links), by sender->receiver pattern."""
+
+    between: str = Field(description="'sender->receiver' with role/id and * wildcards, e.g. 'tso/*->dso/*'")
+    delay_ms: float = Field(default=0.0, ge=0, description="[ms, wall] fixed delay")
+    jitter: Literal["none", "normal", "lognormal", "uniform"] = "none"
+    jitter_ms: float = Field(default=0.0, ge=0, description="[ms] normal sd / uniform width; lognormal: sigma (unitless)")
+    drop_probability: float = Field(default=0.0, ge=0, le=1)
+    outages: list[tuple[UtcTime, UtcTime]] = Field(default_factory=list, description="link down from t1 to t2 (scenario time)")
+
+
 class Scenario(_Model):
     name: str
     description: str = ""
@@ -120,6 +131,7 @@ class Scenario(_Model):
     tso: TsoConfig
     dsos: list[DsoConfig]
     bsps: list[BspConfig]
+    links: list[LinkConfig] = Field(default_factory=list)
 
     def isps(self) -> list[datetime]:
         """Starts of the ISPs that overlap the run."""

@@ -5,9 +5,10 @@ from gateway.arrival import Received, Rejected
 from gateway.client import Gateway, PayloadTooLarge, RequestTimeout
 from gateway.connection import BrokerSpec
 from gateway.exchange_log import ExchangeLog
+from gateway.links import LinkConditions, LinkImpairment
 from gateway.policy import DELIVERY_POLICY, DeliveryPolicy
 
 __all__ = [
     "Gateway", "Received", "Rejected", "RequestTimeout", "PayloadTooLarge", "BrokerSpec", "ExchangeLog",
-    "DELIVERY_POLICY", "DeliveryPolicy",
+    "DELIVERY_POLICY", "DeliveryPolicy", "LinkConditions", "LinkImpairment",
 ]  # fmt: skip

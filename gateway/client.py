@@ -24,6 +24,7 @@ import math
 import random
 import socket
 import struct
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -38,6 +39,7 @@ from paho.mqtt.properties import Properties, VariableByteIntegers
 from gateway.arrival import DEFAULT_MAX_PAYLOAD_BYTES, ArrivalCheck, Received, Rejected, encode
 from gateway.connection import BrokerSpec
 from gateway.exchange_log import ExchangeLog, LogRow, now_us
+from gateway.links import LinkConditions
 from gateway.policy import DELIVERY_POLICY, DeliveryPolicy
 from schemas.envelope import SCHEMA_VERSION, Envelope, Party
 from schemas.messages import RESPONSE_TYPES, ActorState, Body, Rejection
@@ -138,6 +140,7 @@ class Gateway:
         connect_timeout_s: float = 10.0,
         reconnect_delay_s: tuple[float, float] = (0.05, 5.0),
         publish_timeout_s: float = 30.0,
+        links: LinkConditions | None = None,
     ):
         self.me = me
         self.broker = BrokerSpec.parse(broker) if isinstance(broker, str) else broker
@@ -153,6 +156,7 @@ class Gateway:
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_delay_s = reconnect_delay_s
         self.publish_timeout_s = publish_timeout_s
+        self.links = links or LinkConditions()  # impairments of this actor's outgoing links
         self.client_id = f"{me.role}-{me.id}"
         self.stats: Counter[str] = Counter()  # outcome -> count
         self.connections = 0
@@ -352,9 +356,26 @@ class Gateway:
         topic = topic_for(self.me, type_name, to)
         props = self._properties(env, policy) if self._v5 else None
         valid_until_us = int(env.valid_until.timestamp() * 1e6) if env.valid_until else None
+        if self.links:
+            lost, delay = self.links.decide(self._me_str, str(to), time.time())
+            if lost:
+                self._record_out(env, topic, len(payload), policy.qos, None, lost)
+                return env
+            if delay > 0:  # in transit on a slow link: sent later, the sender goes on
+                self._spawn(self._send_later(delay, env, topic, payload, policy, props))
+                return env
         sent_us, dropped = await self._send(topic, payload, policy, props, valid_until_us)
         self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
         return env
+
+    async def _send_later(
+        self, delay: float, env: Envelope, topic: str, payload: bytes, policy: DeliveryPolicy, props: Properties | None
+    ) -> None:
+        await asyncio.sleep(delay)
+        # the message was on the wire all along: it is delivered even if it expired meanwhile (the
+        # receiver refuses it then), as a slow network would
+        sent_us, dropped = await self._send(topic, payload, policy, props, None)
+        self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
 
     def _properties(self, env: Envelope, policy: DeliveryPolicy) -> Properties | None:
         expiry = max(1, math.ceil(policy.expiry_s)) if policy.expiry_s is not None and env.valid_until else None

@@ -186,12 +186,18 @@ async def _progress(clock, scenario) -> None:  # noqa: ANN001
             await asyncio.sleep(0.2)
 
 
-def _run(scenario_file: Path, coordination: Optional[bool], speed: float, broker: str, out: Path) -> dict:
+def _run(scenario_file: Path, coordination: Optional[bool], speed: float, broker: str, out: Path,
+         links: list[str] = ()) -> dict:  # fmt: skip
+    from actors.config import LinkConfig
     from broker import start_broker
     from testbed.runner import run_scenario
     from testbed.scenario import load_scenario
 
     scenario = load_scenario(scenario_file, coordination=coordination)
+    for spec in links:
+        pattern, _, params = spec.rpartition(":") if "=" in spec.rpartition(":")[2] else (spec, "", "")
+        values = dict(kv.split("=", 1) for kv in params.split(",") if kv)
+        scenario.links.append(LinkConfig.model_validate({"between": pattern, **values}))
     with start_broker(broker, data_dir=out / "broker") as running:
         progress = _progress if sys.stderr.isatty() else None
         return asyncio.run(run_scenario(scenario, running.url, out, speed=speed, progress=progress))
@@ -206,9 +212,14 @@ def run(
     broker: BrokerOpt = "embedded",
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/latest"),
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
+    link: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Link condition 'PATTERN:key=value,...', e.g. 'tso/*->dso/*:delay_ms=3000,drop_probability=0.1'"
+                          " (keys of a scenario's links entry; repeatable)."),
+    ] = None,
 ):
     """Run a scenario with every actor in this process; write the run directory."""
-    summary = _run(scenario, _coordination(coordination), 1.0 if realtime else speed, broker, out)
+    summary = _run(scenario, _coordination(coordination), 1.0 if realtime else speed, broker, out, link or [])
     from testbed.report import build_report
 
     build_report([out])

@@ -18,7 +18,7 @@ from actors.bsp import BSP
 from actors.config import Scenario
 from actors.dso import DSO
 from actors.tso import TSO
-from gateway import ExchangeLog, Gateway
+from gateway import ExchangeLog, Gateway, LinkConditions, LinkImpairment
 from gateway.logs import configure_logging
 from schemas.envelope import Party
 from testbed.clock import Clock
@@ -52,6 +52,9 @@ async def run_scenario(
             gc.collect()
             gc.freeze()
             clock.wall_origin = time.time() + 0.2  # every actor is connected: scenario time starts now
+            conditions = link_conditions(scenario, clock)
+            for actor in (tso, *dsos, *bsps):
+                actor.gw.links = conditions
             tasks = [asyncio.create_task(a.run(), name=f"{type(a).__name__}") for a in (tso, *dsos, *bsps)]
             shown = asyncio.create_task(progress(clock, scenario)) if progress is not None else None
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -64,6 +67,18 @@ async def run_scenario(
         dso.write_results()
     write_outputs(scenario, out, tso.results(), [d.results() for d in dsos], wall_start=wall_start, speed=speed)
     return json.loads((out / "summary.json").read_text())
+
+
+def link_conditions(scenario: Scenario, clock: Clock) -> LinkConditions:
+    """The scenario's link conditions, outage windows turned into wall-clock times."""
+    links = {}
+    for link in scenario.links:
+        jitter_s = link.jitter_ms if link.jitter == "lognormal" else link.jitter_ms / 1000
+        links[link.between] = LinkImpairment(
+            delay_s=link.delay_ms / 1000, jitter=link.jitter, jitter_s=jitter_s, drop_probability=link.drop_probability,
+            outages=tuple((clock.wall(a), clock.wall(b)) for a, b in link.outages),
+        )  # fmt: skip
+    return LinkConditions(links)
 
 
 def write_outputs(scenario: Scenario, out: Path, tso: dict, dsos: list[dict], *, wall_start: float, speed: float) -> None:

@@ -227,3 +227,21 @@ def test_the_report_builds_from_the_run_directories_alone(coordinated, uncoordin
         assert f'alt="{name}"' in page
     assert page.count("data:image/png;base64,") == len(PLOTS)  # self-contained
     assert "coordination on" in page and "coordination off" in page and "line:behind-coupling" in page
+
+
+def test_a_slow_tso_dso_link_makes_the_mol_validation_miss_its_window(tmp_path_factory):
+    from actors.config import LinkConfig
+
+    def slow_link(s):
+        s = short(s)
+        s.start -= timedelta(minutes=2)  # time for prequalification and bids over the slow link before 10:00
+        s.links = [LinkConfig(between="tso/*->dso/*", delay_ms=1500)]  # wall ms; the TSO waits 2 x 0.5 s
+        s.tso.mol_timeout_s = 0.5
+        s.tso.mol_retries = 1
+        return s
+
+    summary, run_dir = run(tmp_path_factory, "slowlink", edit=slow_link)
+    assert summary["mol_fallbacks"] == ["dso1:mol-202611231000:exclude_dn"]
+    assert summary["max_delta_setpoint_mw"] == {}  # the DN bids were left out: nothing activated
+    lat = summary["latency_ms"]["merit_order_list"]
+    assert lat["p50"] >= 1500  # the delay shows in the measured one-way latency
