@@ -130,15 +130,15 @@ class DSO(Actor):
     # --- forecast (seed 004 §3) ---------------------------------------------------------------
 
     async def publish_forecast(self) -> None:
+        """Interface flow (P, Q at the coupling element, from the TSO into the DSO) per ISP, from AC
+        power flows of the forecast state (the DSO's redispatch included)."""
         isps = self.scenario.isps()
         flows, qs = [], []
-        table, name = self.config.interface.split(":", 1)
         for isp in isps:
-            state_net = self.fast.audit(self.event_injections(isp + ISP / 2, forecast=True))
-            idx = grids.element_index(state_net, table, name)
-            res = state_net[f"res_{table}"]
-            flows.append(round(float(res.at[idx, "p_hv_mw" if table == "trafo" else "p_from_mw"]), 4))
-            qs.append(round(float(res.at[idx, "q_hv_mvar" if table == "trafo" else "q_from_mvar"]), 4))
+            self.fast.solve(self.event_injections(isp + ISP / 2, forecast=True))
+            p, q = self.fast.flow(self.config.interface)
+            flows.append(round(p, 4))
+            qs.append(round(q, 4))
         await self.gw.publish(
             Forecast(dso_id=self.me.id, interface_id=self.config.interface, kind="interface_flow", start=isps[0],
                      p_mw=flows, q_mvar=qs),

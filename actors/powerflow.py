@@ -203,6 +203,14 @@ class FastAC:
         pp.runpp(net, numba=False)
         return net
 
+    def flow(self, element: str) -> tuple[float, float]:
+        """(P [MW], Q [Mvar]) into ``element`` ('trafo:<name>' at its HV side, 'line:<name>' at its
+        from side) in the last :meth:`solve`."""
+        table, name = element.split(":", 1)
+        position = list(self.net[table].name).index(name)
+        p, q, _, _ = self.model.get_trafo_res1() if table == "trafo" else self.model.get_line_res1()
+        return float(p[position]), float(q[position])
+
     def max_line_loading(self, state: GridState) -> tuple[str, float]:
         """The most loaded line or transformer and its loading in %."""
         loads = list(zip(self.names["line"], state.line_loading)) + list(zip(self.names["trafo"], state.trafo_loading))

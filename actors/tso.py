@@ -5,6 +5,7 @@ settles per ISP (seed 000 Figs. 3-4 and §IV.B, seed 004 §3)."""
 
 import asyncio
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -86,6 +87,7 @@ class TSO(Actor):
         self.curtailments: list[CurtailmentResponse] = []
         self.terminations: list[TerminationSignal] = []
         self.setpoints_sent = 0
+        self.conversation: uuid.UUID | None = None
         self.late_cycles = 0
         gateway.on(PrequalificationRequest, self.on_prequalification)
         gateway.on(EnergyBid, self.on_bid)
@@ -169,6 +171,9 @@ class TSO(Actor):
                                              price_eur_per_mwh=b.price_eur_per_mwh, quantity_mw=b.quantity_mw,
                                              upper_bound_mw=b.quantity_mw, assets=b.assets)  # fmt: skip
         mol_id = f"mol-{isp:%Y%m%d%H%M}"
+        # one conversation per ISP: the MOL, its validations, the acceptance, the setpoints and the
+        # telemetry answering them share this correlation id (the chain the reports follow)
+        self.conversation = uuid.uuid4()
         if self.scenario.coordination:
             dsos = sorted({a.dso_id for e in entries.values() for a in e.assets if a.connection == Connection.DN and a.dso_id})
             await asyncio.gather(*(self.validate_with(dso, mol_id, isp, entries) for dso in dsos))
@@ -187,7 +192,8 @@ class TSO(Actor):
             mol = MeritOrderList(mol_id=mol_id, process=ProcessType.AFRR, isp_start=isp, iteration=iteration, bids=mine)
             t0 = time.perf_counter()
             try:
-                answer = await self.gw.request(mol, dso, timeout=self.config.mol_timeout_s, retries=self.config.mol_retries)
+                answer = await self.gw.request(mol, dso, timeout=self.config.mol_timeout_s, retries=self.config.mol_retries,
+                                               correlation_id=self.conversation)  # fmt: skip
             except RequestTimeout:
                 self.fallbacks.append(f"{dso_id}:{mol_id}:{self.config.mol_fallback}")
                 self.log.warning("MOL validation missed its window; fallback", dso=dso_id, fallback=self.config.mol_fallback)
@@ -220,7 +226,7 @@ class TSO(Actor):
                         for a in self.active.values() if a.bid.bsp_id == bsp]  # fmt: skip
             rejected = sorted(b.bid_id for b in bids.values() if b.bsp_id == bsp and b.bid_id not in self.active)
             await self.gw.publish(OfferAcceptance(isp_start=isp, accepted=accepted, rejected_bid_ids=rejected),
-                                  Party(role="bsp", id=bsp))  # fmt: skip
+                                  Party(role="bsp", id=bsp), correlation_id=self.conversation)  # fmt: skip
 
     # --- activation (§IV.B) -------------------------------------------------------------------
 
@@ -264,7 +270,8 @@ class TSO(Actor):
             self.setpoints_sent += 1
             await self.gw.publish(DeltaSetpoint(bsp_id=bsp, cycle=cycle, instant=t, reference_mw=reference[bsp],
                                                 delta_mw=delta, bid_deltas_mw=deltas),
-                                  Party(role="bsp", id=bsp), valid_for_s=valid_for)  # fmt: skip
+                                  Party(role="bsp", id=bsp), valid_for_s=valid_for,
+                                  correlation_id=self.conversation)  # fmt: skip
 
     async def on_telemetry(self, msg: Received[Telemetry]) -> None:
         body = msg.body

@@ -42,7 +42,7 @@ from gateway.exchange_log import ExchangeLog, LogRow, now_us
 from gateway.links import LinkConditions
 from gateway.policy import DELIVERY_POLICY, DeliveryPolicy
 from schemas.envelope import SCHEMA_VERSION, Envelope, Party
-from schemas.messages import RESPONSE_TYPES, ActorState, Body, Rejection
+from schemas.messages import RESPONSE_TYPES, ActorState, Body, Heartbeat, Rejection
 from schemas.rights import Rights, default_rights
 from schemas.topics import ALL, inbox_filters, topic_for
 
@@ -141,6 +141,7 @@ class Gateway:
         reconnect_delay_s: tuple[float, float] = (0.05, 5.0),
         publish_timeout_s: float = 30.0,
         links: LinkConditions | None = None,
+        clock_offset_s: float = 0.0,
     ):
         self.me = me
         self.broker = BrokerSpec.parse(broker) if isinstance(broker, str) else broker
@@ -157,6 +158,9 @@ class Gateway:
         self.reconnect_delay_s = reconnect_delay_s
         self.publish_timeout_s = publish_timeout_s
         self.links = links or LinkConditions()  # impairments of this actor's outgoing links
+        # This host's clock error (tests and studies of unsynchronised hosts): every timestamp the
+        # gateway takes (created_at, sent, received, expiry checks) is read from the skewed clock.
+        self.clock_offset_us = round(clock_offset_s * 1_000_000)
         self.client_id = f"{me.role}-{me.id}"
         self.stats: Counter[str] = Counter()  # outcome -> count
         self.connections = 0
@@ -215,6 +219,10 @@ class Gateway:
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
+
+    def now_us(self) -> int:
+        """This actor's wall clock, µs since the epoch (UTC)."""
+        return now_us() + self.clock_offset_us
 
     @property
     def connected(self) -> bool:
@@ -312,7 +320,7 @@ class Gateway:
         if sequence is None:
             self._sequence[topic] += 1
             sequence = self._sequence[topic]
-        created = _dt(now_us())
+        created = _dt(self.now_us())
         expiry = valid_for_s if valid_for_s is not None else self.policy[type_name].expiry_s
         env = Envelope.model_construct(
             message_id=message_id or uuid.uuid4(),
@@ -404,7 +412,7 @@ class Gateway:
                 await self._connected.wait()
                 await asyncio.sleep(0)
                 continue
-            sent_us = now_us()
+            sent_us = self.now_us()
             if valid_until_us is not None and sent_us > valid_until_us:
                 return None, "expired before it could be sent"
             try:
@@ -520,7 +528,7 @@ class Gateway:
             self.log.error("handler failed", error=repr(exc), exc_info=exc)
 
     def _on_message(self, message: aiomqtt.Message) -> None:
-        received_us = now_us()
+        received_us = self.now_us()
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes) else bytes(str(message.payload), "utf-8")
         try:
@@ -544,6 +552,10 @@ class Gateway:
             self.log.info("sequence", topic=topic, note=msg.note)
         if env.type == Rejection.type_name:
             self.log.warning("my message was rejected", by=str(env.sender), code=msg.body.code, reason=msg.body.reason)
+        if env.type == Heartbeat.type_name and env.reply_to is not None and env.causation_id is None:
+            # a clock probe: answer at once with this host's time (see gateway.clocksync)
+            self._spawn(self.reply(msg, Heartbeat(sent_at=_dt(received_us), interval_s=msg.body.interval_s)))
+            return
         if env.causation_id is not None:
             waiter = self._pending.get(env.causation_id)
             if waiter is not None:

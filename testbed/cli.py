@@ -198,6 +198,9 @@ def _run(scenario_file: Path, coordination: Optional[bool], speed: float, broker
         pattern, _, params = spec.rpartition(":") if "=" in spec.rpartition(":")[2] else (spec, "", "")
         values = dict(kv.split("=", 1) for kv in params.split(",") if kv)
         scenario.links.append(LinkConfig.model_validate({"between": pattern, **values}))
+    import shutil
+
+    shutil.rmtree(out / "broker", ignore_errors=True)  # a fresh broker per run: no retained state of the last one
     with start_broker(broker, data_dir=out / "broker") as running:
         progress = _progress if sys.stderr.isatty() else None
         return asyncio.run(run_scenario(scenario, running.url, out, speed=speed, progress=progress))

@@ -13,15 +13,50 @@ def _p(values: list[float]) -> dict[str, float | int]:
     return {"count": s["count"], "p50": round(s["p50"], 3), "p99": round(s["p99"], 3)} if values else {"count": 0}
 
 
+def _full(values: list[float]) -> dict[str, float | int]:
+    s = percentiles(values)
+    return {k: (round(v, 3) if k != "count" else v) for k, v in s.items()}
+
+
+def chain(db: sqlite3.Connection) -> dict[str, Any] | None:
+    """The first ISP's coordination chain, followed by its correlation id through the log: MOL sent
+    -> last validation back -> acceptance sent -> first setpoint sent -> first telemetry back (wall
+    clock of the TSO, ms), with each step's share of the whole."""
+    row = db.execute("SELECT correlation_id, created_us FROM exchange WHERE direction='out' AND type='merit_order_list'"
+                     " ORDER BY created_us LIMIT 1").fetchone()  # fmt: skip
+    if row is None:
+        return None
+    conv, t_mol = row
+
+    def first(sql: str) -> int | None:
+        r = db.execute(sql, (conv,)).fetchone()
+        return r[0] if r and r[0] is not None else None
+
+    t_val = first("SELECT MAX(received_us) FROM exchange WHERE direction='in' AND type='mol_validation' AND correlation_id=?")
+    t_acc = first("SELECT MIN(created_us) FROM exchange WHERE direction='out' AND type='offer_acceptance' AND correlation_id=?")
+    t_sp = first("SELECT MIN(created_us) FROM exchange WHERE direction='out' AND type='delta_setpoint' AND correlation_id=?")
+    t_tel = first("SELECT MIN(received_us) FROM exchange WHERE direction='in' AND type='telemetry' AND "
+                  "correlation_id=? AND actor LIKE 'tso/%'")  # fmt: skip
+    points = [("mol_to_last_validation", t_mol, t_val), ("validation_to_acceptance", t_val, t_acc),
+              ("acceptance_to_first_setpoint", t_acc, t_sp), ("setpoint_to_telemetry", t_sp, t_tel)]  # fmt: skip
+    steps = {name: round((b - a) / 1000, 3) for name, a, b in points if a is not None and b is not None}
+    total = sum(steps.values())
+    return {"steps": steps, "total_ms": round(total, 3),
+            "share": {k: round(v / total, 4) if total else 0.0 for k, v in steps.items()}}  # fmt: skip
+
+
 def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: ANN001
     """Merge the TSO's and DSOs' results (``results()``) with what the exchange log shows."""
     db = sqlite3.connect(db_path)
     messages = dict(db.execute("SELECT type, COUNT(*) FROM exchange WHERE direction='out' AND outcome='sent' GROUP BY type"))
     latency: dict[str, list[float]] = defaultdict(list)
-    for type_name, lat_us in db.execute(
-        "SELECT type, received_us - created_us FROM exchange WHERE direction='in' AND outcome='delivered'"
+    by_link: dict[str, list[float]] = defaultdict(list)
+    for type_name, sender, receiver, lat_us in db.execute(
+        "SELECT type, sender, receiver, received_us - created_us FROM exchange WHERE direction='in' AND outcome='delivered'"
     ):
         latency[type_name].append(lat_us / 1000)
+        if type_name != "actor_state":  # retained presence reaches late joiners late: not a link latency
+            by_link[f"{sender.split('/')[0]}->{receiver.split('/')[0]}"].append(lat_us / 1000)
     sent_ids = {r[0] for r in db.execute("SELECT message_id FROM exchange WHERE direction='out' AND type='delta_setpoint'")}
     got_ids = {r[0] for r in db.execute(
         "SELECT message_id FROM exchange WHERE direction='in' AND type='delta_setpoint' AND outcome='delivered'")}  # fmt: skip
@@ -55,6 +90,8 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
         "messages": messages,
         "rejected_messages": rejected,
         "latency_ms": {t: _p(v) for t, v in sorted(latency.items())},
+        "latency_by_link_ms": {k: _full(v) for k, v in sorted(by_link.items())},
+        "coordination_chain_ms": chain(db),
         "mol_validation_round_trip_ms": _p(tso["mol_round_trip_ms"]),
         "dso_validation_compute_ms": _p([ms for d in dsos for ms in d["validation_ms"]]),
     }

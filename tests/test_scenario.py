@@ -245,3 +245,16 @@ def test_a_slow_tso_dso_link_makes_the_mol_validation_miss_its_window(tmp_path_f
     assert summary["max_delta_setpoint_mw"] == {}  # the DN bids were left out: nothing activated
     lat = summary["latency_ms"]["merit_order_list"]
     assert lat["p50"] >= 1500  # the delay shows in the measured one-way latency
+
+
+def test_the_coordination_chain_and_latency_per_link_are_reported(coordinated):
+    summary, _ = coordinated
+    chain = summary["coordination_chain_ms"]
+    assert list(chain["steps"]) == ["mol_to_last_validation", "validation_to_acceptance",
+                                    "acceptance_to_first_setpoint", "setpoint_to_telemetry"]  # fmt: skip
+    assert all(v >= 0 for v in chain["steps"].values()) and chain["total_ms"] > 0
+    assert sum(chain["share"].values()) == pytest.approx(1.0, abs=0.001)
+    links = summary["latency_by_link_ms"]
+    assert links["tso->bsp"]["count"] >= 225 and links["bsp->tso"]["count"] >= 225
+    assert {"p50", "p90", "p99", "max"} <= set(links["tso->dso"])
+    assert links["tso->bsp"]["p99"] < 100  # one-process run on loopback: no stall near a setpoint's life

@@ -1,0 +1,39 @@
+"""Clock offsets between actors: a known skew is recovered, and correcting one-way latencies with
+it gives what an unskewed pair measures."""
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime
+
+import pytest
+
+from gateway import ExchangeLog, Gateway
+from gateway.clocksync import measure_offset
+from schemas.messages import Heartbeat
+from testbed.stats import summary
+from tests.test_gateway import parties
+
+
+@pytest.mark.parametrize("skew_s", [0.25, -1.5])
+async def test_a_known_clock_skew_is_recovered(broker, uid, tmp_path, skew_s):
+    p = parties(uid)
+    with ExchangeLog(tmp_path / "x.sqlite", run_id=uid) as log:
+        async with (
+            Gateway(p["tso"], broker.url, log=log) as tso,
+            Gateway(p["dso"], broker.url, log=log, clock_offset_s=skew_s) as dso,
+        ):
+            offset = await measure_offset(tso, p["dso"], probes=20)
+            assert abs(offset.offset_ms - skew_s * 1000) <= offset.uncertainty_ms + 0.5
+            assert 0 < offset.uncertainty_ms < 10
+            got = []
+            dso.on(Heartbeat, lambda m: asyncio.sleep(0, got.append(m)))
+            for _ in range(20):
+                await tso.publish(Heartbeat(sent_at=datetime.now(UTC), interval_s=1), p["dso"])
+            while len(got) < 20:
+                await asyncio.sleep(0.01)
+    raw = [m.latency_ms for m in got]  # DSO's clock minus TSO's: carries the skew
+    corrected = [offset.correct(x, peer_sent=False) for x in raw]
+    assert summary(raw)["p50"] == pytest.approx(skew_s * 1000, abs=20)
+    assert 0 <= summary(corrected)["p50"] < 10  # back to what the path takes
+    rows = sqlite3.connect(log.path).execute("SELECT COUNT(*) FROM exchange WHERE type='heartbeat'").fetchone()[0]
+    assert rows >= 80  # probes and answers are logged like every message
