@@ -81,9 +81,10 @@ def link_conditions(scenario: Scenario, clock: Clock) -> LinkConditions:
     return LinkConditions(links)
 
 
-def write_outputs(scenario: Scenario, out: Path, tso: dict, dsos: list[dict], *, wall_start: float, speed: float) -> None:
+def write_outputs(scenario: Scenario, out: Path, tso: dict, dsos: list[dict], *, wall_start: float, speed: float,
+                  clock_offsets: dict | None = None) -> None:  # fmt: skip
     """``summary.json`` and ``timeseries.json`` into the run directory."""
-    summary = summarize(scenario, out / "exchange.sqlite", tso, dsos)
+    summary = summarize(scenario, out / "exchange.sqlite", tso, dsos, clock_offsets)
     summary["wall_clock_s"] = round(time.time() - wall_start, 3)
     summary["speed"] = speed
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

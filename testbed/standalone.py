@@ -18,6 +18,7 @@ from actors.config import Scenario
 from actors.dso import DSO
 from actors.tso import TSO
 from gateway import ExchangeLog, Gateway, Received
+from gateway.clocksync import measure_offset
 from gateway.logs import configure_logging
 from schemas.codes import SystemState
 from schemas.envelope import Party
@@ -69,6 +70,11 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
                 else:
                     actor = BSP(gw, clock, scenario, next(b for b in scenario.bsps if b.id == actor_id))
                 clock.wall_origin = await asyncio.wait_for(started, start_timeout_s)
+                # this host's clock against the TSO's, so the summary can correct one-way latencies
+                offset = await measure_offset(gw, Party(role="tso", id=scenario.tso.id), probes=10)
+                (out / f"clock-{role}-{actor_id}.json").write_text(json.dumps(
+                    {"actor": f"{role}/{actor_id}", "offset_ms": -offset.offset_ms,
+                     "uncertainty_ms": offset.uncertainty_ms, "rtt_min_ms": offset.rtt_min_ms}) + "\n")  # fmt: skip
             gc.collect()
             gc.freeze()  # see testbed.runner: no full collection over the grid's heap mid-run
             await actor.run()
@@ -83,5 +89,9 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
         deadline = time.time() + 60
         while not all(p.exists() for p in paths) and time.time() < deadline:
             await asyncio.sleep(0.1)
+        offsets = {"tso/" + actor_id: {"offset_ms": 0.0, "uncertainty_ms": 0.0}}
+        for path in out.glob("clock-*.json"):
+            record = json.loads(path.read_text())
+            offsets[record["actor"]] = record
         write_outputs(scenario, out, actor.results(), [json.loads(p.read_text()) for p in paths],
-                      wall_start=wall_start, speed=speed)  # fmt: skip
+                      wall_start=wall_start, speed=speed, clock_offsets=offsets)  # fmt: skip

@@ -45,18 +45,31 @@ def chain(db: sqlite3.Connection) -> dict[str, Any] | None:
             "share": {k: round(v / total, 4) if total else 0.0 for k, v in steps.items()}}  # fmt: skip
 
 
-def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: ANN001
-    """Merge the TSO's and DSOs' results (``results()``) with what the exchange log shows."""
+def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str, Any]],  # noqa: ANN001
+              clock_offsets: dict[str, dict] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Merge the TSO's and DSOs' results (``results()``) with what the exchange log shows.
+
+    ``clock_offsets``: actor -> {offset_ms (its clock minus the TSO's), uncertainty_ms}, measured
+    over the broker (gateway.clocksync) when actors ran on their own clocks; one-way latencies are
+    then also given corrected by (receiver offset - sender offset), with the summed uncertainty."""
     db = sqlite3.connect(db_path)
     messages = dict(db.execute("SELECT type, COUNT(*) FROM exchange WHERE direction='out' AND outcome='sent' GROUP BY type"))
     latency: dict[str, list[float]] = defaultdict(list)
     by_link: dict[str, list[float]] = defaultdict(list)
+    corrected: dict[str, list[float]] = defaultdict(list)
+    uncertainty: dict[str, float] = {}
+    offsets = clock_offsets or {}
     for type_name, sender, receiver, lat_us in db.execute(
         "SELECT type, sender, receiver, received_us - created_us FROM exchange WHERE direction='in' AND outcome='delivered'"
     ):
         latency[type_name].append(lat_us / 1000)
         if type_name != "actor_state":  # retained presence reaches late joiners late: not a link latency
-            by_link[f"{sender.split('/')[0]}->{receiver.split('/')[0]}"].append(lat_us / 1000)
+            link = f"{sender.split('/')[0]}->{receiver.split('/')[0]}"
+            by_link[link].append(lat_us / 1000)
+            if sender in offsets and receiver in offsets:
+                o_s, o_r = offsets[sender], offsets[receiver]
+                corrected[link].append(lat_us / 1000 - (o_r["offset_ms"] - o_s["offset_ms"]))
+                uncertainty[link] = max(uncertainty.get(link, 0.0), o_r["uncertainty_ms"] + o_s["uncertainty_ms"])
     sent_ids = {r[0] for r in db.execute("SELECT message_id FROM exchange WHERE direction='out' AND type='delta_setpoint'")}
     got_ids = {r[0] for r in db.execute(
         "SELECT message_id FROM exchange WHERE direction='in' AND type='delta_setpoint' AND outcome='delivered'")}  # fmt: skip
@@ -91,6 +104,9 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
         "rejected_messages": rejected,
         "latency_ms": {t: _p(v) for t, v in sorted(latency.items())},
         "latency_by_link_ms": {k: _full(v) for k, v in sorted(by_link.items())},
+        "clock_offsets_ms": offsets,
+        "latency_by_link_corrected_ms": {k: {**_full(v), "uncertainty_ms": round(uncertainty[k], 3)}
+                                         for k, v in sorted(corrected.items())},  # fmt: skip
         "coordination_chain_ms": chain(db),
         "mol_validation_round_trip_ms": _p(tso["mol_round_trip_ms"]),
         "dso_validation_compute_ms": _p([ms for d in dsos for ms in d["validation_ms"]]),

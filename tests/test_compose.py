@@ -46,6 +46,11 @@ def test_compose_services_as_processes_on_mosquitto_give_the_same_outcome(own_mo
     assert summary["max_delta_setpoint_mw"]["bsp1"] <= summary["dso_limits_mw"]["bsp1-up"] + 1e-9
     assert summary["setpoints_missed"] == 0
     assert summary["messages"]["delta_setpoint"] == summary["setpoints_sent"] > 200
+    # each process measured its clock against the TSO's over the broker; same host: offset ~ 0
+    for actor in ("dso/dso1", "bsp/bsp1"):
+        record = summary["clock_offsets_ms"][actor]
+        assert abs(record["offset_ms"]) <= record["uncertainty_ms"] + 1.0
+    assert summary["latency_by_link_corrected_ms"]["tso->bsp"]["count"] >= 225
     # three processes wrote one exchange log; every setpoint has both of its rows
     assert {"tso/tso", "dso/dso1", "bsp/bsp1"} <= {r for r in summary_actors(out)}
 
