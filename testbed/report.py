@@ -58,9 +58,10 @@ def plot_delivery(runs: list[dict], ax_rows) -> None:  # noqa: ANN001
                     label=f"{bsp} delivered (telemetry)")  # fmt: skip
         for bid, mw in s.get("limits_mw", {}).items():
             ax.axhline(mw, color="red", lw=0.8, ls="--", label=f"limit {bid} {mw:.2f} MW")
-        ax.set_title(f"Setpoint vs delivered ({_label(r)})")
+        ax.set_title(f"Setpoint vs delivered ({_label(r)})" + ("" if s["setpoints"] else ": nothing activated"))
         ax.set_ylabel("MW")
-        ax.legend(fontsize=7, loc="upper left")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
 
 
 def plot_loading(runs: list[dict], ax) -> None:  # noqa: ANN001
