@@ -263,8 +263,10 @@ def _print_outcomes(summaries: list[dict], to: Console) -> None:
     for s in summaries:
         table.add_column(f"coordination {s['coordination']}", justify="right")
 
+    from rich.markup import escape
+
     def row(label: str, fn) -> None:  # noqa: ANN001
-        table.add_row(label, *[fn(s) for s in summaries])
+        table.add_row(escape(label), *[escape(fn(s)) for s in summaries])
 
     row("DSO limit on bsp1-up [MW]", lambda s: ", ".join(f"{v:.2f}" for v in s["dso_limits_mw"].values()) or "none")
     row("limiting element", lambda s: next((v.get("limiting_element") or "" for v in s["validations"].values()
