@@ -71,6 +71,18 @@ class _Client(aiomqtt.Client):
         super().__init__(*args, **kwargs)
         self.pending_calls_threshold = 1_000_000  # many QoS 1 publishes in flight is normal here
 
+    @contextlib.contextmanager
+    def _pending_call(self, mid: int, value: Any, pending_dict: dict[int, Any]) -> Any:
+        # aiomqtt's version counts every pending call on every publish (O(n) each, O(n²) for a
+        # fan-out of n concurrent QoS 1 publishes); this one only keeps the books
+        if mid in pending_dict:
+            raise RuntimeError(f'There already exists a pending call for message ID "{mid}"')
+        pending_dict[mid] = value
+        try:
+            yield
+        finally:
+            pending_dict.pop(mid, None)
+
     def _on_socket_register_write(self, *args: Any) -> None:
         try:
             super()._on_socket_register_write(*args)

@@ -313,6 +313,34 @@ def bench_mol(
     console.print(f"goal <= 150 ms for 1000 bids: {verdict}")
 
 
+@bench_app.command("fanout")
+def bench_fanout(
+    endpoints: Annotated[int, typer.Option("--endpoints", help="BSP endpoints, each its own MQTT connection.")] = 1000,
+    broker: BrokerOpt = "mosquitto",
+    cycles: Annotated[int, typer.Option(help="Setpoint cycles per path.")] = 5,
+    period: Annotated[float, typer.Option(help="Cycle length [s] (4 s in real time; shorter = accelerated).")] = 4.0,
+    workers: Annotated[int, typer.Option(help="Processes hosting the endpoints.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """One TSO -> N BSP endpoints every cycle: missed cycles and publish->receive p50/p99, gateway vs raw."""
+    import resource
+
+    from broker import start_broker
+    from testbed.bench.fanout import run_fanout
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the broker and endpoints need a socket each
+    with start_broker(broker) as running:
+        result = run_fanout(running.url, endpoints, cycles, period, workers)
+    if as_json:
+        print(json.dumps(result))
+        return
+    for path in ("gateway", "raw"):
+        r = result[path]
+        console.print(f"{path:8s} p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  missed cycles {r['missed_cycles']}/{cycles}"
+                      f"  missed deliveries {r['missed_deliveries']}", highlight=False)
+
+
 @bench_app.command("log")
 def bench_log(
     rows: Annotated[int, typer.Option("--rows", help="Rows to record.")] = 500_000,

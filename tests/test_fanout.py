@@ -1,0 +1,12 @@
+"""The fan-out benchmark delivers every setpoint to every endpoint on both paths (no timing asserted)."""
+
+from testbed.bench.fanout import run_fanout
+
+
+def test_fanout_reaches_every_endpoint_every_cycle(own_mosquitto):
+    result = run_fanout(own_mosquitto.url, endpoints=40, cycles=2, period_s=1.0, workers=2)
+    assert result["connected"] == 40
+    for path in ("gateway", "raw"):
+        assert result[path]["deliveries"] == 80, result[path]
+        assert result[path]["missed_deliveries"] == 0 and result[path]["missed_cycles"] == 0
+    assert result["ratio"] == round(result["gateway"]["p99_ms"] / result["raw"]["p99_ms"], 3)
