@@ -1,6 +1,6 @@
 """What every actor has: its gateway, the run's clock and the scenario."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import structlog
@@ -29,8 +29,6 @@ class Actor:
 
     def cycles(self, start: datetime, end: datetime):
         """Setpoint instants from ``start`` (inclusive) to ``end`` (exclusive), every setpoint period."""
-        from datetime import timedelta
-
         period = timedelta(seconds=self.scenario.setpoint_period_s)
         k = 0
         while start + k * period < end:
