@@ -5,7 +5,7 @@ limits activations that would congest it, reports faults and answers curtailment
 
 import asyncio
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -54,7 +54,7 @@ class DSO(Actor):
                         self.connections[a.asset_id] = self.bus_of(a.connection_bus or "")
                     except KeyError:
                         self.log.warning("asset connected to an unknown bus", asset=a.asset_id, bus=a.connection_bus)
-        self.scheduled: dict[str, float] = {}  # asset id -> scheduled MW
+        self.schedules: dict[str, tuple[datetime, timedelta, list[float]]] = {}  # asset -> (start, step, MW)
         self.measured: dict[str, float] = {}  # asset id -> latest telemetered MW
         self.asset_bids: dict[str, dict[str, tuple[float, float, Direction]]] = {}  # asset -> bid -> (share, q, dir)
         self.validated: dict[str, float] = {}  # bid id -> upper bound from the last validation
@@ -62,6 +62,7 @@ class DSO(Actor):
         self.loading: list[tuple[datetime, str, float]] = []  # (instant, most loaded element, %)
         self.congestion_s = 0.0
         self.validation_ms: list[float] = []
+        self.schedule_changes: list[tuple[str, float]] = []
         self.validated_mols: list = []
         self.faults_reported = 0
         self.curtailments: list[CurtailmentResponse] = []
@@ -122,10 +123,53 @@ class DSO(Actor):
             ))  # fmt: skip
         await self.gw.reply(msg, PrequalificationResult(bsp_id=msg.body.bsp_id, verdicts=verdicts))
 
+    def scheduled(self, asset: str, t: datetime) -> float:
+        """The asset's scheduled output at ``t`` [MW] (0 without a schedule)."""
+        if asset not in self.schedules:
+            return 0.0
+        start, step, values = self.schedules[asset]
+        i = int((t - start) / step)
+        return values[min(max(i, 0), len(values) - 1)]
+
+    def scheduled_injections(self, t: datetime) -> dict[int, float]:
+        """The DN assets' scheduled outputs at their buses (the grid model holds no BSP assets)."""
+        out: dict[int, float] = {}
+        for asset, bus in self.connections.items():
+            out[bus] = out.get(bus, 0.0) + self.scheduled(asset, t)
+        return out
+
     async def on_schedule(self, msg: Received[Schedule]) -> None:
-        for series in msg.body.series:
-            if series.asset_id in self.connections or series.dso_id == self.me.id:
-                self.scheduled[series.asset_id] = series.p_mw[0]
+        """Final schedules of the DN resources (seed 004 §3). When they would break a limit of the
+        grid in the forecast state, the DSO scales them down to what fits (largest common factor,
+        by AC power flow) and informs the TSO with a 'dso_modified' schedule and the reason."""
+        series = [x for x in msg.body.series if x.asset_id in self.connections]
+        step = {"PT15M": ISP, "PT5M": ISP / 3, "PT1M": ISP / 15}.get(msg.body.resolution.value, ISP)
+        for x in series:
+            self.schedules[x.asset_id] = (msg.body.start, step, list(x.p_mw))
+        if not series or msg.body.kind != "final":
+            return
+        factors, worst = [], None
+        for i in range(len(series[0].p_mw)):
+            events = self.event_injections(msg.body.start + i * step + step / 2, forecast=True)
+            per_unit: dict[int, float] = {}
+            for x in series:
+                bus = self.connections[x.asset_id]
+                per_unit[bus] = per_unit.get(bus, 0.0) + x.p_mw[i]
+            factor, violations = largest_activation(self.fast, events, per_unit, 1.0, step_mw=0.001)
+            factors.append(factor)
+            if violations and worst is None:
+                worst = violations[0]
+        if worst is None:
+            return
+        for x in series:
+            self.schedules[x.asset_id] = (msg.body.start, step, [p * f for p, f in zip(x.p_mw, factors)])
+        self.schedule_changes.append((worst.element, min(factors)))
+        await self.gw.publish(Schedule(
+            kind="dso_modified", start=msg.body.start, resolution=msg.body.resolution,
+            series=[x.model_copy(update={"p_mw": [round(p * f, 4) for p, f in zip(x.p_mw, factors)]}) for x in series],
+            reason=f"{worst.element} at {worst.value:.1f} % with the schedules: scaled to "
+                   f"{', '.join(f'{f:.3f}' for f in factors)} per step",
+        ), self.tso)  # fmt: skip
 
     # --- forecast (seed 004 §3) ---------------------------------------------------------------
 
@@ -153,6 +197,8 @@ class DSO(Actor):
         t0 = time.perf_counter()
         mol = msg.body
         base = self.event_injections(mol.isp_start + ISP / 2, forecast=True)
+        for bus, mw in self.scheduled_injections(mol.isp_start + ISP / 2).items():
+            base[bus] = base.get(bus, 0.0) + mw
         validated = validate_mol(self.fast, mol.bids, self.me.id, self.bus_of, base=base)
         elapsed = time.perf_counter() - t0
         self.validation_ms.append(elapsed * 1000)
@@ -198,13 +244,15 @@ class DSO(Actor):
             self.measured[m.resource_id] = m.p_mw
 
     def real_time_injections(self, t: datetime) -> tuple[dict[int, float], dict[int, float]]:
-        """(events only, events + telemetered deviations of the DN assets from their schedules)."""
+        """(events + the DN assets at their schedules: the state without aFRR; events + the DN
+        assets as telemetered, or at their schedules until telemetry arrives)."""
         events = self.event_injections(t, forecast=False)
-        total = dict(events)
+        scheduled, total = dict(events), dict(events)
         for asset, bus in self.connections.items():
-            if asset in self.measured:
-                total[bus] = total.get(bus, 0.0) + self.measured[asset] - self.scheduled.get(asset, 0.0)
-        return events, total
+            planned = self.scheduled(asset, t)
+            scheduled[bus] = scheduled.get(bus, 0.0) + planned
+            total[bus] = total.get(bus, 0.0) + self.measured.get(asset, planned)
+        return scheduled, total
 
     async def watch(self, t: datetime) -> GridState:
         """One real-time check: power flow of the telemetered state; record the loading; with
@@ -293,6 +341,7 @@ class DSO(Actor):
             "loading": [[t.isoformat(), element, round(v, 4)] for t, element, v in self.loading],
             "validation_ms": self.validation_ms,
             "faults_reported": self.faults_reported,
+            "schedule_changes": [{"element": e, "factor": round(f, 4)} for e, f in self.schedule_changes],
         }
 
     def write_results(self) -> None:

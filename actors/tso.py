@@ -87,6 +87,7 @@ class TSO(Actor):
         self.curtailments: list[CurtailmentResponse] = []
         self.terminations: list[TerminationSignal] = []
         self.setpoints_sent = 0
+        self.schedule_changes: list[dict] = []
         self.conversation: uuid.UUID | None = None
         self.late_cycles = 0
         gateway.on(PrequalificationRequest, self.on_prequalification)
@@ -135,8 +136,11 @@ class TSO(Actor):
     # --- schedules, forecasts, bids ---------------------------------------------------------
 
     async def on_schedule(self, msg: Received[Schedule]) -> None:
-        """Pass the final schedules of DN-connected resources to their DSO (seed 004 §3)."""
-        if msg.sender.role != "bsp":
+        """Pass the final schedules of DN-connected resources to their DSO (seed 004 §3); record
+        the DSOs' changes to them."""
+        if msg.sender.role == "dso":
+            self.schedule_changes.append(msg.body.model_dump(mode="json"))
+            self.log.warning("DSO changed DER schedules", dso=msg.sender.id, reason=msg.body.reason)
             return
         by_dso: dict[str, list[ScheduleSeries]] = defaultdict(list)
         for series in msg.body.series:
@@ -424,5 +428,6 @@ class TSO(Actor):
             "setpoints": {b: r.setpoints for b, r in self.records.items()},
             "delivered": {b: r.delivered for b, r in self.records.items()},
             "limits_mw": {**self.dso_limits_mw, **self.rt_limits},
+            "schedule_changes": self.schedule_changes,
         }  # fmt: skip
 

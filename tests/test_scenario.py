@@ -258,3 +258,20 @@ def test_the_coordination_chain_and_latency_per_link_are_reported(coordinated):
     assert links["tso->bsp"]["count"] >= 225 and links["bsp->tso"]["count"] >= 225
     assert {"p50", "p90", "p99", "max"} <= set(links["tso->dso"])
     assert links["tso->bsp"]["p99"] < 100  # one-process run on loopback: no stall near a setpoint's life
+
+
+def test_the_dso_scales_down_der_schedules_that_would_congest_it_and_tells_the_tso(tmp_path_factory):
+    def heavy_schedule(s):
+        s = short(s, 3)
+        s.bsps[0].assets[1].scheduled_mw = 9.0  # the DER park scheduled at 9 MW on top of the redispatch
+        return s
+
+    summary, _ = run(tmp_path_factory, "schedule", edit=heavy_schedule)
+    changes = summary["dso_schedule_changes"]
+    assert len(changes) == 1 and changes[0]["kind"] == "dso_modified"
+    assert changes[0]["reason"].startswith("line:behind-coupling")
+    modified = changes[0]["series"][0]["p_mw"]
+    assert modified[0] == 9.0  # the 09:45 ISP: no redispatch yet, the schedule fits
+    assert 0 < modified[1] < 9.0  # the 10:00 ISP: with the redispatch it does not
+    # and the MOL was validated on top of the modified schedule: less room for aFRR than at 0 MW
+    assert summary["dso_limits_mw"]["bsp1-up"] < 15.0
