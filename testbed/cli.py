@@ -341,6 +341,27 @@ def bench_fanout(
                       f"  missed deliveries {r['missed_deliveries']}", highlight=False)
 
 
+@bench_app.command("day")
+def bench_day(
+    broker: BrokerOpt = "mosquitto",
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second (1440: a day in a minute).")] = 1440.0,
+    hours: Annotated[float, typer.Option(help="Scenario hours.")] = 24.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """24 h of the reference scenario accelerated. Goal: <= 60 s wall."""
+    from broker import start_broker
+    from testbed.bench.day import run_day
+
+    with start_broker(broker) as running:
+        result = run_day(running.url, speed=speed, hours=hours)
+    if as_json:
+        print(json.dumps(result))
+        return
+    console.print(f"{hours} h ({result['cycles']} cycles) at {speed}x: {result['value']} s wall (paced floor "
+                  f"{result['baseline_value']} s); setpoints sent {result['setpoints_sent']}, missed "
+                  f"{result['setpoints_missed']}; late cycles {result['late_cycles']}", highlight=False)
+
+
 @bench_app.command("log")
 def bench_log(
     rows: Annotated[int, typer.Option("--rows", help="Rows to record.")] = 500_000,

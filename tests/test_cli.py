@@ -38,3 +38,13 @@ def test_rtt_benchmark_reports_both_paths_from_one_run():
         assert key in result
     assert result["ratio_p50"] == round(result["gateway_p50_ms"] / result["raw_p50_ms"], 3)
     assert result["protocol"] == "3.1.1" and result["request_bytes"] > 500
+
+
+def test_day_benchmark_runs_the_reference_scenario_and_reports_against_the_paced_floor():
+    from testbed.bench.day import run_day
+
+    with start_broker("embedded") as running:
+        result = run_day(running.url, speed=100, hours=0.1)
+    assert result["cycles"] == 90 and result["setpoints_sent"] > 60
+    assert result["value"] >= result["baseline_value"] > 0
+    assert result["ratio"] == round(result["value"] / result["baseline_value"], 3)

@@ -1,0 +1,64 @@
+"""`tsodso bench day`: 24 h of the reference scenario (21 600 setpoint cycles of 4 s), accelerated.
+
+The reference scenario with its end moved to 24 h after its start (the system stays short, so the
+bid is activated at its limit all day; the emergency and fault events are left out). Every actor
+runs in this process on the broker given. Reported: wall-clock time, setpoints sent and missed,
+cycles the TSO started late. Baseline, same run: the same number of cycles paced by the same clock
+with no actors (the floor set by the speed alone).
+"""
+
+import asyncio
+import platform
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from testbed.clock import Clock
+from testbed.runner import run_scenario
+from testbed.scenario import load_scenario
+
+
+async def _paced(cycles: int, period_s: float, speed: float) -> float:
+    from datetime import UTC, datetime
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    clock = Clock(start, speed)
+    t0 = time.perf_counter()
+    for k in range(cycles):
+        await clock.sleep_until(start + timedelta(seconds=k * period_s))
+    return time.perf_counter() - t0
+
+
+def run_day(broker_url: str, *, speed: float = 1440.0, hours: float = 24.0,
+            scenario_file: str = "scenarios/nl-afrr-congestion.yaml") -> dict[str, Any]:  # fmt: skip
+    scenario = load_scenario(scenario_file, coordination=True)
+    scenario.end = scenario.start + timedelta(hours=hours)
+    scenario.tso.emergencies = []
+    scenario.dsos[0].faults = []
+    cycles = int((scenario.end - scenario.start).total_seconds() / scenario.setpoint_period_s)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        summary = asyncio.run(run_scenario(scenario, broker_url, Path(tmp) / "day", speed=speed))
+        wall = time.perf_counter() - t0
+    floor = asyncio.run(_paced(cycles, scenario.setpoint_period_s, speed))
+    return {
+        "benchmark": "day",
+        "metric": "wall_clock",
+        "value": round(wall, 1),
+        "unit": "s",
+        "goal": f"<= 60 s for 24 h (here {hours} h)",
+        "baseline": "the same cycles paced by the same clock, no actors",
+        "baseline_value": round(floor, 1),
+        "ratio": round(wall / floor, 3),
+        "hours": hours,
+        "speed": speed,
+        "cycles": cycles,
+        "setpoints_sent": summary["setpoints_sent"],
+        "setpoints_missed": summary["setpoints_missed"],
+        "late_cycles": summary["late_cycles"],
+        "delta_setpoint_latency_ms": summary["latency_ms"].get("delta_setpoint"),
+        "congestion_seconds": summary["congestion_seconds"],
+        "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}",
+    }
