@@ -287,6 +287,22 @@ def _print_outcomes(summaries: list[dict], to: Console) -> None:
     to.print(table)
 
 
+def _bench_table(result: dict, extra: list[tuple[str, str]]) -> None:
+    """Every benchmark's terminal output: value against goal, the same-run baseline, details."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"bench {result['benchmark']}")
+    table.add_column("")
+    table.add_column("", justify="right")
+    rows = [(result["metric"], f"{result['value']} {result['unit']}"), ("goal", result["goal"]),
+            (f"baseline: {result['baseline']}", f"{result['baseline_value']} {result['unit']}"),
+            ("ratio (value / baseline)", str(result["ratio"])), *extra]  # fmt: skip
+    for label, value in rows:
+        table.add_row(escape(label), escape(str(value)))
+    console.print(table)
+
+
 @bench_app.command("mol")
 def bench_mol(
     bids: Annotated[int, typer.Option("--bids", help="Bids in the merit order list.")] = 1000,
@@ -301,16 +317,12 @@ def bench_mol(
     if as_json:
         print(json.dumps(result))
         return
-    console.print(
-        f"{bids} bids on {grid} ({result['buses']} buses): {result['value']} ms "
-        f"(runs {result['validation_ms_runs']}), verdicts {result['verdicts']}\n"
-        f"pp.runpp baseline scaled to {bids} bids: {result['baseline_value']} ms; "
-        f"real-time check p50 {result['realtime_check_ms_p50']} ms; "
-        f"engine vs pp.runpp max loading difference {result['engine_vs_runpp_max_loading_diff_percent']} %",
-        highlight=False,
-    )
-    verdict = "[green]met[/green]" if result["value"] <= 150 else "[red]not met[/red]"
-    console.print(f"goal <= 150 ms for 1000 bids: {verdict}")
+    _bench_table(result, [("grid", f"{grid} ({result['buses']} buses)"), ("verdicts", str(result["verdicts"])),
+                          ("runs [ms]", str(result["validation_ms_runs"])),
+                          ("real-time check p50 / p99 [ms]",
+                           f"{result['realtime_check_ms_p50']} / {result['realtime_check_ms_p99']}"),
+                          ("engine vs pp.runpp, max loading difference [%]",
+                           str(result["engine_vs_runpp_max_loading_diff_percent"]))])  # fmt: skip
 
 
 @bench_app.command("fanout")
@@ -335,10 +347,10 @@ def bench_fanout(
     if as_json:
         print(json.dumps(result))
         return
-    for path in ("gateway", "raw"):
-        r = result[path]
-        console.print(f"{path:8s} p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  missed cycles {r['missed_cycles']}/{cycles}"
-                      f"  missed deliveries {r['missed_deliveries']}", highlight=False)
+    _bench_table(result, [(f"{path}: p50 / p99 [ms], missed cycles, missed deliveries",
+                           f"{result[path]['p50_ms']} / {result[path]['p99_ms']}, {result[path]['missed_cycles']}/"
+                           f"{cycles}, {result[path]['missed_deliveries']}") for path in ("gateway", "raw")]
+                 + [("endpoints connected (s)", f"{result['connected']} ({result['connect_s']} s)")])  # fmt: skip
 
 
 @bench_app.command("day")
@@ -357,9 +369,10 @@ def bench_day(
     if as_json:
         print(json.dumps(result))
         return
-    console.print(f"{hours} h ({result['cycles']} cycles) at {speed}x: {result['value']} s wall (paced floor "
-                  f"{result['baseline_value']} s); setpoints sent {result['setpoints_sent']}, missed "
-                  f"{result['setpoints_missed']}; late cycles {result['late_cycles']}", highlight=False)
+    _bench_table(result, [("cycles", str(result["cycles"])),
+                          ("setpoints sent / missed", f"{result['setpoints_sent']} / {result['setpoints_missed']}"),
+                          ("late cycles", str(result["late_cycles"])),
+                          ("delta_setpoint latency [ms]", str(result["delta_setpoint_latency_ms"]))])  # fmt: skip
 
 
 @bench_app.command("log")
@@ -374,8 +387,8 @@ def bench_log(
     if as_json:
         print(json.dumps(result))
         return
-    console.print(f"{result['value']} rows/s sustained ({result['rows_written']}/{rows} written, lost {result['lost']}); "
-                  f"record() {result['record_us_per_row']} µs/row; one executemany: {result['baseline_value']} rows/s")
+    _bench_table(result, [("rows written / lost", f"{result['rows_written']} / {result['lost']}"),
+                          ("record() per row [µs]", str(result["record_us_per_row"]))])
 
 
 @app.command()
