@@ -3,12 +3,11 @@
 Wire format: one JSON object ``{"envelope": {...}, "body": {...}}`` (UTF-8).
 
 The checks, in order, each with its own :class:`~schemas.codes.RejectReason`: size, JSON,
-envelope schema, known type, topic consistent with the envelope, sender's right (the bilateral
-table), expiry, duplicate message id, body schema. A message that passes may still carry a note
+envelope schema, known type, body schema (``schemas.validate``), topic consistent with the
+envelope, sender's right (the bilateral table), expiry, duplicate message id. A message that passes may still carry a note
 (a sequence gap), which goes into the exchange log.
 """
 
-import json
 from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -20,7 +19,7 @@ from schemas.envelope import Envelope, Party
 from schemas.messages import MESSAGE_TYPES, Body
 from schemas.rights import Rights
 from schemas.topics import parse_topic
-from schemas.validate import describe_errors
+from schemas.validate import InvalidMessage, validate_message
 
 B = TypeVar("B", bound=Body)
 
@@ -195,28 +194,11 @@ class ArrivalCheck:
     def _check_slowly(  # noqa: ANN001
         self, topic: str, parts, payload: bytes, size: int, received_us: int, retained: bool
     ) -> Received:
-        sender = parts.sender
         try:
-            doc = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise Rejected(RejectReason.MALFORMED, f"payload is not UTF-8 JSON: {exc}", topic, sender) from None
-        if not isinstance(doc, dict) or doc.keys() != {"envelope", "body"}:
-            got = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
-            raise Rejected(
-                RejectReason.MALFORMED, f'payload must be an object {{"envelope", "body"}}, got {got}', topic, sender
-            )
-        try:
-            env = Envelope.model_validate(doc["envelope"])
-        except ValidationError as exc:
-            raise Rejected(RejectReason.ENVELOPE, describe_errors(exc, "envelope"), topic, sender) from None
-        body_cls = MESSAGE_TYPES.get(env.type)
-        if body_cls is None:
-            raise Rejected(RejectReason.UNKNOWN_TYPE, f"unknown message type {env.type!r}", topic, sender, env)
+            env, body = validate_message(payload)
+        except InvalidMessage as exc:
+            raise Rejected(exc.code, str(exc), topic, parts.sender, exc.envelope) from None
         self._check_envelope(env, parts, topic, received_us, retained)
-        try:
-            body = body_cls.model_validate(doc["body"])
-        except ValidationError as exc:
-            raise Rejected(RejectReason.SCHEMA, describe_errors(exc, "body"), topic, sender, env) from None
         self._remember(env.message_id, received_us)
         return Received(env, body, topic, received_us, size, retained, self._sequence_note(topic, env.sequence))
 

@@ -5,12 +5,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from schemas.codes import RejectReason
 from schemas.envelope import Envelope
 from schemas.messages import MESSAGE_TYPES, Body
 
 
 class InvalidMessage(ValueError):
-    """What is wrong with a message, with the field path."""
+    """What is wrong with a message, with the field path; ``code`` says which check failed and
+    ``envelope`` is the envelope when it was readable."""
+
+    def __init__(self, reason: str, code: RejectReason, envelope: Envelope | None = None):
+        super().__init__(reason)
+        self.code = code
+        self.envelope = envelope
 
 
 def describe_errors(exc: ValidationError, prefix: str) -> str:
@@ -33,21 +40,22 @@ def validate_message(payload: bytes | str | dict[str, Any], expected_type: str |
         try:
             doc = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidMessage(f"not UTF-8 JSON: {exc}") from None
+            raise InvalidMessage(f"not UTF-8 JSON: {exc}", RejectReason.MALFORMED) from None
     if not isinstance(doc, dict) or doc.keys() != {"envelope", "body"}:
         got = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
-        raise InvalidMessage(f'a message is an object {{"envelope", "body"}}, got {got}')
+        raise InvalidMessage(f'a message is an object {{"envelope", "body"}}, got {got}', RejectReason.MALFORMED)
     try:
         env = Envelope.model_validate(doc["envelope"])
     except ValidationError as exc:
-        raise InvalidMessage(describe_errors(exc, "envelope")) from None
+        raise InvalidMessage(describe_errors(exc, "envelope"), RejectReason.ENVELOPE) from None
     if expected_type is not None and env.type != expected_type:
-        raise InvalidMessage(f"envelope.type: expected {expected_type!r}, got {env.type!r}")
+        raise InvalidMessage(f"envelope.type: expected {expected_type!r}, got {env.type!r}", RejectReason.TOPIC_MISMATCH,
+                             env)  # fmt: skip
     body_cls = MESSAGE_TYPES.get(env.type)
     if body_cls is None:
-        raise InvalidMessage(f"envelope.type: unknown message type {env.type!r}")
+        raise InvalidMessage(f"envelope.type: unknown message type {env.type!r}", RejectReason.UNKNOWN_TYPE, env)
     try:
         body = body_cls.model_validate(doc["body"])
     except ValidationError as exc:
-        raise InvalidMessage(describe_errors(exc, "body")) from None
+        raise InvalidMessage(describe_errors(exc, "body"), RejectReason.SCHEMA, env) from None
     return env, body
