@@ -141,7 +141,7 @@ class BSP(Actor):
         telemetry = Telemetry(source_id=self.me.id, instant=sp.instant, cycle=sp.cycle, delivered_delta_mw=delivered,
                               measurements=measurements)  # fmt: skip
         await self.gw.publish(telemetry, self.tso, causation_id=msg.envelope.message_id,
-                              correlation_id=msg.envelope.correlation_id)  # fmt: skip
+                              correlation_id=msg.envelope.correlation_id or msg.envelope.message_id)  # fmt: skip
         for dso_id in {a.config.dso_id for a in self.assets.values() if a.config.connection == Connection.DN}:
             dn = [m for m, a in zip(measurements, self.assets.values()) if a.config.dso_id == dso_id]
             await self.gw.publish(

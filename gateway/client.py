@@ -154,6 +154,7 @@ class Gateway:
         publish_timeout_s: float = 30.0,
         links: LinkConditions | None = None,
         clock_offset_s: float = 0.0,
+        client_id: str | None = None,
     ):
         self.me = me
         self.broker = BrokerSpec.parse(broker) if isinstance(broker, str) else broker
@@ -173,7 +174,7 @@ class Gateway:
         # This host's clock error (tests and studies of unsynchronised hosts): every timestamp the
         # gateway takes (created_at, sent, received, expiry checks) is read from the skewed clock.
         self.clock_offset_us = round(clock_offset_s * 1_000_000)
-        self.client_id = f"{me.role}-{me.id}"
+        self.client_id = client_id or f"{me.role}-{me.id}"  # also names the persistent session
         self.stats: Counter[str] = Counter()  # outcome -> count
         self.connections = 0
         self.log = structlog.get_logger("gateway").bind(actor=str(me), run=self.run_id)
@@ -387,6 +388,13 @@ class Gateway:
         sent_us, dropped = await self._send(topic, payload, policy, props, valid_until_us)
         self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
         return env
+
+    async def publish_bytes(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int | None:
+        """Send ``payload`` on ``topic`` as it is: no envelope, no checks, no exchange-log row. For
+        the tools that must send what the contract forbids (the conformance suite's expired setpoint,
+        a fault emulator's malformed message). Returns when it was sent (µs), None if dropped."""
+        sent_us, _ = await self._send(topic, payload, DeliveryPolicy(qos=qos, retain=retain), None, None)
+        return sent_us
 
     async def _send_later(
         self, delay: float, env: Envelope, topic: str, payload: bytes, policy: DeliveryPolicy, props: Properties | None

@@ -1,6 +1,7 @@
 """The `tsodso` command line."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -445,6 +446,129 @@ def exchange(
         with ExchangeLog(db, run_id="exchange") as log:
             asyncio.run(small_exchange(running.url, log))
     print_exchange(db, console)
+
+
+REFERENCE_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "nl-afrr-congestion.yaml"
+ScenarioOpt = Annotated[Path, typer.Option(help="Scenario the device profile comes from (assets, bids, the TSO's id).")]
+
+
+@app.command()
+def conformance(
+    role: Annotated[Optional[str], typer.Option(help="Role of the device under test: bsp | dso.")] = None,
+    device_id: Annotated[Optional[str], typer.Option("--device-id", help="The device's id on the bus.")] = None,
+    broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1] the device is on.")] = "mqtt://127.0.0.1:1883",
+    rules: Annotated[str, typer.Option(help="Only rule IDs matching this pattern, e.g. 'BSP-SP-*'.")] = "*",
+    report: Annotated[Optional[Path], typer.Option(help="Write conformance.json and conformance.html here.")] = None,
+    scenario: ScenarioOpt = REFERENCE_SCENARIO,
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second (1 for real devices; emulators "
+                                              "step per setpoint and can go faster).")] = 1.0,
+    timeout: Annotated[float, typer.Option(help="[s] wait for each thing the device must do unprompted.")] = 20.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print conformance.json.")] = False,
+    doc: Annotated[bool, typer.Option("--doc", help="Print the rules as docs/conformance.md and exit.")] = False,
+):
+    """Test a device against the contract, rule by rule: the testbed plays the other roles over the
+    broker. Exit 1 when a rule fails (docs/conformance.md lists the rules)."""
+    if doc:
+        from testbed.conformance.rules import markdown
+
+        print(markdown(), end="")
+        return
+    if role is None or device_id is None:
+        raise typer.BadParameter("--role and --device-id are required (or --doc)")
+    from testbed.conformance import run_suite
+    from testbed.scenario import load_scenario
+
+    try:
+        result = asyncio.run(run_suite(role, device_id, broker, load_scenario(scenario), rules=rules, speed=speed,
+                                       timeout_s=timeout, report_dir=report))  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+        for r in result.results:
+            line = f"[{style[r.status]}]{r.status.upper():4}[/] {r.id}  {r.evidence}"
+            if r.status == "fail" and r.bound:
+                line += f"  (measured {r.value}, bound {r.bound})"
+            console.print(line, highlight=False, soft_wrap=True)
+        if result.aborted:
+            console.print(f"[bold red]session stopped early:[/] {result.aborted}", highlight=False)
+        c = result.counts
+        console.print(f"{role}/{device_id}: {c['pass']} passed, {c['fail']} failed, {c['skip']} skipped in "
+                      f"{result.duration_s:.1f} s" + (f"; report: {report / 'conformance.html'}" if report else ""),
+                      highlight=False)  # fmt: skip
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def emulate(
+    role: Annotated[str, typer.Argument(help="bsp | dso")],
+    device_id: Annotated[str, typer.Option("--device-id", help="The device's id on the bus.")],
+    broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")] = "mqtt://127.0.0.1:1883",
+    fault: Annotated[Optional[str], typer.Option(help="Break rules on purpose (tsodso emulate --list-faults).")] = None,
+    scenario: ScenarioOpt = REFERENCE_SCENARIO,
+    speed: Annotated[float, typer.Option(help="Must match the suite's --speed.")] = 1.0,
+    list_faults: Annotated[bool, typer.Option("--list-faults", help="Print the fault modes and the rules they break.")] = False,
+):
+    """A reference BSP or DSO device that passes its conformance suite (or breaks it with --fault)."""
+    from testbed.emulate import FAULTS, emulate as run_emulator
+    from testbed.scenario import load_scenario
+
+    if list_faults:
+        for r, faults in FAULTS.items():
+            for name, (what, breaks) in faults.items():
+                console.print(f"{r} --fault {name}: {what} (fails {', '.join(sorted(breaks))})", highlight=False)
+        return
+    if role not in FAULTS:
+        raise typer.BadParameter(f"role is {' or '.join(FAULTS)}")
+    if fault is not None and fault not in FAULTS[role]:
+        raise typer.BadParameter(f"{role} faults: {', '.join(FAULTS[role])}")
+    err.print(f"{role}/{device_id} on {broker}" + (f", fault {fault}" if fault else "") + ": waiting for a session "
+              "(tsodso conformance ...); Ctrl-C stops", highlight=False)  # fmt: skip
+    asyncio.run(run_emulator(role, device_id, broker, load_scenario(scenario), fault=fault, speed=speed))
+
+
+@app.command()
+def capture(
+    broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")] = "mqtt://127.0.0.1:1883",
+    out: Annotated[Path, typer.Option(help="Capture file (JSON lines).")] = Path("capture.jsonl"),
+    duration: Annotated[Optional[float], typer.Option(help="[s] stop after this long (default: Ctrl-C).")] = None,
+    count: Annotated[Optional[int], typer.Option(help="Stop after this many messages.")] = None,
+    topic: Annotated[Optional[list[str]], typer.Option(help="Topic filter (repeatable; default tsodso/#).")] = None,
+):
+    """Record bus traffic with arrival times, checking each message against the contract."""
+    from testbed.capture import capture as record
+
+    bad = [0]
+
+    def show(msg) -> None:  # noqa: ANN001
+        if not msg.valid:
+            bad[0] += 1
+            err.print(f"[red]INVALID[/] {msg.topic}: {msg.error}", highlight=False)
+
+    try:
+        n = asyncio.run(record(broker, out, duration_s=duration, count=count, filters=topic or ["tsodso/#"],
+                               on_message=show))  # fmt: skip
+    except KeyboardInterrupt:
+        n = sum(1 for _ in out.open()) if out.exists() else 0
+    console.print(f"{n} messages ({bad[0]} not following the contract) in {out}", highlight=False)
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="A capture (tsodso capture).")],
+    broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")] = "mqtt://127.0.0.1:1883",
+    speed: Annotated[float, typer.Option(help="Replay this many times faster than recorded.")] = 1.0,
+    with_retained: Annotated[bool, typer.Option(help="Also replay the retained messages the capture began with.")] = False,
+):
+    """Play a capture back with its original timing (or scaled) to drive a device under test."""
+    from testbed.capture import replay as play
+
+    t0 = time.monotonic()
+    n = asyncio.run(play(file, broker, speed=speed, skip_retained=not with_retained))
+    console.print(f"replayed {n} messages in {time.monotonic() - t0:.2f} s", highlight=False)
 
 
 def main() -> None:  # pragma: no cover

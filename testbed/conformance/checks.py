@@ -1,0 +1,567 @@
+"""One check per rule of ``testbed.conformance.rules``: each judges a session's :class:`Trace` and
+returns an :class:`Outcome` with its evidence (the offending message, the measured value, the bound).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.policy import DELIVERY_POLICY
+from schemas.codes import BidStatus, Connection, Direction
+from schemas.envelope import Party
+from schemas.rights import default_rights
+from testbed.capture import Captured
+from testbed.conformance.session import MIN_STEADY_MW, TOLERANCE, Trace
+
+
+@dataclass
+class Outcome:
+    status: str  # "pass" | "fail" | "skip"
+    evidence: str
+    value: str | None = None
+    bound: str | None = None
+
+
+def ok(evidence: str, value: str | None = None, bound: str | None = None) -> Outcome:
+    return Outcome("pass", evidence, value, bound)
+
+
+def fail(evidence: str, value: str | None = None, bound: str | None = None) -> Outcome:
+    return Outcome("fail", evidence, value, bound)
+
+
+def skip(evidence: str) -> Outcome:
+    return Outcome("skip", evidence)
+
+
+Check = Callable[[Trace], Outcome]
+CHECKS: dict[str, Check] = {}
+
+
+def check(*rule_ids: str) -> Callable[[Check], Check]:
+    def register(fn: Check) -> Check:
+        for rule_id in rule_ids:
+            if rule_id in CHECKS:
+                raise ValueError(f"two checks for {rule_id}")
+            CHECKS[rule_id] = fn
+        return fn
+
+    return register
+
+
+def show(msg: Captured, limit: int = 300) -> str:
+    """A message as evidence: topic and (the start of) its payload."""
+    text = msg.payload.decode(errors="replace")
+    return f"{msg.topic} {text[:limit]}{'…' if len(text) > limit else ''}"
+
+
+def _mine(t: Trace) -> list[Captured]:
+    """The device's valid messages, its will (sequence 0) left out of sequence checks."""
+    return [m for m in t.valid if m.envelope.sender == t.device]
+
+
+# --- envelope, topics, delivery policy, presence (every role) ----------------------------------
+
+
+@check("BSP-EN-010", "DSO-EN-010")
+def schema_valid(t: Trace) -> Outcome:
+    if not t.messages:
+        return skip("the device published nothing")
+    bad = [m for m in t.messages if m.error and not m.error.startswith("topic_mismatch")]
+    if bad:
+        return fail(f"{bad[0].error} in {show(bad[0])}", f"{len(bad)} invalid", f"0 of {len(t.messages)}")
+    return ok(f"{len(t.messages)} messages, all valid", str(len(t.messages)))
+
+
+@check("BSP-EN-020", "DSO-EN-020")
+def topic_matches(t: Trace) -> Outcome:
+    bad = [m for m in t.messages if m.error and m.error.startswith("topic_mismatch")]
+    bad += [m for m in t.valid if m.envelope.sender != t.device]
+    if bad:
+        return fail(f"{bad[0].error or f'sender {bad[0].envelope.sender} is not {t.device}'}: {show(bad[0])}")
+    return ok(f"{len(t.valid)} topics name sender, type and recipient")
+
+
+@check("BSP-EN-030", "DSO-EN-030")
+def rights(t: Trace) -> Outcome:
+    table = default_rights()
+    for m in _mine(t):
+        for r in m.envelope.recipients:
+            if not table.may_send(m.envelope.sender, m.envelope.type, r):
+                return fail(f"{t.role} may not send {m.envelope.type} to {r.role}: {show(m)}")
+    return ok(f"{len(_mine(t))} messages within the bilateral table")
+
+
+@check("BSP-EN-040", "DSO-EN-040")
+def sequences(t: Trace) -> Outcome:
+    last: dict[str, int] = {}
+    seen = 0
+    for m in _mine(t):
+        seq = m.envelope.sequence
+        if seq == 0 and m.envelope.type == "actor_state":
+            continue  # the will is sequence 0
+        prev = last.get(m.topic)
+        last[m.topic] = seq
+        if prev is None:
+            continue
+        seen += 1
+        qos1 = DELIVERY_POLICY[m.envelope.type].qos == 1
+        if seq == prev and qos1:
+            continue  # a QoS 1 re-send (EN-050 judges whether it is the same message)
+        if (qos1 and seq != prev + 1) or seq <= prev:
+            return fail(f"on {m.topic} sequence {seq} follows {prev}: {show(m, 120)}", str(seq), f"{prev + 1}")
+    if not seen:
+        return skip("no topic carried two messages")
+    return ok(f"{seen} consecutive pairs checked on {len(last)} topics")
+
+
+@check("BSP-EN-050", "DSO-EN-050")
+def unique_ids(t: Trace) -> Outcome:
+    by_id: dict[str, bytes] = {}
+    for m in _mine(t):
+        key = str(m.envelope.message_id)
+        if key in by_id and by_id[key] != m.payload:
+            return fail(f"message id {key} used for two different messages: {show(m, 160)}")
+        by_id[key] = m.payload
+    return ok(f"{len(by_id)} distinct message ids")
+
+
+@check("BSP-TP-010", "DSO-TP-010")
+def delivery_policy(t: Trace) -> Outcome:
+    retain_seen = t.broker.protocol == 5
+    for m in _mine(t):
+        policy = DELIVERY_POLICY[m.envelope.type]
+        if m.qos != policy.qos:
+            return fail(f"{m.envelope.type} sent with QoS {m.qos}: {show(m, 120)}", f"QoS {m.qos}", f"QoS {policy.qos}")
+        if retain_seen and m.retain != policy.retain and m.envelope.type != "actor_state":
+            return fail(f"{m.envelope.type} sent with retain={m.retain}: {show(m, 120)}", f"retain {m.retain}",
+                        f"retain {policy.retain}")  # fmt: skip
+    how = "QoS and retain (MQTT 5 observer)" if retain_seen else "QoS (retain not visible on MQTT 3.1.1)"
+    return ok(f"{len(_mine(t))} messages: {how} as the policy says")
+
+
+@check("BSP-TP-020", "DSO-TP-020")
+def expiry(t: Trace) -> Outcome:
+    n = 0
+    for m in _mine(t):
+        if DELIVERY_POLICY[m.envelope.type].expiry_s is None:
+            continue
+        n += 1
+        env = m.envelope
+        if env.valid_until is None or env.valid_until <= env.created_at:
+            return fail(f"{env.type} without a valid_until after created_at: {show(m, 200)}",
+                        str(env.valid_until), f"> {env.created_at.isoformat()}")  # fmt: skip
+    return ok(f"{n} expiring messages carry valid_until") if n else skip("no message of an expiring type")
+
+
+@check("BSP-PR-010", "DSO-PR-010")
+def birth(t: Trace) -> Outcome:
+    births = [m for m in _mine(t) if m.envelope.type == "actor_state" and m.body.status == "online"]
+    if not births:
+        return fail(f"no actor_state 'online' from {t.device} (looked for the retained copy on subscribe)")
+    m = births[0]
+    if not m.retain:
+        return fail(f"the birth is not retained: {show(m, 160)}", "retain False", "retain True")
+    if Party(role="all", id="all") not in m.envelope.recipients:
+        return fail(f"the birth is not addressed to all/all: {show(m, 160)}")
+    return ok(f"retained birth on {m.topic}")
+
+
+@check("BSP-PR-020", "DSO-PR-020")
+def death(t: Trace) -> Outcome:
+    deaths = [m for m in _mine(t) if m.envelope.type == "actor_state" and m.body.status == "offline"]
+    if not deaths:
+        return skip("the device stayed connected through the session")
+    m = deaths[-1]
+    if t.broker.protocol == 5 and not m.retain:
+        return fail(f"the offline state is not retained: {show(m, 160)}")
+    return ok(f"offline state on {m.topic}")
+
+
+@check("BSP-RR-010", "DSO-RR-010")
+def correlation(t: Trace) -> Outcome:
+    pairs = []  # (request id, request correlation, answer)
+    for p in t.probes:
+        a = t.answer(p)
+        if a is not None:
+            pairs.append((p.envelope.message_id, p.envelope.correlation_id or p.envelope.message_id, a, p.name))
+    for k, tele in sorted(t.telemetry(t.tso).items()):
+        sp = t.setpoints.get(k)
+        if sp is not None and not sp.expired:
+            pairs.append((sp.envelope.message_id, sp.envelope.correlation_id or sp.envelope.message_id, tele,
+                          f"setpoint {k}"))  # fmt: skip
+    if not pairs:
+        return skip("no answer to judge")
+    for req_id, corr, a, name in pairs:
+        env = a.envelope
+        if env.causation_id != req_id:
+            return fail(f"answer to {name} has causation_id {env.causation_id}: {show(a, 200)}",
+                        str(env.causation_id), str(req_id))  # fmt: skip
+        if env.correlation_id != corr:
+            return fail(f"answer to {name} has correlation_id {env.correlation_id}: {show(a, 200)}",
+                        str(env.correlation_id), str(corr))  # fmt: skip
+    return ok(f"{len(pairs)} answers carry causation and correlation", str(len(pairs)))
+
+
+@check("BSP-RR-020", "DSO-RR-020")
+def heartbeat(t: Trace) -> Outcome:
+    probe = next((p for p in t.probes if p.name == "heartbeat"), None)
+    if probe is None:
+        return skip("the session ended before the heartbeat probe")
+    a = t.answer(probe)
+    if a is None:
+        return fail(f"no heartbeat answer to the probe sent at {probe.envelope.created_at:%H:%M:%S.%f}")
+    took = (a.t_us - probe.sent_us) / 1e6
+    if a.topic != probe.envelope.reply_to:
+        return fail(f"answer on {a.topic}, not on reply_to {probe.envelope.reply_to}")
+    if took > probe.within_s:
+        return fail(f"answered after {took:.3f} s", f"{took:.3f} s", f"<= {probe.within_s:g} s")
+    return ok(f"answered on reply_to after {took * 1000:.1f} ms", f"{took * 1000:.1f} ms", f"<= {probe.within_s:g} s")
+
+
+# --- BSP ---------------------------------------------------------------------------------------
+
+
+@check("BSP-PQ-010")
+def prequalification_request(t: Trace) -> Outcome:
+    reqs = t.of_type("prequalification_request", "tso")
+    bids = t.of_type("energy_bid")
+    if not reqs:
+        return fail("no valid prequalification_request to the TSO")
+    if bids and bids[0].t_us < reqs[0].t_us:
+        return fail(f"a bid came before the prequalification request: {show(bids[0], 160)}")
+    asked = {a.asset_id: a for r in reqs for a in r.body.assets}
+    for a in asked.values():
+        if a.connection == Connection.DN and (not a.dso_id or not a.connection_bus):
+            return fail(f"DN asset {a.asset_id} without its DSO or connection bus: {show(reqs[0], 300)}")
+    used = {x.asset_id for b in bids for x in b.body.assets}
+    if missing := used - set(asked):
+        return fail(f"bids use assets never submitted for prequalification: {sorted(missing)}")
+    return ok(f"{len(asked)} assets submitted before bidding", str(len(asked)))
+
+
+@check("BSP-PQ-020")
+def bids_within_qualification(t: Trace) -> Outcome:
+    if not t.bids:
+        return skip("no valid bid")
+    for b in t.bids:
+        for x in b.body.assets:
+            a = t.prequal_assets.get(x.asset_id)
+            if a is None:
+                return fail(f"bid {b.body.bid_id} uses {x.asset_id}, not qualified")
+            cap = a.capacity_up_mw if b.body.direction == Direction.UP else a.capacity_down_mw
+            if x.share_mw > cap + 1e-6:
+                return fail(f"bid {b.body.bid_id}: {x.asset_id} offers {x.share_mw} MW, qualified for {cap} MW",
+                            f"{x.share_mw} MW", f"<= {cap} MW")  # fmt: skip
+    return ok(f"{len(t.bids)} bids within the qualified assets and capacities")
+
+
+@check("BSP-SC-010")
+def schedule(t: Trace) -> Outcome:
+    schedules = [m for m in t.of_type("schedule", "tso") if m.body.kind == "day_ahead"]
+    if not schedules:
+        return fail("no day_ahead schedule to the TSO")
+    if not t.bids:
+        return skip("no bid to compare the schedule with")
+    first = min(t.bids, key=lambda b: b.body.isp_start).body
+    s = schedules[0]
+    covered = {x.asset_id for m in schedules for x in m.body.series}
+    used = {x.asset_id for b in t.bids for x in b.body.assets}
+    if missing := used - covered:
+        return fail(f"no schedule series for {sorted(missing)}")
+    if s.body.start > first.isp_start:
+        return fail(f"schedule starts {s.body.start:%H:%M}, after the first bid's ISP {first.isp_start:%H:%M}")
+    if t.isp0 and s.t_us / 1e6 > _isp_wall(t, first.isp_start):
+        return fail("schedule arrived after the ISP of the first bid had started")
+    return ok(f"day_ahead schedule from {s.body.start:%H:%M} covers {len(covered)} assets")
+
+
+def _isp_wall(t: Trace, isp) -> float:  # noqa: ANN001
+    """Wall-clock epoch seconds at which the scenario instant ``isp`` happened in the session."""
+    return t.run_wall_origin + (isp - t.run_start).total_seconds() / t.speed
+
+
+@check("BSP-BD-010")
+def gate_closure(t: Trace) -> Outcome:
+    if not t.bids:
+        return fail("no valid energy bid") if t.isp0 else skip("the session did not start")
+    late = [b for b in t.bids if b.received_us / 1e6 > _isp_wall(t, b.body.isp_start)]
+    if late:
+        b = late[0]
+        after = b.received_us / 1e6 - _isp_wall(t, b.body.isp_start)
+        return fail(f"bid {b.body.bid_id} for ISP {b.body.isp_start:%H:%M} arrived {after * t.speed:.1f} s "
+                    f"(scenario) after the ISP started", f"+{after * t.speed:.1f} s", "<= 0 s")  # fmt: skip
+    return ok(f"{len(t.bids)} bids before their ISP")
+
+
+@check("BSP-BD-020")
+def bid_consistency(t: Trace) -> Outcome:
+    if not t.bids:
+        return skip("no valid bid")
+    for b in t.bids:
+        total = sum(x.share_mw for x in b.body.assets)
+        if abs(total - b.body.quantity_mw) > 1e-3:
+            return fail(f"bid {b.body.bid_id}: shares add up to {total} MW, quantity {b.body.quantity_mw} MW",
+                        f"{total} MW", f"{b.body.quantity_mw} MW")  # fmt: skip
+        s = b.body.isp_start
+        if s.minute % 15 or s.second or s.microsecond:
+            return fail(f"bid {b.body.bid_id}: ISP start {s.isoformat()} is not on the 15-min grid")
+    return ok(f"{len(t.bids)} bids consistent")
+
+
+def _delivered(t: Trace) -> dict[int, float]:
+    return {k: m.body.delivered_delta_mw for k, m in t.telemetry(t.tso).items() if m.body.delivered_delta_mw is not None}
+
+
+def _activation(t: Trace) -> str | None:
+    if t.aborted or not t.isp0:
+        return "the session did not start"
+    if t.no_activation:
+        return t.no_activation
+    return None
+
+
+@check("BSP-SP-010")
+def follows_setpoints(t: Trace) -> Outcome:
+    if why := _activation(t):
+        return skip(why)
+    got = _delivered(t)
+    end = t.limit_cycle if t.limit_cycle is not None else max(t.setpoints) + 1
+    checked, worst = 0, None
+    for k in range(2, end + 1):
+        sp, before = t.in_force(k - 1), t.in_force(k - 2)
+        if sp is None or before is None or abs(sp - before) > 1e-9 or sp < MIN_STEADY_MW or k not in got:
+            continue
+        checked += 1
+        lo, hi = sp * (1 + TOLERANCE[0]), sp * (1 + TOLERANCE[1])
+        if not lo - 1e-9 <= got[k] <= hi + 1e-9:
+            return fail(f"cycle {k}: delivered {got[k]:.3f} MW for a setpoint of {sp:.3f} MW: {show(t.telemetry(t.tso)[k], 160)}",
+                        f"{got[k]:.3f} MW", f"[{lo:.3f}, {hi:.3f}] MW")  # fmt: skip
+        dev = got[k] / sp - 1
+        worst = dev if worst is None or abs(dev) > abs(worst) else worst
+    if not checked:
+        return skip("no steady cycle with telemetry")
+    return ok(f"{checked} steady cycles within the band", f"worst {worst * 100:+.1f} %", "[-10 %, +20 %]")
+
+
+@check("BSP-SP-020")
+def ignores_expired(t: Trace) -> Outcome:
+    if why := _activation(t):
+        return skip(why)
+    expired = next((sp for sp in t.setpoints.values() if sp.expired), None)
+    if expired is None:
+        return skip("the session ended before the expired setpoint")
+    got = _delivered(t)
+    window = [k for k in range(expired.cycle + 1, expired.cycle + 6) if k in got]
+    if not window:
+        return skip(f"no telemetry in cycles {expired.cycle + 1}..{expired.cycle + 5} (see BSP-TM-010)")
+    bound = t.hold_target_mw * (1 + TOLERANCE[1]) + 0.05
+    for k in window:
+        if got[k] > bound:
+            return fail(f"cycle {k}: delivered {got[k]:.3f} MW after an expired setpoint of {expired.target_mw} MW "
+                        f"(in force: {t.hold_target_mw:.3f} MW)", f"{got[k]:.3f} MW", f"<= {bound:.3f} MW")  # fmt: skip
+    refused = [r for r in t.rejections if r.body.rejected_message_id == str(expired.envelope.message_id)]
+    note = f"; the device answered with a rejection ({refused[0].body.code})" if refused else ""
+    return ok(f"cycles {window[0]}..{window[-1]} stayed at the setpoint in force{note}",
+              f"max {max(got[k] for k in window):.3f} MW", f"<= {bound:.3f} MW")  # fmt: skip
+
+
+def _limited(t: Trace, cycles: range, bound: float, what: str) -> Outcome:
+    got = _delivered(t)
+    window = [k for k in cycles if k in got]
+    if not window:
+        return skip(f"no telemetry in cycles {cycles.start}..{cycles.stop - 1} (see BSP-TM-010)")
+    for k in window:
+        if abs(got[k]) > bound:
+            return fail(f"cycle {k}: delivered {got[k]:.3f} MW after the {what}", f"{got[k]:.3f} MW",
+                        f"<= {bound:.3f} MW")  # fmt: skip
+    return ok(f"cycles {window[0]}..{window[-1]} within the {what}", f"max {max(abs(got[k]) for k in window):.3f} MW",
+              f"<= {bound:.3f} MW")  # fmt: skip
+
+
+@check("BSP-SP-030")
+def honours_limit(t: Trace) -> Outcome:
+    if why := _activation(t):
+        return skip(why)
+    if t.limit_cycle is None or t.limit_mw is None or not t.limit_check:
+        return skip("the session ended before the activation limit")
+    return _limited(t, t.limit_check, t.limit_mw * (1 + TOLERANCE[1]) + 1e-6, f"limit of {t.limit_mw:.3f} MW")
+
+
+@check("BSP-SP-040")
+def honours_termination(t: Trace) -> Outcome:
+    if why := _activation(t):
+        return skip(why)
+    if t.termination_cycle is None or not t.termination_check:
+        return skip("the session ended before the termination")
+    return _limited(t, t.termination_check, max(0.05, 0.1 * t.hold_target_mw), "termination")
+
+
+@check("BSP-TM-010")
+def telemetry_every_cycle(t: Trace) -> Outcome:
+    if why := _activation(t):
+        return skip(why)
+    wall_period = t.period_s / t.speed
+    parties = [t.tso] + [Party(role="dso", id=d) for d in sorted(t.dn_dsos)]
+    checked = 0
+    for party in parties:
+        tele = t.telemetry(party)
+        for k, sp in sorted(t.setpoints.items()):
+            if sp.expired:
+                continue
+            checked += 1
+            m = tele.get(k)
+            if m is None:
+                return fail(f"no telemetry of cycle {k} to {party}", "missing", "every cycle")
+            late = (m.t_us - sp.sent_us) / 1e6
+            if late > wall_period:
+                return fail(f"telemetry of cycle {k} to {party} came {late:.3f} s after its setpoint",
+                            f"{late:.3f} s", f"<= {wall_period:.3f} s")  # fmt: skip
+    return ok(f"{checked} cycle reports to {', '.join(map(str, parties))}", str(checked))
+
+
+@check("BSP-TM-020")
+def telemetry_content(t: Trace) -> Outcome:
+    if why := _activation(t):
+        return skip(why)
+    assets = set(t.prequal_assets)
+    n = 0
+    for m in t.of_type("telemetry"):
+        n += 1
+        to = m.envelope.recipients[0]
+        ids = {x.resource_id for x in m.body.measurements}
+        if to == t.tso:
+            if m.body.delivered_delta_mw is None or m.body.cycle is None:
+                return fail(f"telemetry to the TSO without cycle or delivered_delta_mw: {show(m, 200)}")
+            if missing := assets - ids:
+                return fail(f"telemetry to the TSO lacks measurements of {sorted(missing)}: {show(m, 200)}")
+        elif to.role == "dso":
+            others = {i for i in ids if i in t.prequal_assets and t.prequal_assets[i].dso_id != to.id}
+            if others:
+                return fail(f"telemetry to {to} carries assets of other grids {sorted(others)}")
+    return ok(f"{n} telemetry messages complete") if n else skip("no telemetry")
+
+
+# --- DSO ---------------------------------------------------------------------------------------
+
+
+def _probe(t: Trace, name: str):  # noqa: ANN202
+    return next((p for p in t.probes if p.name == name), None)
+
+
+def _answered(t: Trace, name: str) -> tuple[Outcome | None, Captured | None]:
+    if t.aborted and not t.probes:
+        return skip(t.aborted), None
+    p = _probe(t, name)
+    if p is None:
+        return skip(f"the session ended before the {name} request"), None
+    a = t.answer(p)
+    if a is None:
+        return fail(f"no valid {p.answer_type} to the {name} request", "none", f"<= {p.within_s:g} s"), None
+    took = (a.t_us - p.sent_us) / 1e6
+    if took > p.within_s:
+        return fail(f"{p.answer_type} came after {took:.3f} s", f"{took:.3f} s", f"<= {p.within_s:g} s"), a
+    return None, a
+
+
+@check("DSO-PQ-010")
+def prequalification_answer(t: Trace) -> Outcome:
+    out, a = _answered(t, "prequalification")
+    if out:
+        return out
+    asked = {x.asset_id: x for x in _probe(t, "prequalification").body.assets}
+    verdicts = {v.asset_id: v for v in a.body.verdicts}
+    if set(verdicts) != set(asked):
+        return fail(f"verdicts for {sorted(verdicts)}, forwarded {sorted(asked)}")
+    for v in verdicts.values():
+        x = asked[v.asset_id]
+        if v.checked_by != "dso":
+            return fail(f"{v.asset_id}: checked_by {v.checked_by!r}", v.checked_by, "dso")
+        if v.validated_capacity_up_mw > x.capacity_up_mw + 1e-6 or v.validated_capacity_down_mw > x.capacity_down_mw + 1e-6:
+            return fail(f"{v.asset_id}: validated above what was asked")
+        reduced = (v.validated_capacity_up_mw < x.capacity_up_mw - 1e-6
+                   or v.validated_capacity_down_mw < x.capacity_down_mw - 1e-6)  # fmt: skip
+        if (not v.qualified or reduced) and not v.reason:
+            return fail(f"{v.asset_id}: not qualified or reduced without a reason")
+    took = (a.t_us - _probe(t, "prequalification").sent_us) / 1000
+    return ok(f"{len(verdicts)} verdicts in {took:.1f} ms", f"{took:.1f} ms", "<= 5 s")
+
+
+@check("DSO-FC-010")
+def forecast(t: Trace) -> Outcome:
+    if t.aborted and not t.isp0:
+        return skip(t.aborted)
+    fcs = [m for m in t.of_type("forecast", "tso") if m.body.kind == "interface_flow"]
+    if not fcs:
+        return fail("no interface_flow forecast to the TSO")
+    f = fcs[0].body
+    steps = {"PT15M": 900, "PT4S": 4, "PT1M": 60, "PT1H": 3600}.get(str(f.resolution), 900)
+    end = f.start.timestamp() + steps * len(f.p_mw)
+    if t.isp0 and not (f.start <= t.isp0 and end >= t.isp0.timestamp() + 900):
+        return fail(f"forecast from {f.start:%H:%M}, {len(f.p_mw)} steps, does not cover ISP {t.isp0:%H:%M}")
+    return ok(f"interface_flow forecast from {f.start:%H:%M}, {len(f.p_mw)} steps")
+
+
+def _touching(t: Trace) -> set[str]:
+    return {e.bid_id for e in t.mol.bids
+            if any(a.connection == Connection.DN and a.dso_id == t.device.id for a in e.assets)}  # fmt: skip
+
+
+@check("DSO-MV-010")
+def mol_answered(t: Trace) -> Outcome:
+    out, a = _answered(t, "mol")
+    if out:
+        return out
+    took = (a.t_us - _probe(t, "mol").sent_us) / 1000
+    return ok(f"mol_validation in {took:.1f} ms", f"{took:.1f} ms", "<= 2 s")
+
+
+@check("DSO-MV-020")
+def mol_covers(t: Trace) -> Outcome:
+    p = _probe(t, "mol")
+    a = t.answer(p) if p else None
+    if a is None:
+        return skip("no mol_validation to judge (see DSO-MV-010)")
+    named = {r.bid_id for r in a.body.results}
+    listed = {e.bid_id for e in t.mol.bids}
+    if missing := _touching(t) - named:
+        return fail(f"no verdict for {sorted(missing)}", f"{len(named)} verdicts", f"{sorted(_touching(t))}")
+    if extra := named - listed:
+        return fail(f"verdicts for bids not in the list: {sorted(extra)}")
+    return ok(f"verdicts for all {len(_touching(t))} bids in the grid")
+
+
+@check("DSO-MV-030")
+def mol_bounds(t: Trace) -> Outcome:
+    p = _probe(t, "mol")
+    a = t.answer(p) if p else None
+    if a is None:
+        return skip("no mol_validation to judge (see DSO-MV-010)")
+    quantity = {e.bid_id: e.quantity_mw for e in t.mol.bids}
+    for r in a.body.results:
+        q = quantity.get(r.bid_id)
+        if q is None:
+            continue
+        if not 0 <= r.lower_bound_mw <= r.upper_bound_mw + 1e-9 or r.upper_bound_mw > q + 1e-6:
+            return fail(f"{r.bid_id}: bounds [{r.lower_bound_mw}, {r.upper_bound_mw}] MW for {q} MW offered",
+                        f"[{r.lower_bound_mw}, {r.upper_bound_mw}] MW", f"0 <= lower <= upper <= {q} MW")  # fmt: skip
+        if r.status == BidStatus.REJECTED and r.upper_bound_mw > 1e-9:
+            return fail(f"{r.bid_id}: rejected with upper bound {r.upper_bound_mw} MW", f"{r.upper_bound_mw}", "0")
+        if r.status == BidStatus.LIMITED and not r.limiting_element:
+            return fail(f"{r.bid_id}: limited without a limiting element")
+    return ok(f"{len(a.body.results)} verdicts consistent")
+
+
+@check("DSO-EM-010")
+def curtailment(t: Trace) -> Outcome:
+    out, a = _answered(t, "curtailment")
+    if out:
+        return out
+    asked = _probe(t, "curtailment").body.amount_mw
+    b = a.body
+    want = "accepted" if b.accepted_mw >= asked - 1e-6 else ("partial" if b.accepted_mw > 1e-9 else "refused")
+    if b.status != want:
+        return fail(f"status {b.status!r} with accepted_mw {b.accepted_mw} of {asked} MW", b.status, want)
+    if b.status != "accepted" and not b.reason:
+        return fail(f"{b.status} without a reason")
+    return ok(f"{b.status}: {b.accepted_mw} of {asked} MW")
+

@@ -1,0 +1,425 @@
+"""The session scripts: the testbed plays every other role against the device under test.
+
+The suite talks to the device through a :class:`~gateway.Gateway` (as the TSO) and watches
+everything the device publishes through a plain MQTT :class:`~testbed.capture.Recorder`, so the
+checks (``testbed.conformance.checks``) judge the bytes the device really sent. A session returns a
+:class:`Trace`: the device's messages, the requests the suite sent (:class:`Probe`), the setpoints
+and limits with their cycles, and why the session stopped early, if it did.
+"""
+
+import asyncio
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from actors.config import ISP, Scenario
+from gateway import BrokerSpec, Gateway, Received
+from schemas.codes import Connection, Direction, ProcessType, SystemState
+from schemas.envelope import Envelope, Party
+from schemas.messages import (
+    AcceptedOffer,
+    ActivationLimit,
+    AssetData,
+    AssetVerdict,
+    BidAsset,
+    Body,
+    CurtailmentRequest,
+    DeltaSetpoint,
+    EnergyBid,
+    Heartbeat,
+    MeritOrderList,
+    MolEntry,
+    OfferAcceptance,
+    PrequalificationForward,
+    PrequalificationRequest,
+    PrequalificationResult,
+    Rejection,
+    SystemStateNotice,
+)
+from schemas.topics import PREFIX, topic_for
+from testbed.capture import Captured, Recorder
+from testbed.clock import Clock
+
+RUN_START = "run start"  # the system_state reason that starts a session (as testbed.standalone)
+LEAD_S = 1.0  # scenario time starts this long (wall) after the run-start message
+MIN_STEADY_MW = 0.5  # steady cycles are judged from this setpoint on (as actors.tso)
+TOLERANCE = (-0.10, 0.20)  # delivered vs requested, seed 000 §IV.B
+
+SESSION_SCRIPTS = {
+    "bsp": """
+Session script (the suite plays the TSO `--tso-id`, default `tso`):
+
+1. The device is connected; the suite waits for its retained `actor_state` 'online'.
+2. The suite publishes a retained `system_state` (state normal, reason 'run start') to the device. Its
+   `since` is the session's scenario start T0, one minute before an ISP boundary (ISP0); scenario
+   time runs from 1 s after the message's `created_at` (at `--speed`, default 1). A run start
+   created before the device connected is stale and must be ignored.
+3. The device sends a `prequalification_request`; the suite qualifies every asset as asked. The
+   device sends its `day_ahead` schedule and `energy_bid`s for ISP0 (and later ISPs, if it likes).
+4. At ISP0 the suite accepts the device's bids for ISP0 (`offer_acceptance`) and activates its
+   cheapest upward bid with a `delta_setpoint` every 4 s: rising at the bid's declared ramp rate
+   to A = min(quantity / 2, max(0.5 MW, ramp x 30 s)), holding; one setpoint that has already
+   expired asks for the full quantity; an `activation_limit` to A / 2; later a limit of 0 MW
+   (termination). The setpoint stays at A throughout: honouring the limits is the device's job.
+   A heartbeat probe is sent in the third cycle.
+""",
+    "dso": """
+Session script (the suite plays the TSO `--tso-id`, default `tso`; bids and assets come from the
+scenario given with `--scenario`, its first DSO renamed to the device's id):
+
+1. The device is connected; the suite waits for its retained `actor_state` 'online'.
+2. The suite publishes the retained `system_state` 'run start' (as for a BSP) and waits for the
+   device's interface forecast.
+3. A `prequalification_forward` with the scenario's DN assets in the device's grid.
+4. A `merit_order_list` for ISP0 with the scenario's bids plus one TN-only bid (not the device's
+   business), with `reply_to`; then the same list again as iteration 2 (a TSO re-sends until the
+   list is accepted).
+5. A `curtailment_request` (alert, load, 3 MW, 600 s), then a heartbeat probe.
+""",
+}
+
+
+@dataclass
+class Probe:
+    """A request the suite sent, and how to recognise its answer among the device's messages."""
+
+    name: str
+    envelope: Envelope
+    body: Body
+    sent_us: int
+    answer_type: str
+    within_s: float
+    matches: Any = None  # Callable[[Captured], bool] | None: content match beyond type and sender
+
+    def is_answer(self, msg: Captured, tso: Party) -> bool:
+        env = msg.envelope
+        return (msg.valid and env is not None and env.type == self.answer_type and tso in env.recipients
+                and msg.t_us >= self.sent_us and (self.matches is None or self.matches(msg)))  # fmt: skip
+
+
+@dataclass
+class SetpointSent:
+    cycle: int
+    instant: datetime
+    target_mw: float  # what the setpoint asked of the activated bid
+    expired: bool  # sent with valid_until already passed
+    envelope: Envelope
+    sent_us: int
+
+
+@dataclass
+class Trace:
+    """What happened in one session, for the checks."""
+
+    role: str
+    device: Party
+    tso: Party
+    broker: BrokerSpec
+    speed: float
+    period_s: float
+    messages: list[Captured] = field(default_factory=list)  # everything the device published, in order
+    probes: list[Probe] = field(default_factory=list)
+    aborted: str | None = None  # why the session stopped before its script ended
+    isp0: datetime | None = None
+    run_start: datetime | None = None  # scenario time T0 of the session
+    run_wall_origin: float = 0.0  # wall clock (epoch s) at which T0 happened
+    prequal_assets: dict[str, AssetData] = field(default_factory=dict)  # asked in the device's request
+    bids: list[Received[EnergyBid]] = field(default_factory=list)  # valid bids as the TSO got them
+    activated: EnergyBid | None = None
+    no_activation: str | None = None  # why no setpoints were sent
+    setpoints: dict[int, SetpointSent] = field(default_factory=dict)
+    limit_cycle: int | None = None
+    limit_mw: float | None = None
+    limit_check: range = range(0)  # telemetry cycles judged against the limit
+    termination_cycle: int | None = None
+    termination_check: range = range(0)
+    hold_target_mw: float = 0.0
+    rejections: list[Received[Rejection]] = field(default_factory=list)  # what the device refused
+    dn_dsos: set[str] = field(default_factory=set)  # DSOs of the device's DN assets (telemetry there too)
+    mol: MeritOrderList | None = None
+
+    @property
+    def valid(self) -> list[Captured]:
+        return [m for m in self.messages if m.valid]
+
+    def of_type(self, type_name: str, to_role: str | None = None) -> list[Captured]:
+        return [m for m in self.valid if m.envelope.type == type_name
+                and (to_role is None or any(r.role == to_role for r in m.envelope.recipients))]  # fmt: skip
+
+    def answer(self, probe: Probe) -> Captured | None:
+        return next((m for m in self.messages if probe.is_answer(m, self.tso)), None)
+
+    def telemetry(self, to: Party) -> dict[int, Captured]:
+        """Cycle -> the first valid telemetry of that cycle the device sent to ``to``."""
+        out: dict[int, Captured] = {}
+        for m in self.of_type("telemetry"):
+            if to in m.envelope.recipients and m.body.cycle is not None:
+                out.setdefault(m.body.cycle, m)
+        return out
+
+    def in_force(self, cycle: int) -> float | None:
+        """The setpoint in force at ``cycle`` (an expired one does not count)."""
+        for k in range(cycle, -1, -1):
+            sp = self.setpoints.get(k)
+            if sp is not None and not sp.expired:
+                return sp.target_mw
+        return None
+
+
+def floor_isp(t: datetime) -> datetime:
+    return t.replace(minute=t.minute - t.minute % 15, second=0, microsecond=0)
+
+
+def is_birth(device: Party):  # noqa: ANN201
+    return lambda m: (m.valid and m.envelope.type == "actor_state" and m.envelope.sender == device
+                      and m.body.status == "online")  # fmt: skip
+
+
+class _Suite:
+    """What both session scripts share: the TSO's gateway, the recorder, the run start, probes."""
+
+    def __init__(self, trace: Trace, scenario: Scenario, timeout_s: float):
+        self.trace = trace
+        self.scenario = scenario
+        self.timeout_s = timeout_s
+        self.gw: Gateway
+        self.rec: Recorder
+        self.clock: Clock
+
+    async def start(self) -> bool:
+        t = self.trace
+        if await self.rec.wait_for(is_birth(t.device), self.timeout_s) is None:
+            t.aborted = (f"no retained actor_state 'online' from {t.device} within {self.timeout_s:g} s: is the "
+                         f"device connected to {t.broker.url}?")  # fmt: skip
+            return False
+        t.isp0 = floor_isp(datetime.now(UTC)) + 2 * ISP
+        t0 = t.isp0 - timedelta(seconds=60)
+        env = await self.gw.publish(SystemStateNotice(state=SystemState.NORMAL, area=self.scenario.tso.area,
+                                                      since=t0, reason=RUN_START), t.device)  # fmt: skip
+        self.clock = Clock(t0, t.speed, wall_origin=env.created_at.timestamp() + LEAD_S)
+        t.run_start, t.run_wall_origin = t0, self.clock.wall_origin
+        return True
+
+    async def probe(self, name: str, body: Body, answer_type: str, within_s: float, matches: Any = None) -> Probe:
+        msg_id = uuid.uuid4()
+        env = await self.gw.publish(body, self.trace.device, reply_to=topic_for(self.trace.device, answer_type,
+                                    self.gw.me), message_id=msg_id, correlation_id=msg_id)  # fmt: skip
+        probe = Probe(name, env, body, int(env.created_at.timestamp() * 1e6), answer_type, within_s, matches)
+        self.trace.probes.append(probe)
+        return probe
+
+    async def answered(self, probe: Probe) -> Captured | None:
+        start = next((i for i, m in enumerate(self.rec.messages) if m.t_us >= probe.sent_us), len(self.rec.messages))
+        return await self.rec.wait_for(lambda m: probe.is_answer(m, self.trace.tso), self.timeout_s, start)
+
+    async def heartbeat_probe(self) -> Probe:
+        return await self.probe("heartbeat", Heartbeat(sent_at=datetime.now(UTC), interval_s=1.0), "heartbeat", 1.0)
+
+
+async def play_bsp(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
+                   timeout_s: float = 20.0) -> Trace:  # fmt: skip
+    device, tso = Party(role="bsp", id=device_id), Party(role="tso", id=scenario.tso.id)
+    period = scenario.setpoint_period_s
+    trace = Trace("bsp", device, tso, broker, speed, period)
+    suite = _Suite(trace, scenario, timeout_s)
+    async with Recorder(broker, [f"{PREFIX}/bsp/{device_id}/#"]) as rec, _gateway(tso, device, broker) as gw:
+        suite.rec, suite.gw = rec, gw
+        trace.messages = rec.messages
+
+        @gw.on(PrequalificationRequest)
+        async def prequalify(msg: Received[PrequalificationRequest]) -> None:
+            if msg.sender != device:
+                return
+            for a in msg.body.assets:
+                trace.prequal_assets[a.asset_id] = a
+                if a.connection == Connection.DN and a.dso_id:
+                    trace.dn_dsos.add(a.dso_id)
+            verdicts = [AssetVerdict(asset_id=a.asset_id, qualified=True, validated_capacity_up_mw=a.capacity_up_mw,
+                                     validated_capacity_down_mw=a.capacity_down_mw,
+                                     checked_by="dso" if a.connection == Connection.DN else "tso")
+                        for a in msg.body.assets]  # fmt: skip
+            await gw.reply(msg, PrequalificationResult(bsp_id=msg.body.bsp_id, verdicts=verdicts))
+
+        @gw.on(EnergyBid)
+        async def bid(msg: Received[EnergyBid]) -> None:
+            if msg.sender == device:
+                trace.bids.append(msg)
+
+        @gw.on(Rejection)
+        async def rejected(msg: Received[Rejection]) -> None:
+            if msg.sender == device:
+                trace.rejections.append(msg)
+
+        _consume_inbox(gw)
+        if not await suite.start():
+            return trace
+        clock = suite.clock
+        await clock.sleep_until(trace.isp0)
+        ups: list[EnergyBid] = []
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not ups and asyncio.get_running_loop().time() < deadline:  # late bids still let the session go on
+            ups = [b.body for b in trace.bids if b.body.isp_start == trace.isp0 and b.body.direction == Direction.UP]
+            if not ups:
+                await asyncio.sleep(0.05)
+        if not ups:
+            trace.no_activation = f"no upward energy_bid for ISP {trace.isp0:%H:%M} within {timeout_s:g} s of its start"
+        else:
+            await _activate(suite, min(ups, key=lambda b: b.price_eur_per_mwh))
+        # one more period for the last telemetry, and the probes' answers
+        await asyncio.sleep(clock.wall_seconds(period) + 0.3)
+        await asyncio.sleep(0)
+    return trace
+
+
+async def _activate(suite: _Suite, bid: EnergyBid) -> None:
+    trace, gw, clock, device = suite.trace, suite.gw, suite.clock, suite.trace.device
+    period = trace.period_s
+    trace.activated = bid
+    isp_bids = {b.body.bid_id: b.body for b in trace.bids if b.body.isp_start == trace.isp0}
+    acceptance = await gw.publish(OfferAcceptance(isp_start=trace.isp0, accepted=[
+        AcceptedOffer(bid_id=b.bid_id, direction=b.direction, upper_bound_mw=b.quantity_mw) for b in isp_bids.values()
+    ]), device)  # fmt: skip
+    conversation = acceptance.message_id  # setpoints belong to the acceptance's conversation (as actors.tso)
+    step = bid.ramp_rate_mw_per_min * period / 60  # MW per cycle at the declared ramp
+    a = min(bid.quantity_mw / 2, max(MIN_STEADY_MW, bid.ramp_rate_mw_per_min * 30 / 60))
+    trace.hold_target_mw = a
+    n_up = math.ceil(a / step - 1e-9)
+    expired = n_up + 6
+    limit = expired + 6
+    limit_mw = a / 2
+    settle_limit = math.ceil((a - limit_mw) / step - 1e-9) + 2
+    termination = limit + settle_limit + 4
+    settle_term = math.ceil(limit_mw / step - 1e-9) + 2
+    end = termination + settle_term + 4
+    trace.limit_cycle, trace.limit_mw, trace.termination_cycle = limit, limit_mw, termination
+    trace.limit_check = range(limit + settle_limit, termination + 1)
+    trace.termination_check = range(termination + settle_term, end + 1)
+    first = clock.now() + timedelta(seconds=period)
+    wall_period = clock.wall_seconds(period)
+    for k in range(end + 1):
+        instant = first + timedelta(seconds=k * period)
+        await clock.sleep_until(instant)
+        if k == limit or k == termination:
+            await gw.publish(ActivationLimit(bsp_id=device.id, bid_id=bid.bid_id, direction=bid.direction,
+                                             max_mw=limit_mw if k == limit else 0.0, valid_from=instant,
+                                             reason="conformance: limit" if k == limit else "conformance: terminate"),
+                             device)  # fmt: skip
+        target = min(a, step * (k + 1))
+        is_expired = k == expired
+        if is_expired:
+            target = bid.quantity_mw
+        body = DeltaSetpoint(bsp_id=device.id, cycle=k, instant=instant, reference_mw=bid.reference_mw,
+                             delta_mw=target, bid_deltas_mw={bid.bid_id: target})  # fmt: skip
+        if is_expired:  # built as if sent two periods ago: valid_until has passed on arrival
+            env, payload = gw._build(body, device, valid_for_s=-2 * wall_period, correlation_id=conversation)
+            await gw.publish_bytes(topic_for(gw.me, body.type_name, device), payload, qos=1)
+        else:
+            env = await gw.publish(body, device, valid_for_s=wall_period, correlation_id=conversation)
+        trace.setpoints[k] = SetpointSent(k, instant, target, is_expired, env, gw.now_us())
+        if k == 2:
+            await suite.heartbeat_probe()
+
+
+def _gateway(me: Party, device: Party, broker: BrokerSpec) -> Gateway:
+    """The suite's gateway: its own MQTT client id, so sessions with several devices can run at once."""
+    return Gateway(me, broker, client_id=f"{me.role}-{me.id}-conformance-{device.role}-{device.id}"[:128])
+
+
+def dso_profile(scenario: Scenario, device_id: str) -> Scenario:
+    """The scenario as the DSO ``device_id`` sees it: its first DSO renamed to the device's id (with
+    the assets and bids that connect there)."""
+    old = scenario.dsos[0].id
+    data = scenario.model_dump(mode="json")
+    data["dsos"] = [dict(data["dsos"][0], id=device_id)]
+    for bsp in data["bsps"]:
+        for asset in bsp["assets"]:
+            if asset.get("dso_id") == old:
+                asset["dso_id"] = device_id
+    return Scenario.model_validate(data)
+
+
+async def play_dso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
+                   timeout_s: float = 20.0) -> Trace:  # fmt: skip
+    device, tso = Party(role="dso", id=device_id), Party(role="tso", id=scenario.tso.id)
+    profile = dso_profile(scenario, device_id)
+    trace = Trace("dso", device, tso, broker, speed, scenario.setpoint_period_s)
+    suite = _Suite(trace, profile, timeout_s)
+    async with Recorder(broker, [f"{PREFIX}/dso/{device_id}/#"]) as rec, _gateway(tso, device, broker) as gw:
+        suite.rec, suite.gw = rec, gw
+        trace.messages = rec.messages
+
+        @gw.on(Rejection)
+        async def rejected(msg: Received[Rejection]) -> None:
+            if msg.sender == device:
+                trace.rejections.append(msg)
+
+        _consume_inbox(gw)
+        if not await suite.start():
+            return trace
+        await rec.wait_for(lambda m: m.type == "forecast", suite.timeout_s)
+        by_bsp = {b.id: b for b in profile.bsps}
+        assets = [
+            AssetData(asset_id=a.asset_id, connection=a.connection, dso_id=a.dso_id, connection_bus=a.connection_bus,
+                      product=ProcessType.AFRR, capacity_up_mw=a.capacity_up_mw, capacity_down_mw=a.capacity_down_mw,
+                      ramp_rate_mw_per_min=a.ramp_rate_mw_per_min, time_constant_s=a.time_constant_s)
+            for b in profile.bsps for a in b.assets if a.connection == Connection.DN and a.dso_id == device_id
+        ]  # fmt: skip
+        if not assets:
+            trace.aborted = f"the scenario has no DN asset in the grid of {device_id}: pass --scenario with one"
+            return trace
+        bsp_id = next(b.id for b in profile.bsps if any(a.dso_id == device_id for a in b.assets))
+        p = await suite.probe("prequalification", PrequalificationForward(bsp_id=bsp_id, dso_id=device_id,
+                              assets=assets), "prequalification_result", 5.0)  # fmt: skip
+        await suite.answered(p)
+        trace.mol = mol = _mol(profile, by_bsp, trace.isp0)
+        p = await suite.probe("mol", mol, "mol_validation", 2.0,
+                              lambda m: m.body.mol_id == mol.mol_id and m.body.iteration == mol.iteration)
+        await suite.answered(p)
+        again = mol.model_copy(update={"iteration": 2})  # the TSO re-sends until the list is accepted
+        p = await suite.probe("mol-2", again, "mol_validation", 2.0,
+                              lambda m: m.body.mol_id == again.mol_id and m.body.iteration == 2)
+        await suite.answered(p)
+        p = await suite.probe("curtailment", CurtailmentRequest(dso_id=device_id, target="load", amount_mw=3,
+                              start=suite.clock.now(), duration_s=600, state=SystemState.ALERT),
+                              "curtailment_response", 5.0)  # fmt: skip
+        await suite.answered(p)
+        p = await suite.heartbeat_probe()
+        await suite.answered(p)
+        await asyncio.sleep(0.3)
+    return trace
+
+
+def _consume_inbox(gw: Gateway) -> None:
+    """Take whatever no handler took (the checks judge the device from the recorder's copy)."""
+
+    async def consume() -> None:
+        async for _ in gw.messages():
+            pass
+
+    gw._spawn(consume())
+
+
+def _mol(profile: Scenario, by_bsp: dict, isp: datetime) -> MeritOrderList:  # noqa: ANN001
+    entries: list[tuple[Direction, float, MolEntry]] = []
+    for b in profile.bsps:
+        assets = {a.asset_id: a for a in b.assets}
+        for bid in b.bids:
+            entries.append((bid.code, bid.price_eur_per_mwh, dict(
+                bid_id=bid.bid_id, bsp_id=b.id, direction=bid.code, price_eur_per_mwh=bid.price_eur_per_mwh,
+                quantity_mw=bid.quantity_mw, upper_bound_mw=bid.quantity_mw,
+                assets=[BidAsset(asset_id=aid, connection=assets[aid].connection, dso_id=assets[aid].dso_id,
+                                 connection_bus=assets[aid].connection_bus, share_mw=share)
+                        for aid, share in bid.assets.items()])))  # fmt: skip
+    entries.append((Direction.UP, 999.0, dict(
+        bid_id="conformance-tn-up", bsp_id="conformance", direction=Direction.UP, price_eur_per_mwh=999.0,
+        quantity_mw=5.0, upper_bound_mw=5.0,
+        assets=[BidAsset(asset_id="conformance-tn", connection=Connection.TN, share_mw=5.0)])))  # fmt: skip
+    entries.sort(key=lambda e: (e[0], e[1]))
+    out, rank = [], {}
+    for direction, _, entry in entries:
+        rank[direction] = rank.get(direction, 0) + 1
+        out.append(MolEntry(rank=rank[direction], **entry))
+    return MeritOrderList(mol_id=f"conformance-{uuid.uuid4().hex[:8]}", process=ProcessType.AFRR, isp_start=isp,
+                          iteration=1, bids=out)  # fmt: skip

@@ -1,0 +1,167 @@
+"""Reference devices for the conformance suite: ``tsodso emulate bsp|dso --device-id ID --broker URL``.
+
+An emulator is the testbed's own BSP or DSO actor (``actors.bsp``, ``actors.dso``) in its own
+process, configured from a scenario (default: the reference scenario's bsp1 / dso1, renamed to the
+device id), waiting for a conformance session's 'run start' and then behaving as its role's session
+script expects. It serves until stopped (Ctrl-C / SIGTERM), leaving its 'offline' state.
+
+Fault modes break chosen rules on purpose, to show that the suite catches them; :data:`FAULTS` says
+which rules each one must fail (a test holds every fault to exactly that set).
+"""
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from datetime import timedelta
+from typing import Any
+
+from actors.bsp import BSP
+from actors.config import ISP, Scenario
+from actors.dso import DSO
+from gateway import Gateway, Received
+from schemas.envelope import Envelope, Party
+from schemas.messages import ActivationLimit, Body, DeltaSetpoint, MolValidation, SystemStateNotice, Telemetry
+from schemas.topics import topic_for
+from testbed.clock import Clock
+from testbed.conformance.session import LEAD_S, RUN_START, dso_profile, floor_isp
+
+FAULTS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
+    "bsp": {
+        "bad-schema": ("after its first message, sends a copy with a field the schema does not know",
+                       frozenset({"BSP-EN-010"})),
+        "no-correlation": ("answers (telemetry, heartbeats) without causation and correlation ids",
+                           frozenset({"BSP-RR-010"})),
+        "slow-ramp": ("raises its output at a quarter of its bid's declared ramp rate", frozenset({"BSP-SP-010"})),
+        "ignore-limit": ("ignores activation limits, terminations included", frozenset({"BSP-SP-030", "BSP-SP-040"})),
+        "stale-telemetry": ("reports only every third setpoint cycle", frozenset({"BSP-TM-010"})),
+        "late-bids": ("sends its bids one setpoint period after their ISP has started", frozenset({"BSP-BD-010"})),
+    },
+    "dso": {
+        "bad-schema": ("after its first message, sends a copy with a field the schema does not know",
+                       frozenset({"DSO-EN-010"})),
+        "no-correlation": ("answers requests without causation and correlation ids", frozenset({"DSO-RR-010"})),
+        "slow-validation": ("answers a merit order list after 3 s", frozenset({"DSO-MV-010"})),
+        "bad-bounds": ("validates bids with an upper bound 1000 MW above the offered quantity",
+                       frozenset({"DSO-MV-030"})),
+    },
+}
+
+
+class FaultyGateway(Gateway):
+    """The gateway, with the message-level faults of :data:`FAULTS` (none when ``fault`` is None)."""
+
+    def __init__(self, *args: Any, fault: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fault = fault
+        self._bad_sent = False
+
+    async def publish(self, body: Body, to: Party, **kw: Any) -> Envelope:
+        if self.fault == "no-correlation" and kw.get("causation_id") is not None:
+            kw["causation_id"] = kw["correlation_id"] = None
+        if self.fault == "stale-telemetry" and isinstance(body, Telemetry) and (body.cycle or 0) % 3:
+            env, _ = self._build(body, to)  # counted, never sent
+            return env
+        if self.fault == "bad-bounds" and isinstance(body, MolValidation):
+            body = body.model_copy(update={"results": [
+                r.model_copy(update={"upper_bound_mw": r.upper_bound_mw + 1000}) for r in body.results]})  # fmt: skip
+        env = await super().publish(body, to, **kw)
+        if self.fault == "bad-schema" and not self._bad_sent and body.type_name != "actor_state":
+            self._bad_sent = True
+            _, payload = self._build(body, to)
+            doc = json.loads(payload)
+            doc["body"]["colour"] = "blue"  # extra fields are refused by every body schema
+            await self.publish_bytes(topic_for(self.me, body.type_name, to), json.dumps(doc).encode(),
+                                     qos=self.policy[body.type_name].qos)  # fmt: skip
+        return env
+
+
+class EmulatedBSP(BSP):
+    """The testbed's BSP with the behavioural faults."""
+
+    fault: str | None = None
+
+    async def run(self) -> None:
+        if self.fault != "late-bids":
+            return await super().run()
+        await self.prequalify()
+        await self.send_schedule()
+        await self.clock.sleep_until(self.scenario.isps()[0] + timedelta(seconds=self.scenario.setpoint_period_s))
+        await self.send_bids()
+
+    async def on_limit(self, msg: Received[ActivationLimit]) -> None:
+        if self.fault != "ignore-limit":
+            await super().on_limit(msg)
+
+    def asset_targets(self, setpoint: DeltaSetpoint) -> dict[str, float]:
+        targets = super().asset_targets(setpoint)
+        if self.fault != "slow-ramp":
+            return targets
+        now = sum(a.delta_mw for a in self.assets.values())
+        want = sum(targets.values())
+        ramp = min((b.ramp_rate_mw_per_min for b in self.bids.values()), default=1.0)
+        most = abs(now) + 0.25 * ramp * self.scenario.setpoint_period_s / 60
+        if abs(want) <= most or abs(want) <= abs(now):
+            return targets
+        return {a: v * most / abs(want) for a, v in targets.items()}
+
+
+def bsp_profile(scenario: Scenario, device_id: str) -> Scenario:
+    """The scenario's BSP ``device_id``, or its first BSP renamed to it."""
+    if any(b.id == device_id for b in scenario.bsps):
+        return scenario
+    data = scenario.model_dump(mode="json")
+    data["bsps"][0]["id"] = device_id
+    return Scenario.model_validate(data)
+
+
+async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *, fault: str | None = None,
+                  speed: float = 1.0, stop: asyncio.Event | None = None) -> None:  # fmt: skip
+    """Run one emulated device until ``stop`` is set (or SIGINT / SIGTERM)."""
+    if role not in FAULTS:
+        raise ValueError(f"no emulator for role {role!r} (emulators: {', '.join(FAULTS)})")
+    if fault is not None and fault not in FAULTS[role]:
+        raise ValueError(f"unknown {role} fault {fault!r} (faults: {', '.join(FAULTS[role])})")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    profile = dso_profile(scenario, device_id) if role == "dso" else bsp_profile(scenario, device_id)
+    clock = Clock(profile.start, speed, wall_origin=float("inf"))
+    async with FaultyGateway(Party(role=role, id=device_id), broker, fault=fault) as gw:
+        connected_at = time.time()
+        if role == "dso":
+            config = profile.dsos[0].model_copy(update={"validation_delay_s": 3.0} if fault == "slow-validation" else {})
+            actor: Any = DSO(gw, clock, profile, config)
+        else:
+            EmulatedBSP.fault = fault
+            actor = EmulatedBSP(gw, clock, profile, next(b for b in profile.bsps if b.id == device_id))
+        sessions: asyncio.Queue[SystemStateNotice] = asyncio.Queue()
+
+        @gw.on(SystemStateNotice)
+        async def run_start(msg: Received[SystemStateNotice]) -> None:
+            created = msg.envelope.created_at.timestamp()
+            mine = gw.me in msg.envelope.recipients  # a session for this device, not a broadcast
+            if mine and msg.sender.role == "tso" and msg.body.reason == RUN_START and created >= connected_at - 1:
+                clock.start, clock.wall_origin = msg.body.since, created + LEAD_S
+                sessions.put_nowait(msg.body)
+
+        waiter = asyncio.ensure_future(stop.wait())
+        while not stop.is_set():
+            got = asyncio.ensure_future(sessions.get())
+            await asyncio.wait({got, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not got.done():
+                got.cancel()
+                break
+            since = got.result().since
+            isp0 = floor_isp(since) + ISP  # the first ISP whose bids are not late
+            actor.scenario = profile.model_copy(update={"start": isp0, "end": isp0 + 4 * ISP})
+            gw.log.info("session", since=since.isoformat(), isp0=isp0.isoformat())
+            task = asyncio.ensure_future(actor.publish_forecast() if role == "dso" else actor.run())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done() and task.exception() is not None:
+                gw.log.error("session failed", error=repr(task.exception()))
+        waiter.cancel()
+
