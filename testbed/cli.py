@@ -493,11 +493,11 @@ def conformance(
                 line += f"  (measured {r.value}, bound {r.bound})"
             console.print(line, highlight=False, soft_wrap=True)
         if result.aborted:
-            console.print(f"[bold red]session stopped early:[/] {result.aborted}", highlight=False)
+            console.print(f"[bold red]session stopped early:[/] {result.aborted}", highlight=False, soft_wrap=True)
         c = result.counts
         console.print(f"{role}/{device_id}: {c['pass']} passed, {c['fail']} failed, {c['skip']} skipped in "
                       f"{result.duration_s:.1f} s" + (f"; report: {report / 'conformance.html'}" if report else ""),
-                      highlight=False)  # fmt: skip
+                      highlight=False, soft_wrap=True)  # fmt: skip
     if not result.passed:
         raise typer.Exit(1)
 

@@ -84,6 +84,10 @@ Rules: docs/conformance.md.</p>{aborted}
 def judge(trace: Trace, rules: list[Rule]) -> list[RuleResult]:
     out = []
     for rule in rules:
+        if trace.isp0 is None:  # the session never started: nothing to judge but the missing birth
+            status = "fail" if rule.id.endswith("-PR-010") else "skip"
+            out.append(RuleResult(rule.id, rule.title, status, trace.aborted or "the session did not start", None, None))
+            continue
         try:
             o = CHECKS[rule.id](trace)
         except Exception as exc:  # a check that cannot judge says why instead of hiding the rest

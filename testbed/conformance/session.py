@@ -123,6 +123,8 @@ class Trace:
     probes: list[Probe] = field(default_factory=list)
     aborted: str | None = None  # why the session stopped before its script ended
     isp0: datetime | None = None
+    birth_retained: bool | None = None  # the broker gave a new subscriber the device's birth as retained
+    qos0_faithful: bool = True  # the broker delivers QoS 0 as QoS 0 to a QoS 1 subscriber (amqtt does not)
     run_start: datetime | None = None  # scenario time T0 of the session
     run_wall_origin: float = 0.0  # wall clock (epoch s) at which T0 happened
     prequal_assets: dict[str, AssetData] = field(default_factory=dict)  # asked in the device's request
@@ -177,6 +179,23 @@ def is_birth(device: Party):  # noqa: ANN201
                       and m.body.status == "online")  # fmt: skip
 
 
+async def retained_copy(broker: BrokerSpec, topic: str, timeout_s: float = 2.0) -> bool:
+    """Does a new subscriber to ``topic`` get a retained copy? (On MQTT 3.1.1 a live message never shows
+    its retain flag, so the birth's retention is checked this way.)"""
+    async with Recorder(broker, [topic]) as rec:
+        return await rec.wait_for(lambda m: m.retain, timeout_s) is not None
+
+
+async def qos0_delivered_as_qos0(broker: BrokerSpec, gw: Gateway, timeout_s: float = 2.0) -> bool:
+    """Publish one QoS 0 message to a QoS 1 subscriber: MQTT delivers it at QoS 0, amqtt upgrades it.
+    When the broker upgrades, the QoS a device chose for QoS 0 types cannot be seen from outside."""
+    topic = f"tsodso-conformance/{uuid.uuid4().hex}"
+    async with Recorder(broker, [topic]) as rec:
+        await gw.publish_bytes(topic, b"qos 0 calibration", qos=0)
+        got = await rec.wait_for(lambda m: True, timeout_s)
+    return got is None or got.qos == 0
+
+
 class _Suite:
     """What both session scripts share: the TSO's gateway, the recorder, the run start, probes."""
 
@@ -194,6 +213,9 @@ class _Suite:
             t.aborted = (f"no retained actor_state 'online' from {t.device} within {self.timeout_s:g} s: is the "
                          f"device connected to {t.broker.url}?")  # fmt: skip
             return False
+        birth = await self.rec.wait_for(is_birth(t.device), 0)
+        t.birth_retained = await retained_copy(t.broker, birth.topic)
+        t.qos0_faithful = await qos0_delivered_as_qos0(t.broker, self.gw)
         t.isp0 = floor_isp(datetime.now(UTC)) + 2 * ISP
         t0 = t.isp0 - timedelta(seconds=60)
         env = await self.gw.publish(SystemStateNotice(state=SystemState.NORMAL, area=self.scenario.tso.area,
