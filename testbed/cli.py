@@ -463,6 +463,8 @@ def conformance(
     speed: Annotated[float, typer.Option(help="Scenario seconds per wall second (1 for real devices; emulators "
                                               "step per setpoint and can go faster).")] = 1.0,
     timeout: Annotated[float, typer.Option(help="[s] wait for each thing the device must do unprompted.")] = 20.0,
+    wait_offline: Annotated[float, typer.Option(help="[s] after the script, wait this long for the device to go "
+                                                     "(stop or unplug it) to judge its 'offline' state (PR-020).")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print conformance.json.")] = False,
     doc: Annotated[bool, typer.Option("--doc", help="Print the rules as docs/conformance.md and exit.")] = False,
 ):
@@ -479,8 +481,12 @@ def conformance(
     from testbed.scenario import load_scenario
 
     try:
+        def ask() -> None:
+            err.print(f"script done: stop or disconnect {role}/{device_id} now (waiting {wait_offline:g} s)")
+
         result = asyncio.run(run_suite(role, device_id, broker, load_scenario(scenario), rules=rules, speed=speed,
-                                       timeout_s=timeout, report_dir=report))  # fmt: skip
+                                       timeout_s=timeout, report_dir=report,
+                                       leave=(wait_offline, ask) if wait_offline > 0 else None))  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if as_json:

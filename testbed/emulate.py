@@ -37,6 +37,7 @@ FAULTS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
         "ignore-limit": ("ignores activation limits, terminations included", frozenset({"BSP-SP-030", "BSP-SP-040"})),
         "stale-telemetry": ("reports only every third setpoint cycle", frozenset({"BSP-TM-010"})),
         "late-bids": ("sends its bids one setpoint period after their ISP has started", frozenset({"BSP-BD-010"})),
+        "no-will": ("connects without an MQTT will: killed, it leaves no 'offline' state", frozenset({"BSP-PR-020"})),
     },
     "dso": {
         "bad-schema": ("after its first message, sends a copy with a field the schema does not know",
@@ -45,6 +46,7 @@ FAULTS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
         "slow-validation": ("answers a merit order list after 3 s", frozenset({"DSO-MV-010"})),
         "bad-bounds": ("validates bids with an upper bound 1000 MW above the offered quantity",
                        frozenset({"DSO-MV-030"})),
+        "no-will": ("connects without an MQTT will: killed, it leaves no 'offline' state", frozenset({"DSO-PR-020"})),
     },
 }
 
@@ -56,6 +58,12 @@ class FaultyGateway(Gateway):
         super().__init__(*args, **kwargs)
         self.fault = fault
         self._bad_sent = False
+
+    def _make_client(self, clean: bool) -> Any:
+        client = super()._make_client(clean)
+        if self.fault == "no-will":
+            client._client.will_clear()
+        return client
 
     async def publish(self, body: Body, to: Party, **kw: Any) -> Envelope:
         if self.fault == "no-correlation" and kw.get("causation_id") is not None:

@@ -81,6 +81,9 @@ scenario given with `--scenario`, its first DSO renamed to the device's id):
 }
 
 
+Leave = tuple[float, Any]  # (seconds to wait for the device to go, callable run first or None)
+
+
 @dataclass
 class Probe:
     """A request the suite sent, and how to recognise its answer among the device's messages."""
@@ -125,6 +128,8 @@ class Trace:
     isp0: datetime | None = None
     birth_retained: bool | None = None  # the broker gave a new subscriber the device's birth as retained
     qos0_faithful: bool = True  # the broker delivers QoS 0 as QoS 0 to a QoS 1 subscriber (amqtt does not)
+    watched_leaving: float | None = None  # how long the suite waited for the device to leave [s]
+    death_retained: bool | None = None  # the broker kept the device's 'offline' state retained
     run_start: datetime | None = None  # scenario time T0 of the session
     run_wall_origin: float = 0.0  # wall clock (epoch s) at which T0 happened
     prequal_assets: dict[str, AssetData] = field(default_factory=dict)  # asked in the device's request
@@ -236,12 +241,29 @@ class _Suite:
         start = next((i for i, m in enumerate(self.rec.messages) if m.t_us >= probe.sent_us), len(self.rec.messages))
         return await self.rec.wait_for(lambda m: probe.is_answer(m, self.trace.tso), self.timeout_s, start)
 
+    async def watch_leaving(self, leave: "Leave | None") -> None:
+        """With ``leave`` = (how long to wait [s], what to call first): see the device go and whether the
+        broker keeps its 'offline' state retained (BSP/DSO-PR-020)."""
+        if leave is None:
+            return
+        wait_s, trigger = leave
+        if trigger is not None:
+            result = trigger()
+            if asyncio.iscoroutine(result):
+                await result
+        t = self.trace
+        gone = await self.rec.wait_for(lambda m: (m.valid and m.envelope.type == "actor_state"
+                                                  and m.body.status == "offline"), wait_s)  # fmt: skip
+        t.watched_leaving = wait_s
+        if gone is not None:
+            t.death_retained = gone.retain or await retained_copy(t.broker, gone.topic)
+
     async def heartbeat_probe(self) -> Probe:
         return await self.probe("heartbeat", Heartbeat(sent_at=datetime.now(UTC), interval_s=1.0), "heartbeat", 1.0)
 
 
 async def play_bsp(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
-                   timeout_s: float = 20.0) -> Trace:  # fmt: skip
+                   timeout_s: float = 20.0, leave: Leave | None = None) -> Trace:  # fmt: skip
     device, tso = Party(role="bsp", id=device_id), Party(role="tso", id=scenario.tso.id)
     period = scenario.setpoint_period_s
     trace = Trace("bsp", device, tso, broker, speed, period)
@@ -291,6 +313,7 @@ async def play_bsp(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
             await _activate(suite, min(ups, key=lambda b: b.price_eur_per_mwh))
         # one more period for the last telemetry, and the probes' answers
         await asyncio.sleep(clock.wall_seconds(period) + 0.3)
+        await suite.watch_leaving(leave)
         await asyncio.sleep(0)
     return trace
 
@@ -363,7 +386,7 @@ def dso_profile(scenario: Scenario, device_id: str) -> Scenario:
 
 
 async def play_dso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
-                   timeout_s: float = 20.0) -> Trace:  # fmt: skip
+                   timeout_s: float = 20.0, leave: Leave | None = None) -> Trace:  # fmt: skip
     device, tso = Party(role="dso", id=device_id), Party(role="tso", id=scenario.tso.id)
     profile = dso_profile(scenario, device_id)
     trace = Trace("dso", device, tso, broker, speed, scenario.setpoint_period_s)
@@ -410,6 +433,7 @@ async def play_dso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
         p = await suite.heartbeat_probe()
         await suite.answered(p)
         await asyncio.sleep(0.3)
+        await suite.watch_leaving(leave)
     return trace
 
 
