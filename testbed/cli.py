@@ -457,6 +457,8 @@ def conformance(
     role: Annotated[Optional[str], typer.Option(help="Role of the device under test: bsp | dso.")] = None,
     device_id: Annotated[Optional[str], typer.Option("--device-id", help="The device's id on the bus.")] = None,
     broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1] the device is on.")] = "mqtt://127.0.0.1:1883",
+    observer: Annotated[Optional[str], typer.Option(help="Broker URL with an account that may read tsodso/v1/# "
+                                                         "(brokers with access lists), for watching the device.")] = None,
     rules: Annotated[str, typer.Option(help="Only rule IDs matching this pattern, e.g. 'BSP-SP-*'.")] = "*",
     report: Annotated[Optional[Path], typer.Option(help="Write conformance.json and conformance.html here.")] = None,
     scenario: ScenarioOpt = REFERENCE_SCENARIO,
@@ -485,7 +487,7 @@ def conformance(
             err.print(f"script done: stop or disconnect {role}/{device_id} now (waiting {wait_offline:g} s)")
 
         result = asyncio.run(run_suite(role, device_id, broker, load_scenario(scenario), rules=rules, speed=speed,
-                                       timeout_s=timeout, report_dir=report,
+                                       timeout_s=timeout, report_dir=report, observer=observer,
                                        leave=(wait_offline, ask) if wait_offline > 0 else None))  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -130,3 +130,37 @@ def test_cli_rules_pattern_selects_rules(broker, uid):
                                       broker.url, "--timeout", "1", "--rules", "DSO-MV-*"])  # fmt: skip
     lines = [line for line in result.output.splitlines() if line[:4] in ("PASS", "FAIL", "SKIP")]
     assert [line.split()[1] for line in lines] == ["DSO-MV-010", "DSO-MV-020", "DSO-MV-030"]
+
+
+@pytest.mark.mosquitto
+async def test_suite_over_tls_with_credentials_and_access_lists(tmp_path, uid):
+    """Mosquitto with TLS, passwords and the access list from the rights table: the emulator (MQTT 5) and
+    the suite (MQTT 3.1.1, TSO account; recorder on an observer account) all log in over TLS."""
+    import shutil
+
+    from broker import start_broker
+    from broker.acl import username, write_auth
+    from schemas.envelope import Party
+    from tests.conftest import mosquitto_or_skip
+
+    mosquitto_or_skip()
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificate for the TLS listener")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
+                    "-out", str(cert), "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)  # fmt: skip
+    device_id = f"tls-{uid}"
+    actors = [Party(role="tso", id="tso"), Party(role="bsp", id=device_id)]
+    auth = write_auth(tmp_path / "auth", actors, {username(a): "s3cret" for a in actors} | {"observer": "watch"},
+                      observer="observer")  # fmt: skip
+    auth += f"\ncafile {cert}\ncertfile {cert}\nkeyfile {key}\n"
+    with start_broker("mosquitto", data_dir=tmp_path / "mq", auth=auth) as running:
+        spec = BrokerSpec.parse(running.url)
+        url = f"mqtts://{{}}:s3cret@{spec.host}:{spec.port}?ca={cert}"
+        with emulator("bsp", device_id, url.format(f"bsp-{device_id}")) as proc:
+            report = await run_suite("bsp", device_id, url.format("tso-tso") + "&protocol=3.1.1", SCENARIO,
+                                     speed=SPEED, timeout_s=60, leave=(10.0, proc.kill),
+                                     observer=f"mqtts://observer:watch@{spec.host}:{spec.port}?ca={cert}")  # fmt: skip
+    assert report.aborted is None
+    assert {r.id: r.evidence for r in report.results if r.status != "pass"} == {}

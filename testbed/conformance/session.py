@@ -1,5 +1,9 @@
 """The session scripts: the testbed plays every other role against the device under test.
 
+On a broker with access lists the suite's TSO account cannot read what the device sends to others
+(a BSP's telemetry to its DSO); pass an observer account (``broker.acl``'s ``observer``, read on
+``tsodso/v1/#``) for the recorder.
+
 The suite talks to the device through a :class:`~gateway.Gateway` (as the TSO) and watches
 everything the device publishes through a plain MQTT :class:`~testbed.capture.Recorder`, so the
 checks (``testbed.conformance.checks``) judge the bytes the device really sent. A session returns a
@@ -122,6 +126,7 @@ class Trace:
     broker: BrokerSpec
     speed: float
     period_s: float
+    observer: BrokerSpec | None = None  # where the recorder connects (an observer account on an ACL broker)
     messages: list[Captured] = field(default_factory=list)  # everything the device published, in order
     probes: list[Probe] = field(default_factory=list)
     aborted: str | None = None  # why the session stopped before its script ended
@@ -219,8 +224,8 @@ class _Suite:
                          f"device connected to {t.broker.url}?")  # fmt: skip
             return False
         birth = await self.rec.wait_for(is_birth(t.device), 0)
-        t.birth_retained = await retained_copy(t.broker, birth.topic)
-        t.qos0_faithful = await qos0_delivered_as_qos0(t.broker, self.gw)
+        t.birth_retained = await retained_copy(t.observer, birth.topic)
+        t.qos0_faithful = await qos0_delivered_as_qos0(t.observer, self.gw)
         t.isp0 = floor_isp(datetime.now(UTC)) + 2 * ISP
         t0 = t.isp0 - timedelta(seconds=60)
         env = await self.gw.publish(SystemStateNotice(state=SystemState.NORMAL, area=self.scenario.tso.area,
@@ -256,19 +261,21 @@ class _Suite:
                                                   and m.body.status == "offline"), wait_s)  # fmt: skip
         t.watched_leaving = wait_s
         if gone is not None:
-            t.death_retained = gone.retain or await retained_copy(t.broker, gone.topic)
+            t.death_retained = gone.retain or await retained_copy(t.observer, gone.topic)
 
     async def heartbeat_probe(self) -> Probe:
         return await self.probe("heartbeat", Heartbeat(sent_at=datetime.now(UTC), interval_s=1.0), "heartbeat", 1.0)
 
 
 async def play_bsp(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
-                   timeout_s: float = 20.0, leave: Leave | None = None) -> Trace:  # fmt: skip
+                   timeout_s: float = 20.0, leave: Leave | None = None,
+                   observer: BrokerSpec | None = None) -> Trace:  # fmt: skip
     device, tso = Party(role="bsp", id=device_id), Party(role="tso", id=scenario.tso.id)
     period = scenario.setpoint_period_s
     trace = Trace("bsp", device, tso, broker, speed, period)
     suite = _Suite(trace, scenario, timeout_s)
-    async with Recorder(broker, [f"{PREFIX}/bsp/{device_id}/#"]) as rec, _gateway(tso, device, broker) as gw:
+    trace.observer = observer or broker
+    async with Recorder(trace.observer, [f"{PREFIX}/bsp/{device_id}/#"]) as rec, _gateway(tso, device, broker) as gw:
         suite.rec, suite.gw = rec, gw
         trace.messages = rec.messages
 
@@ -386,12 +393,14 @@ def dso_profile(scenario: Scenario, device_id: str) -> Scenario:
 
 
 async def play_dso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
-                   timeout_s: float = 20.0, leave: Leave | None = None) -> Trace:  # fmt: skip
+                   timeout_s: float = 20.0, leave: Leave | None = None,
+                   observer: BrokerSpec | None = None) -> Trace:  # fmt: skip
     device, tso = Party(role="dso", id=device_id), Party(role="tso", id=scenario.tso.id)
     profile = dso_profile(scenario, device_id)
     trace = Trace("dso", device, tso, broker, speed, scenario.setpoint_period_s)
     suite = _Suite(trace, profile, timeout_s)
-    async with Recorder(broker, [f"{PREFIX}/dso/{device_id}/#"]) as rec, _gateway(tso, device, broker) as gw:
+    trace.observer = observer or broker
+    async with Recorder(trace.observer, [f"{PREFIX}/dso/{device_id}/#"]) as rec, _gateway(tso, device, broker) as gw:
         suite.rec, suite.gw = rec, gw
         trace.messages = rec.messages
 
