@@ -454,7 +454,7 @@ ScenarioOpt = Annotated[Path, typer.Option(help="Scenario the device profile com
 
 @app.command()
 def conformance(
-    role: Annotated[Optional[str], typer.Option(help="Role of the device under test: bsp | dso.")] = None,
+    role: Annotated[Optional[str], typer.Option(help="Role of the device under test: bsp | dso | tso.")] = None,
     device_id: Annotated[Optional[str], typer.Option("--device-id", help="The device's id on the bus.")] = None,
     broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1] the device is on.")] = "mqtt://127.0.0.1:1883",
     observer: Annotated[Optional[str], typer.Option(help="Broker URL with an account that may read tsodso/v1/# "
@@ -512,7 +512,7 @@ def conformance(
 
 @app.command()
 def emulate(
-    role: Annotated[str, typer.Argument(help="bsp | dso")],
+    role: Annotated[str, typer.Argument(help="bsp | dso | tso")],
     device_id: Annotated[str, typer.Option("--device-id", help="The device's id on the bus.")],
     broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")] = "mqtt://127.0.0.1:1883",
     fault: Annotated[Optional[str], typer.Option(help="Break rules on purpose (tsodso emulate --list-faults).")] = None,

@@ -20,10 +20,20 @@ from typing import Any
 from actors.bsp import BSP
 from actors.config import ISP, Scenario
 from actors.dso import DSO
+from actors.tso import TSO
 from gateway import Gateway, Received
 from schemas.envelope import Envelope, Party
-from schemas.messages import ActivationLimit, Body, DeltaSetpoint, MolValidation, SystemStateNotice, Telemetry
-from schemas.topics import topic_for
+from schemas.codes import SystemState
+from schemas.messages import (
+    ActivationLimit,
+    ActorState,
+    Body,
+    DeltaSetpoint,
+    MolValidation,
+    SystemStateNotice,
+    Telemetry,
+)
+from schemas.topics import ALL, topic_for
 from testbed.clock import Clock
 from testbed.conformance.session import LEAD_S, RUN_START, dso_profile, floor_isp
 
@@ -47,6 +57,11 @@ FAULTS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
         "bad-bounds": ("validates bids with an upper bound 1000 MW above the offered quantity",
                        frozenset({"DSO-MV-030"})),
         "no-will": ("connects without an MQTT will: killed, it leaves no 'offline' state", frozenset({"DSO-PR-020"})),
+    },
+    "tso": {
+        "uncoordinated": ("runs with coordination off: DER bids activated without asking their DSO",
+                          frozenset({"TSO-PQ-010", "TSO-MV-010", "TSO-MV-020"})),
+        "no-will": ("connects without an MQTT will: killed, it leaves no 'offline' state", frozenset({"TSO-PR-020"})),
     },
 }
 
@@ -136,6 +151,8 @@ async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *,
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    if role == "tso":
+        return await _emulate_tso(device_id, broker, scenario, fault=fault, speed=speed, stop=stop)
     profile = dso_profile(scenario, device_id) if role == "dso" else bsp_profile(scenario, device_id)
     clock = Clock(profile.start, speed, wall_origin=float("inf"))
     async with FaultyGateway(Party(role=role, id=device_id), broker, fault=fault) as gw:
@@ -173,3 +190,41 @@ async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *,
                 gw.log.error("session failed", error=repr(task.exception()))
         waiter.cancel()
 
+
+
+async def _emulate_tso(device_id: str, broker: str, scenario: Scenario, *, fault: str | None, speed: float,
+                       stop: asyncio.Event) -> None:  # fmt: skip
+    """The testbed's TSO running ``scenario`` once: it waits until the scenario's DSOs and BSPs are
+    online, announces the run start and runs the scenario (as ``tsodso actor tso``), then serves
+    until stopped."""
+    profile = tso_profile(scenario, device_id)
+    if fault == "uncoordinated":
+        profile = profile.model_copy(update={"coordination": False})
+    clock = Clock(profile.start, speed, wall_origin=float("inf"))
+    online: set[str] = set()
+    peers = {f"dso/{d.id}" for d in profile.dsos} | {f"bsp/{b.id}" for b in profile.bsps}
+    async with FaultyGateway(Party(role="tso", id=device_id), broker, fault=fault) as gw:
+
+        @gw.on(ActorState)
+        async def presence(msg: Received[ActorState]) -> None:
+            (online.add if msg.body.status == "online" else online.discard)(str(msg.sender))
+
+        actor = TSO(gw, clock, profile, profile.tso)
+        while not peers <= online:
+            if stop.is_set():
+                return
+            await asyncio.sleep(0.05)
+        env = await gw.publish(SystemStateNotice(state=SystemState.NORMAL, area=profile.tso.area, since=profile.start,
+                                                 reason=RUN_START), ALL)  # fmt: skip
+        clock.wall_origin = env.created_at.timestamp() + LEAD_S
+        run = asyncio.ensure_future(actor.run())
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if run.done() and run.exception() is not None:
+            gw.log.error("session failed", error=repr(run.exception()))
+        await waiter
+
+
+def tso_profile(scenario: Scenario, device_id: str) -> Scenario:
+    """The scenario with its TSO renamed to ``device_id``."""
+    return scenario.model_copy(update={"tso": scenario.tso.model_copy(update={"id": device_id})})

@@ -4,6 +4,7 @@ returns an :class:`Outcome` with its evidence (the offending message, the measur
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from gateway.policy import DELIVERY_POLICY
 from schemas.codes import BidStatus, Connection, Direction
@@ -62,7 +63,7 @@ def _mine(t: Trace) -> list[Captured]:
 # --- envelope, topics, delivery policy, presence (every role) ----------------------------------
 
 
-@check("BSP-EN-010", "DSO-EN-010")
+@check("BSP-EN-010", "DSO-EN-010", "TSO-EN-010")
 def schema_valid(t: Trace) -> Outcome:
     if not t.messages:
         return skip("the device published nothing")
@@ -72,7 +73,7 @@ def schema_valid(t: Trace) -> Outcome:
     return ok(f"{len(t.messages)} messages, all valid", str(len(t.messages)))
 
 
-@check("BSP-EN-020", "DSO-EN-020")
+@check("BSP-EN-020", "DSO-EN-020", "TSO-EN-020")
 def topic_matches(t: Trace) -> Outcome:
     bad = [m for m in t.messages if m.error and m.error.startswith("topic_mismatch")]
     bad += [m for m in t.valid if m.envelope.sender != t.device]
@@ -81,7 +82,7 @@ def topic_matches(t: Trace) -> Outcome:
     return ok(f"{len(t.valid)} topics name sender, type and recipient")
 
 
-@check("BSP-EN-030", "DSO-EN-030")
+@check("BSP-EN-030", "DSO-EN-030", "TSO-EN-030")
 def rights(t: Trace) -> Outcome:
     table = default_rights()
     for m in _mine(t):
@@ -91,7 +92,7 @@ def rights(t: Trace) -> Outcome:
     return ok(f"{len(_mine(t))} messages within the bilateral table")
 
 
-@check("BSP-EN-040", "DSO-EN-040")
+@check("BSP-EN-040", "DSO-EN-040", "TSO-EN-040")
 def sequences(t: Trace) -> Outcome:
     last: dict[str, int] = {}
     seen = 0
@@ -99,6 +100,8 @@ def sequences(t: Trace) -> Outcome:
         seq = m.envelope.sequence
         if seq == 0 and m.envelope.type == "actor_state":
             continue  # the will is sequence 0
+        if m.retain and m.envelope.created_at.timestamp() < t.recording_since - 0.5:
+            continue  # a retained copy from before the session (perhaps from an earlier run of the device)
         prev = last.get(m.topic)
         last[m.topic] = seq
         if prev is None:
@@ -114,7 +117,7 @@ def sequences(t: Trace) -> Outcome:
     return ok(f"{seen} consecutive pairs checked on {len(last)} topics")
 
 
-@check("BSP-EN-050", "DSO-EN-050")
+@check("BSP-EN-050", "DSO-EN-050", "TSO-EN-050")
 def unique_ids(t: Trace) -> Outcome:
     by_id: dict[str, bytes] = {}
     for m in _mine(t):
@@ -125,7 +128,7 @@ def unique_ids(t: Trace) -> Outcome:
     return ok(f"{len(by_id)} distinct message ids")
 
 
-@check("BSP-TP-010", "DSO-TP-010")
+@check("BSP-TP-010", "DSO-TP-010", "TSO-TP-010")
 def delivery_policy(t: Trace) -> Outcome:
     retain_seen = t.broker.protocol == 5
     for m in _mine(t):
@@ -141,7 +144,7 @@ def delivery_policy(t: Trace) -> Outcome:
     return ok(f"{len(_mine(t))} messages: {how} as the policy says")
 
 
-@check("BSP-TP-020", "DSO-TP-020")
+@check("BSP-TP-020", "DSO-TP-020", "TSO-TP-020")
 def expiry(t: Trace) -> Outcome:
     n = 0
     for m in _mine(t):
@@ -155,7 +158,7 @@ def expiry(t: Trace) -> Outcome:
     return ok(f"{n} expiring messages carry valid_until") if n else skip("no message of an expiring type")
 
 
-@check("BSP-PR-010", "DSO-PR-010")
+@check("BSP-PR-010", "DSO-PR-010", "TSO-PR-010")
 def birth(t: Trace) -> Outcome:
     births = [m for m in _mine(t) if m.envelope.type == "actor_state" and m.body.status == "online"]
     if not births:
@@ -169,9 +172,10 @@ def birth(t: Trace) -> Outcome:
     return ok(f"retained birth on {m.topic}")
 
 
-@check("BSP-PR-020", "DSO-PR-020")
+@check("BSP-PR-020", "DSO-PR-020", "TSO-PR-020")
 def death(t: Trace) -> Outcome:
-    deaths = [m for m in _mine(t) if m.envelope.type == "actor_state" and m.body.status == "offline"]
+    deaths = [m for m in _mine(t) if m.envelope.type == "actor_state" and m.body.status == "offline"
+              and m.envelope.created_at.timestamp() >= t.recording_since - 0.5]  # not a stale copy of an earlier run
     if not deaths:
         if t.watched_leaving:
             return fail(f"no actor_state 'offline' within {t.watched_leaving:g} s of the device leaving")
@@ -182,7 +186,7 @@ def death(t: Trace) -> Outcome:
     return ok(f"retained offline state on {m.topic}")
 
 
-@check("BSP-RR-010", "DSO-RR-010")
+@check("BSP-RR-010", "DSO-RR-010", "TSO-RR-010")
 def correlation(t: Trace) -> Outcome:
     pairs = []  # (request id, request correlation, answer)
     for p in t.probes:
@@ -207,7 +211,7 @@ def correlation(t: Trace) -> Outcome:
     return ok(f"{len(pairs)} answers carry causation and correlation", str(len(pairs)))
 
 
-@check("BSP-RR-020", "DSO-RR-020")
+@check("BSP-RR-020", "DSO-RR-020", "TSO-RR-020")
 def heartbeat(t: Trace) -> Outcome:
     probe = next((p for p in t.probes if p.name == "heartbeat"), None)
     if probe is None:
@@ -570,3 +574,240 @@ def curtailment(t: Trace) -> Outcome:
         return fail(f"{b.status} without a reason")
     return ok(f"{b.status}: {b.accepted_mw} of {asked} MW")
 
+
+
+# --- TSO ---------------------------------------------------------------------------------------
+
+
+def _tso_setpoints(t: Trace) -> list[Captured]:
+    """The setpoints to the suite's BSP, by cycle."""
+    bsp = Party(role="bsp", id=t.scenario.bsps[0].id)
+    return sorted((m for m in t.of_type("delta_setpoint") if bsp in m.envelope.recipients), key=lambda m: m.body.cycle)
+
+
+def _dn_bids(t: Trace) -> dict[str, str]:
+    """Bid -> DSO, for the suite BSP's bids with an asset in a DSO's grid."""
+    bsp = t.scenario.bsps[0]
+    by_asset = {a.asset_id: a for a in bsp.assets}
+    return {b.bid_id: by_asset[a].dso_id for b in bsp.bids for a in b.assets
+            if by_asset[a].connection == Connection.DN and by_asset[a].dso_id}  # fmt: skip
+
+
+def _started(t: Trace) -> Outcome | None:
+    return skip(t.aborted or "the session did not start") if t.run_start is None else None
+
+
+@check("TSO-PQ-010")
+def tso_prequalification(t: Trace) -> Outcome:
+    out, a = _answered(t, "prequalification")
+    if out:
+        return out
+    asked = {x.asset_id: x for x in _probe(t, "prequalification").body.assets}
+    verdicts = {v.asset_id: v for v in a.body.verdicts}
+    if set(verdicts) != set(asked):
+        return fail(f"verdicts for {sorted(verdicts)}, asked {sorted(asked)}")
+    forwarded = {x.asset_id: f for f in t.forwards for x in f.body.assets}
+    for asset in asked.values():
+        if asset.connection != Connection.DN:
+            continue
+        f = forwarded.get(asset.asset_id)
+        if f is None:
+            return fail(f"DN asset {asset.asset_id} was never forwarded to {asset.dso_id}")
+        if f.body.dso_id != asset.dso_id or f.received_us > a.t_us:
+            return fail(f"DN asset {asset.asset_id}: forwarded to {f.body.dso_id}, or after the answer")
+        mine, theirs = verdicts[asset.asset_id], t.dso_verdicts[asset.asset_id]
+        if mine.qualified and (mine.validated_capacity_up_mw > theirs.validated_capacity_up_mw + 1e-6
+                               or mine.validated_capacity_down_mw > theirs.validated_capacity_down_mw + 1e-6):  # fmt: skip
+            return fail(f"{asset.asset_id}: the TSO qualified +{mine.validated_capacity_up_mw} MW, its DSO "
+                        f"+{theirs.validated_capacity_up_mw} MW", f"{mine.validated_capacity_up_mw} MW",
+                        f"<= {theirs.validated_capacity_up_mw} MW")  # fmt: skip
+    took = (a.t_us - _probe(t, "prequalification").sent_us) / 1000
+    return ok(f"{len(verdicts)} verdicts in {took:.1f} ms, DN assets via their DSO", f"{took:.1f} ms", "<= 10 s")
+
+
+@check("TSO-SC-010")
+def tso_final_schedules(t: Trace) -> Outcome:
+    if why := _started(t):
+        return why
+    dn = {a.asset_id: a.dso_id for a in t.scenario.bsps[0].assets if a.connection == Connection.DN}
+    if not dn:
+        return skip("the suite's BSP has no DN asset")
+    finals = [m for m in t.of_type("schedule", "dso") if m.body.kind == "final"]
+    for asset, dso_id in dn.items():
+        if not any(Party(role="dso", id=dso_id) in m.envelope.recipients and asset in {x.asset_id for x in m.body.series}
+                   for m in finals):  # fmt: skip
+            return fail(f"no final schedule with {asset} to dso/{dso_id}")
+    return ok(f"final schedules of {len(dn)} DN assets passed to their DSO")
+
+
+def _accepted(t: Trace) -> dict[str, Captured]:
+    """Bid -> the first offer_acceptance naming it."""
+    out: dict[str, Captured] = {}
+    for m in t.of_type("offer_acceptance", "bsp"):
+        for offer in m.body.accepted:
+            out.setdefault(offer.bid_id, m)
+    return out
+
+
+@check("TSO-MV-010")
+def tso_mol_before_acceptance(t: Trace) -> Outcome:
+    if why := _started(t):
+        return why
+    dn = _dn_bids(t)
+    accepted = {b: m for b, m in _accepted(t).items() if b in dn}
+    if not accepted:
+        return skip("no bid with a DN asset was accepted")
+    mols = t.of_type("merit_order_list", "dso")
+    for bid, acc in accepted.items():
+        sent = [m for m in mols if Party(role="dso", id=dn[bid]) in m.envelope.recipients
+                and any(e.bid_id == bid for e in m.body.bids) and m.t_us <= acc.t_us]  # fmt: skip
+        if not sent:
+            return fail(f"{bid} accepted at {acc.envelope.created_at:%H:%M:%S} without a merit order list to "
+                        f"dso/{dn[bid]} before")  # fmt: skip
+        if not sent[0].envelope.reply_to:
+            return fail(f"the merit order list to dso/{dn[bid]} has no reply_to: {show(sent[0], 160)}")
+    return ok(f"{len(accepted)} DN bids validated before acceptance")
+
+
+@check("TSO-MV-020")
+def tso_within_validation(t: Trace) -> Outcome:
+    if why := _started(t):
+        return why
+    dn = _dn_bids(t)
+    worst = 0.0
+    for m in _tso_setpoints(t):
+        for bid, delta in m.body.bid_deltas_mw.items():
+            if bid not in dn:
+                continue
+            bound = t.validated.get(bid, 0.0)
+            worst = max(worst, abs(delta))
+            if abs(delta) > bound + 1e-6:
+                what = "validated" if bid in t.validated else "never validated (bound 0)"
+                return fail(f"cycle {m.body.cycle}: {bid} at {abs(delta):.3f} MW, {what} to {bound:.3f} MW",
+                            f"{abs(delta):.3f} MW", f"<= {bound:.3f} MW")  # fmt: skip
+    return ok(f"DN bids at most {worst:.3f} MW, within their validation", f"{worst:.3f} MW")
+
+
+@check("TSO-OA-010")
+def tso_acceptance_first(t: Trace) -> Outcome:
+    if why := _started(t):
+        return why
+    accepted = _accepted(t)
+    n = 0
+    for m in _tso_setpoints(t):
+        for bid, delta in m.body.bid_deltas_mw.items():
+            if abs(delta) > 1e-9:
+                n += 1
+                acc = accepted.get(bid)
+                if acc is None or acc.t_us > m.t_us:
+                    return fail(f"cycle {m.body.cycle}: {bid} activated before an offer_acceptance named it")
+    return ok(f"{n} activations of accepted bids") if n else skip("nothing was activated")
+
+
+@check("TSO-SP-010")
+def tso_setpoint_cadence(t: Trace) -> Outcome:
+    if why := _started(t):
+        return why
+    sps = _tso_setpoints(t)
+    if len(sps) < 2:
+        return fail(f"{len(sps)} setpoints in the session") if t.run_start else skip("no setpoints")
+    for a, b in zip(sps, sps[1:]):
+        gap = (b.body.instant - a.body.instant).total_seconds()
+        if b.body.cycle != a.body.cycle + 1 or abs(gap - t.period_s) > 1e-6:
+            return fail(f"cycle {a.body.cycle} at {a.body.instant:%H:%M:%S} followed by cycle {b.body.cycle} at "
+                        f"{b.body.instant:%H:%M:%S}", f"{gap:g} s", f"{t.period_s:g} s")  # fmt: skip
+    for m in sps:
+        if abs(m.body.delta_mw - sum(m.body.bid_deltas_mw.values())) > 1e-4:
+            return fail(f"cycle {m.body.cycle}: delta_mw {m.body.delta_mw} is not the sum of bid_deltas_mw")
+    return ok(f"{len(sps)} setpoints, cycles {sps[0].body.cycle}..{sps[-1].body.cycle} every {t.period_s:g} s")
+
+
+@check("TSO-SP-020")
+def tso_setpoint_expiry(t: Trace) -> Outcome:
+    if why := _started(t):
+        return why
+    bound = t.period_s / t.speed + 1e-3
+    longest = 0.0
+    for m in _tso_setpoints(t):
+        env = m.envelope
+        life = (env.valid_until - env.created_at).total_seconds() if env.valid_until else float("inf")
+        longest = max(longest, life)
+        if life > bound:
+            return fail(f"cycle {m.body.cycle} valid for {life:.3f} s", f"{life:.3f} s", f"<= {bound:.3f} s")
+    return ok("every setpoint expires within its cycle", f"{longest:.3f} s", f"<= {bound:.3f} s")
+
+
+@check("TSO-SP-030")
+def tso_ramp(t: Trace) -> Outcome:
+    if why := _started(t):
+        return why
+    ramps = {b.bid_id: b.ramp_rate_mw_per_min for b in t.scenario.bsps[0].bids}
+    step_s = 30.0  # the paper's stepping: 1 MW every 30 s at 2 MW/min
+    series: dict[str, list[tuple[float, float]]] = {}
+    for m in _tso_setpoints(t):
+        for bid, delta in m.body.bid_deltas_mw.items():
+            series.setdefault(bid, []).append((m.body.instant.timestamp(), abs(delta)))
+    for bid, points in series.items():
+        ramp = ramps.get(bid)
+        if ramp is None:
+            continue
+        low_t, low = points[0]
+        for ts, v in points[1:]:  # the largest rise from any earlier point (the running minimum) to this one
+            allowed = ramp * (ts - low_t + step_s) / 60
+            if v - low > allowed + 1e-6:
+                return fail(f"{bid} rose {v - low:.3f} MW in {ts - low_t:.0f} s", f"{v - low:.3f} MW",
+                            f"<= {allowed:.3f} MW ({ramp:g} MW/min)")  # fmt: skip
+            if v < low:
+                low_t, low = ts, v
+    return ok(f"{len(series)} bids within their ramp rates (+ one 30-s step)")
+
+
+@check("TSO-SP-040")
+def tso_limit(t: Trace) -> Outcome:
+    if why := _started(t):
+        return why
+    if t.termination is None:
+        return skip("the session ended before the termination signal")
+    bid, max_mw, sent_us = t.termination
+    limits = [m for m in t.of_type("activation_limit", "bsp") if m.body.bid_id == bid and m.t_us >= sent_us]
+    if not limits:
+        return fail(f"no activation_limit for {bid} after the termination signal")
+    lim = limits[0]
+    took = (lim.t_us - sent_us) / 1e6
+    if took > t.period_s / t.speed:
+        return fail(f"activation_limit after {took:.3f} s", f"{took:.3f} s", f"<= {t.period_s / t.speed:.3f} s")
+    if lim.body.max_mw > max_mw + 1e-6:
+        return fail(f"activation_limit of {lim.body.max_mw} MW for a {max_mw} MW termination")
+    after = [m for m in _tso_setpoints(t) if m.t_us > lim.t_us and bid in m.body.bid_deltas_mw]
+    for m in after:
+        if abs(m.body.bid_deltas_mw[bid]) > max_mw + 1e-6:
+            return fail(f"cycle {m.body.cycle}: {bid} at {abs(m.body.bid_deltas_mw[bid]):.3f} MW after the limit",
+                        f"{abs(m.body.bid_deltas_mw[bid]):.3f} MW", f"<= {max_mw:.3f} MW")  # fmt: skip
+    return ok(f"limit {lim.body.max_mw} MW sent {took * 1000:.1f} ms after the signal; {len(after)} setpoints within",
+              f"{took * 1000:.1f} ms", f"<= {t.period_s / t.speed * 1000:.0f} ms")  # fmt: skip
+
+
+@check("TSO-ST-010")
+def tso_settlement(t: Trace) -> Outcome:
+    if why := _started(t):
+        return why
+    energy: dict[tuple[datetime, str], float] = {}
+    for m in _tso_setpoints(t):
+        isp = m.body.instant.replace(minute=m.body.instant.minute - m.body.instant.minute % 15, second=0, microsecond=0)
+        for bid, delta in m.body.bid_deltas_mw.items():
+            energy[(isp, bid)] = energy.get((isp, bid), 0.0) + abs(delta) * t.period_s / 3600
+    active = {k: v for k, v in energy.items() if v > 1e-6}
+    if not active:
+        return skip("nothing was activated")
+    reports = {m.body.isp_start: m.body for m in t.of_type("settlement_report", "bsp")}
+    for (isp, bid), mwh in sorted(active.items()):
+        report = reports.get(isp)
+        if report is None:
+            return fail(f"no settlement_report for ISP {isp:%H:%M}")
+        line = next((x for x in report.lines if x.bid_id == bid), None)
+        if line is None:
+            return fail(f"settlement of ISP {isp:%H:%M} has no line for {bid}")
+        if abs(line.activated_energy_mwh - mwh) > max(0.02 * mwh, 1e-4):
+            return fail(f"{bid} in ISP {isp:%H:%M}: settled {line.activated_energy_mwh:.4f} MWh, setpoints make "
+                        f"{mwh:.4f} MWh", f"{line.activated_energy_mwh:.4f} MWh", f"{mwh:.4f} MWh ± 2 %")  # fmt: skip
+    return ok(f"{len(active)} bid-ISPs settled as activated")

@@ -63,6 +63,7 @@ def _common(role: str) -> list[Rule]:
 
 
 _ANSWERS = {
+    "tso": ("prequalification_result", "heartbeat"),
     "bsp": ("telemetry", "heartbeat"),
     "dso": ("prequalification_result", "mol_validation", "curtailment_response", "heartbeat"),
 }
@@ -121,8 +122,37 @@ RULES: list[Rule] = [
          ("curtailment_request", "curtailment_response"), "seed 004 §3 (emergencies: curtailment)"),
 ]
 
+RULES += [
+    *_common("tso"),
+    Rule("TSO-PQ-010", "A prequalification_request is answered within 10 s with one verdict per asset; DN assets "
+         "are first forwarded to their DSO (prequalification_forward) and their verdicts are not above the DSO's.",
+         ("prequalification_request", "prequalification_forward", "prequalification_result"),
+         "seed 000 Fig. 3 (DN assets validated by the DSO)"),
+    Rule("TSO-SC-010", "The series of DN assets in a BSP's schedule are passed to their DSO as a 'final' schedule.",
+         ("schedule",), "seed 004 §3 (final schedules TSO → DSO)"),
+    Rule("TSO-MV-010", "Before a bid with an asset in a DSO's grid is accepted, that DSO gets a merit_order_list "
+         "with the bid for its ISP, with reply_to.", ("merit_order_list", "offer_acceptance"),
+         "seed 000 Fig. 4 (hybrid coordination: DSO validates the MOL)"),
+    Rule("TSO-MV-020", "No setpoint activates a bid beyond the upper bound its DSO validated.",
+         ("mol_validation", "delta_setpoint"), "seed 000 §IV.B (the BSP cannot exceed the DSO's limit)"),
+    Rule("TSO-OA-010", "A BSP gets an offer_acceptance naming a bid before the first non-zero setpoint for it.",
+         ("offer_acceptance", "delta_setpoint"), "seed 000 Fig. 4 (accepted offers confirmed to the BSP)"),
+    Rule("TSO-SP-010", "Delta setpoints come every setpoint period (4 s): consecutive cycle numbers, instants one "
+         "period apart, delta_mw the sum of bid_deltas_mw.", ("delta_setpoint",),
+         "seed 000 §IV.B (minimum resolution 4 s)"),
+    Rule("TSO-SP-020", "A setpoint expires within its cycle: valid_until - created_at is at most one setpoint "
+         "period (wall time at the session's speed).", ("delta_setpoint",), "seed 000 §IV.B; delivery policy"),
+    Rule("TSO-SP-030", "A bid's setpoint rises no faster than the bid's declared ramp rate (it may drop at once to "
+         "a new limit).", ("delta_setpoint", "energy_bid"), "seed 000 §IV.B (1 MW per 30 s at the bid's ramp)"),
+    Rule("TSO-SP-040", "After a DSO's termination_signal the BSP gets an activation_limit for the bid within one "
+         "setpoint period, and no later setpoint for the bid exceeds the limit.",
+         ("termination_signal", "activation_limit", "delta_setpoint"), "seed 000 Fig. 4, §IV.B"),
+    Rule("TSO-ST-010", "For an ISP with activation the BSP gets a settlement_report whose energy per bid matches "
+         "the setpoints sent (±2 %).", ("settlement_report",), "seed 000 §IV.A (settlement per ISP)"),
+]
+
 BY_ID = {r.id: r for r in RULES}
-ROLES_WITH_SUITES = ("bsp", "dso")
+ROLES_WITH_SUITES = ("bsp", "dso", "tso")
 
 
 def select(role: str, pattern: str = "*") -> list[Rule]:
@@ -148,7 +178,7 @@ def markdown() -> str:
         "line per rule: PASS, FAIL or SKIP with the evidence (the offending message, the measured value and",
         "the bound). It exits 1 when a rule fails and writes `conformance.json` and `conformance.html`.",
         "A plain MQTT observer sees every byte the device publishes, including what a gateway would refuse.",
-        "Reference devices: `tsodso emulate bsp|dso --device-id ID --broker URL [--fault MODE]`.",
+        "Reference devices: `tsodso emulate bsp|dso|tso --device-id ID --broker URL [--fault MODE]`.",
         "",
     ]
     for role in ROLES_WITH_SUITES:
@@ -157,6 +187,4 @@ def markdown() -> str:
         for r in select(role):
             out.append(f"| {r.id} | {r.title} | {', '.join(r.types)} | {r.source} |")
         out.append("")
-    out += ["## TSO", "", "No suite yet: the testbed's own TSO is the reference; a suite that plays DSOs and BSPs "
-            "against an external TSO is future work.", ""]  # fmt: skip
     return "\n".join(out)

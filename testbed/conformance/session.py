@@ -13,6 +13,7 @@ and limits with their cycles, and why the session stopped early, if it did.
 
 import asyncio
 import math
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from typing import Any
 
 from actors.config import ISP, Scenario
 from gateway import BrokerSpec, Gateway, Received
-from schemas.codes import Connection, Direction, ProcessType, SystemState
+from schemas.codes import BidStatus, Connection, Direction, ProcessType, SystemState
 from schemas.envelope import Envelope, Party
 from schemas.messages import (
     AcceptedOffer,
@@ -28,19 +29,23 @@ from schemas.messages import (
     AssetData,
     AssetVerdict,
     BidAsset,
+    BidValidation,
     Body,
     CurtailmentRequest,
+    CurtailmentResponse,
     DeltaSetpoint,
     EnergyBid,
     Heartbeat,
     MeritOrderList,
     MolEntry,
+    MolValidation,
     OfferAcceptance,
     PrequalificationForward,
     PrequalificationRequest,
     PrequalificationResult,
     Rejection,
     SystemStateNotice,
+    TerminationSignal,
 )
 from schemas.topics import PREFIX, topic_for
 from testbed.capture import Captured, Recorder
@@ -100,10 +105,11 @@ class Probe:
     within_s: float
     matches: Any = None  # Callable[[Captured], bool] | None: content match beyond type and sender
 
-    def is_answer(self, msg: Captured, tso: Party) -> bool:
+    def is_answer(self, msg: Captured) -> bool:
         env = msg.envelope
-        return (msg.valid and env is not None and env.type == self.answer_type and tso in env.recipients
-                and msg.t_us >= self.sent_us and (self.matches is None or self.matches(msg)))  # fmt: skip
+        return (msg.valid and env is not None and env.type == self.answer_type
+                and self.envelope.sender in env.recipients and msg.t_us >= self.sent_us
+                and (self.matches is None or self.matches(msg)))  # fmt: skip
 
 
 @dataclass
@@ -128,6 +134,7 @@ class Trace:
     period_s: float
     observer: BrokerSpec | None = None  # where the recorder connects (an observer account on an ACL broker)
     messages: list[Captured] = field(default_factory=list)  # everything the device published, in order
+    recording_since: float = field(default_factory=time.time)  # epoch s: older messages are the broker's retained copies
     probes: list[Probe] = field(default_factory=list)
     aborted: str | None = None  # why the session stopped before its script ended
     isp0: datetime | None = None
@@ -151,6 +158,12 @@ class Trace:
     rejections: list[Received[Rejection]] = field(default_factory=list)  # what the device refused
     dn_dsos: set[str] = field(default_factory=set)  # DSOs of the device's DN assets (telemetry there too)
     mol: MeritOrderList | None = None
+    # TSO sessions: what the suite's DSO and BSP saw and said
+    scenario: Scenario | None = None
+    forwards: list[Received[PrequalificationForward]] = field(default_factory=list)
+    dso_verdicts: dict[str, AssetVerdict] = field(default_factory=dict)  # asset -> the suite DSO's verdict
+    validated: dict[str, float] = field(default_factory=dict)  # bid -> upper bound the suite DSO validated
+    termination: tuple[str, float, int] | None = None  # (bid, max MW, sent µs)
 
     @property
     def valid(self) -> list[Captured]:
@@ -161,7 +174,7 @@ class Trace:
                 and (to_role is None or any(r.role == to_role for r in m.envelope.recipients))]  # fmt: skip
 
     def answer(self, probe: Probe) -> Captured | None:
-        return next((m for m in self.messages if probe.is_answer(m, self.tso)), None)
+        return next((m for m in self.messages if probe.is_answer(m)), None)
 
     def telemetry(self, to: Party) -> dict[int, Captured]:
         """Cycle -> the first valid telemetry of that cycle the device sent to ``to``."""
@@ -234,17 +247,19 @@ class _Suite:
         t.run_start, t.run_wall_origin = t0, self.clock.wall_origin
         return True
 
-    async def probe(self, name: str, body: Body, answer_type: str, within_s: float, matches: Any = None) -> Probe:
+    async def probe(self, name: str, body: Body, answer_type: str, within_s: float, matches: Any = None,
+                    gw: Gateway | None = None) -> Probe:  # fmt: skip
+        gw = gw or self.gw
         msg_id = uuid.uuid4()
-        env = await self.gw.publish(body, self.trace.device, reply_to=topic_for(self.trace.device, answer_type,
-                                    self.gw.me), message_id=msg_id, correlation_id=msg_id)  # fmt: skip
+        env = await gw.publish(body, self.trace.device, reply_to=topic_for(self.trace.device, answer_type, gw.me),
+                               message_id=msg_id, correlation_id=msg_id)  # fmt: skip
         probe = Probe(name, env, body, int(env.created_at.timestamp() * 1e6), answer_type, within_s, matches)
         self.trace.probes.append(probe)
         return probe
 
     async def answered(self, probe: Probe) -> Captured | None:
         start = next((i for i, m in enumerate(self.rec.messages) if m.t_us >= probe.sent_us), len(self.rec.messages))
-        return await self.rec.wait_for(lambda m: probe.is_answer(m, self.trace.tso), self.timeout_s, start)
+        return await self.rec.wait_for(probe.is_answer, self.timeout_s, start)
 
     async def watch_leaving(self, leave: "Leave | None") -> None:
         """With ``leave`` = (how long to wait [s], what to call first): see the device go and whether the
@@ -478,3 +493,131 @@ def _mol(profile: Scenario, by_bsp: dict, isp: datetime) -> MeritOrderList:  # n
         out.append(MolEntry(rank=rank[direction], **entry))
     return MeritOrderList(mol_id=f"conformance-{uuid.uuid4().hex[:8]}", process=ProcessType.AFRR, isp_start=isp,
                           iteration=1, bids=out)  # fmt: skip
+
+
+TSO_SCRIPT = """
+Session script (the suite plays the first DSO and the first BSP of `--scenario`, which must be the
+scenario the TSO under test runs: same ids, times and bids):
+
+1. The suite's DSO and BSP connect (their births). The TSO, seeing its peers online, publishes the
+   retained `system_state` 'run start' to all/all (as `tsodso actor tso`); scenario time runs from
+   1 s after its `created_at`.
+2. The BSP sends a `prequalification_request` (the DSO qualifies DN assets at 80 % of the upward
+   capacity asked), its day-ahead schedule and its bids, then follows every setpoint at once and
+   reports telemetry.
+3. The DSO validates every merit order list: bids in its grid limited to 60 % of their quantity.
+   At 75 % of the run it sends a `termination_signal` (limit to 25 % of the quantity) for its most
+   activated bid.
+4. The session ends two setpoint periods after the scenario's end (the settlement comes then).
+"""
+SESSION_SCRIPTS["tso"] = TSO_SCRIPT
+VALIDATED_SHARE = 0.6  # the suite DSO validates DN bids to this share of their quantity
+QUALIFIED_SHARE = 0.8  # ... and qualifies DN assets for this share of their upward capacity
+LIMIT_SHARE = 0.25  # ... and limits the most activated one to this share in real time
+
+
+async def play_tso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
+                   timeout_s: float = 20.0, leave: Leave | None = None,
+                   observer: BrokerSpec | None = None) -> Trace:  # fmt: skip
+    from actors.bsp import BSP  # the suite's BSP is the testbed's own
+
+    device = Party(role="tso", id=device_id)
+    scenario = scenario.model_copy(update={"tso": scenario.tso.model_copy(update={"id": device_id})})
+    dso_cfg, bsp_cfg = scenario.dsos[0], scenario.bsps[0]
+    dso, bsp = Party(role="dso", id=dso_cfg.id), Party(role="bsp", id=bsp_cfg.id)
+    trace = Trace("tso", device, device, broker, speed, scenario.setpoint_period_s, scenario=scenario)
+    trace.observer = observer or broker
+    quantity = {b.bid_id: b.quantity_mw for b in bsp_cfg.bids}
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[tuple[datetime, float]] = loop.create_future()
+    suite = _Suite(trace, scenario, timeout_s)
+    gw_dso, gw_bsp = _gateway(dso, device, broker), _gateway(bsp, device, broker)
+    connected = time.time()
+
+    @gw_bsp.on(SystemStateNotice)
+    async def run_start(msg: Received[SystemStateNotice]) -> None:
+        created = msg.envelope.created_at.timestamp()
+        if msg.sender == device and msg.body.reason == RUN_START and created >= connected - 1 and not started.done():
+            started.set_result((msg.body.since, created + LEAD_S))
+
+    @gw_dso.on(PrequalificationForward)
+    async def forward(msg: Received[PrequalificationForward]) -> None:
+        trace.forwards.append(msg)
+        verdicts = [AssetVerdict(asset_id=a.asset_id, qualified=True, checked_by="dso",
+                                 validated_capacity_up_mw=round(QUALIFIED_SHARE * a.capacity_up_mw, 6),
+                                 validated_capacity_down_mw=a.capacity_down_mw,
+                                 reason=f"conformance: hosting capacity {QUALIFIED_SHARE:.0%} of the asked")
+                    for a in msg.body.assets]  # fmt: skip
+        trace.dso_verdicts.update({v.asset_id: v for v in verdicts})
+        await gw_dso.reply(msg, PrequalificationResult(bsp_id=msg.body.bsp_id, verdicts=verdicts))
+
+    @gw_dso.on(MeritOrderList)
+    async def validate(msg: Received[MeritOrderList]) -> None:
+        results = []
+        for e in msg.body.bids:
+            if any(a.connection == Connection.DN and a.dso_id == dso.id for a in e.assets):
+                upper = min(e.upper_bound_mw, round(VALIDATED_SHARE * e.quantity_mw, 6))
+                trace.validated[e.bid_id] = min(trace.validated.get(e.bid_id, upper), upper)
+                results.append(BidValidation(bid_id=e.bid_id, status=BidStatus.LIMITED, upper_bound_mw=upper,
+                                             limiting_element="line:conformance",
+                                             reason="conformance: the suite's DSO limit"))  # fmt: skip
+        await gw_dso.reply(msg, MolValidation(mol_id=msg.body.mol_id, iteration=msg.body.iteration,
+                                              dso_id=dso.id, results=results))  # fmt: skip
+
+    @gw_dso.on(CurtailmentRequest)
+    async def curtail(msg: Received[CurtailmentRequest]) -> None:
+        await gw_dso.reply(msg, CurtailmentResponse(dso_id=dso.id, accepted_mw=msg.body.amount_mw, status="accepted"))
+
+    async with Recorder(trace.observer, [f"{PREFIX}/tso/{device_id}/#"]) as rec, gw_dso, gw_bsp:
+        suite.rec, suite.gw = rec, gw_dso
+        trace.messages = rec.messages
+        _consume_inbox(gw_dso)
+        # the suite's BSP: the testbed's own, which follows setpoints and reports telemetry
+        if await rec.wait_for(is_birth(device), timeout_s) is None:
+            trace.aborted = f"no retained actor_state 'online' from {device} within {timeout_s:g} s"
+            return trace
+        try:
+            since, origin = await asyncio.wait_for(started, timeout_s)
+        except TimeoutError:
+            trace.aborted = f"no 'run start' system_state from {device} within {timeout_s:g} s of its peers going online"
+            return trace
+        birth = await rec.wait_for(is_birth(device), 0)
+        trace.birth_retained = await retained_copy(trace.observer, birth.topic)
+        trace.qos0_faithful = await qos0_delivered_as_qos0(trace.observer, gw_dso)
+        suite.clock = clock = Clock(since, speed, wall_origin=origin)
+        trace.run_start, trace.run_wall_origin, trace.isp0 = since, origin, scenario.isps()[0]
+        bsp_actor = BSP(gw_bsp, clock, scenario, bsp_cfg)
+        _consume_inbox(gw_bsp)
+        assets = [AssetData(asset_id=a.asset_id, connection=a.connection, dso_id=a.dso_id,
+                            connection_bus=a.connection_bus, product=ProcessType.AFRR, capacity_up_mw=a.capacity_up_mw,
+                            capacity_down_mw=a.capacity_down_mw, ramp_rate_mw_per_min=a.ramp_rate_mw_per_min,
+                            time_constant_s=a.time_constant_s) for a in bsp_cfg.assets]  # fmt: skip
+        p = await suite.probe("prequalification", PrequalificationRequest(bsp_id=bsp.id, assets=assets),
+                              "prequalification_result", 10.0, gw=gw_bsp)  # fmt: skip
+        answer = await suite.answered(p)
+        if answer is None:
+            trace.aborted = f"no prequalification_result from {device} within {timeout_s:g} s"
+            return trace
+        bsp_actor.qualified = {v.asset_id for v in answer.body.verdicts if v.qualified}
+        await bsp_actor.send_schedule()
+        await bsp_actor.send_bids()
+        await suite.heartbeat_probe()
+        # real-time coordination: limit the most activated DN bid at 75 % of the run
+        at = scenario.start + (scenario.end - scenario.start) * 0.75
+        await clock.sleep_until(at)
+        setpoints = [m for m in rec.messages if m.valid and m.envelope.type == "delta_setpoint"]
+        by_asset = {a.asset_id: a for a in bsp_cfg.assets}
+        touching = [b.bid_id for b in bsp_cfg.bids if any(by_asset[a].dso_id == dso.id for a in b.assets)]
+        last = setpoints[-1].body.bid_deltas_mw if setpoints else {}
+        dn_bids = sorted(touching, key=lambda b: abs(last.get(b, 0.0)), reverse=True)
+        if dn_bids:
+            bid = dn_bids[0]
+            max_mw = round(LIMIT_SHARE * quantity[bid], 6)
+            env = await gw_dso.publish(TerminationSignal(dso_id=dso.id, bid_id=bid, action="limit", max_mw=max_mw,
+                                                         limiting_element="line:conformance",
+                                                         reason="conformance: real-time limit"), device)  # fmt: skip
+            trace.termination = (bid, max_mw, int(env.created_at.timestamp() * 1e6))
+        await clock.sleep_until(scenario.end + timedelta(seconds=2 * scenario.setpoint_period_s))
+        await asyncio.sleep(0.5)
+        await suite.watch_leaving(leave)
+    return trace
