@@ -19,11 +19,13 @@ from testbed.conformance import RULES, run_suite
 from testbed.conformance.checks import CHECKS
 from testbed.conformance.rules import markdown
 from testbed.emulate import FAULTS
-from testbed.scenario import load_scenario
+from actors.config import Scenario
+from testbed.scenario import dump_scenario, load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = load_scenario(ROOT / "scenarios" / "nl-afrr-congestion.yaml")
 SPEED = 20.0  # emulators step per setpoint: a 4-s cycle every 200 ms
+TSO_SPEED = 40.0  # a TSO session is the whole 16-min reference scenario: 24 s at 40x
 ALWAYS_SKIPPED = {"PR-020"}  # the device's death is judged only when it leaves mid-session
 
 
@@ -42,9 +44,26 @@ def device(*argv: str):
             proc.kill()
 
 
-def emulator(role: str, device_id: str, url: str, fault: str | None = None, speed: float = SPEED):  # noqa: ANN201
+def emulator(role: str, device_id: str, url: str, fault: str | None = None, speed: float = SPEED,
+             scenario: Path | None = None):  # noqa: ANN201
     argv = ["-m", "testbed", "emulate", role, "--device-id", device_id, "--broker", url, "--speed", str(speed)]
-    return device(*argv, *(["--fault", fault] if fault else []))
+    return device(*argv, *(["--fault", fault] if fault else []), *(["--scenario", str(scenario)] if scenario else []))
+
+
+def own_peers(tmp_path: Path, suffix: str) -> tuple[Scenario, Path]:
+    """The reference scenario with its DSO and BSP renamed (a TSO session of its own on a shared broker)."""
+    data = SCENARIO.model_dump(mode="json")
+    for d in data["dsos"]:
+        d["id"] = f"{d['id']}-{suffix}"
+    for b in data["bsps"]:
+        b["id"] = f"{b['id']}-{suffix}"
+        for a in b["assets"]:
+            if a.get("dso_id"):
+                a["dso_id"] = f"{a['dso_id']}-{suffix}"
+    scenario = Scenario.model_validate(data)
+    path = tmp_path / f"scenario-{suffix}.yaml"
+    dump_scenario(scenario, path)
+    return scenario, path
 
 
 def test_document_rules_checks_and_faults_agree():
@@ -64,12 +83,14 @@ def _not_passed(report) -> dict[str, str]:  # noqa: ANN001
             if r.status != "pass" and r.id.split("-", 1)[1] not in ALWAYS_SKIPPED}  # fmt: skip
 
 
-@pytest.mark.parametrize("role", ["bsp", "dso"])
+@pytest.mark.parametrize("role", ["bsp", "dso", "tso"])
 async def test_reference_emulator_passes_its_suite(broker, role, uid, tmp_path):
     device_id = f"{role}-{uid}"
-    with emulator(role, device_id, broker.url) as proc:
+    scenario, path = own_peers(tmp_path, uid)
+    speed = TSO_SPEED if role == "tso" else SPEED
+    with emulator(role, device_id, broker.url, speed=speed, scenario=path) as proc:
         # after the script the process is killed: the broker publishes its will (PR-020 is judged)
-        report = await run_suite(role, device_id, broker.url, SCENARIO, speed=SPEED, timeout_s=60,
+        report = await run_suite(role, device_id, broker.url, scenario, speed=speed, timeout_s=60,
                                  report_dir=tmp_path, leave=(10.0, proc.kill))  # fmt: skip
     assert report.aborted is None
     assert {r.id: r.evidence for r in report.results if r.status != "pass"} == {}
@@ -78,15 +99,20 @@ async def test_reference_emulator_passes_its_suite(broker, role, uid, tmp_path):
     assert len(report.results) == len([r for r in RULES if r.role == role])
 
 
-async def test_each_fault_mode_fails_exactly_its_rules(own_mosquitto, uid):
-    """All fault emulators at once, one session each, run side by side (at half speed: ten at once)."""
-    url, speed = own_mosquitto.url, SPEED / 2
-    cases = [(role, fault, f"{role}-{fault}-{uid}") for role, faults in FAULTS.items() for fault in faults]
-    with _all(emulator(role, device_id, url, fault, speed) for role, fault, device_id in cases) as procs:
-        reports = await asyncio.gather(*(run_suite(role, device_id, url, SCENARIO, speed=speed, timeout_s=90,
-                                                   leave=(10.0, proc.kill))
-                                         for (role, _, device_id), proc in zip(cases, procs)))  # fmt: skip
-    for (role, fault, _), report in zip(cases, reports):
+async def test_each_fault_mode_fails_exactly_its_rules(own_mosquitto, uid, tmp_path):
+    """All fault emulators at once, one session each, side by side (BSP and DSO sessions at half speed:
+    thirteen devices at once on two cores; each TSO with its own DSO and BSP)."""
+    url = own_mosquitto.url
+    cases = []  # (role, fault, device id, speed, scenario, scenario file)
+    for role, faults in FAULTS.items():
+        for n, fault in enumerate(faults):
+            scenario, path = own_peers(tmp_path, f"{uid}-{role}{n}")
+            cases.append((role, fault, f"{role}-{fault}-{uid}", TSO_SPEED if role == "tso" else SPEED / 2, scenario, path))
+    with _all(emulator(role, dev, url, fault, speed, path) for role, fault, dev, speed, _, path in cases) as procs:
+        reports = await asyncio.gather(*(
+            run_suite(role, dev, url, scenario, speed=speed, timeout_s=90, leave=(10.0, proc.kill))
+            for (role, _, dev, speed, scenario, _), proc in zip(cases, procs)))  # fmt: skip
+    for (role, fault, *_), report in zip(cases, reports):
         expected = FAULTS[role][fault][1]
         got = report.failed_ids()
         assert got == expected, f"{role} --fault {fault}: failed {sorted(got)}, expected {sorted(expected)}: " \
