@@ -34,6 +34,10 @@ def _setup(
     from gateway.logs import configure_logging
 
     configure_logging(level=logging.INFO if verbose else logging.WARNING)
+    _VERBOSE[0] = verbose
+
+
+_VERBOSE = [False]
 
 
 BrokerOpt = Annotated[
@@ -479,6 +483,12 @@ def conformance(
         return
     if role is None or device_id is None:
         raise typer.BadParameter("--role and --device-id are required (or --doc)")
+    if not _VERBOSE[0]:  # the suite provokes refusals on purpose (an expired setpoint): its verdicts say the rest
+        import logging
+
+        from gateway.logs import configure_logging
+
+        configure_logging(level=logging.ERROR)
     from testbed.conformance import run_suite
     from testbed.scenario import load_scenario
 

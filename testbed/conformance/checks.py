@@ -478,15 +478,23 @@ def _answered(t: Trace, name: str) -> tuple[Outcome | None, Captured | None]:
     return None, a
 
 
-@check("DSO-PQ-010")
-def prequalification_answer(t: Trace) -> Outcome:
+def _prequalification_verdicts(t: Trace, verb: str):  # noqa: ANN202
+    """(failure or None, the answer, assets asked by id, verdicts by asset id): one verdict per asset."""
     out, a = _answered(t, "prequalification")
     if out:
-        return out
+        return out, a, {}, {}
     asked = {x.asset_id: x for x in _probe(t, "prequalification").body.assets}
     verdicts = {v.asset_id: v for v in a.body.verdicts}
     if set(verdicts) != set(asked):
-        return fail(f"verdicts for {sorted(verdicts)}, forwarded {sorted(asked)}")
+        return fail(f"verdicts for {sorted(verdicts)}, {verb} {sorted(asked)}"), a, asked, verdicts
+    return None, a, asked, verdicts
+
+
+@check("DSO-PQ-010")
+def prequalification_answer(t: Trace) -> Outcome:
+    out, a, asked, verdicts = _prequalification_verdicts(t, "forwarded")
+    if out:
+        return out
     for v in verdicts.values():
         x = asked[v.asset_id]
         if v.checked_by != "dso":
@@ -605,13 +613,9 @@ def _started(t: Trace) -> Outcome | None:
 
 @check("TSO-PQ-010")
 def tso_prequalification(t: Trace) -> Outcome:
-    out, a = _answered(t, "prequalification")
+    out, a, asked, verdicts = _prequalification_verdicts(t, "asked")
     if out:
         return out
-    asked = {x.asset_id: x for x in _probe(t, "prequalification").body.assets}
-    verdicts = {v.asset_id: v for v in a.body.verdicts}
-    if set(verdicts) != set(asked):
-        return fail(f"verdicts for {sorted(verdicts)}, asked {sorted(asked)}")
     forwarded = {x.asset_id: f for f in t.forwards for x in f.body.assets}
     for asset in asked.values():
         if asset.connection != Connection.DN:
