@@ -522,8 +522,8 @@ def conformance(
 
 @app.command()
 def emulate(
-    role: Annotated[str, typer.Argument(help="bsp | dso | tso")],
-    device_id: Annotated[str, typer.Option("--device-id", help="The device's id on the bus.")],
+    role: Annotated[Optional[str], typer.Argument(help="bsp | dso | tso")] = None,
+    device_id: Annotated[Optional[str], typer.Option("--device-id", help="The device's id on the bus.")] = None,
     broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")] = "mqtt://127.0.0.1:1883",
     fault: Annotated[Optional[str], typer.Option(help="Break rules on purpose (tsodso emulate --list-faults).")] = None,
     scenario: ScenarioOpt = REFERENCE_SCENARIO,
@@ -537,10 +537,11 @@ def emulate(
     if list_faults:
         for r, faults in FAULTS.items():
             for name, (what, breaks) in faults.items():
-                console.print(f"{r} --fault {name}: {what} (fails {', '.join(sorted(breaks))})", highlight=False)
+                console.print(f"{r} --fault {name}: {what} (fails {', '.join(sorted(breaks))})", highlight=False,
+                              soft_wrap=True)
         return
-    if role not in FAULTS:
-        raise typer.BadParameter(f"role is {' or '.join(FAULTS)}")
+    if role not in FAULTS or device_id is None:
+        raise typer.BadParameter(f"give a role ({', '.join(FAULTS)}) and --device-id (or --list-faults)")
     if fault is not None and fault not in FAULTS[role]:
         raise typer.BadParameter(f"{role} faults: {', '.join(FAULTS[role])}")
     err.print(f"{role}/{device_id} on {broker}" + (f", fault {fault}" if fault else "") + ": waiting for a session "

@@ -190,3 +190,11 @@ async def test_suite_over_tls_with_credentials_and_access_lists(tmp_path, uid):
                                      observer=f"mqtts://observer:watch@{spec.host}:{spec.port}?ca={cert}")  # fmt: skip
     assert report.aborted is None
     assert {r.id: r.evidence for r in report.results if r.status != "pass"} == {}
+
+
+def test_emulate_lists_every_fault_with_the_rules_it_breaks():
+    result = CliRunner().invoke(app, ["emulate", "--list-faults"])
+    assert result.exit_code == 0, result.output
+    for role, faults in FAULTS.items():
+        for name, (_, breaks) in faults.items():
+            assert f"{role} --fault {name}:" in result.output and f"fails {', '.join(sorted(breaks))})" in result.output
