@@ -24,7 +24,7 @@ class Rule:
         return self.id.split("-")[0].lower()
 
 
-CONTRACT = "contract (schemas/, contract/*.schema.json)"
+CONTRACT = "contract (schemas/, contract/schemas/*.json)"
 RIGHTS = "bilateral table (schemas/rights.yaml; seed 000 Figs. 3-4, seed 004 §3)"
 POLICY = "delivery policy (gateway/policy.py)"
 

@@ -58,7 +58,7 @@ TOLERANCE = (-0.10, 0.20)  # delivered vs requested, seed 000 §IV.B
 
 SESSION_SCRIPTS = {
     "bsp": """
-Session script (the suite plays the TSO `--tso-id`, default `tso`):
+Session script (the suite plays the TSO of `--scenario`, id `tso` in the reference scenario):
 
 1. The device is connected; the suite waits for its retained `actor_state` 'online'.
 2. The suite publishes a retained `system_state` (state normal, reason 'run start') to the device. Its
@@ -75,8 +75,8 @@ Session script (the suite plays the TSO `--tso-id`, default `tso`):
    A heartbeat probe is sent in the third cycle.
 """,
     "dso": """
-Session script (the suite plays the TSO `--tso-id`, default `tso`; bids and assets come from the
-scenario given with `--scenario`, its first DSO renamed to the device's id):
+Session script (the suite plays the TSO of `--scenario`; bids and assets come from that scenario,
+its first DSO renamed to the device's id):
 
 1. The device is connected; the suite waits for its retained `actor_state` 'online'.
 2. The suite publishes the retained `system_state` 'run start' (as for a BSP) and waits for the
