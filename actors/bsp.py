@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 
 from actors.base import Actor
-from actors.config import ISP, AssetConfig, BspConfig
+from actors.config import ISP, AssetConfig, BidConfig, BspConfig
 from gateway import Received
 from schemas.codes import Connection, ProcessType, Quality
 from schemas.envelope import Party
@@ -43,6 +43,20 @@ class AssetState:
         return self.delta_mw
 
 
+def asset_data(a: AssetConfig) -> AssetData:
+    """An asset's technical data as a prequalification request carries it (aFRR)."""
+    return AssetData(asset_id=a.asset_id, connection=a.connection, dso_id=a.dso_id, connection_bus=a.connection_bus,
+                     product=ProcessType.AFRR, capacity_up_mw=a.capacity_up_mw, capacity_down_mw=a.capacity_down_mw,
+                     ramp_rate_mw_per_min=a.ramp_rate_mw_per_min, time_constant_s=a.time_constant_s)  # fmt: skip
+
+
+def bid_assets(bid: BidConfig, assets: dict[str, AssetConfig]) -> list[BidAsset]:
+    """Where a bid's quantity comes from: its assets, their connection and share."""
+    return [BidAsset(asset_id=a, connection=assets[a].connection, dso_id=assets[a].dso_id,
+                     connection_bus=assets[a].connection_bus, share_mw=share)
+            for a, share in bid.assets.items()]  # fmt: skip
+
+
 class BSP(Actor):
     def __init__(self, gateway, clock, scenario, config: BspConfig):  # noqa: ANN001
         super().__init__(gateway, clock, scenario)
@@ -67,12 +81,7 @@ class BSP(Actor):
         await self.send_bids()
 
     async def prequalify(self) -> None:
-        assets = [
-            AssetData(asset_id=a.asset_id, connection=a.connection, dso_id=a.dso_id, connection_bus=a.connection_bus,
-                      product=ProcessType.AFRR, capacity_up_mw=a.capacity_up_mw, capacity_down_mw=a.capacity_down_mw,
-                      ramp_rate_mw_per_min=a.ramp_rate_mw_per_min, time_constant_s=a.time_constant_s)
-            for a in self.config.assets
-        ]  # fmt: skip
+        assets = [asset_data(a) for a in self.config.assets]
         answer = await self.gw.request(PrequalificationRequest(bsp_id=self.me.id, assets=assets), self.tso,
                                        timeout=10, retries=1)  # fmt: skip
         self.qualified = {v.asset_id for v in answer.body.verdicts if v.qualified}
@@ -94,9 +103,7 @@ class BSP(Actor):
                 if not set(bid.assets) <= self.qualified:
                     self.log.warning("bid not sent: an asset is not prequalified", bid=bid.bid_id)
                     continue
-                assets = [BidAsset(asset_id=a, connection=by_id[a].connection, dso_id=by_id[a].dso_id,
-                                   connection_bus=by_id[a].connection_bus, share_mw=share)
-                          for a, share in bid.assets.items()]  # fmt: skip
+                assets = bid_assets(bid, by_id)
                 await self.gw.publish(
                     EnergyBid(bid_id=bid.bid_id, bsp_id=self.me.id, process=ProcessType.AFRR, direction=bid.code,
                               isp_start=isp, quantity_mw=bid.quantity_mw, price_eur_per_mwh=bid.price_eur_per_mwh,

@@ -11,6 +11,11 @@ from schemas.envelope import PartyId, UtcTime
 ISP = timedelta(minutes=15)
 
 
+def isp_of(t: datetime) -> datetime:
+    """Start of the imbalance settlement period (15 min, seed 000) that contains ``t``."""
+    return t.replace(minute=t.minute - t.minute % 15, second=0, microsecond=0)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -135,8 +140,7 @@ class Scenario(_Model):
 
     def isps(self) -> list[datetime]:
         """Starts of the ISPs that overlap the run."""
-        first = self.start.replace(minute=self.start.minute - self.start.minute % 15, second=0, microsecond=0)
-        out, t = [], first
+        out, t = [], isp_of(self.start)
         while t < self.end:
             out.append(t)
             t += ISP

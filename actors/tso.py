@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from actors.base import Actor
-from actors.config import TsoConfig
+from actors.config import TsoConfig, isp_of
 from gateway import Received, RequestTimeout
 from schemas.codes import BidStatus, Connection, Direction, ProcessType
 from schemas.envelope import Party
@@ -385,7 +385,7 @@ class TSO(Actor):
                 late = await self.clock.sleep_until(t)
                 if late > self.clock.wall_seconds(scenario.setpoint_period_s):
                     self.late_cycles += 1
-                isp = t.replace(minute=t.minute - t.minute % 15, second=0, microsecond=0)
+                isp = isp_of(t)
                 if isp != isp_start:
                     if isp_start is not None:
                         await self.settle(isp_start)

@@ -74,9 +74,10 @@ class Captured:
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> "Captured":
+        """A captured row with the verdict it was given when recorded (not checked again)."""
         payload = row["payload"]
         raw = base64.b64decode(payload["base64"]) if isinstance(payload, dict) else payload.encode()
-        return check(cls(row["t_us"], row["topic"], row["qos"], row["retain"], raw))
+        return cls(row["t_us"], row["topic"], row["qos"], row["retain"], raw, error=row.get("error"))
 
 
 def check(msg: Captured) -> Captured:

@@ -18,24 +18,23 @@ from datetime import timedelta
 from typing import Any
 
 from actors.bsp import BSP
-from actors.config import ISP, Scenario
+from actors.config import ISP, Scenario, isp_of
 from actors.dso import DSO
 from actors.tso import TSO
 from gateway import Gateway, Received
 from schemas.envelope import Envelope, Party
-from schemas.codes import SystemState
 from schemas.messages import (
     ActivationLimit,
-    ActorState,
     Body,
     DeltaSetpoint,
     MolValidation,
     SystemStateNotice,
     Telemetry,
 )
-from schemas.topics import ALL, topic_for
+from schemas.topics import topic_for
 from testbed.clock import Clock
-from testbed.conformance.session import LEAD_S, RUN_START, dso_profile, floor_isp
+from testbed.conformance.session import dso_profile
+from testbed.standalone import LEAD_S, announce_run_start, is_run_start, track_presence
 
 FAULTS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
     "bsp": {
@@ -161,16 +160,15 @@ async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *,
             config = profile.dsos[0].model_copy(update={"validation_delay_s": 3.0} if fault == "slow-validation" else {})
             actor: Any = DSO(gw, clock, profile, config)
         else:
-            EmulatedBSP.fault = fault
             actor = EmulatedBSP(gw, clock, profile, next(b for b in profile.bsps if b.id == device_id))
+            actor.fault = fault
         sessions: asyncio.Queue[SystemStateNotice] = asyncio.Queue()
 
         @gw.on(SystemStateNotice)
         async def run_start(msg: Received[SystemStateNotice]) -> None:
-            created = msg.envelope.created_at.timestamp()
             mine = gw.me in msg.envelope.recipients  # a session for this device, not a broadcast
-            if mine and msg.sender.role == "tso" and msg.body.reason == RUN_START and created >= connected_at - 1:
-                clock.start, clock.wall_origin = msg.body.since, created + LEAD_S
+            if mine and is_run_start(msg, connected_at):
+                clock.start, clock.wall_origin = msg.body.since, msg.envelope.created_at.timestamp() + LEAD_S
                 sessions.put_nowait(msg.body)
 
         waiter = asyncio.ensure_future(stop.wait())
@@ -181,7 +179,7 @@ async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *,
                 got.cancel()
                 break
             since = got.result().since
-            isp0 = floor_isp(since) + ISP  # the first ISP whose bids are not late
+            isp0 = isp_of(since) + ISP  # the first ISP whose bids are not late
             actor.scenario = profile.model_copy(update={"start": isp0, "end": isp0 + 4 * ISP})
             gw.log.info("session", since=since.isoformat(), isp0=isp0.isoformat())
             task = asyncio.ensure_future(actor.publish_forecast() if role == "dso" else actor.run())
@@ -201,22 +199,15 @@ async def _emulate_tso(device_id: str, broker: str, scenario: Scenario, *, fault
     if fault == "uncoordinated":
         profile = profile.model_copy(update={"coordination": False})
     clock = Clock(profile.start, speed, wall_origin=float("inf"))
-    online: set[str] = set()
     peers = {f"dso/{d.id}" for d in profile.dsos} | {f"bsp/{b.id}" for b in profile.bsps}
     async with FaultyGateway(Party(role="tso", id=device_id), broker, fault=fault) as gw:
-
-        @gw.on(ActorState)
-        async def presence(msg: Received[ActorState]) -> None:
-            (online.add if msg.body.status == "online" else online.discard)(str(msg.sender))
-
+        online = track_presence(gw)
         actor = TSO(gw, clock, profile, profile.tso)
         while not peers <= online:
             if stop.is_set():
                 return
             await asyncio.sleep(0.05)
-        env = await gw.publish(SystemStateNotice(state=SystemState.NORMAL, area=profile.tso.area, since=profile.start,
-                                                 reason=RUN_START), ALL)  # fmt: skip
-        clock.wall_origin = env.created_at.timestamp() + LEAD_S
+        await announce_run_start(gw, profile, clock)
         run = asyncio.ensure_future(actor.run())
         waiter = asyncio.ensure_future(stop.wait())
         await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -31,27 +31,46 @@ RUN_START = "run start"
 LEAD_S = 1.0
 
 
+def is_run_start(msg: Received[SystemStateNotice], connected_at: float) -> bool:
+    """A TSO's run start sent since this actor connected (an older, retained one is stale)."""
+    return (msg.sender.role == "tso" and msg.body.reason == RUN_START
+            and msg.envelope.created_at.timestamp() >= connected_at - 1)  # fmt: skip
+
+
+def track_presence(gw: Gateway) -> set[str]:
+    """The actors ('role/id') currently online, kept up to date from their retained actor_state."""
+    online: set[str] = set()
+
+    @gw.on(ActorState)
+    async def presence(msg: Received[ActorState]) -> None:
+        (online.add if msg.body.status == "online" else online.discard)(str(msg.sender))
+
+    return online
+
+
+async def announce_run_start(gw: Gateway, scenario: Scenario, clock: Clock) -> None:
+    """The TSO starts the run: 'run start' to everyone; scenario time begins LEAD_S after it."""
+    env = await gw.publish(SystemStateNotice(state=SystemState.NORMAL, area=scenario.tso.area, since=scenario.start,
+                                             reason=RUN_START), ALL)  # fmt: skip
+    clock.wall_origin = env.created_at.timestamp() + LEAD_S
+
+
 async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: str, out: Path, *, speed: float,
                     start_timeout_s: float = 60.0) -> None:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     configure_logging(out / f"events-{role}-{actor_id}.jsonl")
     clock = Clock(scenario.start, speed, wall_origin=float("inf"))
-    online: set[str] = set()
     started: asyncio.Future[float] = asyncio.get_running_loop().create_future()
     wall_start = time.time()
     with ExchangeLog(out / "exchange.sqlite", run_id=scenario.name) as log:
         async with Gateway(Party(role=role, id=actor_id), broker_url, log=log) as gw:
             connected_at = time.time()
-
-            @gw.on(ActorState)
-            async def presence(msg: Received[ActorState]) -> None:
-                (online.add if msg.body.status == "online" else online.discard)(str(msg.sender))
+            online = track_presence(gw)
 
             @gw.on(SystemStateNotice)
             async def start(msg: Received[SystemStateNotice]) -> None:
-                created = msg.envelope.created_at.timestamp()
-                if msg.body.reason == RUN_START and created >= connected_at - 1 and not started.done():
-                    started.set_result(created + LEAD_S)
+                if is_run_start(msg, connected_at) and not started.done():
+                    started.set_result(msg.envelope.created_at.timestamp() + LEAD_S)
 
             if role == "tso":
                 actor = TSO(gw, clock, scenario, scenario.tso)
@@ -61,9 +80,7 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
                     if time.time() > deadline:
                         raise TimeoutError(f"peers not online after {start_timeout_s} s: {sorted(peers - online)}")
                     await asyncio.sleep(0.05)
-                env = await gw.publish(SystemStateNotice(state=SystemState.NORMAL, area=scenario.tso.area,
-                                                         since=scenario.start, reason=RUN_START), ALL)  # fmt: skip
-                clock.wall_origin = env.created_at.timestamp() + LEAD_S
+                await announce_run_start(gw, scenario, clock)
             else:
                 if role == "dso":
                     actor = DSO(gw, clock, scenario, next(d for d in scenario.dsos if d.id == actor_id), out)

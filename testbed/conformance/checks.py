@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from actors.config import isp_of
 from gateway.policy import DELIVERY_POLICY
 from schemas.codes import BidStatus, Connection, Direction
 from schemas.envelope import Party
@@ -318,7 +319,7 @@ def bid_consistency(t: Trace) -> Outcome:
             return fail(f"bid {b.body.bid_id}: shares add up to {total} MW, quantity {b.body.quantity_mw} MW",
                         f"{total} MW", f"{b.body.quantity_mw} MW")  # fmt: skip
         s = b.body.isp_start
-        if s.minute % 15 or s.second or s.microsecond:
+        if isp_of(s) != s:
             return fail(f"bid {b.body.bid_id}: ISP start {s.isoformat()} is not on the 15-min grid")
     return ok(f"{len(t.bids)} bids consistent")
 
@@ -803,7 +804,7 @@ def tso_settlement(t: Trace) -> Outcome:
         return why
     energy: dict[tuple[datetime, str], float] = {}
     for m in _tso_setpoints(t):
-        isp = m.body.instant.replace(minute=m.body.instant.minute - m.body.instant.minute % 15, second=0, microsecond=0)
+        isp = isp_of(m.body.instant)
         for bid, delta in m.body.bid_deltas_mw.items():
             energy[(isp, bid)] = energy.get((isp, bid), 0.0) + abs(delta) * t.period_s / 3600
     active = {k: v for k, v in energy.items() if v > 1e-6}

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from actors.config import ISP, Scenario
+from actors.bsp import asset_data, bid_assets
+from actors.config import ISP, Scenario, isp_of
 from gateway import BrokerSpec, Gateway, Received
 from schemas.codes import BidStatus, Connection, Direction, ProcessType, SystemState
 from schemas.envelope import Envelope, Party
@@ -50,9 +51,8 @@ from schemas.messages import (
 from schemas.topics import PREFIX, topic_for
 from testbed.capture import Captured, Recorder
 from testbed.clock import Clock
+from testbed.standalone import LEAD_S, RUN_START, is_run_start
 
-RUN_START = "run start"  # the system_state reason that starts a session (as testbed.standalone)
-LEAD_S = 1.0  # scenario time starts this long (wall) after the run-start message
 MIN_STEADY_MW = 0.5  # steady cycles are judged from this setpoint on (as actors.tso)
 TOLERANCE = (-0.10, 0.20)  # delivered vs requested, seed 000 §IV.B
 
@@ -156,7 +156,6 @@ class Trace:
     termination_check: range = range(0)
     hold_target_mw: float = 0.0
     rejections: list[Received[Rejection]] = field(default_factory=list)  # what the device refused
-    dn_dsos: set[str] = field(default_factory=set)  # DSOs of the device's DN assets (telemetry there too)
     mol: MeritOrderList | None = None
     # TSO sessions: what the suite's DSO and BSP saw and said
     scenario: Scenario | None = None
@@ -164,6 +163,11 @@ class Trace:
     dso_verdicts: dict[str, AssetVerdict] = field(default_factory=dict)  # asset -> the suite DSO's verdict
     validated: dict[str, float] = field(default_factory=dict)  # bid -> upper bound the suite DSO validated
     termination: tuple[str, float, int] | None = None  # (bid, max MW, sent µs)
+
+    @property
+    def dn_dsos(self) -> set[str]:
+        """DSOs of the device's DN assets (its telemetry goes there too)."""
+        return {a.dso_id for a in self.prequal_assets.values() if a.connection == Connection.DN and a.dso_id}
 
     @property
     def valid(self) -> list[Captured]:
@@ -191,10 +195,6 @@ class Trace:
             if sp is not None and not sp.expired:
                 return sp.target_mw
         return None
-
-
-def floor_isp(t: datetime) -> datetime:
-    return t.replace(minute=t.minute - t.minute % 15, second=0, microsecond=0)
 
 
 def is_birth(device: Party):  # noqa: ANN201
@@ -239,7 +239,7 @@ class _Suite:
         birth = await self.rec.wait_for(is_birth(t.device), 0)
         t.birth_retained = await retained_copy(t.observer, birth.topic)
         t.qos0_faithful = await qos0_delivered_as_qos0(t.observer, self.gw)
-        t.isp0 = floor_isp(datetime.now(UTC)) + 2 * ISP
+        t.isp0 = isp_of(datetime.now(UTC)) + 2 * ISP
         t0 = t.isp0 - timedelta(seconds=60)
         env = await self.gw.publish(SystemStateNotice(state=SystemState.NORMAL, area=self.scenario.tso.area,
                                                       since=t0, reason=RUN_START), t.device)  # fmt: skip
@@ -298,10 +298,7 @@ async def play_bsp(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
         async def prequalify(msg: Received[PrequalificationRequest]) -> None:
             if msg.sender != device:
                 return
-            for a in msg.body.assets:
-                trace.prequal_assets[a.asset_id] = a
-                if a.connection == Connection.DN and a.dso_id:
-                    trace.dn_dsos.add(a.dso_id)
+            trace.prequal_assets.update({a.asset_id: a for a in msg.body.assets})
             verdicts = [AssetVerdict(asset_id=a.asset_id, qualified=True, validated_capacity_up_mw=a.capacity_up_mw,
                                      validated_capacity_down_mw=a.capacity_down_mw,
                                      checked_by="dso" if a.connection == Connection.DN else "tso")
@@ -313,10 +310,7 @@ async def play_bsp(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
             if msg.sender == device:
                 trace.bids.append(msg)
 
-        @gw.on(Rejection)
-        async def rejected(msg: Received[Rejection]) -> None:
-            if msg.sender == device:
-                trace.rejections.append(msg)
+        _collect_rejections(gw, trace)
 
         _consume_inbox(gw)
         if not await suite.start():
@@ -419,22 +413,14 @@ async def play_dso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
         suite.rec, suite.gw = rec, gw
         trace.messages = rec.messages
 
-        @gw.on(Rejection)
-        async def rejected(msg: Received[Rejection]) -> None:
-            if msg.sender == device:
-                trace.rejections.append(msg)
+        _collect_rejections(gw, trace)
 
         _consume_inbox(gw)
         if not await suite.start():
             return trace
         await rec.wait_for(lambda m: m.type == "forecast", suite.timeout_s)
-        by_bsp = {b.id: b for b in profile.bsps}
-        assets = [
-            AssetData(asset_id=a.asset_id, connection=a.connection, dso_id=a.dso_id, connection_bus=a.connection_bus,
-                      product=ProcessType.AFRR, capacity_up_mw=a.capacity_up_mw, capacity_down_mw=a.capacity_down_mw,
-                      ramp_rate_mw_per_min=a.ramp_rate_mw_per_min, time_constant_s=a.time_constant_s)
-            for b in profile.bsps for a in b.assets if a.connection == Connection.DN and a.dso_id == device_id
-        ]  # fmt: skip
+        assets = [asset_data(a) for b in profile.bsps for a in b.assets
+                  if a.connection == Connection.DN and a.dso_id == device_id]  # fmt: skip
         if not assets:
             trace.aborted = f"the scenario has no DN asset in the grid of {device_id}: pass --scenario with one"
             return trace
@@ -442,7 +428,7 @@ async def play_dso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
         p = await suite.probe("prequalification", PrequalificationForward(bsp_id=bsp_id, dso_id=device_id,
                               assets=assets), "prequalification_result", 5.0)  # fmt: skip
         await suite.answered(p)
-        trace.mol = mol = _mol(profile, by_bsp, trace.isp0)
+        trace.mol = mol = _mol(profile, trace.isp0)
         p = await suite.probe("mol", mol, "mol_validation", 2.0,
                               lambda m: m.body.mol_id == mol.mol_id and m.body.iteration == mol.iteration)
         await suite.answered(p)
@@ -461,6 +447,15 @@ async def play_dso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
     return trace
 
 
+def _collect_rejections(gw: Gateway, trace: Trace) -> None:
+    """Keep what the device refused of the suite's messages (evidence for the checks)."""
+
+    @gw.on(Rejection)
+    async def rejected(msg: Received[Rejection]) -> None:
+        if msg.sender == trace.device:
+            trace.rejections.append(msg)
+
+
 def _consume_inbox(gw: Gateway) -> None:
     """Take whatever no handler took (the checks judge the device from the recorder's copy)."""
 
@@ -471,17 +466,14 @@ def _consume_inbox(gw: Gateway) -> None:
     gw._spawn(consume())
 
 
-def _mol(profile: Scenario, by_bsp: dict, isp: datetime) -> MeritOrderList:  # noqa: ANN001
+def _mol(profile: Scenario, isp: datetime) -> MeritOrderList:
     entries: list[tuple[Direction, float, MolEntry]] = []
     for b in profile.bsps:
         assets = {a.asset_id: a for a in b.assets}
         for bid in b.bids:
             entries.append((bid.code, bid.price_eur_per_mwh, dict(
                 bid_id=bid.bid_id, bsp_id=b.id, direction=bid.code, price_eur_per_mwh=bid.price_eur_per_mwh,
-                quantity_mw=bid.quantity_mw, upper_bound_mw=bid.quantity_mw,
-                assets=[BidAsset(asset_id=aid, connection=assets[aid].connection, dso_id=assets[aid].dso_id,
-                                 connection_bus=assets[aid].connection_bus, share_mw=share)
-                        for aid, share in bid.assets.items()])))  # fmt: skip
+                quantity_mw=bid.quantity_mw, upper_bound_mw=bid.quantity_mw, assets=bid_assets(bid, assets))))
     entries.append((Direction.UP, 999.0, dict(
         bid_id="conformance-tn-up", bsp_id="conformance", direction=Direction.UP, price_eur_per_mwh=999.0,
         quantity_mw=5.0, upper_bound_mw=5.0,
@@ -519,7 +511,7 @@ LIMIT_SHARE = 0.25  # ... and limits the most activated one to this share in rea
 async def play_tso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
                    timeout_s: float = 20.0, leave: Leave | None = None,
                    observer: BrokerSpec | None = None) -> Trace:  # fmt: skip
-    from actors.bsp import BSP  # the suite's BSP is the testbed's own
+    from actors.bsp import BSP  # the suite's BSP is the testbed's own (imported here: the others need not)
 
     device = Party(role="tso", id=device_id)
     scenario = scenario.model_copy(update={"tso": scenario.tso.model_copy(update={"id": device_id})})
@@ -537,7 +529,7 @@ async def play_tso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
     @gw_bsp.on(SystemStateNotice)
     async def run_start(msg: Received[SystemStateNotice]) -> None:
         created = msg.envelope.created_at.timestamp()
-        if msg.sender == device and msg.body.reason == RUN_START and created >= connected - 1 and not started.done():
+        if msg.sender == device and is_run_start(msg, connected) and not started.done():
             started.set_result((msg.body.since, created + LEAD_S))
 
     @gw_dso.on(PrequalificationForward)
@@ -588,10 +580,7 @@ async def play_tso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
         trace.run_start, trace.run_wall_origin, trace.isp0 = since, origin, scenario.isps()[0]
         bsp_actor = BSP(gw_bsp, clock, scenario, bsp_cfg)
         _consume_inbox(gw_bsp)
-        assets = [AssetData(asset_id=a.asset_id, connection=a.connection, dso_id=a.dso_id,
-                            connection_bus=a.connection_bus, product=ProcessType.AFRR, capacity_up_mw=a.capacity_up_mw,
-                            capacity_down_mw=a.capacity_down_mw, ramp_rate_mw_per_min=a.ramp_rate_mw_per_min,
-                            time_constant_s=a.time_constant_s) for a in bsp_cfg.assets]  # fmt: skip
+        assets = [asset_data(a) for a in bsp_cfg.assets]
         p = await suite.probe("prequalification", PrequalificationRequest(bsp_id=bsp.id, assets=assets),
                               "prequalification_result", 10.0, gw=gw_bsp)  # fmt: skip
         answer = await suite.answered(p)
