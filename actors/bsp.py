@@ -4,10 +4,11 @@ fleet and reports telemetry every setpoint cycle (seed 000 Figs. 3-4, §IV.B).""
 import math
 from dataclasses import dataclass
 
+from actors import schemes
 from actors.base import Actor
-from actors.config import ISP, AssetConfig, BidConfig, BspConfig
+from actors.config import ISP, AssetConfig, BidConfig, BspConfig, isp_of
 from gateway import Received
-from schemas.codes import Connection, ProcessType, Quality
+from schemas.codes import Connection, Direction, ProcessType, Quality
 from schemas.envelope import Party
 from schemas.messages import (
     ActivationLimit,
@@ -15,6 +16,9 @@ from schemas.messages import (
     BidAsset,
     DeltaSetpoint,
     EnergyBid,
+    FlexActivation,
+    FlexibilityNeed,
+    MarketResult,
     Measurement,
     OfferAcceptance,
     PrequalificationRequest,
@@ -69,7 +73,12 @@ class BSP(Actor):
         self.bids = {b.bid_id: b for b in config.bids}
         self.settlements: list[SettlementReport] = []
         self.monitoring: list[MonitoringReport] = []
+        self.flex_mw: dict[tuple[str, object], float] = {}  # (asset, ISP) -> block activation [MW]
+        self.flex: list[FlexActivation] = []
+        self.market_results: list[MarketResult] = []
         gateway.on(DeltaSetpoint, self.on_setpoint)
+        gateway.on(FlexActivation, self.on_flex)
+        gateway.on(MarketResult, self.on_market_result)
         gateway.on(ActivationLimit, self.on_limit)
         gateway.on(OfferAcceptance, self.on_acceptance)
         gateway.on(SettlementReport, self.on_settlement)
@@ -79,6 +88,25 @@ class BSP(Actor):
         await self.prequalify()
         await self.send_schedule()
         await self.send_bids()
+        await self.send_needs()
+
+    async def send_needs(self) -> None:
+        """Integrated market only: the BSP's own needs as a commercial party, to the market operator."""
+        if self.scenario.coordination != "integrated_market":
+            return
+        for i, need in enumerate(self.config.needs):
+            await self.gw.publish(FlexibilityNeed(
+                need_id=f"{self.me.id}-{need.isp_start:%Y%m%d%H%M}-{i}", buyer_id=self.me.id, kind="commercial",
+                isp_start=need.isp_start, direction=Direction.UP if need.direction == "up" else Direction.DOWN,
+                quantity=need.quantity_mw, unit="MW", max_price_eur_per_mwh=need.max_price_eur_per_mwh,
+            ), Party(role="mo", id=self.scenario.market_operator))  # fmt: skip
+
+    def destination(self, bid: BidConfig) -> Party:
+        """Where the scheme sends this bid (actors.schemes.bid_destination)."""
+        dsos = {self.assets[a].config.dso_id for a in bid.assets
+                if self.assets[a].config.connection == Connection.DN and self.assets[a].config.dso_id}  # fmt: skip
+        role, party = schemes.bid_destination(self.scenario.coordination, dsos, self.scenario.market_operator, self.tso.id)
+        return Party(role=role, id=party)
 
     async def prequalify(self) -> None:
         assets = [asset_data(a) for a in self.config.assets]
@@ -109,12 +137,26 @@ class BSP(Actor):
                               isp_start=isp, quantity_mw=bid.quantity_mw, price_eur_per_mwh=bid.price_eur_per_mwh,
                               reference_mw=self.config.reference_mw, ramp_rate_mw_per_min=bid.ramp_rate_mw_per_min,
                               assets=assets),
-                    self.tso, valid_for_s=self.clock.wall_seconds((isp + ISP - self.clock.now()).total_seconds()) + 60,
+                    self.destination(bid),
+                    valid_for_s=self.clock.wall_seconds((isp + ISP - self.clock.now()).total_seconds()) + 60,
                 )  # fmt: skip
 
     async def on_acceptance(self, msg: Received[OfferAcceptance]) -> None:
         for offer in msg.body.accepted:
             self.accepted[offer.bid_id] = offer.upper_bound_mw
+
+    async def on_flex(self, msg: Received[FlexActivation]) -> None:
+        """A block activation by a DSO or a market: the assets' schedules move for its ISP."""
+        f = msg.body
+        self.flex.append(f)
+        total = sum(a.share_mw for a in f.assets)
+        for a in f.assets:
+            if a.asset_id in self.assets and total > 0:
+                key = (a.asset_id, f.isp_start)
+                self.flex_mw[key] = self.flex_mw.get(key, 0.0) + schemes.sign(f.direction) * f.activated_mw * a.share_mw / total
+
+    async def on_market_result(self, msg: Received[MarketResult]) -> None:
+        self.market_results.append(msg.body)
 
     async def on_limit(self, msg: Received[ActivationLimit]) -> None:
         self.limits[msg.body.bid_id] = msg.body.max_mw
@@ -143,8 +185,10 @@ class BSP(Actor):
         sp = msg.body
         # the fleet has followed the previous targets until now; report, then take the new setpoint
         delivered = sum(a.delta_mw for a in self.assets.values())
-        measurements = [Measurement(resource_id=a.config.asset_id, p_mw=a.config.scheduled_mw + a.delta_mw,
-                                    quality=Quality.GOOD) for a in self.assets.values()]  # fmt: skip
+        isp = isp_of(sp.instant)
+        measurements = [Measurement(resource_id=a.config.asset_id, quality=Quality.GOOD,
+                                    p_mw=a.config.scheduled_mw + self.flex_mw.get((a.config.asset_id, isp), 0.0) + a.delta_mw)
+                        for a in self.assets.values()]  # fmt: skip
         telemetry = Telemetry(source_id=self.me.id, instant=sp.instant, cycle=sp.cycle, delivered_delta_mw=delivered,
                               measurements=measurements)  # fmt: skip
         await self.gw.publish(telemetry, self.tso, causation_id=msg.envelope.message_id,

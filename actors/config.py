@@ -1,14 +1,18 @@
 """What each actor is told by a scenario (scenario files are data: ../scenarios/*.yaml)."""
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.codes import Connection, Direction, SystemState
 from schemas.envelope import PartyId, UtcTime
 
 ISP = timedelta(minutes=15)
+
+Scheme = Literal["tso_managed", "dso_managed", "fragmented", "hybrid", "common_market", "integrated_market"]
+"""The TSO-DSO coordination schemes of seed 000 Table I (actors/schemes.py says what each one does)."""
+SCHEMES: tuple[str, ...] = get_args(Scheme)
 
 
 def isp_of(t: datetime) -> datetime:
@@ -45,12 +49,23 @@ class BidConfig(_Model):
         return Direction.UP if self.direction == "up" else Direction.DOWN
 
 
+class CommercialNeed(_Model):
+    """A commercial party's own need for flexibility (a BRP short or long in its portfolio), bid into
+    the integrated flexibility market only (seed 000 Table I, scheme 6)."""
+
+    isp_start: UtcTime
+    direction: Literal["up", "down"]
+    quantity_mw: float = Field(gt=0, description="[MW]")
+    max_price_eur_per_mwh: float = Field(description="[EUR/MWh] willingness to pay")
+
+
 class BspConfig(_Model):
     id: PartyId
     reference_mw: float = Field(description="[MW] the BSP's reference (scheduled) output")
     assets: list[AssetConfig]
     bids: list[BidConfig]
     follow_factor: float = Field(default=1.0, gt=0, description="1: follows setpoints; <1 under-delivers")
+    needs: list[CommercialNeed] = Field(default_factory=list, description="its own needs (integrated market only)")
 
 
 class Redispatch(_Model):
@@ -80,11 +95,24 @@ class DsoConfig(_Model):
     id: PartyId
     grid: str = Field(description="grid builder name (actors.grid) or simbench:<code>")
     interface: str = Field(default="trafo:coupling", description="the TSO-DSO coupling element")
+    conditions: list[GridChange] = Field(
+        default_factory=list,
+        description="the grid's state in the run, as changes to its model's injections the DSO forecasts "
+        "(a heat-led CHP, an evening peak): in its power flows from their instant on; prequalification "
+        "checks the model as it is",
+    )
     redispatch: list[Redispatch] = Field(default_factory=list)
     unforecast: list[GridChange] = Field(default_factory=list)
     faults: list[Fault] = Field(default_factory=list)
     curtailable_load_mw: float = Field(default=5.0, ge=0, description="[MW] what the DSO can shed on request")
     validation_delay_s: float = Field(default=0.0, ge=0, description="[s, wall] slows MOL answers (tests)")
+    area_imbalance: list[tuple[UtcTime, float]] = Field(
+        default_factory=list,
+        description="its area's deviation from the interface schedule, piecewise constant: MW short (+) or long (-); "
+        "part of the system imbalance, balanced by the DSO itself only in the fragmented scheme",
+    )
+    max_price_eur_per_mwh: float = Field(default=500.0, description="[EUR/MWh] willingness to pay for flexibility")
+    congestion_margin_percent: float = Field(default=2.0, ge=0, description="[%] congestion is relieved to 100 - this")
 
 
 class Emergency(_Model):
@@ -113,6 +141,7 @@ class TsoConfig(_Model):
         "activate them as offered, as without coordination (unvalidated)",
     )
     emergencies: list[Emergency] = Field(default_factory=list)
+    max_price_eur_per_mwh: float = Field(default=500.0, description="[EUR/MWh] willingness to pay for balancing")
 
 
 class LinkConfig(_Model):
@@ -132,11 +161,28 @@ class Scenario(_Model):
     start: UtcTime
     end: UtcTime
     setpoint_period_s: float = Field(default=4.0, gt=0, description="[s] aFRR setpoint resolution (seed 000)")
-    coordination: bool = True
+    coordination: Scheme = Field(
+        default="hybrid",
+        description="TSO-DSO coordination scheme (seed 000 Table I); true/on = hybrid, false/off = tso_managed",
+    )
+    market_operator: PartyId = Field(default="mo", description="id of the independent market operator (scheme 6)")
     tso: TsoConfig
     dsos: list[DsoConfig]
     bsps: list[BspConfig]
     links: list[LinkConfig] = Field(default_factory=list)
+
+    @field_validator("coordination", mode="before")
+    @classmethod
+    def _scheme(cls, value: object) -> object:
+        """The former on/off switch: on is the hybrid scheme (§IV.B), off the TSO-managed one."""
+        if isinstance(value, bool | str):
+            return {True: "hybrid", False: "tso_managed", "on": "hybrid", "off": "tso_managed"}.get(value, value)
+        return value
+
+    @property
+    def dso_validates(self) -> bool:
+        """The DSO checks DN assets and activations against its grid (every scheme but TSO-managed)."""
+        return self.coordination != "tso_managed"
 
     def isps(self) -> list[datetime]:
         """Starts of the ISPs that overlap the run."""

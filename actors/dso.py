@@ -13,14 +13,21 @@ import pandapower as pp
 
 from actors import grid as grids
 from actors.base import Actor
-from actors.config import ISP, DsoConfig
+from actors import schemes
+from actors.config import ISP, DsoConfig, isp_of
+from actors.market import Award, Need, clear_in_order
 from actors.powerflow import FastAC, GridState
-from actors.validation import largest_activation, validate_mol
+from actors.validation import largest_activation, per_mw_injection, validate_mol
 from gateway import Received
 from schemas.codes import Connection, Direction
 from schemas.envelope import Party
 from schemas.messages import (
     AssetVerdict,
+    EnergyBid,
+    FlexActivation,
+    FlexibilityNeed,
+    MarketResult,
+    MolEntry,
     CurtailmentRequest,
     CurtailmentResponse,
     FaultReport,
@@ -67,6 +74,17 @@ class DSO(Actor):
         self.faults_reported = 0
         self.curtailments: list[CurtailmentResponse] = []
         self.states_seen: list[SystemStateNotice] = []
+        # the coordination schemes (actors.schemes)
+        self.local_bids: dict[datetime, dict[str, EnergyBid]] = {}  # DER bids to its local market, per ISP
+        self.entries: dict[datetime, dict[str, MolEntry]] = {}  # the bids it has seen per ISP, validated bounds
+        self.flex_mw: dict[tuple[str, datetime], float] = {}  # (asset, ISP) -> schedule change by flex [MW]
+        self.flex: list[FlexActivation] = []  # every block activation in its grid, its own and others'
+        self.needs: list[dict] = []  # congestion needs found, with what covered them
+        self.compute_ms: list[float] = []  # needs, local clearing, validation
+        self.forwarded: list[str] = []
+        gateway.on(EnergyBid, self.on_bid)
+        gateway.on(MarketResult, self.on_market_result)
+        gateway.on(FlexActivation, self.on_flex)
         gateway.on(PrequalificationForward, self.on_prequalification)
         gateway.on(MeritOrderList, self.on_mol)
         gateway.on(Telemetry, self.on_telemetry)
@@ -83,9 +101,10 @@ class DSO(Actor):
         return int(self.net[table].bus.at[idx]), (1.0 if table == "sgen" else -1.0)
 
     def event_injections(self, t: datetime, *, forecast: bool) -> dict[int, float]:
-        """Redispatch active at ``t`` (and, in real time, the changes nobody forecast), bus -> MW."""
+        """Conditions and redispatch active at ``t`` (and, in real time, the changes nobody
+        forecast), bus -> MW."""
         out: dict[int, float] = {}
-        changes = list(self.config.redispatch) + ([] if forecast else list(self.config.unforecast))
+        changes = [*self.config.conditions, *self.config.redispatch, *([] if forecast else self.config.unforecast)]
         for change in changes:
             if change.at <= t:
                 bus, sign = self._element_bus(change.element)
@@ -124,12 +143,14 @@ class DSO(Actor):
         await self.gw.reply(msg, PrequalificationResult(bsp_id=msg.body.bsp_id, verdicts=verdicts))
 
     def scheduled(self, asset: str, t: datetime) -> float:
-        """The asset's scheduled output at ``t`` [MW] (0 without a schedule)."""
+        """The asset's scheduled output at ``t`` [MW] (0 without a schedule), with the block
+        activations (flex) of its ISP."""
+        flex = self.flex_mw.get((asset, isp_of(t)), 0.0)
         if asset not in self.schedules:
-            return 0.0
+            return flex
         start, step, values = self.schedules[asset]
         i = int((t - start) / step)
-        return values[min(max(i, 0), len(values) - 1)]
+        return values[min(max(i, 0), len(values) - 1)] + flex
 
     def scheduled_injections(self, t: datetime) -> dict[int, float]:
         """The DN assets' scheduled outputs at their buses (the grid model holds no BSP assets)."""
@@ -196,12 +217,17 @@ class DSO(Actor):
             await asyncio.sleep(self.config.validation_delay_s)
         t0 = time.perf_counter()
         mol = msg.body
-        base = self.event_injections(mol.isp_start + ISP / 2, forecast=True)
-        for bus, mw in self.scheduled_injections(mol.isp_start + ISP / 2).items():
-            base[bus] = base.get(bus, 0.0) + mw
+        base = self.planned_injections(mol.isp_start)
         validated = validate_mol(self.fast, mol.bids, self.me.id, self.bus_of, base=base)
+        bounds = {r.bid_id: r.upper_bound_mw for r in validated.results}
+        self.entries[mol.isp_start] = {e.bid_id: e.model_copy(update={"upper_bound_mw": bounds.get(e.bid_id, e.upper_bound_mw)})
+                                       for e in mol.bids}  # fmt: skip
+        needs = []
+        if self.scenario.coordination in ("common_market", "integrated_market"):
+            needs = self.congestion_needs(mol.isp_start, list(self.entries[mol.isp_start].values()))
         elapsed = time.perf_counter() - t0
         self.validation_ms.append(elapsed * 1000)
+        self.compute_ms.append(elapsed * 1000)
         for entry in mol.bids:
             for asset in entry.assets:
                 if asset.connection == Connection.DN and asset.dso_id == self.me.id:
@@ -210,7 +236,8 @@ class DSO(Actor):
         for r in validated.results:
             self.validated[r.bid_id] = r.upper_bound_mw
         await self.gw.reply(msg, MolValidation(mol_id=mol.mol_id, iteration=mol.iteration, dso_id=self.me.id,
-                                               results=validated.results, computation_time_s=elapsed))  # fmt: skip
+                                               results=validated.results, computation_time_s=elapsed,
+                                               needs=needs))  # fmt: skip
         self.validated_mols.append((mol, validated))  # written to the run directory when the run ends
 
     def save_validated_nets(self, mol: MeritOrderList, validated) -> None:  # noqa: ANN001
@@ -236,6 +263,173 @@ class DSO(Actor):
             net["bid_validation"] = pd.DataFrame(rows)
             name = f"{self.me.id}-{mol.mol_id}-iter{mol.iteration}-{'up' if direction == Direction.UP else 'down'}.json"
             pp.to_json(net, str(directory / name))
+
+    # --- the coordination schemes (actors.schemes) -----------------------------------------
+
+    def planned_injections(self, isp: datetime) -> dict[int, float]:
+        """The forecast state of an ISP at its middle: redispatch, the DN assets' schedules and the
+        block activations already bought for it, bus -> MW."""
+        base = self.event_injections(isp + ISP / 2, forecast=True)
+        for bus, mw in self.scheduled_injections(isp + ISP / 2).items():
+            base[bus] = base.get(bus, 0.0) + mw
+        return base
+
+    def bid_injection(self, entry: MolEntry) -> dict[int, float]:
+        """Injection per MW of a bid's activation at this grid's buses (empty when it has no asset here)."""
+        try:
+            return per_mw_injection(entry, {a.connection_bus: self.bus_of(a.connection_bus or "") for a in entry.assets
+                                            if a.connection == Connection.DN and a.dso_id == self.me.id}, self.me.id)  # fmt: skip
+        except KeyError:
+            return {}
+
+    def congestion_needs(self, isp: datetime, entries: list[MolEntry], extra: dict[int, float] | None = None) -> list[FlexibilityNeed]:
+        """The ISP's congestion needs from an AC power flow of its forecast state (plus ``extra``
+        injections, e.g. what the TSO expects to activate): one per overloaded line or transformer,
+        the percentage points to take off to reach 100 % minus the margin, and each bid's
+        effectiveness (points relieved per MW activated, by a second power flow)."""
+        base = self.planned_injections(isp)
+        for bus, mw in (extra or {}).items():
+            base[bus] = base.get(bus, 0.0) + mw
+        vec = self.fast.vector(base)
+        loadings = self.fast.loadings(self.fast.solve(vec))
+        target = 100.0 - self.config.congestion_margin_percent
+        needs = []
+        for element, loading in sorted(loadings.items()):
+            if loading <= 100.0 + 1e-6:
+                continue
+            effectiveness = {}
+            for e in entries:
+                per_mw = self.bid_injection(e)
+                if per_mw:
+                    relieved = loading - self.fast.loadings(self.fast.solve(vec + self.fast.vector(per_mw)))[element]
+                    if relieved > 1e-3:
+                        effectiveness[e.bid_id] = round(relieved, 4)
+            needs.append(FlexibilityNeed(
+                need_id=f"{self.me.id}-{isp:%Y%m%d%H%M}-{element.replace(':', '-')}", buyer_id=self.me.id,
+                kind="congestion", isp_start=isp, quantity=round(loading - target, 4), unit="%",
+                max_price_eur_per_mwh=self.config.max_price_eur_per_mwh, element=element,
+                loading_percent=round(loading, 3), effectiveness=effectiveness,
+            ))  # fmt: skip
+        return needs
+
+    async def on_bid(self, msg: Received[EnergyBid]) -> None:
+        """DER bids to the DSO's local market (DSO-managed and fragmented schemes)."""
+        bid = msg.body
+        if self.me.id not in schemes.dn_dsos(bid):
+            self.log.warning("bid refused: no asset in this grid", bid=bid.bid_id)
+            return
+        self.local_bids.setdefault(bid.isp_start, {})[bid.bid_id] = bid
+        for asset in bid.assets:
+            if asset.connection == Connection.DN and asset.dso_id == self.me.id:
+                self.asset_bids.setdefault(asset.asset_id, {})[bid.bid_id] = (asset.share_mw, bid.quantity_mw, bid.direction)
+
+    async def local_market(self, isp: datetime) -> None:
+        """One minute before gate closure: buy for its own congestion first (cheapest per point
+        relieved); in the fragmented scheme also balance its area; in the DSO-managed one validate
+        what is left and forward it to the TSO (seed 000 Table I, schemes 2 and 3)."""
+        t0 = time.perf_counter()
+        bids = list(self.local_bids.get(isp, {}).values())
+        entries = schemes.ranked(bids)
+        base = self.planned_injections(isp)
+        validated = validate_mol(self.fast, list(entries.values()), self.me.id, self.bus_of, base=base)
+        for r in validated.results:
+            entries[r.bid_id] = entries[r.bid_id].model_copy(update={"upper_bound_mw": r.upper_bound_mw})
+        self.entries[isp] = entries
+        needs = self.congestion_needs(isp, list(entries.values()))
+        awards = clear_in_order([schemes.market_need(n, "dso") for n in needs], schemes.offers(entries))
+        if self.scenario.coordination == "fragmented":
+            area = schemes.peak_in_isp(self.config.area_imbalance, isp)
+            net = sum(schemes.sign(entries[a.bid_id].direction) * a.mw for a in awards)
+            short = area - net  # MW the area still lacks (+) or has too much (-)
+            if abs(short) > 1e-3:
+                taken = {}
+                for a in awards:
+                    taken[a.bid_id] = taken.get(a.bid_id, 0.0) + a.mw
+                balance = Need(f"{self.me.id}-{isp:%Y%m%d%H%M}-area", f"dso/{self.me.id}", "balancing", abs(short),
+                               direction=Direction.UP if short > 0 else Direction.DOWN)  # fmt: skip
+                awards += clear_in_order([balance], schemes.offers(entries, taken))
+        self.record_needs(isp, needs, awards)
+        self.compute_ms.append((time.perf_counter() - t0) * 1000)
+        for award in awards:
+            await self.activate(isp, award, entries[award.bid_id])
+        if self.scenario.coordination == "dso_managed":
+            await self.forward_rest(isp, bids, awards)
+
+    async def forward_rest(self, isp: datetime, bids: list[EnergyBid], awards: list[Award]) -> None:
+        """What the DSO did not buy, validated on its grid with its own activations in the base,
+        to the TSO as bids of their BSPs."""
+        taken: dict[str, float] = {}
+        for a in awards:
+            taken[a.bid_id] = taken.get(a.bid_id, 0.0) + a.mw
+        rest = [b.model_copy(update={"quantity_mw": round(b.quantity_mw - taken.get(b.bid_id, 0.0), 4)})
+                for b in bids if b.quantity_mw - taken.get(b.bid_id, 0.0) > 0.01]  # fmt: skip
+        validated = validate_mol(self.fast, list(schemes.ranked(rest).values()), self.me.id, self.bus_of,
+                                 base=self.planned_injections(isp))  # fmt: skip
+        bound = {r.bid_id: r.upper_bound_mw for r in validated.results}
+        for b in rest:
+            q = round(bound.get(b.bid_id, 0.0), 4)
+            if q > 0.01:
+                self.forwarded.append(b.bid_id)
+                await self.gw.publish(b.model_copy(update={"quantity_mw": q, "min_quantity_mw": min(b.min_quantity_mw, q)}),
+                                      self.tso, valid_for_s=self.clock.wall_seconds(ISP.total_seconds()) + 60)  # fmt: skip
+
+    async def on_market_result(self, msg: Received[MarketResult]) -> None:
+        """Hybrid: the TSO's expected activations; relieve what congestion remains with what is left.
+        Common and integrated markets: activate what the market gave this DSO."""
+        result = msg.body
+        isp = result.isp_start
+        entries = self.entries.get(isp, {})
+        if self.scenario.coordination == "hybrid":
+            t0 = time.perf_counter()
+            expected: dict[int, float] = {}
+            taken: dict[str, float] = {}
+            for a in result.awards:
+                taken[a.bid_id] = taken.get(a.bid_id, 0.0) + a.awarded_mw
+                for bus, k in self.bid_injection(a).items():
+                    expected[bus] = expected.get(bus, 0.0) + k * a.awarded_mw
+            needs = self.congestion_needs(isp, list(entries.values()), extra=expected)
+            awards = clear_in_order([schemes.market_need(n, "dso") for n in needs], schemes.offers(entries, taken))
+            self.record_needs(isp, needs, awards)
+            self.compute_ms.append((time.perf_counter() - t0) * 1000)
+            for award in awards:
+                await self.activate(isp, award, entries[award.bid_id])
+            return
+        mine = [a for a in result.awards if a.buyer_role == "dso" and a.buyer_id == self.me.id]
+        self.record_needs(isp, [], [Award(a.need_id, f"dso/{self.me.id}", a.bid_id, a.awarded_mw, a.price_eur_per_mwh)
+                                    for a in mine])  # fmt: skip
+        for a in mine:
+            await self.activate(isp, Award(a.need_id, f"dso/{self.me.id}", a.bid_id, a.awarded_mw, a.price_eur_per_mwh), a)
+
+    def record_needs(self, isp: datetime, needs: list[FlexibilityNeed], awards: list[Award]) -> None:
+        for n in needs:
+            self.needs.append({"isp": isp.isoformat(), "element": n.element, "loading_percent": n.loading_percent,
+                               "relief_percent": n.quantity})  # fmt: skip
+
+    async def activate(self, isp: datetime, award: Award, entry: MolEntry) -> None:
+        """Activate a bid as a block for the ISP: to its BSP, copies to the TSO and the other DSOs
+        whose grid holds its assets."""
+        purpose = "balancing" if award.need_id.endswith("-area") else "congestion"
+        body = FlexActivation(activation_id=f"{self.me.id}-{isp:%Y%m%d%H%M}-{award.bid_id}"[:64], buyer_id=self.me.id,
+                              buyer_role="dso", purpose=purpose, bid_id=award.bid_id, bsp_id=entry.bsp_id,
+                              direction=entry.direction, isp_start=isp, activated_mw=round(award.mw, 4),
+                              price_eur_per_mwh=entry.price_eur_per_mwh, assets=entry.assets)  # fmt: skip
+        self.apply_flex(body)
+        await self.gw.publish(body, Party(role="bsp", id=entry.bsp_id))
+        await self.gw.publish(body, self.tso)
+        for dso in sorted(schemes.dn_dsos(entry) - {self.me.id}):
+            await self.gw.publish(body, Party(role="dso", id=dso))
+
+    def apply_flex(self, f: FlexActivation) -> None:
+        """A block activation moves the schedules of the assets in this grid for its ISP."""
+        self.flex.append(f)
+        total = sum(a.share_mw for a in f.assets)
+        for a in f.assets:
+            if a.connection == Connection.DN and a.dso_id == self.me.id and total > 0:
+                key = (a.asset_id, f.isp_start)
+                self.flex_mw[key] = self.flex_mw.get(key, 0.0) + schemes.sign(f.direction) * f.activated_mw * a.share_mw / total
+
+    async def on_flex(self, msg: Received[FlexActivation]) -> None:
+        self.apply_flex(msg.body)
 
     # --- real time ---------------------------------------------------------------------------
 
@@ -264,7 +458,7 @@ class DSO(Actor):
         self.loading.append((t, element, loading))
         if loading > 100.0 + 1e-6:
             self.congestion_s += self.scenario.setpoint_period_s
-        if self.scenario.coordination:
+        if self.scenario.dso_validates:
             violations = self.fast.violations(state, reference)
             if violations:
                 await self.limit_activations(events, reference, violations)
@@ -327,8 +521,13 @@ class DSO(Actor):
     async def run(self) -> None:
         await self.publish_forecast()
         faults = sorted(self.config.faults, key=lambda f: f.at)
+        local = self.scenario.coordination in ("dso_managed", "fragmented")
+        gates = sorted(isp - schemes.LOCAL_GATE for isp in self.scenario.isps()
+                       if local and isp - schemes.LOCAL_GATE >= self.scenario.start)  # fmt: skip
         for _, t in self.cycles(self.scenario.start, self.scenario.end):
             await self.clock.sleep_until(t)
+            while gates and gates[0] <= t:
+                await self.local_market(gates.pop(0) + schemes.LOCAL_GATE)
             while faults and faults[0].at <= t:
                 await self.report_fault(faults.pop(0))
             await self.watch(t)
@@ -342,6 +541,10 @@ class DSO(Actor):
             "validation_ms": self.validation_ms,
             "faults_reported": self.faults_reported,
             "schedule_changes": [{"element": e, "factor": round(f, 4)} for e, f in self.schedule_changes],
+            "congestion_needs": self.needs,
+            "flex_activations": [f.model_dump(mode="json") for f in self.flex if f.buyer_id == self.me.id],
+            "forwarded_bids": self.forwarded,
+            "compute_ms": self.compute_ms,
         }
 
     def write_results(self) -> None:

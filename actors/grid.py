@@ -56,6 +56,31 @@ def nl_afrr_congestion() -> pp.pandapowerNet:
     return net
 
 
+@grid
+def rural_village() -> pp.pandapowerNet:
+    """A rural 20 kV grid: the second DSO of the schemes comparison (scenarios/schemes-comparison).
+
+    A 110/20 kV, 25 MVA coupling transformer feeds a village over 6 km of 150 mm² cable (NA2XS2Y,
+    319 A ≈ 11 MVA) at a 7 MW load (its evening peak is a scenario condition on top); home
+    batteries and an EV fleet in the village can discharge (up) or charge (down). A wind farm on a
+    second feeder exports 8 MW."""
+    net = pp.create_empty_network(name="rural-evening-peak", sn_mva=1.0)
+    hv = pp.create_bus(net, 110, name="hv")
+    mv = pp.create_bus(net, 20, name="mv-main")
+    village = pp.create_bus(net, 20, name="village")
+    wind = pp.create_bus(net, 20, name="wind")
+    net.bus["min_vm_pu"] = 0.92
+    net.bus["max_vm_pu"] = 1.08
+    pp.create_ext_grid(net, hv, vm_pu=1.03, name="tso-coupling")
+    pp.create_transformer(net, hv, mv, std_type="25 MVA 110/20 kV", name="coupling")
+    pp.create_line(net, mv, village, 6.0, "NA2XS2Y 1x150 RM/25 12/20 kV", name="village-feeder")
+    pp.create_line(net, mv, wind, 4.0, "NA2XS2Y 1x240 RM/25 12/20 kV", name="wind-feeder")
+    pp.create_load(net, village, p_mw=7.0, q_mvar=2.5, name="village-load")
+    pp.create_load(net, mv, p_mw=4.0, q_mvar=1.0, name="town-load")
+    pp.create_sgen(net, wind, p_mw=8.0, name="wind-farm")
+    return net
+
+
 def build(name: str) -> pp.pandapowerNet:
     """Build a registered grid by name (``GRIDS``), or a SimBench grid by its code (``simbench:CODE``)."""
     if name.startswith("simbench:"):

@@ -211,6 +211,11 @@ class FastAC:
         p, q, _, _ = self.model.get_trafo_res1() if table == "trafo" else self.model.get_line_res1()
         return float(p[position]), float(q[position])
 
+    def loadings(self, state: GridState) -> dict[str, float]:
+        """Every line's and transformer's loading in % ('line:<name>', 'trafo:<name>')."""
+        return {**dict(zip(self.names["line"], map(float, state.line_loading))),
+                **dict(zip(self.names["trafo"], map(float, state.trafo_loading)))}  # fmt: skip
+
     def max_line_loading(self, state: GridState) -> tuple[str, float]:
         """The most loaded line or transformer and its loading in %."""
         loads = list(zip(self.names["line"], state.line_loading)) + list(zip(self.names["trafo"], state.trafo_loading))

@@ -10,8 +10,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from actors import schemes
 from actors.base import Actor
 from actors.config import TsoConfig, isp_of
+from actors.market import clear_in_order, joint_dispatch
 from gateway import Received, RequestTimeout
 from schemas.codes import BidStatus, Connection, Direction, ProcessType
 from schemas.envelope import Party
@@ -22,8 +24,12 @@ from schemas.messages import (
     CurtailmentRequest,
     CurtailmentResponse,
     DeltaSetpoint,
+    Award,
     EnergyBid,
     FaultReport,
+    FlexActivation,
+    FlexibilityNeed,
+    MarketResult,
     Forecast,
     MeritOrderList,
     MolEntry,
@@ -90,6 +96,18 @@ class TSO(Actor):
         self.schedule_changes: list[dict] = []
         self.conversation: uuid.UUID | None = None
         self.late_cycles = 0
+        # the coordination schemes (actors.schemes)
+        self.scheme = scenario.coordination
+        self.flex: list[FlexActivation] = []  # block activations by DSOs and markets (copies)
+        self.market_results: dict[datetime, MarketResult] = {}  # integrated market: what the operator gave
+        self.result_arrived = asyncio.Event()
+        self.clearing_ms: list[float] = []
+        self.balance = {"need_mwh": 0.0, "residual_mwh": 0.0}
+        self.der_energy_mwh = 0.0
+        self.energy_by_isp: dict[str, float] = defaultdict(float)  # ISP -> net aFRR energy (up +) [MWh]
+        self.cost_eur = 0.0
+        gateway.on(FlexActivation, self.on_flex)
+        gateway.on(MarketResult, self.on_market_result)
         gateway.on(PrequalificationRequest, self.on_prequalification)
         gateway.on(EnergyBid, self.on_bid)
         gateway.on(Schedule, self.on_schedule)
@@ -105,7 +123,7 @@ class TSO(Actor):
         verdicts: list[AssetVerdict] = []
         by_dso: dict[str, list] = defaultdict(list)
         for asset in req.assets:
-            if asset.connection == Connection.DN and self.scenario.coordination:
+            if asset.connection == Connection.DN and self.scenario.dso_validates:
                 if asset.dso_id is None:
                     verdicts.append(AssetVerdict(asset_id=asset.asset_id, qualified=False, checked_by="tso",
                                                  validated_capacity_up_mw=0, validated_capacity_down_mw=0,
@@ -155,6 +173,9 @@ class TSO(Actor):
 
     async def on_bid(self, msg: Received[EnergyBid]) -> None:
         bid = msg.body
+        if self.scheme == "fragmented" and schemes.dn_dsos(bid):
+            self.log.warning("bid refused: the TSO cannot reach DERs in the fragmented scheme", bid=bid.bid_id)
+            return
         missing = {a.asset_id for a in bid.assets} - self.qualified[bid.bsp_id]
         if missing:
             self.log.warning("bid refused: assets not prequalified", bid=bid.bid_id, assets=sorted(missing))
@@ -164,35 +185,114 @@ class TSO(Actor):
     # --- the merit order list (Fig. 4) ------------------------------------------------------
 
     async def build_mol(self, isp: datetime) -> None:
-        """Rank the ISP's bids per direction; with coordination have every affected DSO validate
-        them, re-sending with the new bounds until no bid changes; accept the offers."""
-        bids = self.bids.get(isp, {})
-        entries: dict[str, MolEntry] = {}
-        for direction in (Direction.UP, Direction.DOWN):
-            ranked = sorted((b for b in bids.values() if b.direction == direction), key=lambda b: b.price_eur_per_mwh)
-            for rank, b in enumerate(ranked, 1):
-                entries[b.bid_id] = MolEntry(rank=rank, bid_id=b.bid_id, bsp_id=b.bsp_id, direction=direction,
-                                             price_eur_per_mwh=b.price_eur_per_mwh, quantity_mw=b.quantity_mw,
-                                             upper_bound_mw=b.quantity_mw, assets=b.assets)  # fmt: skip
-        mol_id = f"mol-{isp:%Y%m%d%H%M}"
+        """Rank the ISP's bids per direction; where the scheme has DSOs validate, have every
+        affected DSO validate them, re-sending with the new bounds until no bid changes; clear the
+        ISP as the scheme says (actors.schemes) and accept the offers."""
         # one conversation per ISP: the MOL, its validations, the acceptance, the setpoints and the
         # telemetry answering them share this correlation id (the chain the reports follow)
         self.conversation = uuid.uuid4()
-        if self.scenario.coordination:
-            dsos = sorted({a.dso_id for e in entries.values() for a in e.assets if a.connection == Connection.DN and a.dso_id})
-            await asyncio.gather(*(self.validate_with(dso, mol_id, isp, entries) for dso in dsos))
-        self.active = {}
-        for e in entries.values():
-            self.active[e.bid_id] = Activated(bids[e.bid_id], e.rank, e.upper_bound_mw)
+        if self.scheme == "integrated_market":
+            await self.take_market_result(isp)
+            return
+        bids = self.bids.get(isp, {})
+        entries = schemes.ranked(list(bids.values()))
+        mol_id = f"mol-{isp:%Y%m%d%H%M}"
+        dso_needs: list[FlexibilityNeed] = []
+        if self.scheme in ("hybrid", "common_market"):
+            dsos = sorted({d for e in entries.values() for d in schemes.dn_dsos(e)})
+            for needs in await asyncio.gather(*(self.validate_with(dso, mol_id, isp, entries) for dso in dsos)):
+                dso_needs += needs
+        t0 = time.perf_counter()
+        need = schemes.balancing_need(self.scenario, isp, self.me.id, with_areas=schemes.tso_balances_areas(self.scheme))
+        if self.scheme == "common_market":
+            awards = joint_dispatch([schemes.market_need(n, "dso") for n in dso_needs] +
+                                    ([schemes.market_need(need, "tso")] if need else []), schemes.offers(entries))  # fmt: skip
+        else:
+            awards = clear_in_order([schemes.market_need(need, "tso")] if need else [], schemes.offers(entries))
+        self.clearing_ms.append((time.perf_counter() - t0) * 1000)
+        if self.scheme == "common_market":  # the TSO activates what the market gave it, the DSOs the rest
+            mine: dict[str, float] = defaultdict(float)
+            for a in awards:
+                if a.buyer == f"tso/{self.me.id}":
+                    mine[a.bid_id] += a.mw
+            entries = {b: e.model_copy(update={"upper_bound_mw": round(mine[b], 4)}) for b, e in entries.items() if b in mine}
+        self.active = {e.bid_id: Activated(bids[e.bid_id], e.rank, e.upper_bound_mw) for e in entries.values()}
         await self.accept_offers(isp, bids)
+        if self.scheme in ("hybrid", "common_market"):
+            # hybrid: what the TSO expects to activate, so each DSO relieves what remains with the
+            # rest; common market: what the joint dispatch gave each DSO
+            result = MarketResult(isp_start=isp, scheme=self.scheme, computation_time_s=self.clearing_ms[-1] / 1000,
+                                  awards=[self.award(schemes.ranked(list(bids.values()))[a.bid_id], bids[a.bid_id], a)
+                                          for a in awards])  # fmt: skip
+            for dso in sorted(d.id for d in self.scenario.dsos):
+                await self.gw.publish(result, Party(role="dso", id=dso), correlation_id=self.conversation)
 
-    async def validate_with(self, dso_id: str, mol_id: str, isp: datetime, entries: dict[str, MolEntry]) -> None:
+    @staticmethod
+    def award(entry, bid: EnergyBid, a) -> Award:  # noqa: ANN001
+        role, buyer = a.buyer.split("/", 1)
+        return Award(**entry.model_dump(), buyer_id=buyer, buyer_role=role, need_id=a.need_id, awarded_mw=a.mw,
+                     ramp_rate_mw_per_min=bid.ramp_rate_mw_per_min, reference_mw=bid.reference_mw)  # fmt: skip
+
+    async def take_market_result(self, isp: datetime) -> None:
+        """Integrated market: activate what the market operator gave the TSO (its need went to the
+        operator at the start of the run)."""
+        deadline = time.monotonic() + self.config.mol_timeout_s
+        while isp not in self.market_results and time.monotonic() < deadline:
+            self.result_arrived.clear()
+            try:
+                await asyncio.wait_for(self.result_arrived.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+        result = self.market_results.get(isp)
+        self.active = {}
+        if result is None:
+            self.fallbacks.append(f"{self.scenario.market_operator}:{isp:%H%M}:no market result")
+            self.log.warning("no market result for the ISP", isp=isp.isoformat())
+            return
+        for a in result.awards:
+            if a.buyer_role == "tso" and a.buyer_id == self.me.id:
+                bid = EnergyBid(bid_id=a.bid_id, bsp_id=a.bsp_id, process=ProcessType.AFRR, direction=a.direction,
+                                isp_start=isp, quantity_mw=a.quantity_mw, price_eur_per_mwh=a.price_eur_per_mwh,
+                                reference_mw=a.reference_mw, ramp_rate_mw_per_min=a.ramp_rate_mw_per_min, assets=a.assets)  # fmt: skip
+                self.active[a.bid_id] = Activated(bid, a.rank, a.awarded_mw)
+
+    async def on_market_result(self, msg: Received[MarketResult]) -> None:
+        self.market_results[msg.body.isp_start] = msg.body
+        self.result_arrived.set()
+
+    async def send_needs(self) -> None:
+        """Integrated market: the TSO's balancing need of every ISP to the market operator."""
+        mo = Party(role="mo", id=self.scenario.market_operator)
+        for isp in self.scenario.isps():
+            if isp - schemes.MARKET_GATE >= self.scenario.start:
+                need = schemes.balancing_need(self.scenario, isp, self.me.id)
+                if need is not None:
+                    await self.gw.publish(need, mo)
+
+    async def on_flex(self, msg: Received[FlexActivation]) -> None:
+        """A block activation by a DSO or a market: part of the system balance from its ISP on
+        (except in the fragmented scheme, where the DSO balances its area itself). In the hybrid
+        scheme the TSO's list holds the whole of each bid, so what a DSO buys is taken off it."""
+        f = msg.body
+        self.flex.append(f)
+        a = self.active.get(f.bid_id)
+        if self.scheme == "hybrid" and a is not None and a.bid.isp_start == f.isp_start:
+            a.upper_mw = max(0.0, a.upper_mw - f.activated_mw)  # the DSO bought what the TSO left
+
+    def flex_net(self, t: datetime) -> float:
+        """Net block activation in the ISP of ``t`` (MW, up +)."""
+        isp = isp_of(t)
+        return sum(schemes.sign(f.direction) * f.activated_mw for f in self.flex if f.isp_start == isp)
+
+    async def validate_with(self, dso_id: str, mol_id: str, isp: datetime, entries: dict[str, MolEntry]) -> list[FlexibilityNeed]:
+        """Have one DSO validate the list; returns the needs it sent with its last answer."""
         dso = Party(role="dso", id=dso_id)
+        needs: list[FlexibilityNeed] = []
         for iteration in range(1, 4):
             mine = [e for e in entries.values()
                     if any(a.connection == Connection.DN and a.dso_id == dso_id for a in e.assets)]  # fmt: skip
             if not mine:
-                return
+                return needs
             mol = MeritOrderList(mol_id=mol_id, process=ProcessType.AFRR, isp_start=isp, iteration=iteration, bids=mine)
             t0 = time.perf_counter()
             try:
@@ -204,8 +304,9 @@ class TSO(Actor):
                 if self.config.mol_fallback == "exclude_dn":
                     for e in mine:
                         entries.pop(e.bid_id, None)
-                return
+                return needs
             self.mol_round_trip_ms.append((time.perf_counter() - t0) * 1000)
+            needs = answer.body.needs
             self.mol_iterations[dso_id] = iteration
             changed = False
             for r in answer.body.results:
@@ -222,7 +323,8 @@ class TSO(Actor):
                     self.dso_limits_mw[r.bid_id] = r.upper_bound_mw
                     changed = True
             if not changed:
-                return  # the DSO accepted the list as it stands
+                return needs  # the DSO accepted the list as it stands
+        return needs
 
     async def accept_offers(self, isp: datetime, bids: dict[str, EnergyBid]) -> None:
         for bsp in sorted({b.bsp_id for b in bids.values()}):
@@ -234,12 +336,17 @@ class TSO(Actor):
 
     # --- activation (§IV.B) -------------------------------------------------------------------
 
+    def exogenous(self, t: datetime) -> float:
+        """The imbalance the scenario gives: the TSO's profile plus the DSO areas' (MW short +)."""
+        return schemes.profile_at(self.config.imbalance, t) + sum(schemes.profile_at(d.area_imbalance, t)
+                                                                    for d in self.scenario.dsos)  # fmt: skip
+
     def imbalance(self, t: datetime) -> float:
-        value = 0.0
-        for at, mw in self.config.imbalance:
-            if at <= t:
-                value = mw
-        return value
+        """What the TSO balances at ``t`` (MW short +): its own area's imbalance and, unless the
+        scheme is fragmented, the DSO areas' and what DSOs and markets activated outside aFRR."""
+        if not schemes.tso_balances_areas(self.scheme):
+            return schemes.profile_at(self.config.imbalance, t)
+        return self.exogenous(t) - self.flex_net(t)
 
     def step_activations(self, t: datetime, stepping: bool) -> None:
         """Allocate the demand over the bids in merit order within their bounds; at a step instant
@@ -261,9 +368,14 @@ class TSO(Actor):
 
     async def send_setpoints(self, cycle: int, t: datetime) -> None:
         per_bsp: dict[str, dict[str, float]] = defaultdict(dict)
+        h = self.scenario.setpoint_period_s / 3600
         for a in self.active.values():
             per_bsp[a.bid.bsp_id][a.bid.bid_id] = round(a.sign * a.activated_mw, 6)
-            a.energy_mwh += a.activated_mw * self.scenario.setpoint_period_s / 3600
+            a.energy_mwh += a.activated_mw * h
+            self.cost_eur += a.activated_mw * h * a.bid.price_eur_per_mwh
+            self.energy_by_isp[isp_of(t).isoformat()] += a.sign * a.activated_mw * h
+            dn = sum(x.share_mw for x in a.bid.assets if x.connection == Connection.DN)
+            self.der_energy_mwh += a.activated_mw * h * dn / sum(x.share_mw for x in a.bid.assets)
         reference = {a.bid.bsp_id: a.bid.reference_mw for a in self.active.values()}
         valid_for = self.clock.wall_seconds(self.scenario.setpoint_period_s)
         for bsp, deltas in per_bsp.items():
@@ -372,7 +484,18 @@ class TSO(Actor):
 
     # --- the run -----------------------------------------------------------------------------
 
+    def account_balance(self, t: datetime) -> None:
+        """The system balance over one setpoint period: the scenario's imbalance against what aFRR
+        and the block activations delivered (as requested), MWh."""
+        h = self.scenario.setpoint_period_s / 3600
+        afrr = sum(a.sign * a.activated_mw for a in self.active.values())
+        need = self.exogenous(t)
+        self.balance["need_mwh"] += abs(need) * h
+        self.balance["residual_mwh"] += abs(need - afrr - self.flex_net(t)) * h
+
     async def run(self) -> None:
+        if self.scheme == "integrated_market":
+            await self.send_needs()
         emergencies = asyncio.create_task(self.emergencies())
         scenario = self.scenario
         step = timedelta(seconds=self.config.setpoint_step_s)
@@ -399,6 +522,7 @@ class TSO(Actor):
                 self.step_activations(t, stepping)
                 if self.active:
                     await self.send_setpoints(k, t)
+                self.account_balance(t)
                 if (k + 1) % period_cycles == 0:
                     await self.monitor(t - timedelta(seconds=self.config.monitoring_period_s) +
                                        timedelta(seconds=scenario.setpoint_period_s), t, first_cycle_of_period, k)  # fmt: skip
@@ -429,5 +553,12 @@ class TSO(Actor):
             "delivered": {b: r.delivered for b, r in self.records.items()},
             "limits_mw": {**self.dso_limits_mw, **self.rt_limits},
             "schedule_changes": self.schedule_changes,
+            "scheme": self.scheme,
+            "afrr_cost_eur": round(self.cost_eur, 2),
+            "afrr_der_energy_mwh": round(self.der_energy_mwh, 6),
+            "afrr_energy_by_isp_mwh": {k: round(v, 6) for k, v in self.energy_by_isp.items()},
+            "balance_mwh": {k: round(v, 6) for k, v in self.balance.items()},
+            "flex_activations": [f.model_dump(mode="json") for f in self.flex],
+            "clearing_ms": self.clearing_ms,
         }  # fmt: skip
 

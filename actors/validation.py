@@ -28,7 +28,7 @@ class Validated:
     injections: dict[Direction, dict[int, float]]
 
 
-def _per_mw(entry: MolEntry, buses: dict[str, int], dso_id: str) -> dict[int, float]:
+def per_mw_injection(entry: MolEntry, buses: dict[str, int], dso_id: str) -> dict[int, float]:
     """Injection per MW of the bid's activation, per bus of this DSO (generation positive)."""
     sign = 1.0 if entry.direction == Direction.UP else -1.0
     out: dict[int, float] = {}
@@ -114,7 +114,7 @@ def validate_mol(
                                              reason=f"connection bus {', '.join(map(str, unknown))} not in the grid of "
                                                     f"{dso_id}"))  # fmt: skip
                 continue
-            per_mw = _per_mw(entry, buses, dso_id)
+            per_mw = per_mw_injection(entry, buses, dso_id)
             saturated = [b for b, k in per_mw.items() if b in full_buses and abs(k) >= 1.0 - 1e-9]
             if saturated:
                 element = full_buses[saturated[0]]

@@ -243,6 +243,32 @@ class BidValidation(BaseModel):
     reason: str | None = Field(description="Explanation of the verdict.", default=None, max_length=512)
 
 
+class FlexibilityNeed(Body):
+    """A need for flexibility in one ISP, to the party that clears it (the TSO in the common market,
+    the market operator in the integrated market; seed 000 Table I).
+
+    A balancing need is ``quantity`` MW in ``direction``; any bid in that direction covers it MW for
+    MW. A congestion need is ``quantity`` percentage points of loading to take off ``element``;
+    ``effectiveness`` says how many points one MW of each listed bid takes off (the DSO's AC power
+    flow). A bid not listed does not help."""
+
+    type_name: ClassVar[str] = "flexibility_need"
+    need_id: PartyId
+    buyer_id: PartyId = Field(description="The party that needs it (TSO, DSO or commercial party).")
+    kind: Literal["balancing", "congestion", "commercial"] = Field(description="Whose need and what for.")
+    isp_start: UtcTime = utc("Start of the ISP the need is for")
+    direction: Direction | None = Field(default=None, description="A01 up, A02 down; none for a congestion need.")
+    quantity: float = _f("MW | %", "MW for balancing and commercial needs, percentage points of loading for congestion; "
+                         "``unit`` says which", gt=0)  # fmt: skip
+    unit: Literal["MW", "%"] = Field(default="MW", description="Unit of ``quantity``.")
+    max_price_eur_per_mwh: float = EUR_per_MWh("Willingness to pay")
+    element: str | None = Field(default=None, max_length=64, description="Congested element, e.g. 'line:south-pv'.")
+    loading_percent: float | None = percent("Loading of the element without flexibility", default=None)
+    effectiveness: dict[str, float] | None = Field(
+        default=None, description="bid id -> % of loading relieved per MW activated (congestion needs) [%/MW]"
+    )
+
+
 class MolValidation(Body):
     """DSO → TSO: the validated merit order list (seed 000 Fig. 4, 'check and clear invalid bid')."""
 
@@ -252,6 +278,9 @@ class MolValidation(Body):
     dso_id: PartyId
     results: list[BidValidation] = Field(description="One verdict per bid of the list that touches this DSO's grid.")
     computation_time_s: float | None = seconds("Time the DSO spent validating", default=None, ge=0)
+    needs: list[FlexibilityNeed] = Field(
+        default_factory=list, description="The DSO's own needs for the ISP (common and integrated markets)."
+    )
 
 
 class AcceptedOffer(BaseModel):
@@ -263,6 +292,47 @@ class AcceptedOffer(BaseModel):
     direction: Direction = Field(description="A01 up, A02 down.")
     lower_bound_mw: float = MW("Smallest activation", ge=0, default=0.0)
     upper_bound_mw: float = MW("Largest activation", ge=0)
+
+
+class Award(MolEntry):
+    """One bid (or part of it) a market gave to a buyer for one ISP."""
+
+    buyer_id: PartyId = Field(description="Who gets it: the TSO, a DSO or a commercial party.")
+    buyer_role: Literal["tso", "dso", "bsp"] = Field(description="Role of the buyer (bsp: a commercial party).")
+    need_id: PartyId
+    awarded_mw: float = MW("Activation awarded to this buyer", ge=0)
+    ramp_rate_mw_per_min: float = _f("MW/min", "The bid's ramp", gt=0)
+    reference_mw: float = MW("The BSP's reference output", default=0.0)
+
+
+class MarketResult(Body):
+    """Clearing party → buyers: what a TSO-DSO market gave to whom for one ISP (schemes 4-6 of
+    seed 000 Table I), with the cost the clearing minimised and its computation time."""
+
+    type_name: ClassVar[str] = "market_result"
+    isp_start: UtcTime = utc("Start of the ISP")
+    scheme: str = Field(max_length=32, description="Coordination scheme that cleared it.")
+    awards: list[Award] = Field(description="Bids given to buyers, with the MW each.")
+    computation_time_s: float = seconds("Time the clearing took", ge=0)
+
+
+class FlexActivation(Body):
+    """Buyer (DSO, market operator) → BSP: activate a bid as a block for one ISP, outside aFRR: the
+    assets' schedules move by ``activated_mw`` (a DSO's congestion management, seed 004 §3; a
+    flexibility market's award). Copies go to the TSO and the DSOs whose grid holds the assets."""
+
+    type_name: ClassVar[str] = "flex_activation"
+    activation_id: PartyId
+    buyer_id: PartyId
+    buyer_role: Literal["tso", "dso", "bsp"] = Field(description="Role of the buyer (bsp: a commercial party).")
+    purpose: Literal["congestion", "balancing", "commercial"] = Field(description="What the buyer needs it for.")
+    bid_id: PartyId
+    bsp_id: PartyId
+    direction: Direction = Field(description="A01 up, A02 down.")
+    isp_start: UtcTime = utc("Start of the ISP")
+    activated_mw: float = MW("Activated quantity (from the ISP start to its end)", gt=0)
+    price_eur_per_mwh: float = EUR_per_MWh("Price paid (pay as bid)")
+    assets: list[BidAsset] = Field(min_length=1, description="Assets that move and their share.")
 
 
 class OfferAcceptance(Body):
@@ -478,6 +548,9 @@ MESSAGE_TYPES: dict[str, type[Body]] = {
         EnergyBid,
         MeritOrderList,
         MolValidation,
+        FlexibilityNeed,
+        MarketResult,
+        FlexActivation,
         OfferAcceptance,
         DeltaSetpoint,
         Telemetry,

@@ -165,16 +165,22 @@ def bench_rtt(
 
 
 CoordinationOpt = Annotated[
-    Optional[str], typer.Option("--coordination", "-c", help="on | off (default: the scenario's setting)")
+    Optional[str],
+    typer.Option("--coordination", "-c", help="a coordination scheme (tso_managed, dso_managed, fragmented, hybrid, "
+                                              "common_market, integrated_market), or on (= hybrid) / off (= tso_managed); "
+                                              "default: the scenario's setting"),
 ]
 
 
-def _coordination(value: Optional[str]) -> Optional[bool]:
+def _coordination(value: Optional[str]) -> Optional[str]:
+    from actors.config import SCHEMES
+
     if value is None:
         return None
-    if value not in ("on", "off"):
-        raise typer.BadParameter("--coordination is on or off")
-    return value == "on"
+    scheme = {"on": "hybrid", "off": "tso_managed"}.get(value, value)
+    if scheme not in SCHEMES:
+        raise typer.BadParameter(f"--coordination is one of {', '.join(SCHEMES)}, on or off")
+    return scheme
 
 
 async def _progress(clock, scenario) -> None:  # noqa: ANN001
@@ -191,7 +197,7 @@ async def _progress(clock, scenario) -> None:  # noqa: ANN001
             await asyncio.sleep(0.2)
 
 
-def _run(scenario_file: Path, coordination: Optional[bool], speed: float, broker: str, out: Path,
+def _run(scenario_file: Path, coordination: Optional[str], speed: float, broker: str, out: Path,
          links: list[str] = ()) -> dict:  # fmt: skip
     from actors.config import LinkConfig
     from broker import start_broker
@@ -266,7 +272,7 @@ def _print_outcomes(summaries: list[dict], to: Console) -> None:
     table = Table(title=f"{summaries[0]['scenario']}: outcomes")
     table.add_column("")
     for s in summaries:
-        table.add_column(f"coordination {s['coordination']}", justify="right")
+        table.add_column(f"{s['coordination']}", justify="right")
 
     from rich.markup import escape
 
@@ -405,15 +411,46 @@ def demo(
 ):
     """The reference scenario (seed 000 §IV.B) with coordination on and off, side by side."""
     summaries = []
-    for coordination in (True, False):
-        label = "on" if coordination else "off"
-        console.print(f"running {scenario} with coordination {label} on the {broker} broker ...", highlight=False)
+    for coordination in ("hybrid", "tso_managed"):
+        label = "on" if coordination == "hybrid" else "off"
+        console.print(f"running {scenario} with coordination {label} ({coordination}) on the {broker} broker ...",
+                      highlight=False)  # fmt: skip
         summaries.append(_run(scenario, coordination, speed, broker, out / f"coordination-{label}"))
     _print_outcomes(summaries, console)
     from testbed.report import build_report
 
     report = build_report([out / "coordination-on", out / "coordination-off"], out)
     console.print(f"run directories: {out}/coordination-on, {out}/coordination-off; report: {report}", highlight=False)
+
+
+@app.command()
+def compare(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (YAML).")] = Path("scenarios/schemes-comparison.yaml"),
+    schemes: Annotated[str, typer.Option(help="'all' or a comma-separated list of schemes.")] = "all",
+    out: Annotated[Path, typer.Option(help="Where the runs and the comparison go.")] = Path("runs/compare"),
+    broker: BrokerOpt = "embedded",
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print comparison.json.")] = False,
+):
+    """Run the scenario under each TSO-DSO coordination scheme (seed 000 Table I) and compare them."""
+    from actors.config import SCHEMES
+    from testbed.compare import compare as run_compare, table_markdown
+    from testbed.scenario import load_scenario
+
+    chosen = list(SCHEMES) if schemes == "all" else [s.strip() for s in schemes.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCHEMES]
+    if unknown:
+        raise typer.BadParameter(f"unknown scheme {', '.join(unknown)}; known: {', '.join(SCHEMES)}")
+    loaded = load_scenario(scenario)
+    result = asyncio.run(run_compare(loaded, broker, out, schemes=chosen, speed=speed,
+                                     progress=lambda s: err.print(f"running {loaded.name} as {s} on the {broker} broker ...",
+                                                                  highlight=False)))  # fmt: skip
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(table_markdown(result["schemes"]), highlight=False, markup=False)
+    console.print(f"comparison: {out / 'comparison.json'}, {out / 'comparison.md'}, {out / 'comparison.html'}",
+                  highlight=False)  # fmt: skip
 
 
 @app.command()

@@ -197,7 +197,7 @@ async def _emulate_tso(device_id: str, broker: str, scenario: Scenario, *, fault
     until stopped."""
     profile = tso_profile(scenario, device_id)
     if fault == "uncoordinated":
-        profile = profile.model_copy(update={"coordination": False})
+        profile = profile.model_copy(update={"coordination": "tso_managed"})
     clock = Clock(profile.start, speed, wall_origin=float("inf"))
     peers = {f"dso/{d.id}" for d in profile.dsos} | {f"bsp/{b.id}" for b in profile.bsps}
     async with FaultyGateway(Party(role="tso", id=device_id), broker, fault=fault) as gw:

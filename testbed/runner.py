@@ -17,6 +17,7 @@ from typing import Any
 from actors.bsp import BSP
 from actors.config import Scenario
 from actors.dso import DSO
+from actors.mo import MarketOperator
 from actors.tso import TSO
 from gateway import ExchangeLog, Gateway, LinkConditions, LinkImpairment
 from gateway.logs import configure_logging
@@ -35,7 +36,7 @@ async def run_scenario(
         (out / stale).unlink(missing_ok=True)
     dump_scenario(scenario, out / "scenario.yaml")
     configure_logging(out / "events.jsonl")
-    run_id = f"{scenario.name}-{'coord' if scenario.coordination else 'nocoord'}-{uuid.uuid4().hex[:6]}"
+    run_id = f"{scenario.name}-{scenario.coordination}-{uuid.uuid4().hex[:6]}"
     clock = Clock(scenario.start, speed)
     wall_start = time.time()
     with ExchangeLog(out / "exchange.sqlite", run_id=run_id) as log:
@@ -47,15 +48,17 @@ async def run_scenario(
             tso = TSO(await gateway("tso", scenario.tso.id), clock, scenario, scenario.tso)
             dsos = [DSO(await gateway("dso", d.id), clock, scenario, d, out) for d in scenario.dsos]
             bsps = [BSP(await gateway("bsp", b.id), clock, scenario, b) for b in scenario.bsps]
+            markets = ([MarketOperator(await gateway("mo", scenario.market_operator), clock, scenario)]
+                       if scenario.coordination == "integrated_market" else [])  # fmt: skip
             # The grids, pandas and pydantic leave a large heap; a full garbage collection walking it
             # stalls the loop for ~100 ms, longer than an accelerated setpoint lives. Freeze it.
             gc.collect()
             gc.freeze()
             clock.wall_origin = time.time() + 0.2  # every actor is connected: scenario time starts now
             conditions = link_conditions(scenario, clock)
-            for actor in (tso, *dsos, *bsps):
+            for actor in (tso, *dsos, *bsps, *markets):
                 actor.gw.links = conditions
-            tasks = [asyncio.create_task(a.run(), name=f"{type(a).__name__}") for a in (tso, *dsos, *bsps)]
+            tasks = [asyncio.create_task(a.run(), name=f"{type(a).__name__}") for a in (tso, *dsos, *bsps, *markets)]
             shown = asyncio.create_task(progress(clock, scenario)) if progress is not None else None
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in [*pending, *([shown] if shown else [])]:
@@ -65,7 +68,8 @@ async def run_scenario(
             await asyncio.sleep(clock.wall_seconds(scenario.setpoint_period_s))  # last answers arrive
     for dso in dsos:
         dso.write_results()
-    write_outputs(scenario, out, tso.results(), [d.results() for d in dsos], wall_start=wall_start, speed=speed)
+    write_outputs(scenario, out, tso.results(), [d.results() for d in dsos], wall_start=wall_start, speed=speed,
+                  market=markets[0].results() if markets else None)  # fmt: skip
     return json.loads((out / "summary.json").read_text())
 
 
@@ -82,9 +86,9 @@ def link_conditions(scenario: Scenario, clock: Clock) -> LinkConditions:
 
 
 def write_outputs(scenario: Scenario, out: Path, tso: dict, dsos: list[dict], *, wall_start: float, speed: float,
-                  clock_offsets: dict | None = None) -> None:  # fmt: skip
+                  clock_offsets: dict | None = None, market: dict | None = None) -> None:  # fmt: skip
     """``summary.json`` and ``timeseries.json`` into the run directory."""
-    summary = summarize(scenario, out / "exchange.sqlite", tso, dsos, clock_offsets)
+    summary = summarize(scenario, out / "exchange.sqlite", tso, dsos, clock_offsets, market)
     summary["wall_clock_s"] = round(time.time() - wall_start, 3)
     summary["speed"] = speed
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

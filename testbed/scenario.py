@@ -7,8 +7,9 @@ import yaml
 from actors.config import Scenario
 
 
-def load_scenario(path: str | Path, *, coordination: bool | None = None) -> Scenario:
-    """Read a scenario file; ``coordination`` overrides the file's setting when given."""
+def load_scenario(path: str | Path, *, coordination: bool | str | None = None) -> Scenario:
+    """Read a scenario file; ``coordination`` (a scheme, or True/False for hybrid/TSO-managed)
+    overrides the file's setting when given."""
     data = yaml.safe_load(Path(path).read_text())
     if coordination is not None:
         data["coordination"] = coordination

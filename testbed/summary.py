@@ -2,8 +2,11 @@
 
 import sqlite3
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from actors.config import ISP, isp_of
 
 from testbed.stats import summary as percentiles
 
@@ -45,8 +48,94 @@ def chain(db: sqlite3.Connection) -> dict[str, Any] | None:
             "share": {k: round(v / total, 4) if total else 0.0 for k, v in steps.items()}}  # fmt: skip
 
 
+def _hours_in_run(scenario, isp: datetime) -> float:  # noqa: ANN001
+    """Hours of an ISP inside the run (a block activation lasts its ISP)."""
+    start, end = max(isp, scenario.start), min(isp + ISP, scenario.end)
+    return max(0.0, (end - start).total_seconds() / 3600)
+
+
+def _share_dn(assets: list[dict]) -> float:
+    total = sum(a["share_mw"] for a in assets)
+    return sum(a["share_mw"] for a in assets if a["connection"] == "DN") / total if total else 0.0
+
+
+def scheme_metrics(scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: list[dict[str, Any]],  # noqa: ANN001
+                   market: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    """What the comparison of coordination schemes reports for one run (testbed.compare): cost,
+    system balance, DSO congestion, DER energy by buyer, TSO-DSO activations in opposite
+    directions, traffic per link, coordination latency and the operators' computation time."""
+    flex_cost = 0.0
+    der_by = defaultdict(float)  # buyer role -> DER energy [MWh]
+    flex_by_isp_dso: dict[tuple[str, str], float] = defaultdict(float)  # (ISP, DSO) -> net MWh (up +)
+    for f in tso.get("flex_activations", []):
+        isp = datetime.fromisoformat(f["isp_start"])
+        mwh = f["activated_mw"] * _hours_in_run(scenario, isp)
+        flex_cost += mwh * f["price_eur_per_mwh"]
+        der_by[f["buyer_role"]] += mwh * _share_dn(f["assets"])
+        if f["buyer_role"] == "dso":
+            flex_by_isp_dso[(isp.isoformat(), f["buyer_id"])] += mwh * (1 if f["direction"] == "A01" else -1)
+    opposite = []
+    for (isp, dso), dso_mwh in sorted(flex_by_isp_dso.items()):
+        tso_mwh = tso.get("afrr_energy_by_isp_mwh", {}).get(isp, 0.0)
+        if abs(tso_mwh) > 1e-6 and abs(dso_mwh) > 1e-6 and (tso_mwh > 0) != (dso_mwh > 0):
+            opposite.append({"isp": isp, "dso": dso, "tso_mwh": round(tso_mwh, 4), "dso_mwh": round(dso_mwh, 4),
+                             "opposed_mwh": round(min(abs(tso_mwh), abs(dso_mwh)), 4)})  # fmt: skip
+    balance = tso.get("balance_mwh", {"need_mwh": 0.0, "residual_mwh": 0.0})
+    covered = max(0.0, balance["need_mwh"] - balance["residual_mwh"])
+    links: dict[str, dict[str, int]] = {}
+    for sender, receiver, n, size in db.execute(
+        "SELECT sender, receiver, COUNT(*), SUM(bytes) FROM exchange WHERE direction='out' AND outcome='sent' "
+        "AND type NOT IN ('actor_state', 'heartbeat') GROUP BY sender, receiver"
+    ):
+        link = f"{sender.split('/')[0]}->{(receiver or 'all').split('/')[0]}"
+        row = links.setdefault(link, {"messages": 0, "bytes": 0})
+        row["messages"] += n
+        row["bytes"] += size
+    mol_to_accepted = [
+        (acc - mol) / 1000 for mol, acc in db.execute(
+            "SELECT MIN(m.created_us), MAX(a.created_us) FROM exchange m JOIN exchange a ON a.correlation_id = m.correlation_id "
+            "WHERE m.direction='out' AND m.type='merit_order_list' AND a.direction='out' AND a.type='offer_acceptance' "
+            "GROUP BY m.correlation_id")
+    ]  # fmt: skip
+    # the minutes before the first whole ISP have no market in any scheme: not counted
+    first = isp_of(scenario.start) if isp_of(scenario.start) == scenario.start else isp_of(scenario.start) + ISP
+    cleared = {d["dso_id"]: [x for x in d["loading"] if datetime.fromisoformat(x[0]) >= first] for d in dsos}
+    congestion = {d["dso_id"]: {"seconds_above_100": scenario.setpoint_period_s * sum(1 for x in cleared[d["dso_id"]]
+                                                                                      if x[2] > 100.0 + 1e-6),
+                                "peak_loading_percent": round(max((x[2] for x in cleared[d["dso_id"]]), default=0.0), 2),
+                                "needs": d.get("congestion_needs", [])}
+                  for d in dsos}  # fmt: skip
+    compute = {"tso": tso.get("clearing_ms", []), **{f"dso/{d['dso_id']}": d.get("compute_ms", []) for d in dsos}}
+    if market is not None:
+        compute["mo"] = market["clearing_ms"]
+    return {
+        "scheme": scenario.coordination,
+        "total_cost_eur": round(tso.get("afrr_cost_eur", 0.0) + flex_cost, 2),
+        "afrr_cost_eur": tso.get("afrr_cost_eur", 0.0),
+        "flex_cost_eur": round(flex_cost, 2),
+        "balancing_need_mwh": round(balance["need_mwh"], 4),
+        "balancing_covered_mwh": round(covered, 4),
+        "balancing_covered_percent": round(100 * covered / balance["need_mwh"], 2) if balance["need_mwh"] else 100.0,
+        "congestion": congestion,
+        "congestion_seconds": sum(c["seconds_above_100"] for c in congestion.values()),
+        "peak_loading_percent": max((c["peak_loading_percent"] for c in congestion.values()), default=0.0),
+        "der_mwh_tso": round(tso.get("afrr_der_energy_mwh", 0.0), 4),
+        "der_mwh_dso": round(der_by["dso"], 4),
+        "der_mwh_commercial": round(der_by["bsp"], 4),
+        "opposite_activations": opposite,
+        "opposite_mwh": round(sum(o["opposed_mwh"] for o in opposite), 4),
+        "traffic_by_link": dict(sorted(links.items())),
+        "messages": sum(v["messages"] for v in links.values()),
+        "bytes": sum(v["bytes"] for v in links.values()),
+        "mol_to_accepted_ms": _full(mol_to_accepted) if mol_to_accepted else None,
+        "compute_ms": {k: {"count": len(v), "total": round(sum(v), 3), "max": round(max(v), 3)} if v else {"count": 0}
+                       for k, v in compute.items()},  # fmt: skip
+        "market_results": market["market_results"] if market else None,
+    }
+
+
 def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str, Any]],  # noqa: ANN001
-              clock_offsets: dict[str, dict] | None = None) -> dict[str, Any]:  # fmt: skip
+              clock_offsets: dict[str, dict] | None = None, market: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Merge the TSO's and DSOs' results (``results()``) with what the exchange log shows.
 
     ``clock_offsets``: actor -> {offset_ms (its clock minus the TSO's), uncertainty_ms}, measured
@@ -80,7 +169,7 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
     ratios = [m["within_tolerance_ratio"] for m in monitoring]
     return {
         "scenario": scenario.name,
-        "coordination": "on" if scenario.coordination else "off",
+        "coordination": scenario.coordination,
         "dso_limits_mw": tso["dso_limits_mw"],
         "validations": tso["validations"],
         "mol_iterations": tso["mol_iterations"],
@@ -111,6 +200,7 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
         "coordination_chain_ms": chain(db),
         "mol_validation_round_trip_ms": _p(tso["mol_round_trip_ms"]),
         "dso_validation_compute_ms": _p([ms for d in dsos for ms in d["validation_ms"]]),
+        "schemes": scheme_metrics(scenario, db, tso, dsos, market),
     }
 
 

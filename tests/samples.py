@@ -10,6 +10,7 @@ from schemas.messages import (
     Measurement, MeritOrderList, MolEntry, MolValidation, MonitoringReport, OfferAcceptance,
     PrequalificationForward, PrequalificationRequest, PrequalificationResult, Rejection, Schedule, ScheduleSeries,
     SettlementLine, SettlementReport, SwitchState, SystemStateNotice, Telemetry, TerminationSignal,
+    Award, FlexActivation, FlexibilityNeed, MarketResult,
 )  # fmt: skip
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -38,6 +39,16 @@ SAMPLES: list[tuple[Body, str, str]] = [
     (MolValidation(mol_id="mol1", iteration=1, dso_id="dso1", computation_time_s=0.004, results=[BidValidation(
         bid_id="bid1", status=BidStatus.LIMITED, upper_bound_mw=15.0, limiting_element="line:3",
         loading_percent=104.2)]), "dso", "tso"),
+    (FlexibilityNeed(need_id="dso1-congestion", buyer_id="dso1", kind="congestion", isp_start=T0, quantity=26.5,
+                     unit="%", max_price_eur_per_mwh=200, element="line:south-pv", loading_percent=124.6,
+                     effectiveness={"pv-down": 7.6}), "dso", "mo"),
+    (MarketResult(isp_start=T0, scheme="integrated_market", computation_time_s=0.0002, awards=[Award(
+        rank=1, bid_id="bid1", bsp_id="bsp1", direction=Direction.UP, price_eur_per_mwh=85.5, quantity_mw=20,
+        upper_bound_mw=20, assets=BID_ASSETS, buyer_id="tso", buyer_role="tso", need_id="tso-balancing",
+        awarded_mw=12.5, ramp_rate_mw_per_min=2, reference_mw=200)]), "mo", "tso"),
+    (FlexActivation(activation_id="dso1-1000-bid1", buyer_id="dso1", buyer_role="dso", purpose="congestion",
+                    bid_id="bid1", bsp_id="bsp1", direction=Direction.DOWN, isp_start=T0, activated_mw=3.5,
+                    price_eur_per_mwh=20, assets=BID_ASSETS), "dso", "bsp"),
     (OfferAcceptance(isp_start=T0, accepted=[AcceptedOffer(bid_id="bid1", direction=Direction.UP,
                                                             upper_bound_mw=15)]), "tso", "bsp"),
     (DeltaSetpoint(bsp_id="bsp1", cycle=15, instant=T0, reference_mw=200, delta_mw=1.0,

@@ -40,7 +40,7 @@ def uncoordinated(tmp_path_factory):
 
 def test_with_coordination_the_dso_limits_the_bid_to_15_mw_and_nothing_congests(coordinated):
     summary, run_dir = coordinated
-    assert summary["coordination"] == "on"
+    assert summary["coordination"] == "hybrid"
     assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.0, abs=0.1)
     assert summary["validations"]["bsp1-up"]["limiting_element"] == "line:behind-coupling"
     assert summary["congestion_seconds"] == 0
@@ -52,7 +52,7 @@ def test_with_coordination_the_dso_limits_the_bid_to_15_mw_and_nothing_congests(
 
 def test_without_coordination_the_full_activation_congests_the_line(uncoordinated):
     summary, _ = uncoordinated
-    assert summary["coordination"] == "off"
+    assert summary["coordination"] == "tso_managed"
     assert summary["dso_limits_mw"] == {} and summary["mol_validation_round_trip_ms"]["count"] == 0
     assert summary["max_delta_setpoint_mw"]["bsp1"] == pytest.approx(20.0)
     assert summary["congestion_seconds"] > 0
@@ -226,7 +226,7 @@ def test_the_report_builds_from_the_run_directories_alone(coordinated, uncoordin
         assert png.startswith(b"\x89PNG") and len(png) > 5000
         assert f'alt="{name}"' in page
     assert page.count("data:image/png;base64,") == len(PLOTS)  # self-contained
-    assert "coordination on" in page and "coordination off" in page and "line:behind-coupling" in page
+    assert "coordination hybrid" in page and "coordination tso_managed" in page and "line:behind-coupling" in page
 
 
 def test_a_slow_tso_dso_link_makes_the_mol_validation_miss_its_window(tmp_path_factory):
