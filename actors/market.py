@@ -73,7 +73,7 @@ def _serve(need: Need, offers: Sequence[Offer], left: dict[str, float], price_ca
         if mw > 1e-9:
             left[o.bid_id] -= mw
             remaining -= mw * need.covers(o)
-            awards.append(Award(need.need_id, need.buyer, o.bid_id, round(mw, 4), o.price_eur_per_mwh))
+            awards.append(Award(need.need_id, need.buyer, o.bid_id, mw, o.price_eur_per_mwh))
     return awards
 
 
@@ -120,12 +120,12 @@ def joint_dispatch(needs: Sequence[Need], offers: Sequence[Offer]) -> list[Award
             mw = min(mw_left, still[n.need_id] / cover[i, j])
             still[n.need_id] -= mw * cover[i, j]
             mw_left -= mw
-            awards.append(Award(n.need_id, n.buyer, o.bid_id, round(mw, 4), o.price_eur_per_mwh))
+            awards.append(Award(n.need_id, n.buyer, o.bid_id, mw, o.price_eur_per_mwh))
         if mw_left > 1e-6:  # activated for the system as a whole: the balancing party takes it
             holder = next((n for n in needs if n.kind == "balancing" and n.covers(o) > 0), None)
             if holder is not None:
-                awards.append(Award(holder.need_id, holder.buyer, o.bid_id, round(mw_left, 4), o.price_eur_per_mwh))
-    return [a for a in awards if a.mw > 1e-4]
+                awards.append(Award(holder.need_id, holder.buyer, o.bid_id, mw_left, o.price_eur_per_mwh))
+    return [a for a in awards if a.mw > 1e-9]
 
 
 def unserved(needs: Sequence[Need], offers: Sequence[Offer], awards: Sequence[Award]) -> dict[str, float]:

@@ -152,7 +152,7 @@ async def compare(scenario: Scenario, broker: str, out: Path, *, schemes: Sequen
             summary = await run_scenario(scenario.model_copy(update={"coordination": scheme}), running.url, run_dir,
                                          speed=speed)  # fmt: skip
         wall[scheme] = round(time.time() - t0, 1)
-        row = dict(summary["schemes"])
+        row = {k: v for k, v in summary["schemes"].items() if k != "market_results"}
         row["late_cycles"] = summary["late_cycles"]
         row["setpoints_missed"] = summary["setpoints_missed"]
         rows[scheme] = row

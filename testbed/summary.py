@@ -130,6 +130,10 @@ def scheme_metrics(scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: 
         "mol_to_accepted_ms": _full(mol_to_accepted) if mol_to_accepted else None,
         "compute_ms": {k: {"count": len(v), "total": round(sum(v), 3), "max": round(max(v), 3)} if v else {"count": 0}
                        for k, v in compute.items()},  # fmt: skip
+        "flex_activations": [{"buyer": f"{f['buyer_role']}/{f['buyer_id']}", "purpose": f["purpose"], "bid_id": f["bid_id"],
+                              "direction": "up" if f["direction"] == "A01" else "down", "isp": f["isp_start"],
+                              "mw": f["activated_mw"], "price_eur_per_mwh": f["price_eur_per_mwh"]}
+                             for f in tso.get("flex_activations", [])],  # fmt: skip
         "market_results": market["market_results"] if market else None,
     }
 
