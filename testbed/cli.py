@@ -246,7 +246,7 @@ def run(
 
 @app.command()
 def actor(
-    role: Annotated[str, typer.Argument(help="tso | dso | bsp")],
+    role: Annotated[str, typer.Argument(help="tso | dso | bsp | mo (the market operator of the integrated market)")],
     actor_id: Annotated[str, typer.Option("--id", help="The actor's id in the scenario.")],
     scenario: Annotated[Path, typer.Option(help="Scenario file (YAML).")],
     broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")],
@@ -258,8 +258,8 @@ def actor(
     from testbed.scenario import load_scenario
     from testbed.standalone import run_actor
 
-    if role not in ("tso", "dso", "bsp"):
-        raise typer.BadParameter("role is tso, dso or bsp")
+    if role not in ("tso", "dso", "bsp", "mo"):
+        raise typer.BadParameter("role is tso, dso, bsp or mo")
     loaded = load_scenario(scenario, coordination=_coordination(coordination))
     asyncio.run(run_actor(role, actor_id, loaded, broker, out, speed=speed))
     if role == "tso":

@@ -16,6 +16,7 @@ from pathlib import Path
 from actors.bsp import BSP
 from actors.config import Scenario
 from actors.dso import DSO
+from actors.mo import MarketOperator
 from actors.tso import TSO
 from gateway import ExchangeLog, Gateway, Received
 from gateway.clocksync import measure_offset
@@ -75,6 +76,8 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
             if role == "tso":
                 actor = TSO(gw, clock, scenario, scenario.tso)
                 peers = {f"dso/{d.id}" for d in scenario.dsos} | {f"bsp/{b.id}" for b in scenario.bsps}
+                if scenario.coordination == "integrated_market":
+                    peers.add(f"mo/{scenario.market_operator}")
                 deadline = time.time() + start_timeout_s
                 while not peers <= online:
                     if time.time() > deadline:
@@ -84,6 +87,8 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
             else:
                 if role == "dso":
                     actor = DSO(gw, clock, scenario, next(d for d in scenario.dsos if d.id == actor_id), out)
+                elif role == "mo":
+                    actor = MarketOperator(gw, clock, scenario)
                 else:
                     actor = BSP(gw, clock, scenario, next(b for b in scenario.bsps if b.id == actor_id))
                 clock.wall_origin = await asyncio.wait_for(started, start_timeout_s)
@@ -99,16 +104,18 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
             await asyncio.sleep(clock.wall_seconds(2 * scenario.setpoint_period_s))  # last answers arrive
     if role == "dso":
         actor.write_results()
-    if role in ("tso", "dso"):
+    if role in ("tso", "dso", "mo"):
         (out / f"{role}-{actor_id}.json").write_text(json.dumps(actor.results()) + "\n")
     if role == "tso":
         paths = [out / f"dso-{d.id}.json" for d in scenario.dsos]
+        market = out / f"mo-{scenario.market_operator}.json" if scenario.coordination == "integrated_market" else None
         deadline = time.time() + 60
-        while not all(p.exists() for p in paths) and time.time() < deadline:
+        while not all(p.exists() for p in [*paths, *([market] if market else [])]) and time.time() < deadline:
             await asyncio.sleep(0.1)
         offsets = {"tso/" + actor_id: {"offset_ms": 0.0, "uncertainty_ms": 0.0}}
         for path in out.glob("clock-*.json"):
             record = json.loads(path.read_text())
             offsets[record["actor"]] = record
         write_outputs(scenario, out, actor.results(), [json.loads(p.read_text()) for p in paths],
-                      wall_start=wall_start, speed=speed, clock_offsets=offsets)  # fmt: skip
+                      wall_start=wall_start, speed=speed, clock_offsets=offsets,
+                      market=json.loads(market.read_text()) if market and market.exists() else None)  # fmt: skip

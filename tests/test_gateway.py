@@ -21,7 +21,7 @@ from tests.samples import SAMPLES
 
 
 def parties(uid: str) -> dict[str, Party]:
-    return {role: Party(role=role, id=f"{role}-{uid}") for role in ("tso", "dso", "bsp")}
+    return {role: Party(role=role, id=f"{role}-{uid}") for role in ("tso", "dso", "bsp", "mo")}
 
 
 def raw_client(broker, ident: str) -> aiomqtt.Client:
@@ -64,8 +64,9 @@ async def test_every_message_family_round_trips_typed(broker, uid, tmp_path):
             Gateway(p["tso"], broker.url, log=log) as tso,
             Gateway(p["dso"], broker.url, log=log) as dso,
             Gateway(p["bsp"], broker.url, log=log) as bsp,
+            Gateway(p["mo"], broker.url, log=log) as mo,
         ):
-            gws = {"tso": tso, "dso": dso, "bsp": bsp}
+            gws = {"tso": tso, "dso": dso, "bsp": bsp, "mo": mo}
             tasks = [asyncio.create_task(collect(gw, received[r])) for r, gw in gws.items()]
             sent = []
             for body, sender, recipient in SAMPLES:
@@ -85,7 +86,7 @@ async def test_every_message_family_round_trips_typed(broker, uid, tmp_path):
                     assert got.latency_ms >= 0
             for t in tasks:
                 t.cancel()
-    assert tso.stats["rejected"] == dso.stats["rejected"] == bsp.stats["rejected"] == 0
+    assert tso.stats["rejected"] == dso.stats["rejected"] == bsp.stats["rejected"] == mo.stats["rejected"] == 0
     db = sqlite3.connect(log.path)
     types_in = {r[0] for r in db.execute("SELECT type FROM exchange WHERE direction='in' AND outcome='delivered'")}
     assert {b.type_name for b, _, _ in SAMPLES} <= types_in
