@@ -448,7 +448,7 @@ def compare(
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    console.print(table_markdown(result["schemes"]), highlight=False, markup=False)
+    console.print(table_markdown(result["schemes"]), highlight=False, markup=False, soft_wrap=True)
     console.print(f"comparison: {out / 'comparison.json'}, {out / 'comparison.md'}, {out / 'comparison.html'}",
                   highlight=False)  # fmt: skip
 

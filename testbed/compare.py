@@ -53,7 +53,7 @@ ROWS: list[tuple[str, Callable[[dict], str]]] = [
     ("peak loading [%]", lambda r: ", ".join(f"{d} {c['peak_loading_percent']:.1f}" for d, c in r["congestion"].items())),
     ("DER energy for the TSO [MWh]", lambda r: f"{r['der_mwh_tso']:.2f}"),
     ("DER energy for DSOs [MWh]", lambda r: f"{r['der_mwh_dso']:.2f}"),
-    ("DER energy for commercial parties [MWh]", lambda r: f"{r['der_mwh_commercial']:.2f}"),
+    ("energy for commercial parties [MWh] (DER)", lambda r: f"{r['commercial_mwh']:.2f} ({r['der_mwh_commercial']:.2f})"),
     ("TSO vs DSO in opposite directions [MWh]", lambda r: f"{r['opposite_mwh']:.2f} ({len(r['opposite_activations'])} ISP-DSO pairs)"),
     ("messages / kB", lambda r: f"{r['messages']} / {r['bytes'] / 1000:.0f}"),
     ("MOL -> accepted p50 / p99 [ms]", lambda r: f"{_p(r, 'p50')} / {_p(r, 'p99')}"),
@@ -90,7 +90,9 @@ def plot(rows: dict[str, dict]) -> bytes:
     x = range(len(names))
 
     def bars(ax, values: Sequence[float], title: str, color: str = "tab:blue") -> None:  # noqa: ANN001
-        ax.bar(x, values, color=color)
+        drawn = ax.bar(x, values, color=color)
+        ax.bar_label(drawn, fmt="%.4g", fontsize=8)
+        ax.set_ylim(0, max(max(values, default=0) * 1.15, 1e-9))
         ax.set_title(title)
         ax.set_xticks(list(x), names, rotation=30, ha="right")
 
@@ -104,7 +106,8 @@ def plot(rows: dict[str, dict]) -> bytes:
            label="commercial")  # fmt: skip
     ax.set_title("DER energy by buyer [MWh]")
     ax.set_xticks(list(x), names, rotation=30, ha="right")
-    ax.legend()
+    ax.set_ylim(0, max(v["der_mwh_tso"] + v["der_mwh_dso"] + v["der_mwh_commercial"] for v in r) * 1.3)
+    ax.legend(loc="upper left", ncols=3, fontsize=8)
     bars(axes[1][1], [v["opposite_mwh"] for v in r], "TSO vs DSO in opposite directions [MWh]", "tab:orange")
     bars(axes[1][2], [v["messages"] for v in r], "messages", "tab:gray")
     fig.tight_layout()
@@ -154,6 +157,7 @@ async def compare(scenario: Scenario, broker: str, out: Path, *, schemes: Sequen
         wall[scheme] = round(time.time() - t0, 1)
         row = {k: v for k, v in summary["schemes"].items() if k != "market_results"}
         row["late_cycles"] = summary["late_cycles"]
+        row["setpoints_sent"] = summary["setpoints_sent"]
         row["setpoints_missed"] = summary["setpoints_missed"]
         rows[scheme] = row
     comparison = {"scenario": scenario.name, "broker": broker, "speed": speed, "wall_clock_s": wall, "schemes": rows}

@@ -66,12 +66,14 @@ def scheme_metrics(scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: 
     directions, traffic per link, coordination latency and the operators' computation time."""
     flex_cost = 0.0
     der_by = defaultdict(float)  # buyer role -> DER energy [MWh]
+    bought = defaultdict(float)  # buyer role -> block energy [MWh]
     flex_by_isp_dso: dict[tuple[str, str], float] = defaultdict(float)  # (ISP, DSO) -> net MWh (up +)
     for f in tso.get("flex_activations", []):
         isp = datetime.fromisoformat(f["isp_start"])
         mwh = f["activated_mw"] * _hours_in_run(scenario, isp)
         flex_cost += mwh * f["price_eur_per_mwh"]
         der_by[f["buyer_role"]] += mwh * _share_dn(f["assets"])
+        bought[f["buyer_role"]] += mwh
         if f["buyer_role"] == "dso":
             flex_by_isp_dso[(isp.isoformat(), f["buyer_id"])] += mwh * (1 if f["direction"] == "A01" else -1)
     opposite = []
@@ -122,6 +124,7 @@ def scheme_metrics(scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: 
         "der_mwh_tso": round(tso.get("afrr_der_energy_mwh", 0.0), 4),
         "der_mwh_dso": round(der_by["dso"], 4),
         "der_mwh_commercial": round(der_by["bsp"], 4),
+        "commercial_mwh": round(bought["bsp"], 4),
         "opposite_activations": opposite,
         "opposite_mwh": round(sum(o["opposed_mwh"] for o in opposite), 4),
         "traffic_by_link": dict(sorted(links.items())),
