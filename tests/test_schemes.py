@@ -201,3 +201,38 @@ def test_the_conflict_the_papers_warn_about_is_measured(comparison):
     conflict = rows["dso_managed"]["opposite_activations"]
     # the DSO curtails PV (down) for its line while the system is short and the TSO activates up
     assert any(c["dso"] == "dso1" and c["tso_mwh"] > 0 > c["dso_mwh"] for c in conflict)
+
+
+def test_the_market_operator_runs_as_its_own_process_like_every_actor(own_mosquitto, tmp_path):
+    """`tsodso actor mo`: the integrated market with TSO, DSO, BSP and market operator each in its
+    own OS process on Mosquitto: the TSO waits for the operator, the operator clears, the DSO's
+    validation limits the DER bid as in one process."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "procs"
+    procs = []
+    try:
+        for role, ident in (("tso", "tso"), ("dso", "dso1"), ("bsp", "bsp1"), ("mo", "mo")):
+            argv = [sys.executable, "-m", "testbed", "actor", role, "--id", ident, "--scenario",
+                    "scenarios/nl-afrr-congestion.yaml", "--coordination", "integrated_market",
+                    "--broker", own_mosquitto.url, "--speed", "50", "--out", str(out)]  # fmt: skip
+            procs.append((role, subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})))  # fmt: skip
+        for role, proc in procs:
+            output, _ = proc.communicate(timeout=180)
+            assert proc.returncode == 0, f"{role} failed:\n{output.decode()[-3000:]}"
+    finally:
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["coordination"] == "integrated_market" and summary["rejected_messages"] == 0
+    results = summary["schemes"]["market_results"]
+    assert [r["isp_start"][11:16] for r in results] == ["10:00"]  # the one ISP whose gate is in the run
+    tso_awards = {a["bid_id"]: a["awarded_mw"] for a in results[0]["awards"] if a["buyer_role"] == "tso"}
+    assert tso_awards["bsp1-up"] == pytest.approx(15.0, abs=0.1)  # the DSO's validation, through the operator
+    assert summary["congestion_seconds"] == 0
+    assert summary["max_delta_setpoint_mw"]["bsp1"] <= tso_awards["bsp1-up"] + 1e-6  # never above the award
