@@ -7,6 +7,8 @@ TSODSO_REQUIRE_MOSQUITTO=1 (CI sets it), which turns the skip into a failure.
 """
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +76,21 @@ def _logs_to_stderr():
 
     configure_logging(level=logging.WARNING)
     yield
+
+
+def run_processes(commands: dict[str, list[str]], cwd: Path, timeout_s: float = 180) -> None:
+    """Start every ``tsodso`` command (argv after ``tsodso``) as its own OS process at once and
+    wait for all of them; fail with the output of any that exits non-zero."""
+    procs = []
+    try:
+        for name, argv in commands.items():
+            procs.append((name, subprocess.Popen([sys.executable, "-m", "testbed", *argv], cwd=cwd,
+                                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})))  # fmt: skip
+        for name, proc in procs:
+            output, _ = proc.communicate(timeout=timeout_s)
+            assert proc.returncode == 0, f"{name} failed:\n{output.decode()[-3000:]}"
+    finally:
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()

@@ -3,14 +3,13 @@ test starts each actor service's command as a local OS process against Mosquitto
 configuration) and checks the reference scenario's outcome is the same as in one process."""
 
 import json
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import run_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,24 +21,16 @@ def test_compose_services_as_processes_on_mosquitto_give_the_same_outcome(own_mo
     assert services["mosquitto"]["image"].startswith("eclipse-mosquitto:2")
     actors = {name: svc for name, svc in services.items() if name != "mosquitto"}
     assert set(actors) == {"tso", "dso1", "bsp1"}
-    procs = []
     out = tmp_path / "compose"
-    try:
-        for name, svc in actors.items():
-            argv = shlex.split(svc["command"])
-            assert argv[:2] == ["tsodso", "actor"]
-            argv = [sys.executable, "-m", "testbed", *argv[1:]]
-            argv[argv.index("--broker") + 1] = own_mosquitto.url  # the service name 'mosquitto' -> this broker
-            argv[argv.index("--out") + 1] = str(out)
-            procs.append((name, subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})))  # fmt: skip
-        for name, proc in procs:
-            output, _ = proc.communicate(timeout=180)
-            assert proc.returncode == 0, f"{name} failed:\n{output.decode()[-3000:]}"
-    finally:
-        for _, proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+    commands = {}
+    for name, svc in actors.items():
+        argv = shlex.split(svc["command"])
+        assert argv[:2] == ["tsodso", "actor"]
+        argv = argv[1:]
+        argv[argv.index("--broker") + 1] = own_mosquitto.url  # the service name 'mosquitto' -> this broker
+        argv[argv.index("--out") + 1] = str(out)
+        commands[name] = argv
+    run_processes(commands, ROOT)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.0, abs=0.1)
     assert summary["congestion_seconds"] == 0 and summary["max_line_loading_percent"] <= 100

@@ -15,6 +15,7 @@ from actors.market import UNSERVED_EUR_PER_UNIT, Need, Offer, clear_by_willingne
 from schemas.codes import Direction
 from testbed.cli import app
 from testbed.scenario import load_scenario
+from tests.conftest import run_processes
 
 SCENARIO = "scenarios/schemes-comparison.yaml"
 UP, DOWN = Direction.UP, Direction.DOWN
@@ -207,27 +208,12 @@ def test_the_market_operator_runs_as_its_own_process_like_every_actor(own_mosqui
     """`tsodso actor mo`: the integrated market with TSO, DSO, BSP and market operator each in its
     own OS process on Mosquitto: the TSO waits for the operator, the operator clears, the DSO's
     validation limits the DER bid as in one process."""
-    import os
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
     out = tmp_path / "procs"
-    procs = []
-    try:
-        for role, ident in (("tso", "tso"), ("dso", "dso1"), ("bsp", "bsp1"), ("mo", "mo")):
-            argv = [sys.executable, "-m", "testbed", "actor", role, "--id", ident, "--scenario",
-                    "scenarios/nl-afrr-congestion.yaml", "--coordination", "integrated_market",
-                    "--broker", own_mosquitto.url, "--speed", "50", "--out", str(out)]  # fmt: skip
-            procs.append((role, subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})))  # fmt: skip
-        for role, proc in procs:
-            output, _ = proc.communicate(timeout=180)
-            assert proc.returncode == 0, f"{role} failed:\n{output.decode()[-3000:]}"
-    finally:
-        for _, proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+    run_processes({role: ["actor", role, "--id", ident, "--scenario", "scenarios/nl-afrr-congestion.yaml",
+                          "--coordination", "integrated_market", "--broker", own_mosquitto.url, "--speed", "50",
+                          "--out", str(out)]
+                   for role, ident in (("tso", "tso"), ("dso", "dso1"), ("bsp", "bsp1"), ("mo", "mo"))},
+                  Path(__file__).resolve().parents[1])  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["coordination"] == "integrated_market" and summary["rejected_messages"] == 0
     results = summary["schemes"]["market_results"]
