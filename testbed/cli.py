@@ -293,6 +293,9 @@ def _print_outcomes(summaries: list[dict], to: Console) -> None:
         if s["mol_validation_round_trip_ms"]["count"] else "-")  # fmt: skip
     row("delta_setpoint latency p50 / p99 [ms]", lambda s: (f"{s['latency_ms']['delta_setpoint']['p50']} / "
                                                              f"{s['latency_ms']['delta_setpoint']['p99']}"))  # fmt: skip
+    row("total activation cost [EUR]", lambda s: f"{s['schemes']['total_cost_eur']:.2f}")
+    row("balancing need covered [%]", lambda s: f"{s['schemes']['balancing_covered_percent']:.1f}")
+    row("DER energy TSO / DSOs [MWh]", lambda s: f"{s['schemes']['der_mwh_tso']:.2f} / {s['schemes']['der_mwh_dso']:.2f}")
     row("messages", lambda s: str(sum(s["messages"].values())))
     row("wall clock [s]", lambda s: f"{s['wall_clock_s']:.1f}")
     to.print(table)

@@ -153,6 +153,8 @@ SUMMARY_ROWS = [
     ("MOL → validation p50 / p99 [ms]", lambda s: f"{s['mol_validation_round_trip_ms'].get('p50', '-')} / "
                                                    f"{s['mol_validation_round_trip_ms'].get('p99', '-')}"),
     ("real-time limits", lambda s: str(len(s["real_time_limits"]))),
+    ("total activation cost [EUR]", lambda s: f"{s['schemes']['total_cost_eur']:.2f}" if "schemes" in s else "-"),
+    ("balancing need covered [%]", lambda s: f"{s['schemes']['balancing_covered_percent']:.1f}" if "schemes" in s else "-"),
     ("messages sent", lambda s: str(sum(s["messages"].values()))),
     ("rejected messages", lambda s: str(s["rejected_messages"])),
 ]
