@@ -57,11 +57,19 @@ async def test_an_outage_window_stops_delivery_exactly_then(broker, uid, tmp_pat
     start = time.time() + 0.3
     links = LinkConditions({"tso/*->dso/*": LinkImpairment(outages=((start, start + 0.4),))})
     with ExchangeLog(tmp_path / "x.sqlite", run_id=uid) as log:
-        async with Gateway(p["tso"], broker.url, links=links, log=log) as tso, Gateway(p["dso"], broker.url, log=log):
+        async with Gateway(p["tso"], broker.url, links=links, log=log) as tso, Gateway(p["dso"], broker.url, log=log) as dso:
+            heard = set()
+
+            @dso.on(Heartbeat)
+            async def hear(msg) -> None:  # noqa: ANN001
+                heard.add(msg.envelope.message_id)
+
             while time.time() < start + 0.8:
-                await tso.publish(Heartbeat(sent_at=datetime.now(UTC), interval_s=1), p["dso"])
+                last = await tso.publish(Heartbeat(sent_at=datetime.now(UTC), interval_s=1), p["dso"])
                 await asyncio.sleep(0.01)
-            await asyncio.sleep(0.3)
+            deadline = time.time() + 5  # the last one (after the outage) arrives; a loaded machine may be slow
+            while last.message_id not in heard and time.time() < deadline:
+                await asyncio.sleep(0.01)
     db = sqlite3.connect(log.path)
     sent = db.execute("SELECT created_us, message_id, outcome FROM exchange WHERE direction='out' AND type='heartbeat'"
                       " AND sender=?", (str(p["tso"]),)).fetchall()  # fmt: skip
