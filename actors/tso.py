@@ -221,9 +221,9 @@ class TSO(Actor):
         if self.scheme in ("hybrid", "common_market"):
             # hybrid: what the TSO expects to activate, so each DSO relieves what remains with the
             # rest; common market: what the joint dispatch gave each DSO
+            listed = schemes.ranked(list(bids.values()))
             result = MarketResult(isp_start=isp, scheme=self.scheme, computation_time_s=self.clearing_ms[-1] / 1000,
-                                  awards=[self.award(schemes.ranked(list(bids.values()))[a.bid_id], bids[a.bid_id], a)
-                                          for a in awards])  # fmt: skip
+                                  awards=[self.award(listed[a.bid_id], bids[a.bid_id], a) for a in awards])  # fmt: skip
             for dso in sorted(d.id for d in self.scenario.dsos):
                 await self.gw.publish(result, Party(role="dso", id=dso), correlation_id=self.conversation)
 
