@@ -1,7 +1,6 @@
 """The `tsodso` command line."""
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -276,6 +275,8 @@ def _print_outcomes(summaries: list[dict], to: Console) -> None:
 
     from rich.markup import escape
 
+    from testbed.summary import setpoints_text
+
     def row(label: str, fn) -> None:  # noqa: ANN001
         table.add_row(escape(label), *[escape(fn(s)) for s in summaries])
 
@@ -286,7 +287,7 @@ def _print_outcomes(summaries: list[dict], to: Console) -> None:
     row("max line loading [%]", lambda s: f"{s['max_line_loading_percent']:.1f} ({s['max_loading_element']})")
     row("congestion [s]", lambda s: f"{s['congestion_seconds']:.0f}")
     row("activated energy [MWh]", lambda s: f"{s['activated_energy_mwh']:.3f}")
-    row("setpoints sent / missed", lambda s: f"{s['setpoints_sent']} / {s['setpoints_missed']}")
+    row("setpoints sent / missed", setpoints_text)
     row("delivery within [-10 %, +20 %]", lambda s: f"{s['delivery_within_tolerance_ratio']}")
     row("MOL -> validation p50 / p99 [ms]", lambda s: (f"{s['mol_validation_round_trip_ms']['p50']} / "
                                                         f"{s['mol_validation_round_trip_ms']['p99']}")

@@ -158,7 +158,8 @@ async def compare(scenario: Scenario, broker: str, out: Path, *, schemes: Sequen
         row = {k: v for k, v in summary["schemes"].items() if k != "market_results"}
         row["late_cycles"] = summary["late_cycles"]
         row["setpoints_sent"] = summary["setpoints_sent"]
-        row["setpoints_missed"] = summary["setpoints_missed"]
+        for key in ("setpoints_missed", "setpoints_expired", "setpoints_lost"):
+            row[key] = summary[key]
         rows[scheme] = row
     comparison = {"scenario": scenario.name, "broker": broker, "speed": speed, "wall_clock_s": wall, "schemes": rows}
     (out / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")

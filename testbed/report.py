@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from testbed.stats import summary as percentiles  # noqa: E402
+from testbed.summary import setpoints_text  # noqa: E402
 
 PLOTS = ("delivery", "loading", "sequence", "latency_by_type", "latency_by_link", "traffic_by_link")
 
@@ -116,7 +117,7 @@ def _latencies(run: dict) -> tuple[dict[str, list[float]], dict[str, list[float]
 
 def plot_latency(data: dict[str, list[float]], ax, title: str) -> None:  # noqa: ANN001
     names = sorted(data)
-    ax.boxplot([data[n] for n in names], vert=False, showfliers=True, flierprops={"markersize": 2})
+    ax.boxplot([data[n] for n in names], orientation="horizontal", showfliers=True, flierprops={"markersize": 2})
     ax.set_yticks(range(1, len(names) + 1), [f"{n} (n={len(data[n])})" for n in names], fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("one-way latency, created → received [ms]")
@@ -147,7 +148,7 @@ SUMMARY_ROWS = [
     ("max line loading [%]", lambda s: f"{s['max_line_loading_percent']:.2f} ({s['max_loading_element']})"),
     ("congestion [s]", lambda s: f"{s['congestion_seconds']:.0f}"),
     ("activated energy [MWh]", lambda s: f"{s['activated_energy_mwh']:.3f}"),
-    ("setpoints sent / missed", lambda s: f"{s['setpoints_sent']} / {s['setpoints_missed']}"),
+    ("setpoints sent / missed", setpoints_text),
     ("delivery within tolerance", lambda s: str(s["delivery_within_tolerance_ratio"])),
     ("non-compliant BSPs", lambda s: ", ".join(s["non_compliant_bsps"]) or "none"),
     ("MOL → validation p50 / p99 [ms]", lambda s: f"{s['mol_validation_round_trip_ms'].get('p50', '-')} / "

@@ -24,6 +24,7 @@ from gateway.logs import configure_logging
 from schemas.envelope import Party
 from testbed.clock import Clock
 from testbed.scenario import dump_scenario
+from testbed.stalls import LoopWatch
 from testbed.summary import summarize, timeseries
 
 
@@ -60,8 +61,10 @@ async def run_scenario(
                 actor.gw.links = conditions
             tasks = [asyncio.create_task(a.run(), name=f"{type(a).__name__}") for a in (tso, *dsos, *bsps, *markets)]
             shown = asyncio.create_task(progress(clock, scenario)) if progress is not None else None
+            watch = LoopWatch(clock)
+            watching = asyncio.create_task(watch.run())
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in [*pending, *([shown] if shown else [])]:
+            for task in [*pending, watching, *([shown] if shown else [])]:
                 task.cancel()
             for task in done:
                 task.result()  # an actor that failed fails the run, loudly
@@ -69,7 +72,7 @@ async def run_scenario(
     for dso in dsos:
         dso.write_results()
     write_outputs(scenario, out, tso.results(), [d.results() for d in dsos], wall_start=wall_start, speed=speed,
-                  market=markets[0].results() if markets else None)  # fmt: skip
+                  market=markets[0].results() if markets else None, loop_stalls={"runner": watch.results()})  # fmt: skip
     return json.loads((out / "summary.json").read_text())
 
 
@@ -86,9 +89,12 @@ def link_conditions(scenario: Scenario, clock: Clock) -> LinkConditions:
 
 
 def write_outputs(scenario: Scenario, out: Path, tso: dict, dsos: list[dict], *, wall_start: float, speed: float,
-                  clock_offsets: dict | None = None, market: dict | None = None) -> None:  # fmt: skip
+                  clock_offsets: dict | None = None, market: dict | None = None,
+                  loop_stalls: dict | None = None) -> None:  # fmt: skip
     """``summary.json`` and ``timeseries.json`` into the run directory."""
     summary = summarize(scenario, out / "exchange.sqlite", tso, dsos, clock_offsets, market)
+    if loop_stalls is not None:
+        summary["loop_stalls"] = loop_stalls  # per process, its event loop's stalls (testbed.stalls)
     summary["wall_clock_s"] = round(time.time() - wall_start, 3)
     summary["speed"] = speed
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -27,6 +27,7 @@ from schemas.messages import ActorState, SystemStateNotice
 from schemas.topics import ALL
 from testbed.clock import Clock
 from testbed.runner import write_outputs
+from testbed.stalls import LoopWatch
 
 RUN_START = "run start"
 LEAD_S = 1.0
@@ -99,9 +100,13 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
                      "uncertainty_ms": offset.uncertainty_ms, "rtt_min_ms": offset.rtt_min_ms}) + "\n")  # fmt: skip
             gc.collect()
             gc.freeze()  # see testbed.runner: no full collection over the grid's heap mid-run
+            watch = LoopWatch(clock)
+            watching = asyncio.create_task(watch.run())
             await actor.run()
             await clock.sleep_until(scenario.end)
             await asyncio.sleep(clock.wall_seconds(2 * scenario.setpoint_period_s))  # last answers arrive
+            watching.cancel()
+            (out / f"stalls-{role}-{actor_id}.json").write_text(json.dumps({f"{role}/{actor_id}": watch.results()}))
     if role == "dso":
         actor.write_results()
     if role in ("tso", "dso", "mo"):
@@ -116,6 +121,10 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
         for path in out.glob("clock-*.json"):
             record = json.loads(path.read_text())
             offsets[record["actor"]] = record
+        stalls = {}
+        for path in sorted(out.glob("stalls-*.json")):
+            stalls.update(json.loads(path.read_text()))
         write_outputs(scenario, out, actor.results(), [json.loads(p.read_text()) for p in paths],
                       wall_start=wall_start, speed=speed, clock_offsets=offsets,
-                      market=json.loads(market.read_text()) if market and market.exists() else None)  # fmt: skip
+                      market=json.loads(market.read_text()) if market and market.exists() else None,
+                      loop_stalls=stalls)  # fmt: skip

@@ -169,6 +169,11 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
     sent_ids = {r[0] for r in db.execute("SELECT message_id FROM exchange WHERE direction='out' AND type='delta_setpoint'")}
     got_ids = {r[0] for r in db.execute(
         "SELECT message_id FROM exchange WHERE direction='in' AND type='delta_setpoint' AND outcome='delivered'")}  # fmt: skip
+    expired = dict(db.execute(  # message id -> its age (ms) when it was refused or dropped as expired
+        "SELECT message_id, (COALESCE(received_us, sent_us) - created_us) / 1000.0 FROM exchange WHERE type='delta_setpoint'"
+        " AND ((direction='in' AND outcome='rejected' AND reason LIKE 'expired:%')"
+        " OR (direction='out' AND outcome='dropped' AND reason LIKE 'expired%'))"))  # fmt: skip
+    expired = {k: v for k, v in expired.items() if k not in got_ids}
     rejected = db.execute("SELECT COUNT(*) FROM exchange WHERE outcome='rejected'").fetchone()[0]
     loading = [row for d in dsos for row in d["loading"]]
     worst = max(loading, key=lambda x: x[2]) if loading else (None, None, 0.0)
@@ -189,6 +194,11 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
         "max_delta_setpoint_mw": tso["max_delta_setpoint_mw"],
         "setpoints_sent": len(sent_ids),
         "setpoints_missed": len(sent_ids - got_ids),
+        # a missed setpoint either expired (arrived or would have been sent after its validity, one
+        # setpoint period: the host or the link was too slow) or was lost (no trace at the receiver)
+        "setpoints_expired": len(expired),
+        "setpoints_expired_max_age_ms": round(max(expired.values()), 1) if expired else None,
+        "setpoints_lost": len(sent_ids - got_ids - set(expired)),
         "late_cycles": tso["late_cycles"],
         "delivery_within_tolerance_ratio": round(min(ratios), 4) if ratios else None,
         "non_compliant_bsps": sorted({m["bsp_id"] for m in monitoring if not m["compliant"]}),
@@ -221,3 +231,19 @@ def timeseries(scenario, tso: dict[str, Any], dsos: list[dict[str, Any]]) -> dic
         "limits_mw": tso["limits_mw"],
         "loading": {d["dso_id"]: d["loading"] for d in dsos},
     }
+
+
+def setpoints_text(summary: dict[str, Any]) -> str:
+    """'sent / missed', and why any were missed: expired (how old; the longest loop stall) or lost."""
+    text = f"{summary['setpoints_sent']} / {summary['setpoints_missed']}"
+    if not summary["setpoints_missed"]:
+        return text
+    why = []
+    if summary.get("setpoints_expired"):
+        why.append(f"{summary['setpoints_expired']} expired, up to {summary['setpoints_expired_max_age_ms']} ms old")
+        stall = max((s["max_ms"] for s in summary.get("loop_stalls", {}).values()), default=None)
+        if stall:
+            why.append(f"loop stalled up to {stall} ms")
+    if summary.get("setpoints_lost"):
+        why.append(f"{summary['setpoints_lost']} lost")
+    return f"{text} ({'; '.join(why)})"

@@ -12,7 +12,7 @@ import pytest
 from broker import start_broker
 from testbed.runner import run_scenario
 from testbed.scenario import load_scenario
-from tests.conftest import mosquitto_or_skip
+from tests.conftest import assert_no_setpoint_lost, mosquitto_or_skip
 
 SCENARIO = "scenarios/nl-afrr-congestion.yaml"
 SPEED = 50.0
@@ -46,7 +46,8 @@ def test_with_coordination_the_dso_limits_the_bid_to_15_mw_and_nothing_congests(
     assert summary["congestion_seconds"] == 0
     assert summary["max_line_loading_percent"] <= 100.0
     assert summary["max_delta_setpoint_mw"]["bsp1"] <= summary["dso_limits_mw"]["bsp1-up"] + 1e-9
-    assert summary["setpoints_missed"] == 0 and summary["rejected_messages"] == 0
+    assert_no_setpoint_lost(summary)
+    assert summary["rejected_messages"] <= summary["setpoints_expired"]  # no other message refused
     assert summary["mol_validation_round_trip_ms"]["count"] >= 1
 
 
@@ -77,7 +78,10 @@ def test_the_setpoint_ramps_1_mw_every_30_s_from_10_01(coordinated):
     _, run_dir = coordinated
     scenario = load_scenario(run_dir / "scenario.yaml")
     db = sqlite3.connect(run_dir / "exchange.sqlite")
-    assert db.execute("SELECT COUNT(*) FROM exchange WHERE type='delta_setpoint' AND outcome='delivered'").fetchone()[0] == 225
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["setpoints_sent"] == 225  # 15 min of 4 s cycles
+    delivered = "SELECT COUNT(*) FROM exchange WHERE type='delta_setpoint' AND outcome='delivered'"
+    assert db.execute(delivered).fetchone()[0] == 225 - summary["setpoints_expired"]
     trace = json.loads((run_dir / "timeseries.json").read_text())["setpoints"]["bsp1"]
     t0 = scenario.start
     changes = []
@@ -178,7 +182,8 @@ def test_same_outcome_on_mosquitto(tmp_path_factory):
     mosquitto_or_skip()
     summary, _ = run(tmp_path_factory, "mosquitto", broker="mosquitto", coordination=True)
     assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.0, abs=0.1)
-    assert summary["congestion_seconds"] == 0 and summary["setpoints_missed"] == 0
+    assert summary["congestion_seconds"] == 0
+    assert_no_setpoint_lost(summary)
 
 
 def test_an_unforecast_change_makes_the_dso_limit_the_activation_in_real_time(tmp_path_factory):
@@ -275,3 +280,40 @@ def test_the_dso_scales_down_der_schedules_that_would_congest_it_and_tells_the_t
     assert 0 < modified[1] < 9.0  # the 10:00 ISP: with the redispatch it does not
     # and the MOL was validated on top of the modified schedule: less room for aFRR than at 0 MW
     assert summary["dso_limits_mw"]["bsp1-up"] < 15.0
+
+
+def test_a_frozen_broker_makes_setpoints_expire_and_the_summary_says_why(tmp_path):
+    """The broker process stops for 0.4 s of wall time (20 s of scenario time at 50x), as a host
+    stall would stop it. The setpoints published meanwhile reach the BSP older than their 4 s
+    validity: refused as expired with the reason, counted as expired (not lost), and the BSP follows
+    the next ones."""
+    import os
+    import signal
+
+    from testbed.summary import setpoints_text
+
+    scenario = short(load_scenario(SCENARIO, coordination=True))
+    frozen_at = datetime.fromisoformat("2026-11-23T10:01:02+00:00")
+    with start_broker("embedded", data_dir=tmp_path / "broker") as running:
+
+        async def freeze(clock, _scenario):  # noqa: ANN001
+            await clock.sleep_until(frozen_at)
+            os.kill(running.proc.pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(0.4)
+            finally:
+                os.kill(running.proc.pid, signal.SIGCONT)
+
+        summary = asyncio.run(run_scenario(scenario, running.url, tmp_path / "run", progress=freeze))
+    assert summary["setpoints_lost"] == 0
+    assert summary["setpoints_expired"] >= 1 and summary["setpoints_expired_max_age_ms"] > 80
+    assert summary["setpoints_missed"] == summary["setpoints_expired"]
+    assert f"{summary['setpoints_expired']} expired" in setpoints_text(summary)
+    db = sqlite3.connect(tmp_path / "run" / "exchange.sqlite")
+    reasons = [r for (r,) in db.execute(
+        "SELECT reason FROM exchange WHERE type='delta_setpoint' AND outcome IN ('rejected', 'dropped')")]  # fmt: skip
+    assert reasons and all("expired" in r for r in reasons), reasons
+    last = db.execute("SELECT message_id FROM exchange WHERE direction='out' AND type='delta_setpoint' "
+                      "ORDER BY created_us DESC LIMIT 1").fetchone()[0]  # fmt: skip
+    assert db.execute("SELECT outcome FROM exchange WHERE direction='in' AND message_id=?", (last,)).fetchone() == (
+        "delivered",)  # the BSP goes on following

@@ -114,7 +114,8 @@ def test_compare_writes_one_row_per_scheme_a_table_and_plots(comparison):
     assert (out / "comparison.png").read_bytes().startswith(b"\x89PNG")
     assert "data:image/png;base64," in (out / "comparison.html").read_text()
     for scheme, row in result["schemes"].items():
-        assert row["scheme"] == scheme and row["setpoints_missed"] <= 0.01 * row["setpoints_sent"], scheme
+        assert row["scheme"] == scheme and row["setpoints_lost"] == 0, scheme
+        assert row["setpoints_missed"] == row["setpoints_expired"] <= 0.01 * row["setpoints_sent"], scheme
         assert row["balancing_need_mwh"] > 0 and row["messages"] > 0
 
 
