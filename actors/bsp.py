@@ -74,7 +74,6 @@ class BSP(Actor):
         self.settlements: list[SettlementReport] = []
         self.monitoring: list[MonitoringReport] = []
         self.flex_mw: dict[tuple[str, object], float] = {}  # (asset, ISP) -> block activation [MW]
-        self.flex: list[FlexActivation] = []
         self.market_results: list[MarketResult] = []
         gateway.on(DeltaSetpoint, self.on_setpoint)
         gateway.on(FlexActivation, self.on_flex)
@@ -148,12 +147,9 @@ class BSP(Actor):
     async def on_flex(self, msg: Received[FlexActivation]) -> None:
         """A block activation by a DSO or a market: the assets' schedules move for its ISP."""
         f = msg.body
-        self.flex.append(f)
-        total = sum(a.share_mw for a in f.assets)
-        for a in f.assets:
-            if a.asset_id in self.assets and total > 0:
-                key = (a.asset_id, f.isp_start)
-                self.flex_mw[key] = self.flex_mw.get(key, 0.0) + schemes.sign(f.direction) * f.activated_mw * a.share_mw / total
+        for asset, mw in schemes.asset_moves(f).items():
+            if asset in self.assets:
+                self.flex_mw[(asset, f.isp_start)] = self.flex_mw.get((asset, f.isp_start), 0.0) + mw
 
     async def on_market_result(self, msg: Received[MarketResult]) -> None:
         self.market_results.append(msg.body)

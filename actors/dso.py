@@ -15,7 +15,7 @@ from actors import grid as grids
 from actors.base import Actor
 from actors import schemes
 from actors.config import ISP, DsoConfig, isp_of
-from actors.market import Award, Need, clear_in_order
+from actors.market import Award, Need, clear_in_order, per_bid
 from actors.powerflow import FastAC, GridState
 from actors.validation import largest_activation, per_mw_injection, validate_mol
 from gateway import Received
@@ -79,7 +79,7 @@ class DSO(Actor):
         self.entries: dict[datetime, dict[str, MolEntry]] = {}  # the bids it has seen per ISP, validated bounds
         self.flex_mw: dict[tuple[str, datetime], float] = {}  # (asset, ISP) -> schedule change by flex [MW]
         self.flex: list[FlexActivation] = []  # every block activation in its grid, its own and others'
-        self.needs: list[dict] = []  # congestion needs found, with what covered them
+        self.needs: list[dict] = []  # congestion needs found
         self.compute_ms: list[float] = []  # needs, local clearing, validation
         self.forwarded: list[str] = []
         gateway.on(EnergyBid, self.on_bid)
@@ -342,13 +342,10 @@ class DSO(Actor):
             net = sum(schemes.sign(entries[a.bid_id].direction) * a.mw for a in awards)
             short = area - net  # MW the area still lacks (+) or has too much (-)
             if abs(short) > 1e-3:
-                taken = {}
-                for a in awards:
-                    taken[a.bid_id] = taken.get(a.bid_id, 0.0) + a.mw
                 balance = Need(f"{self.me.id}-{isp:%Y%m%d%H%M}-area", f"dso/{self.me.id}", "balancing", abs(short),
                                direction=Direction.UP if short > 0 else Direction.DOWN)  # fmt: skip
-                awards += clear_in_order([balance], schemes.offers(entries, taken))
-        self.record_needs(isp, needs, awards)
+                awards += clear_in_order([balance], schemes.offers(entries, per_bid(awards)))
+        self.record_needs(isp, needs)
         self.compute_ms.append((time.perf_counter() - t0) * 1000)
         for award in awards:
             await self.activate(isp, award, entries[award.bid_id])
@@ -358,9 +355,7 @@ class DSO(Actor):
     async def forward_rest(self, isp: datetime, bids: list[EnergyBid], awards: list[Award]) -> None:
         """What the DSO did not buy, validated on its grid with its own activations in the base,
         to the TSO as bids of their BSPs."""
-        taken: dict[str, float] = {}
-        for a in awards:
-            taken[a.bid_id] = taken.get(a.bid_id, 0.0) + a.mw
+        taken = per_bid(awards)
         rest = [b.model_copy(update={"quantity_mw": round(b.quantity_mw - taken.get(b.bid_id, 0.0), 4)})
                 for b in bids if b.quantity_mw - taken.get(b.bid_id, 0.0) > 0.01]  # fmt: skip
         validated = validate_mol(self.fast, list(schemes.ranked(rest).values()), self.me.id, self.bus_of,
@@ -389,18 +384,16 @@ class DSO(Actor):
                     expected[bus] = expected.get(bus, 0.0) + k * a.awarded_mw
             needs = self.congestion_needs(isp, list(entries.values()), extra=expected)
             awards = clear_in_order([schemes.market_need(n, "dso") for n in needs], schemes.offers(entries, taken))
-            self.record_needs(isp, needs, awards)
+            self.record_needs(isp, needs)
             self.compute_ms.append((time.perf_counter() - t0) * 1000)
             for award in awards:
                 await self.activate(isp, award, entries[award.bid_id])
             return
-        mine = [a for a in result.awards if a.buyer_role == "dso" and a.buyer_id == self.me.id]
-        self.record_needs(isp, [], [Award(a.need_id, f"dso/{self.me.id}", a.bid_id, a.awarded_mw, a.price_eur_per_mwh)
-                                    for a in mine])  # fmt: skip
-        for a in mine:
-            await self.activate(isp, Award(a.need_id, f"dso/{self.me.id}", a.bid_id, a.awarded_mw, a.price_eur_per_mwh), a)
+        for a in result.awards:
+            if a.buyer_role == "dso" and a.buyer_id == self.me.id:
+                await self.activate(isp, Award(a.need_id, f"dso/{self.me.id}", a.bid_id, a.awarded_mw, a.price_eur_per_mwh), a)
 
-    def record_needs(self, isp: datetime, needs: list[FlexibilityNeed], awards: list[Award]) -> None:
+    def record_needs(self, isp: datetime, needs: list[FlexibilityNeed]) -> None:
         for n in needs:
             self.needs.append({"isp": isp.isoformat(), "element": n.element, "loading_percent": n.loading_percent,
                                "relief_percent": n.quantity})  # fmt: skip
@@ -422,11 +415,9 @@ class DSO(Actor):
     def apply_flex(self, f: FlexActivation) -> None:
         """A block activation moves the schedules of the assets in this grid for its ISP."""
         self.flex.append(f)
-        total = sum(a.share_mw for a in f.assets)
-        for a in f.assets:
-            if a.connection == Connection.DN and a.dso_id == self.me.id and total > 0:
-                key = (a.asset_id, f.isp_start)
-                self.flex_mw[key] = self.flex_mw.get(key, 0.0) + schemes.sign(f.direction) * f.activated_mw * a.share_mw / total
+        for asset, mw in schemes.asset_moves(f).items():
+            if asset in self.connections:  # the DN assets in this grid
+                self.flex_mw[(asset, f.isp_start)] = self.flex_mw.get((asset, f.isp_start), 0.0) + mw
 
     async def on_flex(self, msg: Received[FlexActivation]) -> None:
         self.apply_flex(msg.body)

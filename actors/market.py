@@ -128,12 +128,18 @@ def joint_dispatch(needs: Sequence[Need], offers: Sequence[Offer]) -> list[Award
     return [a for a in awards if a.mw > 1e-9]
 
 
+def per_bid(awards: Sequence[Award]) -> dict[str, float]:
+    """MW awarded per bid, over all buyers."""
+    out: dict[str, float] = {}
+    for a in awards:
+        out[a.bid_id] = out.get(a.bid_id, 0.0) + a.mw
+    return out
+
+
 def unserved(needs: Sequence[Need], offers: Sequence[Offer], awards: Sequence[Award]) -> dict[str, float]:
     """Need left uncovered by ``awards`` (units of each need), counting every award for every need
     it affects (physics does not care who bought it)."""
-    by_bid: dict[str, float] = {}
-    for a in awards:
-        by_bid[a.bid_id] = by_bid.get(a.bid_id, 0.0) + a.mw
+    by_bid = per_bid(awards)
     offer = {o.bid_id: o for o in offers}
     return {n.need_id: max(0.0, n.quantity - sum(n.covers(offer[b]) * mw for b, mw in by_bid.items()))
             for n in needs}  # fmt: skip

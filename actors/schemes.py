@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from actors.config import ISP, Scenario
 from actors.market import Need, Offer
 from schemas.codes import Connection, Direction
-from schemas.messages import EnergyBid, FlexibilityNeed, MolEntry
+from schemas.messages import EnergyBid, FlexActivation, FlexibilityNeed, MolEntry
 
 LOCAL_GATE = timedelta(seconds=60)  # DSO local markets close this long before the ISP's gate closure
 MARKET_GATE = timedelta(seconds=30)  # the market operator clears this long before the ISP starts
@@ -63,6 +63,12 @@ def dn_dsos(entry: EnergyBid | MolEntry) -> set[str]:
 
 def sign(direction: Direction) -> float:
     return 1.0 if direction == Direction.UP else -1.0
+
+
+def asset_moves(f: FlexActivation) -> dict[str, float]:
+    """How far a block activation moves each of its assets, by share (asset id -> MW, up +)."""
+    total = sum(a.share_mw for a in f.assets)
+    return {a.asset_id: sign(f.direction) * f.activated_mw * a.share_mw / total for a in f.assets} if total > 0 else {}
 
 
 def ranked(bids: list[EnergyBid]) -> dict[str, MolEntry]:

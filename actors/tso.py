@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from actors import schemes
 from actors.base import Actor
 from actors.config import TsoConfig, isp_of
-from actors.market import clear_in_order, joint_dispatch
+from actors.market import clear_in_order, joint_dispatch, per_bid
 from gateway import Received, RequestTimeout
 from schemas.codes import BidStatus, Connection, Direction, ProcessType
 from schemas.envelope import Party
@@ -98,6 +98,7 @@ class TSO(Actor):
         self.late_cycles = 0
         # the coordination schemes (actors.schemes)
         self.scheme = scenario.coordination
+        self.system_profile = schemes.system_imbalance_profile(scenario, with_areas=True)  # TSO + DSO areas
         self.flex: list[FlexActivation] = []  # block activations by DSOs and markets (copies)
         self.market_results: dict[datetime, MarketResult] = {}  # integrated market: what the operator gave
         self.result_arrived = asyncio.Event()
@@ -211,10 +212,7 @@ class TSO(Actor):
             awards = clear_in_order([schemes.market_need(need, "tso")] if need else [], schemes.offers(entries))
         self.clearing_ms.append((time.perf_counter() - t0) * 1000)
         if self.scheme == "common_market":  # the TSO activates what the market gave it, the DSOs the rest
-            mine: dict[str, float] = defaultdict(float)
-            for a in awards:
-                if a.buyer == f"tso/{self.me.id}":
-                    mine[a.bid_id] += a.mw
+            mine = per_bid([a for a in awards if a.buyer == f"tso/{self.me.id}"])
             entries = {b: e.model_copy(update={"upper_bound_mw": round(mine[b], 4)}) for b, e in entries.items() if b in mine}
         self.active = {e.bid_id: Activated(bids[e.bid_id], e.rank, e.upper_bound_mw) for e in entries.values()}
         await self.accept_offers(isp, bids)
@@ -338,8 +336,7 @@ class TSO(Actor):
 
     def exogenous(self, t: datetime) -> float:
         """The imbalance the scenario gives: the TSO's profile plus the DSO areas' (MW short +)."""
-        return schemes.profile_at(self.config.imbalance, t) + sum(schemes.profile_at(d.area_imbalance, t)
-                                                                    for d in self.scenario.dsos)  # fmt: skip
+        return schemes.profile_at(self.system_profile, t)
 
     def imbalance(self, t: datetime) -> float:
         """What the TSO balances at ``t`` (MW short +): its own area's imbalance and, unless the
