@@ -16,7 +16,8 @@ from datetime import datetime
 
 from actors import schemes
 from actors.base import Actor
-from actors.market import clear_by_willingness
+from actors import market
+from actors.market import Need, Offer, clear_by_willingness
 from gateway import Received, RequestTimeout
 from schemas.codes import BidStatus, ProcessType
 from schemas.envelope import Party
@@ -79,7 +80,7 @@ class MarketOperator(Actor):
         for found in await asyncio.gather(*(self.validate(d, isp, conversation, entries) for d in dsos)):
             needs += found
         t0 = time.perf_counter()
-        awards = clear_by_willingness([schemes.market_need(n, role) for role, n in needs], schemes.offers(entries))
+        awards = self.clearing([schemes.market_need(n, role) for role, n in needs], schemes.offers(entries))
         elapsed = time.perf_counter() - t0
         self.clearing_ms.append(elapsed * 1000)
         messages = []
@@ -91,10 +92,8 @@ class MarketOperator(Actor):
                                   reference_mw=bid.reference_mw))  # fmt: skip
         result = MarketResult(isp_start=isp, scheme="integrated_market", awards=messages, computation_time_s=elapsed)
         self.cleared.append(result)
-        buyers = {("tso", self.scenario.tso.id)} | {(a.buyer_role, a.buyer_id) for a in messages}
-        for role, buyer in sorted(buyers):
-            mine = result.model_copy(update={"awards": [a for a in messages if (a.buyer_role, a.buyer_id) == (role, buyer)]})
-            await self.gw.publish(mine, Party(role=role, id=buyer), correlation_id=conversation)
+        buyers = {("tso", self.scenario.tso.id)} | {(role, n.buyer_id) for role, n in needs}
+        await self.send_results(result, sorted(buyers), conversation)
         for bsp in sorted({b.bsp_id for b in bids.values()}):
             got: dict[str, float] = defaultdict(float)
             for a in messages:
@@ -114,6 +113,17 @@ class MarketOperator(Actor):
                 await self.gw.publish(body, Party(role="tso", id=self.scenario.tso.id), correlation_id=conversation)
                 for dso in sorted(schemes.dn_dsos(a)):
                     await self.gw.publish(body, Party(role="dso", id=dso), correlation_id=conversation)
+
+    def clearing(self, needs: list[Need], offers: list[Offer]) -> list[market.Award]:
+        """The integrated market's rule: the highest willingness to pay is served first."""
+        return clear_by_willingness(needs, offers)
+
+    async def send_results(self, result: MarketResult, buyers: list[tuple[str, str]], conversation: uuid.UUID) -> None:
+        """Each buyer (the TSO, every party that stated a need) gets its own awards, none if it got none."""
+        for role, buyer in buyers:
+            mine = [a for a in result.awards if (a.buyer_role, a.buyer_id) == (role, buyer)]
+            await self.gw.publish(result.model_copy(update={"awards": mine}), Party(role=role, id=buyer),
+                                  correlation_id=conversation)  # fmt: skip
 
     async def run(self) -> None:
         gates = sorted(isp - schemes.MARKET_GATE for isp in self.scenario.isps()

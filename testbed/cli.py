@@ -499,7 +499,7 @@ ScenarioOpt = Annotated[Path, typer.Option(help="Scenario the device profile com
 
 @app.command()
 def conformance(
-    role: Annotated[Optional[str], typer.Option(help="Role of the device under test: bsp | dso | tso.")] = None,
+    role: Annotated[Optional[str], typer.Option(help="Role of the device under test: bsp | dso | tso | mo.")] = None,
     device_id: Annotated[Optional[str], typer.Option("--device-id", help="The device's id on the bus.")] = None,
     broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1] the device is on.")] = "mqtt://127.0.0.1:1883",
     observer: Annotated[Optional[str], typer.Option(help="Broker URL with an account that may read tsodso/v1/# "
@@ -563,7 +563,7 @@ def conformance(
 
 @app.command()
 def emulate(
-    role: Annotated[Optional[str], typer.Argument(help="bsp | dso | tso")] = None,
+    role: Annotated[Optional[str], typer.Argument(help="bsp | dso | tso | mo")] = None,
     device_id: Annotated[Optional[str], typer.Option("--device-id", help="The device's id on the bus.")] = None,
     broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")] = "mqtt://127.0.0.1:1883",
     fault: Annotated[Optional[str], typer.Option(help="Break rules on purpose (tsodso emulate --list-faults).")] = None,
@@ -571,7 +571,8 @@ def emulate(
     speed: Annotated[float, typer.Option(help="Must match the suite's --speed.")] = 1.0,
     list_faults: Annotated[bool, typer.Option("--list-faults", help="Print the fault modes and the rules they break.")] = False,
 ):
-    """A reference BSP or DSO device that passes its conformance suite (or breaks it with --fault)."""
+    """A reference BSP, DSO, TSO or market-operator device that passes its conformance suite (or breaks it
+    with --fault)."""
     from testbed.emulate import FAULTS, emulate as run_emulator
     from testbed.scenario import load_scenario
 

@@ -1,6 +1,6 @@
-"""Reference devices for the conformance suite: ``tsodso emulate bsp|dso --device-id ID --broker URL``.
+"""Reference devices for the conformance suite: ``tsodso emulate bsp|dso|tso|mo --device-id ID --broker URL``.
 
-An emulator is the testbed's own BSP or DSO actor (``actors.bsp``, ``actors.dso``) in its own
+An emulator is the testbed's own BSP, DSO, TSO or market operator (``actors.bsp``, ``actors.dso``, ...) in its own
 process, configured from a scenario (default: the reference scenario's bsp1 / dso1, renamed to the
 device id), waiting for a conformance session's 'run start' and then behaving as its role's session
 script expects. It serves until stopped (Ctrl-C / SIGTERM), leaving its 'offline' state.
@@ -19,7 +19,10 @@ from typing import Any
 
 from actors.bsp import BSP
 from actors.config import ISP, Scenario, isp_of
+from actors import market
 from actors.dso import DSO
+from actors.market import Need, Offer
+from actors.mo import MarketOperator
 from actors.tso import TSO
 from gateway import Gateway, Received
 from schemas.envelope import Envelope, Party
@@ -56,6 +59,16 @@ FAULTS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
         "bad-bounds": ("validates bids with an upper bound 1000 MW above the offered quantity",
                        frozenset({"DSO-MV-030"})),
         "no-will": ("connects without an MQTT will: killed, it leaves no 'offline' state", frozenset({"DSO-PR-020"})),
+    },
+    "mo": {
+        "bad-schema": ("after its first message, sends a copy with a field the schema does not know",
+                       frozenset({"MO-EN-010"})),
+        "ignore-validation": ("clears with the offered quantities, not the bounds its DSOs validated",
+                              frozenset({"MO-MK-010"})),
+        "greedy": ("serves the least willing need first", frozenset({"MO-MK-030"})),
+        "late-result": ("sends the buyers their market results half a setpoint period after the ISP starts",
+                        frozenset({"MO-MK-040"})),
+        "no-will": ("connects without an MQTT will: killed, it leaves no 'offline' state", frozenset({"MO-PR-020"})),
     },
     "tso": {
         "uncoordinated": ("runs with coordination off: DER bids activated without asking their DSO",
@@ -129,6 +142,34 @@ class EmulatedBSP(BSP):
         return {a: v * most / abs(want) for a, v in targets.items()}
 
 
+class EmulatedMO(MarketOperator):
+    """The testbed's market operator with the behavioural faults."""
+
+    fault: str | None = None
+
+    async def validate(self, dso, isp, conversation, entries):  # noqa: ANN001, ANN201
+        needs = await super().validate(dso, isp, conversation, entries)
+        if self.fault == "ignore-validation":
+            for bid_id, e in list(entries.items()):
+                entries[bid_id] = e.model_copy(update={"upper_bound_mw": e.quantity_mw})
+        return needs
+
+    def clearing(self, needs: list[Need], offers: list[Offer]) -> list[market.Award]:
+        if self.fault == "greedy":
+            return market.clear_in_order(sorted(needs, key=lambda n: n.max_price_eur_per_mwh), offers)
+        return super().clearing(needs, offers)
+
+    async def send_results(self, result, buyers, conversation) -> None:  # noqa: ANN001
+        if self.fault != "late-result":
+            return await super().send_results(result, buyers, conversation)
+
+        async def late() -> None:
+            await self.clock.sleep_until(result.isp_start + timedelta(seconds=self.scenario.setpoint_period_s / 2))
+            await MarketOperator.send_results(self, result, buyers, conversation)
+
+        self.gw._spawn(late())
+
+
 def bsp_profile(scenario: Scenario, device_id: str) -> Scenario:
     """The scenario's BSP ``device_id``, or its first BSP renamed to it."""
     if any(b.id == device_id for b in scenario.bsps):
@@ -152,13 +193,17 @@ async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *,
             loop.add_signal_handler(sig, stop.set)
     if role == "tso":
         return await _emulate_tso(device_id, broker, scenario, fault=fault, speed=speed, stop=stop)
-    profile = dso_profile(scenario, device_id) if role == "dso" else bsp_profile(scenario, device_id)
+    profiles = {"dso": dso_profile, "bsp": bsp_profile}
+    profile = profiles[role](scenario, device_id) if role in profiles else scenario
     clock = Clock(profile.start, speed, wall_origin=float("inf"))
     async with FaultyGateway(Party(role=role, id=device_id), broker, fault=fault) as gw:
         connected_at = time.time()
         if role == "dso":
             config = profile.dsos[0].model_copy(update={"validation_delay_s": 3.0} if fault == "slow-validation" else {})
             actor: Any = DSO(gw, clock, profile, config)
+        elif role == "mo":
+            actor = EmulatedMO(gw, clock, profile)
+            actor.fault = fault
         else:
             actor = EmulatedBSP(gw, clock, profile, next(b for b in profile.bsps if b.id == device_id))
             actor.fault = fault
@@ -180,7 +225,8 @@ async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *,
                 break
             since = got.result().since
             isp0 = isp_of(since) + ISP  # the first ISP whose bids are not late
-            actor.scenario = profile.model_copy(update={"start": isp0, "end": isp0 + 4 * ISP})
+            # a market operator clears ISP0 before it starts, so its run starts with the session
+            actor.scenario = profile.model_copy(update={"start": since if role == "mo" else isp0, "end": isp0 + 4 * ISP})
             gw.log.info("session", since=since.isoformat(), isp0=isp0.isoformat())
             task = asyncio.ensure_future(actor.publish_forecast() if role == "dso" else actor.run())
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -83,7 +83,7 @@ def _not_passed(report) -> dict[str, str]:  # noqa: ANN001
             if r.status != "pass" and r.id.split("-", 1)[1] not in ALWAYS_SKIPPED}  # fmt: skip
 
 
-@pytest.mark.parametrize("role", ["bsp", "dso", "tso"])
+@pytest.mark.parametrize("role", ["bsp", "dso", "tso", "mo"])
 async def test_reference_emulator_passes_its_suite(broker, role, uid, tmp_path):
     device_id = f"{role}-{uid}"
     scenario, path = own_peers(tmp_path, uid)
@@ -100,8 +100,8 @@ async def test_reference_emulator_passes_its_suite(broker, role, uid, tmp_path):
 
 
 async def test_each_fault_mode_fails_exactly_its_rules(own_mosquitto, uid, tmp_path):
-    """All fault emulators at once, one session each, side by side (BSP and DSO sessions at half speed:
-    thirteen devices at once on two cores; each TSO with its own DSO and BSP)."""
+    """All fault emulators at once, one session each, side by side (BSP, DSO and market-operator sessions
+    at half speed: eighteen devices at once on two cores; each TSO with its own DSO and BSP)."""
     url = own_mosquitto.url
     cases = []  # (role, fault, device id, speed, scenario, scenario file)
     for role, faults in FAULTS.items():

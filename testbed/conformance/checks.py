@@ -70,7 +70,7 @@ def _mine(t: Trace) -> list[Captured]:
 # --- envelope, topics, delivery policy, presence (every role) ----------------------------------
 
 
-@check("BSP-EN-010", "DSO-EN-010", "TSO-EN-010")
+@check("BSP-EN-010", "DSO-EN-010", "TSO-EN-010", "MO-EN-010")
 def schema_valid(t: Trace) -> Outcome:
     if not t.messages:
         return skip("the device published nothing")
@@ -80,7 +80,7 @@ def schema_valid(t: Trace) -> Outcome:
     return ok(f"{len(t.messages)} messages, all valid", str(len(t.messages)))
 
 
-@check("BSP-EN-020", "DSO-EN-020", "TSO-EN-020")
+@check("BSP-EN-020", "DSO-EN-020", "TSO-EN-020", "MO-EN-020")
 def topic_matches(t: Trace) -> Outcome:
     bad = [m for m in t.messages if m.error and m.error.startswith("topic_mismatch")]
     bad += [m for m in t.valid if m.envelope.sender != t.device]
@@ -89,7 +89,7 @@ def topic_matches(t: Trace) -> Outcome:
     return ok(f"{len(t.valid)} topics name sender, type and recipient")
 
 
-@check("BSP-EN-030", "DSO-EN-030", "TSO-EN-030")
+@check("BSP-EN-030", "DSO-EN-030", "TSO-EN-030", "MO-EN-030")
 def rights(t: Trace) -> Outcome:
     table = default_rights()
     for m in _mine(t):
@@ -99,7 +99,7 @@ def rights(t: Trace) -> Outcome:
     return ok(f"{len(_mine(t))} messages within the bilateral table")
 
 
-@check("BSP-EN-040", "DSO-EN-040", "TSO-EN-040")
+@check("BSP-EN-040", "DSO-EN-040", "TSO-EN-040", "MO-EN-040")
 def sequences(t: Trace) -> Outcome:
     last: dict[str, int] = {}
     seen = 0
@@ -124,7 +124,7 @@ def sequences(t: Trace) -> Outcome:
     return ok(f"{seen} consecutive pairs checked on {len(last)} topics")
 
 
-@check("BSP-EN-050", "DSO-EN-050", "TSO-EN-050")
+@check("BSP-EN-050", "DSO-EN-050", "TSO-EN-050", "MO-EN-050")
 def unique_ids(t: Trace) -> Outcome:
     by_id: dict[str, bytes] = {}
     for m in _mine(t):
@@ -135,7 +135,7 @@ def unique_ids(t: Trace) -> Outcome:
     return ok(f"{len(by_id)} distinct message ids")
 
 
-@check("BSP-TP-010", "DSO-TP-010", "TSO-TP-010")
+@check("BSP-TP-010", "DSO-TP-010", "TSO-TP-010", "MO-TP-010")
 def delivery_policy(t: Trace) -> Outcome:
     retain_seen = t.broker.protocol == 5
     for m in _mine(t):
@@ -151,7 +151,7 @@ def delivery_policy(t: Trace) -> Outcome:
     return ok(f"{len(_mine(t))} messages: {how} as the policy says")
 
 
-@check("BSP-TP-020", "DSO-TP-020", "TSO-TP-020")
+@check("BSP-TP-020", "DSO-TP-020", "TSO-TP-020", "MO-TP-020")
 def expiry(t: Trace) -> Outcome:
     n = 0
     for m in _mine(t):
@@ -165,7 +165,7 @@ def expiry(t: Trace) -> Outcome:
     return ok(f"{n} expiring messages carry valid_until") if n else skip("no message of an expiring type")
 
 
-@check("BSP-PR-010", "DSO-PR-010", "TSO-PR-010")
+@check("BSP-PR-010", "DSO-PR-010", "TSO-PR-010", "MO-PR-010")
 def birth(t: Trace) -> Outcome:
     births = [m for m in _mine(t) if m.envelope.type == "actor_state" and m.body.status == "online"]
     if not births:
@@ -179,7 +179,7 @@ def birth(t: Trace) -> Outcome:
     return ok(f"retained birth on {m.topic}")
 
 
-@check("BSP-PR-020", "DSO-PR-020", "TSO-PR-020")
+@check("BSP-PR-020", "DSO-PR-020", "TSO-PR-020", "MO-PR-020")
 def death(t: Trace) -> Outcome:
     deaths = [m for m in _mine(t) if m.envelope.type == "actor_state" and m.body.status == "offline"
               and not _stored(t, m)]  # fmt: skip
@@ -193,7 +193,7 @@ def death(t: Trace) -> Outcome:
     return ok(f"retained offline state on {m.topic}")
 
 
-@check("BSP-RR-010", "DSO-RR-010", "TSO-RR-010")
+@check("BSP-RR-010", "DSO-RR-010", "TSO-RR-010", "MO-RR-010")
 def correlation(t: Trace) -> Outcome:
     pairs = []  # (request id, request correlation, answer)
     for p in t.probes:
@@ -218,7 +218,7 @@ def correlation(t: Trace) -> Outcome:
     return ok(f"{len(pairs)} answers carry causation and correlation", str(len(pairs)))
 
 
-@check("BSP-RR-020", "DSO-RR-020", "TSO-RR-020")
+@check("BSP-RR-020", "DSO-RR-020", "TSO-RR-020", "MO-RR-020")
 def heartbeat(t: Trace) -> Outcome:
     probe = next((p for p in t.probes if p.name == "heartbeat"), None)
     if probe is None:
@@ -822,3 +822,215 @@ def tso_settlement(t: Trace) -> Outcome:
             return fail(f"{bid} in ISP {isp:%H:%M}: settled {line.activated_energy_mwh:.4f} MWh, setpoints make "
                         f"{mwh:.4f} MWh", f"{line.activated_energy_mwh:.4f} MWh", f"{mwh:.4f} MWh ± 2 %")  # fmt: skip
     return ok(f"{len(active)} bid-ISPs settled as activated")
+
+
+# --- market operator -----------------------------------------------------------------------------
+
+
+def _sent(t: Trace, type_name: str) -> list[Captured]:
+    """The device's messages of ``type_name`` for the session's ISP, in order."""
+    return [m for m in _mine(t) if m.envelope.type == type_name and not _stored(t, m)
+            and getattr(m.body, "isp_start", None) == t.isp0]  # fmt: skip
+
+
+def _awards(t: Trace) -> list:  # list[schemas.messages.Award]
+    """Every award of the ISP's market results, once (a result may reach several parties)."""
+    seen: dict[tuple, object] = {}
+    for m in _sent(t, "market_result"):
+        for a in m.body.awards:
+            seen.setdefault((a.buyer_role, a.buyer_id, a.need_id, a.bid_id), a)
+    return list(seen.values())
+
+
+def _per(awards: list, key: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for a in awards:
+        out[getattr(a, key)] = out.get(getattr(a, key), 0.0) + a.awarded_mw
+    return out
+
+
+def _bound(t: Trace, bid_id: str) -> float:
+    return t.validated.get(bid_id, t.market_bids[bid_id].quantity_mw)
+
+
+def _late(t: Trace, m: Captured) -> float:
+    """Seconds after the ISP started that ``m`` arrived (<= 0: in time)."""
+    return m.t_us / 1e6 - _isp_wall(t, t.isp0)
+
+
+def _market_session(t: Trace) -> Outcome | None:
+    if not t.market_bids:
+        return skip("the session ended before the suite sent its bids")
+    if not _sent(t, "market_result"):
+        return fail(f"no market_result for ISP {t.isp0:%H:%M} from {t.device}")
+    return None
+
+
+@check("MO-MV-010")
+def mo_mol(t: Trace) -> Outcome:
+    if not t.market_bids:
+        return skip("the session ended before the suite sent its bids")
+    grids: dict[str, set[str]] = {}
+    for b in t.market_bids.values():
+        for a in b.assets:
+            if a.connection == Connection.DN and a.dso_id:
+                grids.setdefault(a.dso_id, set()).add(b.bid_id)
+    for dso, want in sorted(grids.items()):
+        mols = [m for m in _sent(t, "merit_order_list") if Party(role="dso", id=dso) in m.envelope.recipients]
+        if not mols:
+            return fail(f"no merit_order_list for ISP {t.isp0:%H:%M} to dso/{dso}")
+        m = mols[0]
+        if _late(t, m) > 0:
+            return fail(f"the list reached dso/{dso} {_late(t, m):.2f} s after the ISP started: {show(m, 160)}",
+                        f"+{_late(t, m):.2f} s", "before the ISP")  # fmt: skip
+        if m.envelope.reply_to is None:
+            return fail(f"the list to dso/{dso} has no reply_to: {show(m, 160)}")
+        got = {e.bid_id for e in m.body.bids}
+        if got != want:
+            return fail(f"the list to dso/{dso} holds {sorted(got)}, the bids in its grid are {sorted(want)}",
+                        str(sorted(got)), str(sorted(want)))  # fmt: skip
+    return ok(f"{len(grids)} DSO(s) got their bids to validate before the ISP")
+
+
+@check("MO-MK-010")
+def mo_bounds(t: Trace) -> Outcome:
+    if (early := _market_session(t)) is not None:
+        return early
+    per_bid = _per(_awards(t), "bid_id")
+    for bid, mw in sorted(per_bid.items()):
+        if bid not in t.market_bids:
+            return fail(f"an award of bid {bid}, which nobody offered")
+        bound = _bound(t, bid)
+        if mw > bound + 1e-3:
+            how = "validated by its DSO" if bid in t.validated else "offered"
+            return fail(f"{bid} awarded {mw:.3f} MW over all buyers, {bound:g} MW {how}", f"{mw:.3f} MW",
+                        f"<= {bound:g} MW")  # fmt: skip
+    return ok(f"{len(per_bid)} bids awarded within their bounds", str(len(per_bid)))
+
+
+@check("MO-MK-020")
+def mo_needs(t: Trace) -> Outcome:
+    if (early := _market_session(t)) is not None:
+        return early
+    awards = _awards(t)
+    for a in awards:
+        if a.need_id not in t.market_needs:
+            return fail(f"an award for need {a.need_id}, which nobody stated")
+        party, need = t.market_needs[a.need_id]
+        bid = t.market_bids.get(a.bid_id)
+        if (a.buyer_role, a.buyer_id) != (party.role, party.id):
+            return fail(f"need {a.need_id} is {party}'s, awarded to {a.buyer_role}/{a.buyer_id}")
+        if bid is None:
+            return fail(f"an award of bid {a.bid_id}, which nobody offered")
+        if need.direction is not None and bid.direction != need.direction:
+            return fail(f"need {a.need_id} ({need.direction.name}) served by {a.bid_id} ({bid.direction.name})")
+        if bid.price_eur_per_mwh > need.max_price_eur_per_mwh + 1e-9:
+            return fail(f"need {a.need_id} served by {a.bid_id} at {bid.price_eur_per_mwh:g} EUR/MWh",
+                        f"{bid.price_eur_per_mwh:g} EUR/MWh", f"<= {need.max_price_eur_per_mwh:g} EUR/MWh")  # fmt: skip
+    for need_id, mw in _per(awards, "need_id").items():
+        quantity = t.market_needs[need_id][1].quantity
+        if mw > quantity + 1e-3:
+            return fail(f"need {need_id} got {mw:.3f} MW", f"{mw:.3f} MW", f"<= {quantity:g} MW")
+    return ok(f"{len(awards)} awards serve stated needs within quantity, direction and price", str(len(awards)))
+
+
+@check("MO-MK-030")
+def mo_willingness(t: Trace) -> Outcome:
+    if (early := _market_session(t)) is not None:
+        return early
+    awards = _awards(t)
+    used, served = _per(awards, "bid_id"), _per(awards, "need_id")
+    price = {b: x.price_eur_per_mwh for b, x in t.market_bids.items()}
+    for need_id, (_, need) in sorted(t.market_needs.items()):
+        pays = need.max_price_eur_per_mwh
+        same = [a for a in awards if a.bid_id in price and t.market_bids[a.bid_id].direction == need.direction]
+        less_willing = [a for a in same if a.need_id in t.market_needs
+                        and t.market_needs[a.need_id][1].max_price_eur_per_mwh < pays]  # fmt: skip
+        short = need.quantity - served.get(need_id, 0.0)
+        if short > 1e-3:
+            for bid_id, bid in sorted(t.market_bids.items()):
+                left = _bound(t, bid_id) - used.get(bid_id, 0.0)
+                if bid.direction == need.direction and price[bid_id] <= pays and left > 1e-3:
+                    return fail(f"need {need_id} is {short:.3f} MW short while {bid_id} at {price[bid_id]:g} EUR/MWh "
+                                f"has {left:.3f} MW unused", f"{short:.3f} MW short", "0 MW")  # fmt: skip
+            for a in less_willing:
+                if price[a.bid_id] <= pays:
+                    return fail(f"need {need_id} (pays up to {pays:g}) is {short:.3f} MW short while {a.bid_id} "
+                                f"went to {a.need_id}, which pays less")  # fmt: skip
+        paid = max((price[a.bid_id] for a in same if a.need_id == need_id), default=None)
+        for a in less_willing:
+            if paid is not None and price[a.bid_id] < paid - 1e-9:
+                return fail(f"need {need_id} (pays up to {pays:g}) paid {paid:g} EUR/MWh while the less willing "
+                            f"{a.need_id} got {a.bid_id} at {price[a.bid_id]:g}", f"{paid:g} EUR/MWh",
+                            f"<= {price[a.bid_id]:g} EUR/MWh")  # fmt: skip
+    return ok(f"{len(t.market_needs)} needs served in order of willingness to pay")
+
+
+@check("MO-MK-040")
+def mo_results(t: Trace) -> Outcome:
+    if (early := _market_session(t)) is not None:
+        return early
+    awards = _awards(t)
+    buyers = {t.tso} | {party for party, _ in t.market_needs.values()}
+    for party in sorted(buyers, key=str):
+        results = [m for m in _sent(t, "market_result") if party in m.envelope.recipients]
+        if not results:
+            return fail(f"no market_result for ISP {t.isp0:%H:%M} to {party}")
+        m = results[0]
+        if _late(t, m) > 0:
+            return fail(f"the market_result reached {party} {_late(t, m):.2f} s after the ISP started",
+                        f"+{_late(t, m):.2f} s", "before the ISP")  # fmt: skip
+        foreign = [a for a in m.body.awards if (a.buyer_role, a.buyer_id) != (party.role, party.id)]
+        if foreign:
+            return fail(f"the market_result to {party} carries {foreign[0].buyer_role}/{foreign[0].buyer_id}'s award")
+        own = {(a.need_id, a.bid_id) for a in awards if (a.buyer_role, a.buyer_id) == (party.role, party.id)}
+        if {(a.need_id, a.bid_id) for a in m.body.awards} != own:
+            return fail(f"the first market_result to {party} lacks some of its awards: {show(m, 200)}")
+    return ok(f"{len(buyers)} buyers got their results before the ISP", str(len(buyers)))
+
+
+@check("MO-MK-050")
+def mo_acceptances(t: Trace) -> Outcome:
+    if (early := _market_session(t)) is not None:
+        return early
+    per_bid = _per(_awards(t), "bid_id")
+    bsps = sorted({b.bsp_id for b in t.market_bids.values()})
+    for bsp in bsps:
+        got = [m for m in _sent(t, "offer_acceptance") if Party(role="bsp", id=bsp) in m.envelope.recipients]
+        if not got:
+            return fail(f"no offer_acceptance for ISP {t.isp0:%H:%M} to bsp/{bsp}")
+        m = got[0]
+        if _late(t, m) > 0:
+            return fail(f"the offer_acceptance reached bsp/{bsp} {_late(t, m):.2f} s after the ISP started",
+                        f"+{_late(t, m):.2f} s", "before the ISP")  # fmt: skip
+        accepted = {a.bid_id: a.upper_bound_mw for a in m.body.accepted}
+        for bid_id, bid in sorted(t.market_bids.items()):
+            if bid.bsp_id != bsp:
+                continue
+            mw = per_bid.get(bid_id, 0.0)
+            if mw > 1e-3 and abs(accepted.get(bid_id, -1.0) - mw) > 1e-3:
+                return fail(f"{bid_id} awarded {mw:.3f} MW, accepted with {accepted.get(bid_id)}: {show(m, 200)}",
+                            str(accepted.get(bid_id)), f"{mw:.3f} MW")  # fmt: skip
+            if mw <= 1e-3 and (bid_id in accepted or bid_id not in m.body.rejected_bid_ids):
+                return fail(f"{bid_id} got no award but is not rejected: {show(m, 200)}")
+    return ok(f"{len(bsps)} BSPs got acceptances matching the awards", str(len(bsps)))
+
+
+@check("MO-MK-060")
+def mo_commercial(t: Trace) -> Outcome:
+    if (early := _market_session(t)) is not None:
+        return early
+    commercial = [a for a in _awards(t) if a.buyer_role == "bsp"]
+    if not commercial:
+        return skip("no commercial party got an award")
+    flex = _sent(t, "flex_activation")
+    for a in commercial:
+        bid = t.market_bids[a.bid_id]
+        to = [Party(role="bsp", id=bid.bsp_id), t.tso] + sorted(
+            {Party(role="dso", id=x.dso_id) for x in bid.assets if x.connection == Connection.DN and x.dso_id}, key=str)
+        for party in to:
+            if not any(party in m.envelope.recipients and m.body.bid_id == a.bid_id and m.body.buyer_id == a.buyer_id
+                       and abs(m.body.activated_mw - a.awarded_mw) <= 1e-3
+                       and abs(m.body.price_eur_per_mwh - a.price_eur_per_mwh) <= 1e-9 for m in flex):  # fmt: skip
+                return fail(f"no flex_activation of {a.bid_id} for {a.buyer_id} ({a.awarded_mw:g} MW) to {party}")
+    return ok(f"{len(commercial)} commercial award(s) activated to BSP, TSO and DSO", str(len(commercial)))

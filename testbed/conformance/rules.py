@@ -4,7 +4,8 @@ every rule bound to exactly one check in ``testbed.conformance.checks``).
 
 IDs: ``<ROLE>-<AREA>-<NNN>``. Areas: EN envelope and schema, TP topics and delivery policy,
 PR presence, RR request/response, PQ prequalification, SC schedules, FC forecasts, BD bids,
-SP setpoints and activation, TM telemetry, MV merit order list validation, EM emergencies.
+SP setpoints and activation, TM telemetry, MV merit order list validation, EM emergencies,
+MK market clearing.
 An ID is never reused for a different rule; a withdrawn rule keeps its ID out of use.
 """
 
@@ -66,6 +67,7 @@ _ANSWERS = {
     "tso": ("prequalification_result", "heartbeat"),
     "bsp": ("telemetry", "heartbeat"),
     "dso": ("prequalification_result", "mol_validation", "curtailment_response", "heartbeat"),
+    "mo": ("heartbeat",),
 }
 
 RULES: list[Rule] = [
@@ -151,8 +153,33 @@ RULES += [
          "the setpoints sent (±2 %).", ("settlement_report",), "seed 000 §IV.A (settlement per ISP)"),
 ]
 
+MARKET = "seed 000 Table I, scheme 6 (integrated flexibility market)"
+RULES += [
+    *_common("mo"),
+    Rule("MO-MV-010", "Before an ISP starts, every DSO with an asset in a bid for that ISP gets a merit_order_list, "
+         "with reply_to, holding exactly the bids with an asset in its grid.", ("merit_order_list",),
+         f"{MARKET}; seed 000 Fig. 4 (the DSO validates what reaches its grid)"),
+    Rule("MO-MK-010", "No bid is awarded more, over all buyers, than the upper bound its DSO validated (its offered "
+         "quantity when no DSO had to validate it).", ("market_result", "mol_validation"), MARKET),
+    Rule("MO-MK-020", "An award serves a need that was stated for the ISP, for that need's buyer, in its direction, "
+         "from a bid priced at or below the need's willingness to pay; no need gets more than its quantity.",
+         ("market_result", "flexibility_need"), MARKET),
+    Rule("MO-MK-030", "Willingness to pay decides: a need is not left short while a bid it could pay for stays "
+         "unused or goes to a need that pays less, and no need pays more for a bid than a less willing need of "
+         "the same direction pays for one.", ("market_result", "flexibility_need"),
+         f"{MARKET} (clears by willingness to pay)"),
+    Rule("MO-MK-040", "Before the ISP starts, the TSO and every party that stated a need get a market_result for "
+         "the ISP with exactly their own awards (none when they got nothing).", ("market_result",), MARKET),
+    Rule("MO-MK-050", "Before the ISP starts, every BSP with bids for it gets an offer_acceptance: each awarded bid "
+         "accepted with its awarded MW (summed over buyers) as upper bound, every other bid rejected.",
+         ("offer_acceptance",), "seed 000 Fig. 4 (accepted offers confirmed to the BSP)"),
+    Rule("MO-MK-060", "A commercial party's award is activated for it: a flex_activation of the bid, with the "
+         "awarded MW and price, to the BSP, the TSO and the DSO of each DN asset.", ("flex_activation",),
+         f"{MARKET} (commercial parties buy flexibility)"),
+]
+
 BY_ID = {r.id: r for r in RULES}
-ROLES_WITH_SUITES = ("bsp", "dso", "tso")
+ROLES_WITH_SUITES = ("bsp", "dso", "tso", "mo")
 
 
 def select(role: str, pattern: str = "*") -> list[Rule]:
@@ -178,7 +205,7 @@ def markdown() -> str:
         "line per rule: PASS, FAIL or SKIP with the evidence (the offending message, the measured value and",
         "the bound). It exits 1 when a rule fails and writes `conformance.json` and `conformance.html`.",
         "A plain MQTT observer sees every byte the device publishes, including what a gateway would refuse.",
-        "Reference devices: `tsodso emulate bsp|dso|tso --device-id ID --broker URL [--fault MODE]`.",
+        "Reference devices: `tsodso emulate bsp|dso|tso|mo --device-id ID --broker URL [--fault MODE]`.",
         "",
     ]
     for role in ROLES_WITH_SUITES:

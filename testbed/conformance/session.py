@@ -12,6 +12,7 @@ and limits with their cycles, and why the session stopped early, if it did.
 """
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -36,6 +37,7 @@ from schemas.messages import (
     CurtailmentResponse,
     DeltaSetpoint,
     EnergyBid,
+    FlexibilityNeed,
     Heartbeat,
     MeritOrderList,
     MolEntry,
@@ -163,6 +165,9 @@ class Trace:
     dso_verdicts: dict[str, AssetVerdict] = field(default_factory=dict)  # asset -> the suite DSO's verdict
     validated: dict[str, float] = field(default_factory=dict)  # bid -> upper bound the suite DSO validated
     termination: tuple[str, float, int] | None = None  # (bid, max MW, sent µs)
+    # market-operator sessions: what the suite's BSPs offered and its parties needed
+    market_bids: dict[str, EnergyBid] = field(default_factory=dict)
+    market_needs: dict[str, tuple[Party, FlexibilityNeed]] = field(default_factory=dict)  # need id -> (buyer, need)
 
     @property
     def dn_dsos(self) -> set[str]:
@@ -608,5 +613,111 @@ async def play_tso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
             trace.termination = (bid, max_mw, int(env.created_at.timestamp() * 1e6))
         await clock.sleep_until(scenario.end + timedelta(seconds=2 * scenario.setpoint_period_s))
         await asyncio.sleep(0.5)
+        await suite.watch_leaving(leave)
+    return trace
+
+
+MO_SCRIPT = """
+Session script (the suite plays the TSO and the first DSO of `--scenario` and three BSPs of its
+own, `<device>-tn`, `<device>-dn` and the commercial party `<device>-c`; bids and needs are the
+suite's, the same in every session):
+
+1. The device is connected; the suite waits for its retained `actor_state` 'online'.
+2. The suite's TSO publishes the retained `system_state` 'run start' to the device (T0 one minute
+   before an ISP boundary, ISP0, as for a BSP) and a heartbeat probe.
+3. For ISP0: `energy_bid`s from `<device>-tn` (TN, up 3 MW at 40 EUR/MWh and up 10 MW at 80) and
+   `<device>-dn` (DN in the DSO's grid, up 10 MW at 50 and down 4 MW at 30); `flexibility_need`s:
+   the TSO's balancing need, up 8 MW at up to 200 EUR/MWh, and the commercial party's, up 2 MW at
+   up to 60 EUR/MWh.
+4. The suite's DSO answers a `merit_order_list` at once: the DN up bid limited to 6 MW
+   (line:conformance), every other bid accepted.
+5. One setpoint period after ISP0 starts, a second heartbeat probe; the session ends.
+Cleared by willingness to pay, the TSO gets 3 MW at 40 and 5 MW at 50, the commercial party 1 MW at
+50 (the 80 EUR/MWh bid is above what it pays).
+"""
+SESSION_SCRIPTS["mo"] = MO_SCRIPT
+MO_DN_BOUND_MW = 6.0  # the suite DSO limits the DN up bid to this
+
+
+def mo_market(device_id: str, dso_id: str, tso_id: str, isp: datetime) -> tuple[list[EnergyBid], list[tuple[Party, FlexibilityNeed]]]:
+    """The bids and needs a market-operator session offers (MO_SCRIPT step 3)."""
+    tn, dn, commercial = f"{device_id}-tn"[:64], f"{device_id}-dn"[:64], f"{device_id}-c"[:64]
+
+    def bid(bsp: str, name: str, direction: Direction, mw: float, price: float, asset: BidAsset) -> EnergyBid:
+        return EnergyBid(bid_id=f"{bsp}-{name}"[:64], bsp_id=bsp, process=ProcessType.AFRR, direction=direction,
+                         isp_start=isp, quantity_mw=mw, price_eur_per_mwh=price, ramp_rate_mw_per_min=2.0,
+                         assets=[asset.model_copy(update={"share_mw": mw})])  # fmt: skip
+
+    tn_asset = BidAsset(asset_id=f"{tn}-plant"[:64], connection=Connection.TN, share_mw=1.0)
+    dn_asset = BidAsset(asset_id=f"{dn}-park"[:64], connection=Connection.DN, dso_id=dso_id, share_mw=1.0)
+    bids = [bid(tn, "up40", Direction.UP, 3.0, 40.0, tn_asset), bid(tn, "up80", Direction.UP, 10.0, 80.0, tn_asset),
+            bid(dn, "up50", Direction.UP, 10.0, 50.0, dn_asset), bid(dn, "down30", Direction.DOWN, 4.0, 30.0, dn_asset)]
+    needs = [
+        (Party(role="tso", id=tso_id), FlexibilityNeed(need_id=f"{tso_id}-balancing"[:64], buyer_id=tso_id,
+                                                        kind="balancing", isp_start=isp, direction=Direction.UP,
+                                                        quantity=8.0, max_price_eur_per_mwh=200.0)),
+        (Party(role="bsp", id=commercial), FlexibilityNeed(need_id=f"{commercial}-need"[:64], buyer_id=commercial,
+                                                           kind="commercial", isp_start=isp, direction=Direction.UP,
+                                                           quantity=2.0, max_price_eur_per_mwh=60.0)),
+    ]  # fmt: skip
+    return bids, needs
+
+
+async def play_mo(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
+                  timeout_s: float = 20.0, leave: Leave | None = None,
+                  observer: BrokerSpec | None = None) -> Trace:  # fmt: skip
+    device, tso = Party(role="mo", id=device_id), Party(role="tso", id=scenario.tso.id)
+    dso = Party(role="dso", id=scenario.dsos[0].id)
+    trace = Trace("mo", device, tso, broker, speed, scenario.setpoint_period_s, scenario=scenario)
+    suite = _Suite(trace, scenario, timeout_s)
+    trace.observer = observer or broker
+    gw_dso = _gateway(dso, device, broker)
+
+    @gw_dso.on(MeritOrderList)
+    async def validate(msg: Received[MeritOrderList]) -> None:
+        if msg.sender != device:
+            return
+        results = []
+        for e in msg.body.bids:
+            if e.direction == Direction.UP and any(a.connection == Connection.DN for a in e.assets):
+                upper = min(e.upper_bound_mw, MO_DN_BOUND_MW)
+                results.append(BidValidation(bid_id=e.bid_id, status=BidStatus.LIMITED, upper_bound_mw=upper,
+                                             limiting_element="line:conformance",
+                                             reason="conformance: the suite's DSO limit"))  # fmt: skip
+            else:
+                upper = e.upper_bound_mw
+                results.append(BidValidation(bid_id=e.bid_id, status=BidStatus.ACCEPTED, upper_bound_mw=upper))
+            trace.validated[e.bid_id] = upper
+        await gw_dso.reply(msg, MolValidation(mol_id=msg.body.mol_id, iteration=msg.body.iteration, dso_id=dso.id,
+                                              results=results))  # fmt: skip
+
+    async with Recorder(trace.observer, [f"{PREFIX}/mo/{device_id}/#"]) as rec, _gateway(tso, device, broker) as gw, gw_dso:
+        suite.rec, suite.gw = rec, gw
+        trace.messages = rec.messages
+        _collect_rejections(gw, trace)
+        _collect_rejections(gw_dso, trace)
+        _consume_inbox(gw)
+        _consume_inbox(gw_dso)
+        if not await suite.start():
+            return trace
+        p = await suite.heartbeat_probe()
+        bids, needs = mo_market(device_id, dso.id, tso.id, trace.isp0)
+        trace.market_bids = {b.bid_id: b for b in bids}
+        trace.market_needs = {n.need_id: (party, n) for party, n in needs}
+        parties = {b.bsp_id: Party(role="bsp", id=b.bsp_id) for b in bids} | {p.id: p for p, _ in needs if p.role == "bsp"}
+        async with contextlib.AsyncExitStack() as stack:
+            gws = {pid: await stack.enter_async_context(_gateway(party, device, broker)) for pid, party in parties.items()}
+            for g in gws.values():
+                _collect_rejections(g, trace)
+                _consume_inbox(g)
+            for b in bids:
+                await gws[b.bsp_id].publish(b, device)
+            for party, n in needs:
+                await (gw if party.role == "tso" else gws[party.id]).publish(n, device)
+            await suite.answered(p)
+            await suite.clock.sleep_until(trace.isp0 + timedelta(seconds=trace.period_s))
+            p = await suite.probe("heartbeat-2", Heartbeat(sent_at=datetime.now(UTC), interval_s=1.0), "heartbeat", 1.0)
+            await suite.answered(p)
+            await asyncio.sleep(0.3)
         await suite.watch_leaving(leave)
     return trace
