@@ -30,6 +30,7 @@ from schemas.messages import (
     ActivationLimit,
     Body,
     DeltaSetpoint,
+    FlexActivation,
     MolValidation,
     SystemStateNotice,
     Telemetry,
@@ -49,6 +50,7 @@ FAULTS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
         "ignore-limit": ("ignores activation limits, terminations included", frozenset({"BSP-SP-030", "BSP-SP-040"})),
         "stale-telemetry": ("reports only every third setpoint cycle", frozenset({"BSP-TM-010"})),
         "late-bids": ("sends its bids one setpoint period after their ISP has started", frozenset({"BSP-BD-010"})),
+        "ignore-flex": ("ignores block activations (flex_activation)", frozenset({"BSP-FX-010"})),
         "no-will": ("connects without an MQTT will: killed, it leaves no 'offline' state", frozenset({"BSP-PR-020"})),
     },
     "dso": {
@@ -128,6 +130,10 @@ class EmulatedBSP(BSP):
     async def on_limit(self, msg: Received[ActivationLimit]) -> None:
         if self.fault != "ignore-limit":
             await super().on_limit(msg)
+
+    async def on_flex(self, msg: Received[FlexActivation]) -> None:
+        if self.fault != "ignore-flex":
+            await super().on_flex(msg)
 
     def asset_targets(self, setpoint: DeltaSetpoint) -> dict[str, float]:
         targets = super().asset_targets(setpoint)

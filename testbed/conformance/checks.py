@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from actors.config import isp_of
+from actors.config import ISP, isp_of
 from gateway.policy import DELIVERY_POLICY
 from schemas.codes import BidStatus, Connection, Direction
 from schemas.envelope import Party
@@ -455,6 +455,39 @@ def telemetry_content(t: Trace) -> Outcome:
             if others:
                 return fail(f"telemetry to {to} carries assets of other grids {sorted(others)}")
     return ok(f"{n} telemetry messages complete") if n else skip("no telemetry")
+
+
+@check("BSP-FX-010")
+def follows_block(t: Trace) -> Outcome:
+    if why := _activation(t):
+        return skip(why)
+    if t.block is None:
+        return skip(t.no_block or "no block activation was sent")
+    block, sent_us = t.block
+    schedules = [m for m in t.of_type("schedule", "tso") if m.body.kind == "day_ahead"]
+    if not schedules:
+        return skip("no day_ahead schedule to compare the measurements with (BSP-SC-010)")
+    planned: dict[str, float] = {}
+    for m in schedules:
+        step = round((block.isp_start - m.body.start).total_seconds() / ISP.total_seconds())
+        for x in m.body.series:
+            if 0 <= step:
+                planned[x.asset_id] = x.p_mw[min(step, len(x.p_mw) - 1)]
+    want = (1.0 if block.direction == Direction.UP else -1.0) * block.activated_mw
+    tol = max(0.05, 0.05 * block.activated_mw)
+    n = 0
+    for k, m in sorted(t.telemetry(t.tso).items()):
+        if m.t_us <= sent_us or m.body.delivered_delta_mw is None or isp_of(m.body.instant) != block.isp_start:
+            continue
+        n += 1
+        moved = sum(x.p_mw - planned.get(x.resource_id, 0.0) for x in m.body.measurements) - m.body.delivered_delta_mw
+        if abs(moved - want) > tol:
+            return fail(f"cycle {k}: measurements - schedule - delivered delta = {moved:+.3f} MW, the block of "
+                        f"{block.bid_id} is {want:+.3f} MW: {show(m, 200)}", f"{moved:+.3f} MW",
+                        f"{want:+.3f} ± {tol:.2f} MW")  # fmt: skip
+    if not n:
+        return fail(f"no telemetry to the TSO after the block activation of {block.bid_id}")
+    return ok(f"{n} telemetry cycles show the {want:+.2f} MW block of {block.bid_id}", str(n))
 
 
 # --- DSO ---------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ every rule bound to exactly one check in ``testbed.conformance.checks``).
 
 IDs: ``<ROLE>-<AREA>-<NNN>``. Areas: EN envelope and schema, TP topics and delivery policy,
 PR presence, RR request/response, PQ prequalification, SC schedules, FC forecasts, BD bids,
-SP setpoints and activation, TM telemetry, MV merit order list validation, EM emergencies,
-MK market clearing.
+SP setpoints and activation, FX block activations, TM telemetry, MV merit order list validation,
+EM emergencies, MK market clearing.
 An ID is never reused for a different rule; a withdrawn rule keeps its ID out of use.
 """
 
@@ -104,6 +104,10 @@ RULES: list[Rule] = [
     Rule("BSP-TM-020", "Telemetry to the TSO carries the cycle, delivered_delta_mw and one measurement per asset; "
          "telemetry to a DSO carries only that DSO's assets.", ("telemetry",),
          "seed 000 §IV.B; seed 004 §3 (real-time data)"),
+    Rule("BSP-FX-010", "During the ISP of a block activation (flex_activation from a DSO or a market operator), the "
+         "measurements in the device's telemetry to the TSO add up to its day-ahead schedule plus the block (signed "
+         "by its direction) plus its delivered aFRR delta, within ±5 % of the block (at least ±0.05 MW).",
+         ("flex_activation", "telemetry", "schedule"), "seed 000 Table I (DSO and market flexibility outside aFRR)"),
     *_common("dso"),
     Rule("DSO-PQ-010", "A prequalification_forward is answered within 5 s with one verdict per forwarded asset, "
          "checked_by 'dso', validated capacities not above those asked, and a reason for every asset not "

@@ -37,6 +37,7 @@ from schemas.messages import (
     CurtailmentResponse,
     DeltaSetpoint,
     EnergyBid,
+    FlexActivation,
     FlexibilityNeed,
     Heartbeat,
     MeritOrderList,
@@ -56,6 +57,7 @@ from testbed.clock import Clock
 from testbed.standalone import LEAD_S, RUN_START, is_run_start
 
 MIN_STEADY_MW = 0.5  # steady cycles are judged from this setpoint on (as actors.tso)
+BLOCK_MW = 1.0  # the BSP session's block activation: this, or a quarter of the bid if smaller
 TOLERANCE = (-0.10, 0.20)  # delivered vs requested, seed 000 §IV.B
 
 SESSION_SCRIPTS = {
@@ -69,7 +71,10 @@ Session script (the suite plays the TSO of `--scenario`, id `tso` in the referen
    created before the device connected is stale and must be ignored.
 3. The device sends a `prequalification_request`; the suite qualifies every asset as asked. The
    device sends its `day_ahead` schedule and `energy_bid`s for ISP0 (and later ISPs, if it likes).
-4. At ISP0 the suite accepts the device's bids for ISP0 (`offer_acceptance`) and activates its
+4. At ISP0, as the market operator `mo/conformance`, the suite activates another of the device's bids
+   for ISP0 (its first one besides the bid activated below) as a block (`flex_activation`) of
+   min(1 MW, quantity / 4) for the whole ISP: the device's output moves by that much on top of the
+   aFRR activation. Then the suite accepts the device's bids for ISP0 (`offer_acceptance`) and activates its
    cheapest upward bid with a `delta_setpoint` every 4 s: rising at the bid's declared ramp rate
    to A = min(quantity / 2, max(0.5 MW, ramp x 30 s)), holding; one setpoint that has already
    expired asks for the full quantity; an `activation_limit` to A / 2; later a limit of 0 MW
@@ -150,6 +155,8 @@ class Trace:
     bids: list[Received[EnergyBid]] = field(default_factory=list)  # valid bids as the TSO got them
     activated: EnergyBid | None = None
     no_activation: str | None = None  # why no setpoints were sent
+    block: tuple[FlexActivation, int] | None = None  # the block activation the suite sent, when (µs)
+    no_block: str | None = None  # why none was sent
     setpoints: dict[int, SetpointSent] = field(default_factory=dict)
     limit_cycle: int | None = None
     limit_mw: float | None = None
@@ -331,12 +338,41 @@ async def play_bsp(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
         if not ups:
             trace.no_activation = f"no upward energy_bid for ISP {trace.isp0:%H:%M} within {timeout_s:g} s of its start"
         else:
-            await _activate(suite, min(ups, key=lambda b: b.price_eur_per_mwh))
+            activated = min(ups, key=lambda b: b.price_eur_per_mwh)
+            await _block(suite, activated)
+            await _activate(suite, activated)
         # one more period for the last telemetry, and the probes' answers
         await asyncio.sleep(clock.wall_seconds(period) + 0.3)
         await suite.watch_leaving(leave)
         await asyncio.sleep(0)
     return trace
+
+
+BLOCK_BUYER = Party(role="mo", id="conformance")  # the market operator the suite plays for a block activation
+
+
+async def _block(suite: _Suite, activated: EnergyBid) -> None:
+    """A block activation of another of the device's bids for ISP0, as a market operator would send
+    for a commercial party (integrated flexibility market, seed 000 Table I)."""
+    trace = suite.trace
+    others = [b.body for b in trace.bids if b.body.isp_start == trace.isp0 and b.body.bid_id != activated.bid_id]
+    if not others:
+        trace.no_block = f"no bid for ISP {trace.isp0:%H:%M} besides the activated {activated.bid_id}"
+        return
+    bid = others[0]
+    body = FlexActivation(activation_id=f"conformance-{uuid.uuid4().hex[:8]}", buyer_id="conformance",
+                          buyer_role="bsp", purpose="commercial", bid_id=bid.bid_id, bsp_id=bid.bsp_id,
+                          direction=bid.direction, isp_start=trace.isp0,
+                          activated_mw=round(min(BLOCK_MW, bid.quantity_mw / 4), 6),
+                          price_eur_per_mwh=bid.price_eur_per_mwh, assets=bid.assets)  # fmt: skip
+    topic = topic_for(BLOCK_BUYER, body.type_name, trace.device)
+    async with Recorder(trace.observer, [topic]) as rec, _gateway(BLOCK_BUYER, trace.device, trace.broker) as gw:
+        env = await gw.publish(body, trace.device)
+        passed = await rec.wait_for(lambda m: m.valid and m.envelope.message_id == env.message_id, 2.0)
+    if passed is None:  # e.g. an access list that lets the suite's account speak only as the TSO
+        trace.no_block = f"the broker did not pass the suite's block activation as {BLOCK_BUYER} on {topic}"
+        return
+    trace.block = (body, int(env.created_at.timestamp() * 1e6))
 
 
 async def _activate(suite: _Suite, bid: EnergyBid) -> None:

@@ -56,6 +56,7 @@ class Device:
         self.lock = threading.Lock()
         self.delivered = 0.0  # MW, what the fleet produces above its reference now
         self.limits: dict[str, float] = {}
+        self.blocks: dict[tuple[str, datetime], float] = defaultdict(float)  # (asset, ISP start) -> block [MW]
         self.connected_at: datetime | None = None
         self.prequal_id: str | None = None
         self.isp0: datetime | None = None
@@ -109,7 +110,8 @@ class Device:
             env, body = doc["envelope"], doc["body"]
         except (ValueError, KeyError):
             return
-        if self.me not in env["recipients"] or env["sender"]["role"] != "tso":
+        senders = ("tso", "dso", "mo") if env["type"] == "flex_activation" else ("tso",)
+        if self.me not in env["recipients"] or env["sender"]["role"] not in senders:
             return
         if "valid_until" in env and parse(env["valid_until"]) < now():
             return  # expired: never acted on
@@ -146,12 +148,22 @@ class Device:
                 "reference_mw": 52.0, "ramp_rate_mw_per_min": 6.0, "assets": bid_assets,
             }, self.tso, valid_s=(self.isp0 + ISP - now()).total_seconds() + 60)  # fmt: skip
 
+    def on_flex_activation(self, env: dict, body: dict) -> None:
+        """A block for a whole ISP: the named assets move by their share of it, on top of aFRR."""
+        total = sum(a["share_mw"] for a in body["assets"])
+        sign = 1.0 if body["direction"] == "A01" else -1.0
+        for a in body["assets"]:
+            if total > 0:
+                self.blocks[(a["asset_id"], parse(body["isp_start"]))] += sign * body["activated_mw"] * a["share_mw"] / total
+
     def on_activation_limit(self, env: dict, body: dict) -> None:
         self.limits[body["bid_id"]] = body["max_mw"]
 
     def on_delta_setpoint(self, env: dict, body: dict) -> None:
         reported = self.delivered  # the fleet's answer to the previous setpoint
-        measurements = [{"resource_id": a, "p_mw": (50.0 if c == "TN" else 2.0) + share * reported}
+        isp = parse(body["instant"])
+        isp -= timedelta(minutes=isp.minute % 15, seconds=isp.second, microseconds=isp.microsecond)
+        measurements = [{"resource_id": a, "p_mw": (50.0 if c == "TN" else 2.0) + self.blocks[(a, isp)] + share * reported}
                         for a, c, _, _, share in ASSETS]  # fmt: skip
         answer = {"causation": env["message_id"], "correlation": env.get("correlation_id") or env["message_id"]}
         self.send("telemetry", {"source_id": self.me["id"], "instant": body["instant"], "cycle": body["cycle"],
