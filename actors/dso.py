@@ -229,10 +229,7 @@ class DSO(Actor):
         self.validation_ms.append(elapsed * 1000)
         self.compute_ms.append(elapsed * 1000)
         for entry in mol.bids:
-            for asset in entry.assets:
-                if asset.connection == Connection.DN and asset.dso_id == self.me.id:
-                    self.asset_bids.setdefault(asset.asset_id, {})[entry.bid_id] = (
-                        asset.share_mw, entry.quantity_mw, entry.direction)
+            self.note_bid(entry)
         for r in validated.results:
             self.validated[r.bid_id] = r.upper_bound_mw
         await self.gw.reply(msg, MolValidation(mol_id=mol.mol_id, iteration=mol.iteration, dso_id=self.me.id,
@@ -292,18 +289,22 @@ class DSO(Actor):
             base[bus] = base.get(bus, 0.0) + mw
         vec = self.fast.vector(base)
         loadings = self.fast.loadings(self.fast.solve(vec))
+        overloaded = {element: loading for element, loading in sorted(loadings.items()) if loading > 100.0 + 1e-6}
+        if not overloaded:
+            return []
+        after: dict[str, dict[str, float]] = {}  # bid -> loadings with 1 MW of it activated (one power flow per bid)
+        for e in entries:
+            per_mw = self.bid_injection(e)
+            if per_mw:
+                after[e.bid_id] = self.fast.loadings(self.fast.solve(vec + self.fast.vector(per_mw)))
         target = 100.0 - self.config.congestion_margin_percent
         needs = []
-        for element, loading in sorted(loadings.items()):
-            if loading <= 100.0 + 1e-6:
-                continue
+        for element, loading in overloaded.items():
             effectiveness = {}
-            for e in entries:
-                per_mw = self.bid_injection(e)
-                if per_mw:
-                    relieved = loading - self.fast.loadings(self.fast.solve(vec + self.fast.vector(per_mw)))[element]
-                    if relieved > 1e-3:
-                        effectiveness[e.bid_id] = round(relieved, 4)
+            for bid_id, with_bid in after.items():
+                relieved = loading - with_bid[element]
+                if relieved > 1e-3:
+                    effectiveness[bid_id] = round(relieved, 4)
             needs.append(FlexibilityNeed(
                 need_id=f"{self.me.id}-{isp:%Y%m%d%H%M}-{element.replace(':', '-')}", buyer_id=self.me.id,
                 kind="congestion", isp_start=isp, quantity=round(loading - target, 4), unit="%",
@@ -319,6 +320,10 @@ class DSO(Actor):
             self.log.warning("bid refused: no asset in this grid", bid=bid.bid_id)
             return
         self.local_bids.setdefault(bid.isp_start, {})[bid.bid_id] = bid
+        self.note_bid(bid)
+
+    def note_bid(self, bid: EnergyBid | MolEntry) -> None:
+        """Which of its assets' bids are in play (real-time limits find the bid of a violating asset)."""
         for asset in bid.assets:
             if asset.connection == Connection.DN and asset.dso_id == self.me.id:
                 self.asset_bids.setdefault(asset.asset_id, {})[bid.bid_id] = (asset.share_mw, bid.quantity_mw, bid.direction)

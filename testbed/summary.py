@@ -100,7 +100,9 @@ def scheme_metrics(scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: 
             "GROUP BY m.correlation_id")
     ]  # fmt: skip
     # the minutes before the first whole ISP have no market in any scheme: not counted
-    first = isp_of(scenario.start) if isp_of(scenario.start) == scenario.start else isp_of(scenario.start) + ISP
+    first = isp_of(scenario.start)
+    if first < scenario.start:
+        first += ISP
     cleared = {d["dso_id"]: [x for x in d["loading"] if datetime.fromisoformat(x[0]) >= first] for d in dsos}
     congestion = {d["dso_id"]: {"seconds_above_100": scenario.setpoint_period_s * sum(1 for x in cleared[d["dso_id"]]
                                                                                       if x[2] > 100.0 + 1e-6),

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from actors import schemes
 from actors.config import ISP, isp_of
 from gateway.policy import DELIVERY_POLICY
 from schemas.codes import BidStatus, Connection, Direction
@@ -473,7 +474,7 @@ def follows_block(t: Trace) -> Outcome:
         for x in m.body.series:
             if 0 <= step:
                 planned[x.asset_id] = x.p_mw[min(step, len(x.p_mw) - 1)]
-    want = (1.0 if block.direction == Direction.UP else -1.0) * block.activated_mw
+    want = schemes.sign(block.direction) * block.activated_mw
     tol = max(0.05, 0.05 * block.activated_mw)
     n = 0
     for k, m in sorted(t.telemetry(t.tso).items()):
