@@ -58,6 +58,7 @@ from testbed.standalone import LEAD_S, RUN_START, is_run_start
 
 MIN_STEADY_MW = 0.5  # steady cycles are judged from this setpoint on (as actors.tso)
 BLOCK_MW = 1.0  # the BSP session's block activation: this, or a quarter of the bid if smaller
+BLOCK_WAIT_S = 5.0  # [s, wall] longest wait for a second bid to block, and for the block to pass the broker
 TOLERANCE = (-0.10, 0.20)  # delivered vs requested, seed 000 §IV.B
 
 SESSION_SCRIPTS = {
@@ -355,7 +356,12 @@ async def _block(suite: _Suite, activated: EnergyBid) -> None:
     """A block activation of another of the device's bids for ISP0, as a market operator would send
     for a commercial party (integrated flexibility market, seed 000 Table I)."""
     trace = suite.trace
-    others = [b.body for b in trace.bids if b.body.isp_start == trace.isp0 and b.body.bid_id != activated.bid_id]
+    deadline = asyncio.get_running_loop().time() + BLOCK_WAIT_S  # a device's bids arrive one after the other
+    while True:
+        others = [b.body for b in trace.bids if b.body.isp_start == trace.isp0 and b.body.bid_id != activated.bid_id]
+        if others or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
     if not others:
         trace.no_block = f"no bid for ISP {trace.isp0:%H:%M} besides the activated {activated.bid_id}"
         return
@@ -368,7 +374,7 @@ async def _block(suite: _Suite, activated: EnergyBid) -> None:
     topic = topic_for(BLOCK_BUYER, body.type_name, trace.device)
     async with Recorder(trace.observer, [topic]) as rec, _gateway(BLOCK_BUYER, trace.device, trace.broker) as gw:
         env = await gw.publish(body, trace.device)
-        passed = await rec.wait_for(lambda m: m.valid and m.envelope.message_id == env.message_id, 2.0)
+        passed = await rec.wait_for(lambda m: m.valid and m.envelope.message_id == env.message_id, BLOCK_WAIT_S)
     if passed is None:  # e.g. an access list that lets the suite's account speak only as the TSO
         trace.no_block = f"the broker did not pass the suite's block activation as {BLOCK_BUYER} on {topic}"
         return
