@@ -21,7 +21,7 @@ def isp_of(t: datetime) -> datetime:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class AssetConfig(_Model):

@@ -86,7 +86,11 @@ def asyncapi_document(rights: Rights | None = None) -> dict[str, Any]:
                 "service providers (BSP) over MQTT. Every payload is {envelope, body}; the envelope's type names the "
                 "body. Topics: " + PREFIX + "/{senderRole}/{senderId}/{type}/{recipientRole}/{recipientId}. "
                 "Operations list who may send what to whom (the bilateral table); a receiver rejects anything else "
-                "with a 'rejection' message to the sender."
+                "with a 'rejection' message to the sender whose identity it can establish. A payload may end with a "
+                "'signature' member: Ed25519 over the exact bytes before it (docs/security.md); a receiver that "
+                "holds the sender's public key refuses unsigned or badly signed messages. Numbers are finite "
+                "(no NaN or Infinity) and at most 32 characters long; created_at may lead the receiver's clock "
+                "by at most 5 s; valid_until lies within the type's delivery policy."
             ),
         },
         "defaultContentType": "application/json",

@@ -36,13 +36,17 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 
-from gateway.arrival import DEFAULT_MAX_PAYLOAD_BYTES, ArrivalCheck, Received, Rejected, encode
+from nacl.signing import SigningKey
+
+from gateway.arrival import DEFAULT_MAX_CLOCK_SKEW_S, DEFAULT_MAX_PAYLOAD_BYTES, ArrivalCheck, Received, Rejected, Trust, encode
 from gateway.connection import BrokerSpec
 from gateway.exchange_log import ExchangeLog, LogRow, now_us
 from gateway.links import LinkConditions
 from gateway.policy import DELIVERY_POLICY, DeliveryPolicy
+from schemas import signing
+from schemas.codes import RejectReason
 from schemas.envelope import SCHEMA_VERSION, Envelope, Party
-from schemas.messages import RESPONSE_TYPES, ActorState, Body, Heartbeat, Rejection
+from schemas.messages import MESSAGE_TYPES, RESPONSE_TYPES, ActorState, Body, Heartbeat, Rejection
 from schemas.rights import Rights, default_rights
 from schemas.topics import ALL, inbox_filters, topic_for
 
@@ -59,6 +63,33 @@ class RequestTimeout(TimeoutError):
 
 class PayloadTooLarge(ValueError):
     """The gateway refuses to send what every receiver would reject."""
+
+
+class GatewayFailed(RuntimeError):
+    """The gateway's connection loop died of something it could not handle; the actor must stop
+    (its 'offline' state has been published where possible) and be restarted."""
+
+
+class NoticeBudget:
+    """Rejection notices per sender: a token bucket (``rate_per_s``, ``burst``), so that a peer that
+    floods cannot make this actor flood it, or anyone it claims to be, in return."""
+
+    def __init__(self, rate_per_s: float = 5.0, burst: float = 20.0, max_senders: int = 10_000):
+        self.rate_per_s, self.burst, self.max_senders = rate_per_s, burst, max_senders
+        self._buckets: dict[str, tuple[float, float]] = {}  # sender -> (tokens, at monotonic s)
+        self.suppressed = 0
+
+    def take(self, sender: str, now_s: float) -> bool:
+        tokens, at = self._buckets.get(sender, (self.burst, now_s))
+        tokens = min(self.burst, tokens + (now_s - at) * self.rate_per_s)
+        if len(self._buckets) >= self.max_senders and sender not in self._buckets:
+            self._buckets.clear()
+        if tokens < 1.0:
+            self._buckets[sender] = (tokens, now_s)
+            self.suppressed += 1
+            return False
+        self._buckets[sender] = (tokens - 1.0, now_s)
+        return True
 
 
 class _Client(aiomqtt.Client):
@@ -155,13 +186,21 @@ class Gateway:
         links: LinkConditions | None = None,
         clock_offset_s: float = 0.0,
         client_id: str | None = None,
+        signing_key: SigningKey | None = None,
+        trust: Trust | None = None,
+        max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
     ):
         self.me = me
         self.broker = BrokerSpec.parse(broker) if isinstance(broker, str) else broker
         self.exchange_log = log
         self.run_id = log.run_id if log else "-"
         self.policy = policy
-        self.check = ArrivalCheck(me, rights or default_rights(), max_payload_bytes=max_payload_bytes)
+        # identity: this actor signs what it sends with its own key (schemas.signing); ``trust`` says
+        # whose signatures it checks. Without ``trust`` every sender is who its topic claims.
+        self.signing_key = signing_key
+        self.check = ArrivalCheck(me, rights or default_rights(), max_payload_bytes=max_payload_bytes, trust=trust,
+                                  policy=policy, max_clock_skew_s=max_clock_skew_s)  # fmt: skip
+        self.notices = NoticeBudget()
         self.max_payload_bytes = max_payload_bytes
         self.resume_session = resume_session
         self.session_expiry_s = session_expiry_s
@@ -189,7 +228,10 @@ class Gateway:
         self._sequence: dict[str, int] = defaultdict(int)
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._pending: dict[uuid.UUID, asyncio.Future[Received[Any]]] = {}
-        self._inbox: asyncio.Queue[Received[Any]] = asyncio.Queue(maxsize=100_000)
+        self._inbox: asyncio.Queue[Received[Any]] | None = None  # kept only once someone reads messages()
+        self.failed: BaseException | None = None
+        self._failure: asyncio.Future[None] | None = None
+        self._quiet_until = 0.0  # rejections are logged at most ~10/s; the exchange log keeps every one
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_topic = topic_for(me, ActorState.type_name, ALL)
         self._expiry_properties: dict[int, PublishProperties] = {}
@@ -199,6 +241,8 @@ class Gateway:
     async def __aenter__(self) -> "Gateway":
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
+        self._failure = loop.create_future()
+        self._restore_replay_window()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"gateway:{self.client_id}")
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.connect_timeout_s)
@@ -214,6 +258,29 @@ class Gateway:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def _restore_replay_window(self) -> None:
+        """A restarted actor still refuses the messages it already took (the exchange log keeps their ids)."""
+        if self.exchange_log is None:
+            return
+        since_us = self.now_us() - round(2 * 86400e6)
+        n = self.check.preload(self.exchange_log.deliveries(self._me_str, since_us))
+        if n:
+            self.log.info("replay window restored", message_ids=n)
+
+    async def guard(self, work: Awaitable[Any]) -> Any:
+        """Run ``work`` (an actor's run) while watching the gateway: if the gateway's loop dies, ``work``
+        is cancelled and :class:`GatewayFailed` raised, so that the actor stops loudly, never as a
+        zombie that looks online."""
+        task = asyncio.ensure_future(work)
+        assert self._failure is not None, "use the gateway with 'async with'"
+        await asyncio.wait({task, self._failure}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise GatewayFailed(f"{self.client_id}: the gateway stopped: {self.failed!r}")
 
     async def close(self) -> None:
         """Say 'offline' (retained), disconnect cleanly, stop background work."""
@@ -303,6 +370,11 @@ class Gateway:
             except aiomqtt.MqttError as exc:
                 if not self._closing:
                     self.log.warning("disconnected", error=str(exc), retry_in_s=round(delay, 3))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - anything else: die loudly, never as a zombie
+                await self._die(client, exc)
+                return
             finally:
                 self._connected.clear()
                 if client is not None:
@@ -313,6 +385,25 @@ class Gateway:
                 break
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.reconnect_delay_s[1])
+
+    async def _die(self, client: _Client | None, exc: BaseException) -> None:
+        """The loop cannot go on: say 'offline' (retained) on the connection if it still works, then
+        fail every waiter and :meth:`guard`."""
+        self.failed = exc
+        self.log.error("gateway loop died", error=repr(exc), exc_info=exc)
+        if client is not None and not client.lost:
+            _, payload = self._build(self._state("offline"), ALL)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.publish(self._state_topic, payload, qos=1, retain=True), 2.0)
+        self._closing = True
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(GatewayFailed(repr(exc)))
+        if self._failure is not None and not self._failure.done():
+            self._failure.set_result(None)
+        self._connected.set()  # wake senders waiting for a connection: they raise GatewayFailed
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(GatewayFailed(f"the gateway stopped: {exc!r}"))
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -348,7 +439,10 @@ class Gateway:
             valid_until=created + timedelta(seconds=expiry) if expiry is not None else None,
             reply_to=reply_to,
         )
-        return env, encode(env, body)
+        payload = encode(env, body)
+        if self.signing_key is not None:
+            payload = signing.sign(payload, self.signing_key)
+        return env, payload
 
     async def publish(
         self,
@@ -423,6 +517,8 @@ class Gateway:
     ) -> tuple[int | None, str | None]:
         """Publish until the broker has it. Returns (sent_us, None) or (None, why it was dropped)."""
         while True:
+            if self.failed is not None:
+                raise GatewayFailed(f"{self.client_id}: the gateway stopped: {self.failed!r}")
             client = self._client
             if client is None or client.lost:
                 if policy.qos == 0:
@@ -532,9 +628,21 @@ class Gateway:
         return register(handler) if handler is not None else register
 
     async def messages(self) -> AsyncIterator[Received[Any]]:
-        """Every accepted message that no handler and no pending request took, in arrival order."""
+        """Every accepted message that no handler and no pending request took, in arrival order, from
+        the first call on (before it, such messages are counted as 'unhandled' and not kept). The
+        queue holds at most 10 000; beyond that the newest are dropped and logged."""
+        if self._inbox is None:
+            self._inbox = asyncio.Queue(maxsize=10_000)
         while True:
             yield await self._inbox.get()
+
+    async def refuse(self, msg: Received[Any], reason: str) -> None:
+        """The actor refuses a valid message as implausible (a setpoint from a party it has no
+        contract with, beyond an accepted bid...): an exchange-log row and, where the sender's
+        identity is established, a rejection notice with ``reason``."""
+        env = msg.envelope
+        self._on_rejected(Rejected(RejectReason.REFUSED, reason, msg.topic, env.sender, env,
+                                   authenticated=msg.authenticated), msg.size, 1, msg.received_us)  # fmt: skip
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -548,14 +656,23 @@ class Gateway:
             self.log.error("handler failed", error=repr(exc), exc_info=exc)
 
     def _on_message(self, message: aiomqtt.Message) -> None:
+        """One message, in isolation: nothing it contains may stop the loop that receives the next."""
         received_us = self.now_us()
-        topic = message.topic.value
-        payload = message.payload if isinstance(message.payload, bytes) else bytes(str(message.payload), "utf-8")
         try:
-            msg = self.check.check(topic, payload, received_us, retained=bool(message.retain))
-        except Rejected as rej:
-            self._on_rejected(rej, len(payload), message.qos, received_us)
-            return
+            topic = message.topic.value
+            payload = message.payload if isinstance(message.payload, bytes) else bytes(str(message.payload), "utf-8")
+            try:
+                msg = self.check.check(topic, payload, received_us, retained=bool(message.retain))
+            except Rejected as rej:
+                self._on_rejected(rej, len(payload), message.qos, received_us)
+                return
+            self._deliver(msg, message.qos)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not cost the actor its bus
+            self.stats["failed"] += 1
+            self.log.error("message handling failed", error=repr(exc)[:300], exc_info=exc)
+
+    def _deliver(self, msg: Received[Any], qos: int) -> None:
+        topic = msg.topic
         self.stats["delivered"] += 1
         env = msg.envelope
         if self.exchange_log is not None:
@@ -565,7 +682,7 @@ class Gateway:
                     str(env.sender), self._me_str,
                     str(env.correlation_id) if env.correlation_id else None,
                     str(env.causation_id) if env.causation_id else None,
-                    env.sequence, msg.size, message.qos, int(env.created_at.timestamp() * 1e6), None, received_us,
+                    env.sequence, msg.size, qos, int(env.created_at.timestamp() * 1e6), None, msg.received_us,
                 )  # fmt: skip
             )
         if msg.note:
@@ -574,7 +691,7 @@ class Gateway:
             self.log.warning("my message was rejected", by=str(env.sender), code=msg.body.code, reason=msg.body.reason)
         if env.type == Heartbeat.type_name and env.reply_to is not None and env.causation_id is None:
             # a clock probe: answer at once with this host's time (see gateway.clocksync)
-            self._spawn(self.reply(msg, Heartbeat(sent_at=_dt(received_us), interval_s=msg.body.interval_s)))
+            self._spawn(self.reply(msg, Heartbeat(sent_at=_dt(msg.received_us), interval_s=msg.body.interval_s)))
             return
         if env.causation_id is not None:
             waiter = self._pending.get(env.causation_id)
@@ -586,18 +703,23 @@ class Gateway:
         if handlers:
             for handler in handlers:
                 self._spawn(handler(msg))
+        elif self._inbox is None:
+            self.stats["unhandled"] += 1
         else:
             try:
                 self._inbox.put_nowait(msg)
             except asyncio.QueueFull:
+                self.stats["inbox_full"] += 1
                 self.log.error("inbox full, message dropped", type=env.type)
 
     def _on_rejected(self, rej: Rejected, size: int, qos: int, received_us: int) -> None:
-        outcome = "ignored" if rej.quiet else "rejected"
+        outcome = "ignored" if rej.quiet and rej.code == RejectReason.DUPLICATE else "rejected"
         self.stats[outcome] += 1
         env = rej.envelope
-        if not rej.quiet:
-            self.log.warning("rejected", topic=rej.topic, code=rej.code.value, reason=rej.reason)
+        now_s = time.monotonic()
+        if outcome == "rejected" and now_s >= self._quiet_until:
+            self._quiet_until = now_s + 0.1
+            self.log.warning("rejected", topic=rej.topic, code=rej.code.value, reason=rej.reason[:300])
         if self.exchange_log is not None:
             self.exchange_log.record(
                 LogRow(
@@ -609,14 +731,21 @@ class Gateway:
                     int(env.created_at.timestamp() * 1e6) if env else None, None, received_us,
                 )  # fmt: skip
             )
-        # Tell the sender, unless it is a copy we already had or a rejection itself (no ping-pong).
+        # Tell the sender: only where its identity is established (its signature verified, or this
+        # receiver checks no signatures and takes senders at their word), never for a copy we already
+        # had or a rejection itself (no ping-pong), and at most NoticeBudget's rate per sender.
         if rej.quiet or rej.sender is None or rej.sender.role not in ("tso", "dso", "bsp", "mo"):
+            return
+        if not rej.authenticated and self.check.trust is not None:
             return
         if (env and env.type == Rejection.type_name) or "/rejection/" in rej.topic:
             return
+        if not self.notices.take(str(rej.sender), now_s):
+            return
+        known_type = env.type if env and env.type in MESSAGE_TYPES else None
         notice = Rejection(
             rejected_message_id=str(env.message_id) if env else None,
-            rejected_type=env.type if env else None,
+            rejected_type=known_type,
             rejected_topic=rej.topic,
             code=rej.code,
             reason=rej.reason,

@@ -121,6 +121,15 @@ class ExchangeLog:
                 self.written += len(batch)
         return len(batch)
 
+    def deliveries(self, actor: str, since_us: int) -> list[tuple[str, str, int, int]]:
+        """(message id, type, created_us, received_us) of what ``actor`` took since ``since_us``: the
+        replay window a restarted actor starts with."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT message_id, type, created_us, received_us FROM exchange WHERE actor = ? AND direction = 'in' "
+                "AND outcome = 'delivered' AND message_id IS NOT NULL AND created_us >= ?", (actor, since_us)
+            ).fetchall()
+
     def _run(self) -> None:
         while not self._stop.wait(self.flush_interval_s):
             self.flush()

@@ -83,6 +83,9 @@ class RejectReason(StrEnum):
     EXPIRED = "expired"
     DUPLICATE = "duplicate"
     SCHEMA = "schema"
+    UNAUTHENTICATED = "unauthenticated"  # signature missing, invalid, or no key for the sender
+    TIME_BOUNDS = "time_bounds"  # created_at from the future or too old; validity longer than the policy allows
+    REFUSED = "refused"  # valid, but the actor refused it as implausible (the reason says which check)
 
 
 MEASUREMENT_UNIT_MW = "MAW"  # ENTSO-E unit code for megawatt

@@ -11,6 +11,7 @@ from uuid import UUID
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = "1.0"
+MAX_RECIPIENTS = 16
 
 PartyId = Annotated[
     str,
@@ -33,7 +34,7 @@ UtcTime = Annotated[AwareDatetime, AfterValidator(_utc)]
 class Party(BaseModel):
     """An actor on the bus: its role and its identifier within the role."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     role: Literal["tso", "dso", "bsp", "mo", "all"] = Field(
         description="Role of the actor; 'all' addresses every actor (with id 'all')."
@@ -47,7 +48,7 @@ class Party(BaseModel):
 class Envelope(BaseModel):
     """Metadata carried by every message. Unknown fields are rejected."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     message_id: UUID = Field(description="Unique identifier of this message (UUID).")
     type: str = Field(
@@ -57,7 +58,9 @@ class Envelope(BaseModel):
     schema_version: Literal["1.0"] = Field(description="Version of the contract the body follows.")
     sender: Party = Field(description="Who sent the message.")
     recipients: list[Party] = Field(
-        min_length=1, description="Who the message is for (one or more actors, or a role with id 'all')."
+        min_length=1,
+        max_length=MAX_RECIPIENTS,
+        description="Who the message is for (one or more actors, or a role with id 'all').",
     )
     sequence: int = Field(
         ge=0,

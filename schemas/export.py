@@ -1,7 +1,7 @@
 """JSON Schema of every message as it travels: ``{"envelope": ..., "body": ...}``.
 
 One schema per message type (draft 2020-12), self-contained (``$defs``), with ``envelope.type``
-fixed to the type's name. Device vendors validate captured payloads against these files.
+fixed to the type's name, and the optional last member ``signature`` (``schemas.signing``). Device vendors validate captured payloads against these files.
 """
 
 import json
@@ -39,6 +39,16 @@ def message_schema(type_name: str) -> dict[str, Any]:
                 "properties": {"type": {"const": type_name}, "schema_version": {"const": SCHEMA_VERSION}},
             },
             "body": {"$ref": f"#/$defs/{body_cls.__name__}"},
+            "signature": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_-]{86}$",
+                "description": (
+                    "Ed25519 signature (RFC 8032) of the sender, base64url without padding. It signs the exact "
+                    "bytes of the message without this member: the payload's last 102 bytes are "
+                    ',"signature":"<86 characters>"} and the signed bytes are the payload before them followed '
+                    "by '}'. Required wherever the receiver holds the sender's public key (docs/security.md)."
+                ),
+            },
         },
         "$defs": dict(sorted(defs.items())),
     }

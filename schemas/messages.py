@@ -62,7 +62,7 @@ def utc(description: str, **kw: Any) -> Any:
 class Body(BaseModel):
     """Base of every message body. ``type_name`` is the envelope's ``type`` for this body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type_name: ClassVar[str]
 
 
@@ -72,7 +72,7 @@ class Body(BaseModel):
 class AssetData(BaseModel):
     """Technical data of one asset offered for balancing."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     asset_id: PartyId
     connection: Connection = Field(description="TN: transmission-connected; DN: behind a DSO.")
@@ -107,7 +107,7 @@ class PrequalificationForward(Body):
 class AssetVerdict(BaseModel):
     """The outcome for one asset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     asset_id: PartyId
     qualified: bool = Field(description="True when the asset may bid.")
@@ -131,7 +131,7 @@ class PrequalificationResult(Body):
 class ScheduleSeries(BaseModel):
     """Active power of one asset per time step."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     asset_id: PartyId
     dso_id: PartyId | None = Field(default=None, description="DSO of a DN-connected asset.")
@@ -170,7 +170,7 @@ class Forecast(Body):
 class BidAsset(BaseModel):
     """The share of a bid that one asset delivers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     asset_id: PartyId
     connection: Connection = Field(description="TN or DN connection of the asset.")
@@ -200,7 +200,7 @@ class EnergyBid(Body):
 class MolEntry(BaseModel):
     """One bid in a merit order list."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     rank: int = Field(ge=1, description="Position in the merit order of its direction (1 = cheapest).")
     bid_id: PartyId
@@ -227,7 +227,7 @@ class MeritOrderList(Body):
 class BidValidation(BaseModel):
     """The DSO's verdict on one bid, with the grid element that decided it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     bid_id: PartyId
     status: BidStatus = Field(description="accepted, limited (new bounds) or rejected.")
@@ -264,8 +264,8 @@ class FlexibilityNeed(Body):
     max_price_eur_per_mwh: float = EUR_per_MWh("Willingness to pay")
     element: str | None = Field(default=None, max_length=64, description="Congested element, e.g. 'line:south-pv'.")
     loading_percent: float | None = percent("Loading of the element without flexibility", default=None)
-    effectiveness: dict[str, float] | None = Field(
-        default=None, description="bid id -> % of loading relieved per MW activated (congestion needs) [%/MW]"
+    effectiveness: dict[PartyId, float] | None = Field(
+        default=None, max_length=10_000, description="bid id -> % of loading relieved per MW activated (congestion needs) [%/MW]"
     )
 
 
@@ -286,7 +286,7 @@ class MolValidation(Body):
 class AcceptedOffer(BaseModel):
     """One offer the TSO accepted, with the bounds it may be activated in."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     bid_id: PartyId
     direction: Direction = Field(description="A01 up, A02 down.")
@@ -359,13 +359,13 @@ class DeltaSetpoint(Body):
     resolution: Resolution = Field(default=Resolution.PT4S, description="Setpoint period.")
     reference_mw: float = MW("Reference (scheduled) output of the BSP")
     delta_mw: float = MW("Requested deviation from the reference, up positive")
-    bid_deltas_mw: dict[str, float] = MW("Deviation per activated bid id", default_factory=dict)
+    bid_deltas_mw: dict[PartyId, float] = MW("Deviation per activated bid id", default_factory=dict, max_length=64)
 
 
 class Measurement(BaseModel):
     """One telemetered resource or interface."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     resource_id: str = Field(max_length=64, description="Asset, bus or interface measured.")
     p_mw: float = MW("Active power, generation / import positive")
@@ -376,7 +376,7 @@ class Measurement(BaseModel):
 class SwitchState(BaseModel):
     """Status of a breaker or switch (ICCP-style, seed 000 §III)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     element_id: str = Field(description="Breaker or switch identifier.", max_length=64)
     closed: bool = Field(description="True when closed (conducting).")
@@ -492,7 +492,7 @@ class Heartbeat(Body):
 class SettlementLine(BaseModel):
     """Activated energy of one bid in one ISP."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     bid_id: PartyId
     direction: Direction = Field(description="A01 up, A02 down.")

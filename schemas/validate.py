@@ -5,6 +5,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from schemas import signing
 from schemas.codes import RejectReason
 from schemas.envelope import Envelope
 from schemas.messages import MESSAGE_TYPES, Body
@@ -18,6 +19,39 @@ class InvalidMessage(ValueError):
         super().__init__(reason)
         self.code = code
         self.envelope = envelope
+
+
+MAX_NUMBER_CHARS = 32  # digits of an integer, characters of a decimal number
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a number of {len(text)} digits (at most {MAX_NUMBER_CHARS})")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _constant(text: str) -> float:
+    raise ValueError(f"{text} is not a number JSON allows")
+
+
+def parse_json(payload: bytes | str) -> Any:
+    """``json.loads`` with bounds: ValueError for invalid UTF-8 or JSON, a number longer than
+    ``MAX_NUMBER_CHARS``, NaN or Infinity, or nesting deeper than the interpreter's recursion limit."""
+    try:
+        return json.loads(payload, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8: {exc}") from None
 
 
 def describe_errors(exc: ValidationError, prefix: str) -> str:
@@ -37,9 +71,11 @@ def validate_message(payload: bytes | str | dict[str, Any], expected_type: str |
     if isinstance(payload, dict):
         doc = payload
     else:
+        raw = payload.encode() if isinstance(payload, str) else payload
         try:
-            doc = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            message, _ = signing.split(raw)  # a signature is checked by a receiver with keys, not here
+            doc = parse_json(message)
+        except ValueError as exc:
             raise InvalidMessage(f"not UTF-8 JSON: {exc}", RejectReason.MALFORMED) from None
     if not isinstance(doc, dict) or doc.keys() != {"envelope", "body"}:
         got = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
