@@ -2,7 +2,9 @@
 fleet and reports telemetry every setpoint cycle (seed 000 Figs. 3-4, §IV.B)."""
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from actors import schemes
 from actors.base import Actor
@@ -11,6 +13,7 @@ from gateway import Received
 from schemas.codes import Connection, Direction, ProcessType, Quality
 from schemas.envelope import Party
 from schemas.messages import (
+    AcceptedOffer,
     ActivationLimit,
     AssetData,
     BidAsset,
@@ -61,6 +64,30 @@ def bid_assets(bid: BidConfig, assets: dict[str, AssetConfig]) -> list[BidAsset]
             for a, share in bid.assets.items()]  # fmt: skip
 
 
+def admissible_deltas(sp: DeltaSetpoint, accepted: Mapping[str, AcceptedOffer],
+                      limits: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:  # fmt: skip
+    """What of a setpoint the BSP follows: per bid, only a bid accepted for the setpoint's ISP, in its
+    accepted direction, at most its accepted upper bound and its activation limit (MW, up +); and
+    why anything was cut. The TSO's MOL, the DSO's validation and the limits are the contract; a
+    setpoint beyond them (a forgery, a bug) is not followed beyond them."""
+    follow: dict[str, float] = {}
+    cut: list[str] = []
+    for bid_id, delta in sp.bid_deltas_mw.items():
+        offer = accepted.get(bid_id)
+        if offer is None:
+            cut.append(f"{bid_id}: not accepted for the ISP of {sp.instant:%H:%M}")
+            continue
+        sign = 1.0 if offer.direction == Direction.UP else -1.0
+        if delta * sign < 0:
+            cut.append(f"{bid_id}: {delta:+g} MW against its direction ({offer.direction.value})")
+            continue
+        cap = min(offer.upper_bound_mw, limits.get(bid_id, math.inf))
+        if abs(delta) > cap + 1e-9:
+            cut.append(f"{bid_id}: {abs(delta):g} MW above its bound of {cap:g} MW")
+        follow[bid_id] = sign * min(abs(delta), cap)
+    return follow, cut
+
+
 class BSP(Actor):
     def __init__(self, gateway, clock, scenario, config: BspConfig):  # noqa: ANN001
         super().__init__(gateway, clock, scenario)
@@ -68,8 +95,12 @@ class BSP(Actor):
         self.tso = Party(role="tso", id=scenario.tso.id)
         self.assets = {a.asset_id: AssetState(a) for a in config.assets}
         self.qualified: set[str] = set()
-        self.accepted: dict[str, float] = {}  # bid id -> upper bound [MW]
+        self.accepted: dict[datetime, dict[str, AcceptedOffer]] = {}  # ISP -> bid id -> accepted offer
         self.limits: dict[str, float] = {}  # bid id -> activation limit [MW]
+        self.last_cycle = -1  # the last setpoint cycle followed: at most one setpoint per cycle
+        self.fleet_at: datetime | None = None  # scenario instant the fleet's state is at
+        self.targets: dict[str, float] = {a: 0.0 for a in self.assets}  # what each asset follows now [MW]
+        self.refused_setpoints = 0
         self.bids = {b.bid_id: b for b in config.bids}
         self.settlements: list[SettlementReport] = []
         self.monitoring: list[MonitoringReport] = []
@@ -140,13 +171,26 @@ class BSP(Actor):
                     valid_for_s=self.clock.wall_seconds((isp + ISP - self.clock.now()).total_seconds()) + 60,
                 )  # fmt: skip
 
+    def contracted(self, sender: Party) -> bool:
+        """The parties whose activations this BSP follows: its TSO, the market operator of the
+        integrated market (acceptances), and DSOs (block activations) where the scheme gives them a market."""
+        return sender == self.tso or sender == Party(role="mo", id=self.scenario.market_operator)
+
     async def on_acceptance(self, msg: Received[OfferAcceptance]) -> None:
-        for offer in msg.body.accepted:
-            self.accepted[offer.bid_id] = offer.upper_bound_mw
+        if not self.contracted(msg.sender):
+            await self.gw.refuse(msg, f"offer acceptances are taken from {self.tso} and the market operator only")
+            return
+        mine = {b.bid_id for b in self.config.bids}
+        self.accepted[msg.body.isp_start] = {o.bid_id: o for o in msg.body.accepted if o.bid_id in mine}
 
     async def on_flex(self, msg: Received[FlexActivation]) -> None:
         """A block activation by a DSO or a market: the assets' schedules move for its ISP."""
         f = msg.body
+        bid = self.bids.get(f.bid_id)
+        if f.bsp_id != self.me.id or bid is None or f.activated_mw > bid.quantity_mw + 1e-9:
+            await self.gw.refuse(msg, f"block activation of {f.bid_id} ({f.activated_mw:g} MW): not one of this BSP's "
+                                      f"bids, or beyond its quantity")  # fmt: skip
+            return
         for asset, mw in schemes.asset_moves(f).items():
             if asset in self.assets:
                 self.flex_mw[(asset, f.isp_start)] = self.flex_mw.get((asset, f.isp_start), 0.0) + mw
@@ -155,6 +199,9 @@ class BSP(Actor):
         self.market_results.append(msg.body)
 
     async def on_limit(self, msg: Received[ActivationLimit]) -> None:
+        if msg.sender != self.tso or msg.body.bsp_id != self.me.id or msg.body.bid_id not in self.bids:
+            await self.gw.refuse(msg, f"activation limits are taken from {self.tso} for this BSP's own bids only")
+            return
         self.limits[msg.body.bid_id] = msg.body.max_mw
         self.log.info("activation limit", bid=msg.body.bid_id, max_mw=msg.body.max_mw)
 
@@ -177,9 +224,42 @@ class BSP(Actor):
                 targets[asset] += delta * share / bid.quantity_mw * self.config.follow_factor
         return targets
 
+    def setpoint_refusal(self, msg: Received[DeltaSetpoint]) -> str | None:
+        """Why a setpoint is not followed at all, or None: only from the contracted TSO, for this BSP,
+        one per cycle, in order, and not about an instant more than two periods ahead."""
+        sp, period = msg.body, self.scenario.setpoint_period_s
+        if msg.sender != self.tso:
+            return f"setpoints are taken from {self.tso} only (the contracted TSO), not from {msg.sender}"
+        if sp.bsp_id != self.me.id:
+            return f"setpoint for {sp.bsp_id}, not for {self.me.id}"
+        if sp.cycle <= self.last_cycle:
+            return f"cycle {sp.cycle} comes after cycle {self.last_cycle}: at most one setpoint per cycle, in order"
+        if sp.instant > self.clock.now() + timedelta(seconds=2 * period):
+            return f"instant {sp.instant.isoformat()} is more than two setpoint periods ahead of the scenario clock"
+        if self.fleet_at is not None and sp.instant <= self.fleet_at:
+            return f"instant {sp.instant.isoformat()} is not after the last setpoint's ({self.fleet_at.isoformat()})"
+        return None
+
+    def advance_fleet(self, to: datetime) -> None:
+        """The fleet follows its targets for the scenario time since its last step: by time, not by
+        the number of messages received."""
+        if self.fleet_at is not None:
+            dt = min((to - self.fleet_at).total_seconds(), 3600.0)
+            if dt > 0:
+                for asset_id, state in self.assets.items():
+                    state.step(self.targets[asset_id], dt)
+        self.fleet_at = to
+
     async def on_setpoint(self, msg: Received[DeltaSetpoint]) -> None:
+        why = self.setpoint_refusal(msg)
+        if why is not None:
+            self.refused_setpoints += 1
+            await self.gw.refuse(msg, why)
+            return
         sp = msg.body
+        self.last_cycle = sp.cycle
         # the fleet has followed the previous targets until now; report, then take the new setpoint
+        self.advance_fleet(sp.instant)
         delivered = sum(a.delta_mw for a in self.assets.values())
         isp = isp_of(sp.instant)
         measurements = [Measurement(resource_id=a.config.asset_id, quality=Quality.GOOD,
@@ -195,7 +275,8 @@ class BSP(Actor):
                 Telemetry(source_id=self.me.id, instant=sp.instant, cycle=sp.cycle, measurements=dn),
                 Party(role="dso", id=dso_id),
             )
-        targets = self.asset_targets(sp)
-        for asset_id, state in self.assets.items():
-            state.step(targets[asset_id], self.scenario.setpoint_period_s)
+        follow, cut = admissible_deltas(sp, self.accepted.get(isp, {}), self.limits)
+        if cut:
+            await self.gw.refuse(msg, "followed in part: " + "; ".join(cut))
+        self.targets = self.asset_targets(sp.model_copy(update={"bid_deltas_mw": follow}))
 

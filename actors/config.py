@@ -155,6 +155,29 @@ class LinkConfig(_Model):
     outages: list[tuple[UtcTime, UtcTime]] = Field(default_factory=list, description="link down from t1 to t2 (scenario time)")
 
 
+class SecurityConfig(_Model):
+    """Who must sign (docs/security.md). Every party signs with its own key and every receiver that
+    holds the public keys checks; a device under test that cannot sign is let in only when named here."""
+
+    unsigned: list[str] = Field(
+        default_factory=list,
+        description="parties that may send unsigned messages: 'role/id' or 'role/*' (e.g. 'bsp/bsp1')",
+    )
+    max_clock_skew_s: float = Field(
+        default=5.0, gt=0, le=300, description="[s] how far a message's created_at may lead the receiver's clock"
+    )
+
+    @field_validator("unsigned")
+    @classmethod
+    def _parties(cls, value: list[str]) -> list[str]:
+        import re
+
+        for party in value:
+            if not re.fullmatch(r"(tso|dso|bsp|mo)/([a-z0-9][a-z0-9_-]{0,63}|\*)", party):
+                raise ValueError(f"{party!r} is not 'role/id' or 'role/*' with role tso, dso, bsp or mo")
+        return value
+
+
 class Scenario(_Model):
     name: str
     description: str = ""
@@ -170,6 +193,7 @@ class Scenario(_Model):
     dsos: list[DsoConfig]
     bsps: list[BspConfig]
     links: list[LinkConfig] = Field(default_factory=list)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @field_validator("coordination", mode="before")
     @classmethod

@@ -43,6 +43,9 @@ from schemas.messages import (
 )
 
 
+OVER_DELIVERY_MW = 0.1  # a bid measured this much above what the grid takes is limited again
+
+
 class DSO(Actor):
     def __init__(self, gateway, clock, scenario, config: DsoConfig, out_dir: Path | None = None):  # noqa: ANN001
         super().__init__(gateway, clock, scenario)
@@ -66,6 +69,7 @@ class DSO(Actor):
         self.asset_bids: dict[str, dict[str, tuple[float, float, Direction]]] = {}  # asset -> bid -> (share, q, dir)
         self.validated: dict[str, float] = {}  # bid id -> upper bound from the last validation
         self.limited_in_real_time: dict[str, float] = {}
+        self.over_delivery: dict[str, datetime] = {}  # bid -> when a measured over-delivery was last reported
         self.loading: list[tuple[datetime, str, float]] = []  # (instant, most loaded element, %)
         self.congestion_s = 0.0
         self.validation_ms: list[float] = []
@@ -430,8 +434,14 @@ class DSO(Actor):
     # --- real time ---------------------------------------------------------------------------
 
     async def on_telemetry(self, msg: Received[Telemetry]) -> None:
+        """Measurements of the DN assets in this grid, from the BSP that owns them."""
+        own = {a.asset_id for b in self.scenario.bsps if b.id == msg.sender.id for a in b.assets}
+        if msg.sender.role == "bsp" and msg.body.source_id != msg.sender.id:
+            await self.gw.refuse(msg, f"telemetry of {msg.body.source_id} from {msg.sender}: a BSP reports its own resources")
+            return
         for m in msg.body.measurements:
-            self.measured[m.resource_id] = m.p_mw
+            if msg.sender.role != "bsp" or m.resource_id in own:
+                self.measured[m.resource_id] = m.p_mw
 
     def real_time_injections(self, t: datetime) -> tuple[dict[int, float], dict[int, float]]:
         """(events + the DN assets at their schedules: the state without aFRR; events + the DN
@@ -457,12 +467,31 @@ class DSO(Actor):
         if self.scenario.dso_validates:
             violations = self.fast.violations(state, reference)
             if violations:
-                await self.limit_activations(events, reference, violations)
+                await self.limit_activations(events, reference, violations, t)
         return state
 
-    async def limit_activations(self, events, reference, violations) -> None:  # noqa: ANN001
+    def measured_activation(self, bid: str, t: datetime) -> float | None:
+        """A bid's activation as its DN assets here show it [MW, in the bid's direction]: their
+        telemetered deviation from schedule, scaled by the bid's quantity over its DN share here (the
+        BSP splits a bid over its assets by their shares). None until they have reported."""
+        deviation = share_here = 0.0
+        quantity = None
+        for asset, by_bid in self.asset_bids.items():
+            if bid not in by_bid or asset not in self.connections or asset not in self.measured:
+                continue
+            share, quantity, direction = by_bid[bid]
+            sign = 1.0 if direction == Direction.UP else -1.0
+            deviation += sign * (self.measured[asset] - self.scheduled(asset, t))
+            share_here += share
+        if quantity is None or share_here <= 0:
+            return None
+        return deviation * quantity / share_here
+
+    async def limit_activations(self, events, reference, violations, t: datetime) -> None:  # noqa: ANN001
         """Limit each activated bid with DN assets here to what the grid takes now (termination when
-        nothing fits). Only a limit below the bid's current bound is sent."""
+        nothing fits). A limit is sent when it is below the bid's current bound, or when the bid's
+        measured activation (telemetry) exceeds what the grid takes, whatever its bound says: a BSP
+        that over-delivers, or follows a setpoint it should not have, is caught by what it does."""
         bids: dict[str, dict[int, float]] = {}
         bounds: dict[str, float] = {}
         for asset, by_bid in self.asset_bids.items():
@@ -476,7 +505,15 @@ class DSO(Actor):
                 bounds[bid] = min(self.validated.get(bid, quantity), self.limited_in_real_time.get(bid, quantity))
         for bid, per_mw in bids.items():
             allowed, _ = largest_activation(self.fast, events, per_mw, bounds[bid], reference=reference)
-            if allowed >= bounds[bid] - 1e-6:
+            measured = self.measured_activation(bid, t)
+            over = measured is not None and measured > allowed + OVER_DELIVERY_MW
+            if over:
+                last = self.over_delivery.get(bid)
+                if last is not None and (t - last).total_seconds() < 4 * self.scenario.setpoint_period_s:
+                    continue  # told the TSO a moment ago
+                self.over_delivery[bid] = t
+                self.log.warning("measured over-delivery", bid=bid, measured_mw=round(measured, 3), allowed_mw=round(allowed, 3))
+            elif allowed >= bounds[bid] - 1e-6:
                 continue  # this bid is not what breaks the limit
             self.limited_in_real_time[bid] = allowed
             worst = violations[0]
@@ -485,7 +522,8 @@ class DSO(Actor):
                                   max_mw=allowed, limiting_element=worst.element,
                                   loading_percent=round(worst.value, 3) if worst.element.startswith(("line", "trafo"))
                                   else None,
-                                  reason=f"{worst.element} at {worst.value:.1f} in real time"),
+                                  reason=f"{worst.element} at {worst.value:.1f} in real time"
+                                  + (f"; {bid} measured at {measured:.2f} MW" if over else "")),
                 self.tso,
             )  # fmt: skip
 

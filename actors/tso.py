@@ -121,6 +121,9 @@ class TSO(Actor):
 
     async def on_prequalification(self, msg: Received[PrequalificationRequest]) -> None:
         req = msg.body
+        if req.bsp_id != msg.sender.id:
+            await self.gw.refuse(msg, f"prequalification of {req.bsp_id} asked by {msg.sender}: a BSP asks for itself")
+            return
         verdicts: list[AssetVerdict] = []
         by_dso: dict[str, list] = defaultdict(list)
         for asset in req.assets:
@@ -174,6 +177,9 @@ class TSO(Actor):
 
     async def on_bid(self, msg: Received[EnergyBid]) -> None:
         bid = msg.body
+        if msg.sender.role == "bsp" and bid.bsp_id != msg.sender.id:
+            await self.gw.refuse(msg, f"a bid of {bid.bsp_id} from {msg.sender}: a BSP bids for itself")
+            return
         if self.scheme == "fragmented" and schemes.dn_dsos(bid):
             self.log.warning("bid refused: the TSO cannot reach DERs in the fragmented scheme", bid=bid.bid_id)
             return
@@ -388,6 +394,9 @@ class TSO(Actor):
 
     async def on_telemetry(self, msg: Received[Telemetry]) -> None:
         body = msg.body
+        if msg.sender.role == "bsp" and body.source_id != msg.sender.id:
+            await self.gw.refuse(msg, f"telemetry of {body.source_id} from {msg.sender}: a BSP reports its own resources")
+            return
         if msg.sender.role == "bsp" and body.cycle is not None and body.delivered_delta_mw is not None:
             self.records[body.source_id].delivered[body.cycle] = body.delivered_delta_mw
 
@@ -445,9 +454,16 @@ class TSO(Actor):
     # --- real-time coordination and emergencies ----------------------------------------------
 
     async def on_termination(self, msg: Received[TerminationSignal]) -> None:
+        """A DSO's termination or limit becomes an activation limit to the BSP, when it comes from the
+        DSO whose grid holds the bid's assets (seed 000 Fig. 4)."""
         sig = msg.body
-        self.terminations.append(sig)
         a = self.active.get(sig.bid_id)
+        holders = schemes.dn_dsos(a.bid) if a is not None else {sig.dso_id}
+        if msg.sender.id != sig.dso_id or sig.dso_id not in holders:
+            await self.gw.refuse(msg, f"{msg.sender} may not limit {sig.bid_id}: its DN assets are in the grid of "
+                                      f"{', '.join(sorted(holders)) or 'no DSO'}")  # fmt: skip
+            return
+        self.terminations.append(sig)
         if a is None:
             return
         self.rt_limits[sig.bid_id] = sig.max_mw

@@ -1,6 +1,7 @@
 """Mosquitto access list and password file, written from the bilateral table (``schemas.rights``).
 
-Every actor connects with username = client id = ``{role}-{id}``. It may write only topics that
+Every actor connects with username = client id = ``{role}-{id}`` and its own password
+(``testbed.security`` generates one per actor; never one shared password). It may write only topics that
 start with its own ``tsodso/v1/{role}/{id}/{type}/`` for the types its role may send, to the
 recipient roles the table allows, and read only topics addressed to itself, its role or everyone.
 So an actor that tries to send what its role may not send is stopped at the broker already; the
@@ -57,4 +58,14 @@ def write_auth(directory: Path, actors: list[Party], passwords: dict[str, str], 
     passwd = directory / "passwd"
     passwd.write_text(password_file_text(passwords))
     passwd.chmod(0o600)
+    return auth_lines(directory)
+
+
+def auth_lines(directory: Path) -> str:
+    """The Mosquitto configuration lines that use the ``acl`` and ``passwd`` in ``directory``
+    (FileNotFoundError names the one that is missing)."""
+    for name in ("acl", "passwd"):
+        if not (directory / name).exists():
+            raise FileNotFoundError(f"{directory / name} does not exist")
+    directory = directory.resolve()
     return f"allow_anonymous false\npassword_file {directory / 'passwd'}\nacl_file {directory / 'acl'}"

@@ -160,6 +160,19 @@ class PublishProperties(Properties):
         return f"[MessageExpiryInterval: {expiry}, ResponseTopic: {topic}, CorrelationData: {corr!r}]"
 
 
+def rejection_notice(rej: Rejected) -> Rejection:
+    """The notice telling a sender why its message was refused; it fits its own schema whatever arrived
+    (``Rejected`` clips topic and reason; a type is named only when it is one of the contract's)."""
+    env = rej.envelope
+    return Rejection(
+        rejected_message_id=str(env.message_id) if env else None,
+        rejected_type=env.type if env and env.type in MESSAGE_TYPES else None,
+        rejected_topic=rej.topic,
+        code=rej.code,
+        reason=rej.reason,
+    )
+
+
 def _dt(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, UTC)
 
@@ -642,7 +655,7 @@ class Gateway:
         identity is established, a rejection notice with ``reason``."""
         env = msg.envelope
         self._on_rejected(Rejected(RejectReason.REFUSED, reason, msg.topic, env.sender, env,
-                                   authenticated=msg.authenticated), msg.size, 1, msg.received_us)  # fmt: skip
+                                   authenticated=msg.authenticated), msg.size, 1, msg.received_us, "refused")  # fmt: skip
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -712,12 +725,12 @@ class Gateway:
                 self.stats["inbox_full"] += 1
                 self.log.error("inbox full, message dropped", type=env.type)
 
-    def _on_rejected(self, rej: Rejected, size: int, qos: int, received_us: int) -> None:
-        outcome = "ignored" if rej.quiet and rej.code == RejectReason.DUPLICATE else "rejected"
+    def _on_rejected(self, rej: Rejected, size: int, qos: int, received_us: int, outcome: str | None = None) -> None:
+        outcome = outcome or ("ignored" if rej.quiet and rej.code == RejectReason.DUPLICATE else "rejected")
         self.stats[outcome] += 1
         env = rej.envelope
         now_s = time.monotonic()
-        if outcome == "rejected" and now_s >= self._quiet_until:
+        if outcome != "ignored" and now_s >= self._quiet_until:
             self._quiet_until = now_s + 0.1
             self.log.warning("rejected", topic=rej.topic, code=rej.code.value, reason=rej.reason[:300])
         if self.exchange_log is not None:
@@ -742,12 +755,4 @@ class Gateway:
             return
         if not self.notices.take(str(rej.sender), now_s):
             return
-        known_type = env.type if env and env.type in MESSAGE_TYPES else None
-        notice = Rejection(
-            rejected_message_id=str(env.message_id) if env else None,
-            rejected_type=known_type,
-            rejected_topic=rej.topic,
-            code=rej.code,
-            reason=rej.reason,
-        )
-        self._spawn(self.publish(notice, rej.sender, causation_id=env.message_id if env else None))
+        self._spawn(self.publish(rejection_notice(rej), rej.sender, causation_id=env.message_id if env else None))

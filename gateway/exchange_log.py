@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS exchange (
     run_id        TEXT NOT NULL,
     actor         TEXT NOT NULL,      -- role/id of the gateway that wrote the row
     direction     TEXT NOT NULL,      -- 'out' (sent by actor) or 'in' (arrived at actor)
-    outcome       TEXT NOT NULL,      -- sent | delivered | rejected | dropped | ignored
+    outcome       TEXT NOT NULL,      -- sent | delivered | rejected | refused (by the actor) | dropped | ignored
     reason        TEXT,               -- why rejected / dropped / ignored, or a note (sequence gap)
     message_id    TEXT,
     type          TEXT,

@@ -16,9 +16,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="TSO-DSO-BSP 
 schemas_app = typer.Typer(no_args_is_help=True, help="The message contract: export and validate.")
 broker_app = typer.Typer(no_args_is_help=True, help="Run a broker with the project's configuration.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results belong in BENCHMARKS.md).")
+secure_app = typer.Typer(no_args_is_help=True, help="Identities of a secured deployment: keys, passwords, access list.")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(broker_app, name="broker")
 app.add_typer(bench_app, name="bench")
+app.add_typer(secure_app, name="secure")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -105,33 +107,49 @@ def broker_mosquitto(
     port: Annotated[int, typer.Option(help="TCP port (0: a free one).")] = 0,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     data_dir: Annotated[Optional[Path], typer.Option(help="Configuration, persistence and log.")] = None,
-    actors: Annotated[
-        Optional[str],
-        typer.Option(help="Comma-separated role/id list: write an access list and password file for them."),
+    secrets: Annotated[
+        Optional[Path],
+        typer.Option(help="A secrets directory (tsodso secure init): each actor logs in with its own password and "
+                          "may publish and read only what the rights table gives it."),
     ] = None,
-    password: Annotated[str, typer.Option(help="Password given to every actor with --actors.")] = "",
 ):
     """Run Mosquitto with the project's configuration (MQTT 5, TCP_NODELAY, persistence) until Ctrl+C."""
     from broker import start_broker
-    from broker.acl import username, write_auth
+    from broker.acl import auth_lines
     from broker.mosquitto import MosquittoMissing
-    from schemas.envelope import Party
 
     auth = None
     data_dir = data_dir or Path("runs/mosquitto")
-    if actors:
-        parties = [Party(role=a.split("/")[0], id=a.split("/")[1]) for a in actors.split(",")]
-        if not password:
-            err.print("--actors needs --password")
-            raise typer.Exit(2)
-        auth = write_auth(data_dir, parties, {username(p): password for p in parties})
+    if secrets is not None:
+        try:
+            auth = auth_lines(secrets / "mosquitto")
+        except FileNotFoundError as exc:
+            err.print(f"{exc}; write it with: tsodso secure init --scenario SCENARIO --out {secrets}")
+            raise typer.Exit(2) from None
     try:
         running = start_broker("mosquitto", port=port or None, host=host, data_dir=data_dir, auth=auth)
     except MosquittoMissing as exc:
         err.print(str(exc))
         raise typer.Exit(1) from None
-    console.print(f"mosquitto listening on {running.url} (config {data_dir / 'mosquitto.conf'})", highlight=False)
+    console.print(f"mosquitto listening on {running.url} (config {data_dir / 'mosquitto.conf'}"
+                  f"{', per-actor passwords and access list from ' + str(secrets) if secrets else ', anyone may log in'})",
+                  highlight=False)  # fmt: skip
     _serve_until_signal(running)
+
+
+@secure_app.command("init")
+def secure_init(
+    scenario: Annotated[Path, typer.Option(help="Scenario file (YAML): its actors get an identity each.")],
+    out: Annotated[Path, typer.Option(help="Secrets directory to write (keep it private; give each site its own file).")] = Path("secrets"),
+):
+    """One identity per actor: an Ed25519 signing key, a broker password, and the broker's access list."""
+    from testbed.scenario import load_scenario
+    from testbed.security import init
+
+    actors = init(out, load_scenario(scenario))
+    console.print(f"{len(actors)} identities in {out}: public-keys.json (for everyone), one <role>-<id>.secret.json "
+                  f"per actor (for that actor only), observer.secret.json (read-only), mosquitto/acl and "
+                  f"mosquitto/passwd (tsodso broker mosquitto --secrets {out})", highlight=False)  # fmt: skip
 
 
 @bench_app.command("rtt")
@@ -252,15 +270,33 @@ def actor(
     coordination: CoordinationOpt = None,
     speed: Annotated[float, typer.Option(help="Scenario seconds per wall second (the same for every actor).")] = 50.0,
     out: Annotated[Path, typer.Option(help="Run directory shared by the actors.")] = Path("runs/actors"),
+    secrets: Annotated[
+        Optional[Path],
+        typer.Option(help="Secrets directory (tsodso secure init): this actor's key and broker password, everyone's "
+                          "public keys. Required unless --insecure."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Run open: no signatures, no own login; anyone on the broker may speak as anyone.")
+    ] = False,
 ):
     """Run one actor in this process on any broker; the TSO starts the run when all are online."""
+    from gateway.client import GatewayFailed
     from testbed.scenario import load_scenario
+    from testbed.security import SecretsError
     from testbed.standalone import run_actor
 
     if role not in ("tso", "dso", "bsp", "mo"):
         raise typer.BadParameter("role is tso, dso, bsp or mo")
+    if secrets is None and not insecure:
+        err.print("tsodso actor: give --secrets DIR (write it once with: tsodso secure init --scenario "
+                  f"{scenario} --out secrets), or --insecure to run without identities")  # fmt: skip
+        raise typer.Exit(2)
     loaded = load_scenario(scenario, coordination=_coordination(coordination))
-    asyncio.run(run_actor(role, actor_id, loaded, broker, out, speed=speed))
+    try:
+        asyncio.run(run_actor(role, actor_id, loaded, broker, out, speed=speed, secrets=secrets))
+    except (SecretsError, GatewayFailed) as exc:
+        err.print(f"tsodso actor {role}/{actor_id}: {exc}")
+        raise typer.Exit(1) from None
     if role == "tso":
         console.print(f"summary: {out / 'summary.json'}", highlight=False)
 

@@ -24,6 +24,7 @@ from gateway.logs import configure_logging
 from schemas.envelope import Party
 from testbed.clock import Clock
 from testbed.scenario import dump_scenario
+from testbed.security import ephemeral
 from testbed.stalls import LoopWatch
 from testbed.summary import summarize, timeseries
 
@@ -40,11 +41,15 @@ async def run_scenario(
     run_id = f"{scenario.name}-{scenario.coordination}-{uuid.uuid4().hex[:6]}"
     clock = Clock(scenario.start, speed)
     wall_start = time.time()
+    keys, trust = ephemeral(scenario)  # every actor signs with its own key and checks everyone's
     with ExchangeLog(out / "exchange.sqlite", run_id=run_id) as log:
         async with AsyncExitStack() as stack:
 
             async def gateway(role: str, actor_id: str) -> Gateway:
-                return await stack.enter_async_context(Gateway(Party(role=role, id=actor_id), broker_url, log=log))
+                party = Party(role=role, id=actor_id)
+                return await stack.enter_async_context(Gateway(
+                    party, broker_url, log=log, signing_key=keys[str(party)], trust=trust,
+                    max_clock_skew_s=scenario.security.max_clock_skew_s))  # fmt: skip
 
             tso = TSO(await gateway("tso", scenario.tso.id), clock, scenario, scenario.tso)
             dsos = [DSO(await gateway("dso", d.id), clock, scenario, d, out) for d in scenario.dsos]
@@ -59,7 +64,8 @@ async def run_scenario(
             conditions = link_conditions(scenario, clock)
             for actor in (tso, *dsos, *bsps, *markets):
                 actor.gw.links = conditions
-            tasks = [asyncio.create_task(a.run(), name=f"{type(a).__name__}") for a in (tso, *dsos, *bsps, *markets)]
+            tasks = [asyncio.create_task(a.gw.guard(a.run()), name=f"{type(a).__name__}")
+                     for a in (tso, *dsos, *bsps, *markets)]  # fmt: skip
             shown = asyncio.create_task(progress(clock, scenario)) if progress is not None else None
             watch = LoopWatch(clock)
             watching = asyncio.create_task(watch.run())

@@ -18,7 +18,7 @@ from actors.config import Scenario
 from actors.dso import DSO
 from actors.mo import MarketOperator
 from actors.tso import TSO
-from gateway import ExchangeLog, Gateway, Received
+from gateway import BrokerSpec, ExchangeLog, Gateway, Received
 from gateway.clocksync import measure_offset
 from gateway.logs import configure_logging
 from schemas.codes import SystemState
@@ -27,6 +27,7 @@ from schemas.messages import ActorState, SystemStateNotice
 from schemas.topics import ALL
 from testbed.clock import Clock
 from testbed.runner import write_outputs
+from testbed.security import load_identity, load_trust
 from testbed.stalls import LoopWatch
 
 RUN_START = "run start"
@@ -58,14 +59,26 @@ async def announce_run_start(gw: Gateway, scenario: Scenario, clock: Clock) -> N
 
 
 async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: str, out: Path, *, speed: float,
-                    start_timeout_s: float = 60.0) -> None:  # fmt: skip
+                    start_timeout_s: float = 60.0, secrets: Path | None = None) -> None:  # fmt: skip
+    """One actor of ``scenario`` in this process. With ``secrets`` (``tsodso secure init``) it logs in
+    with its own broker password, signs what it sends and checks every sender's signature; without,
+    it runs open (anyone on the broker may speak as anyone)."""
     out.mkdir(parents=True, exist_ok=True)
     configure_logging(out / f"events-{role}-{actor_id}.jsonl")
+    me = Party(role=role, id=actor_id)
+    broker = BrokerSpec.parse(broker_url)
+    security: dict = {}
+    if secrets is not None:
+        identity = load_identity(secrets, me)
+        if broker.username is None:
+            broker = broker.with_credentials(identity.username, identity.password)
+        security = {"signing_key": identity.signing_key, "trust": load_trust(secrets, scenario),
+                    "max_clock_skew_s": scenario.security.max_clock_skew_s}  # fmt: skip
     clock = Clock(scenario.start, speed, wall_origin=float("inf"))
     started: asyncio.Future[float] = asyncio.get_running_loop().create_future()
     wall_start = time.time()
     with ExchangeLog(out / "exchange.sqlite", run_id=scenario.name) as log:
-        async with Gateway(Party(role=role, id=actor_id), broker_url, log=log) as gw:
+        async with Gateway(me, broker, log=log, **security) as gw:
             connected_at = time.time()
             online = track_presence(gw)
 
@@ -102,8 +115,8 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
             gc.freeze()  # see testbed.runner: no full collection over the grid's heap mid-run
             watch = LoopWatch(clock)
             watching = asyncio.create_task(watch.run())
-            await actor.run()
-            await clock.sleep_until(scenario.end)
+            await gw.guard(actor.run())
+            await gw.guard(clock.sleep_until(scenario.end))
             await asyncio.sleep(clock.wall_seconds(2 * scenario.setpoint_period_s))  # last answers arrive
             watching.cancel()
             (out / f"stalls-{role}-{actor_id}.json").write_text(json.dumps({f"{role}/{actor_id}": watch.results()}))

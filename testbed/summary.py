@@ -168,15 +168,20 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
                 o_s, o_r = offsets[sender], offsets[receiver]
                 corrected[link].append(lat_us / 1000 - (o_r["offset_ms"] - o_s["offset_ms"]))
                 uncertainty[link] = max(uncertainty.get(link, 0.0), o_r["uncertainty_ms"] + o_s["uncertainty_ms"])
-    sent_ids = {r[0] for r in db.execute("SELECT message_id FROM exchange WHERE direction='out' AND type='delta_setpoint'")}
+    sent_ids = {r[0] for r in db.execute(
+        "SELECT message_id FROM exchange WHERE direction='out' AND type='delta_setpoint' AND actor LIKE 'tso/%'")}
     got_ids = {r[0] for r in db.execute(
         "SELECT message_id FROM exchange WHERE direction='in' AND type='delta_setpoint' AND outcome='delivered'")}  # fmt: skip
     expired = dict(db.execute(  # message id -> its age (ms) when it was refused or dropped as expired
         "SELECT message_id, (COALESCE(received_us, sent_us) - created_us) / 1000.0 FROM exchange WHERE type='delta_setpoint'"
         " AND ((direction='in' AND outcome='rejected' AND reason LIKE 'expired:%')"
         " OR (direction='out' AND outcome='dropped' AND reason LIKE 'expired%'))"))  # fmt: skip
-    expired = {k: v for k, v in expired.items() if k not in got_ids}
+    # only setpoints the TSO really sent count (a forged one refused as expired is not the TSO's); a
+    # setpoint its sender dropped unsent has no age
+    expired = {k: v for k, v in expired.items() if k in sent_ids and k not in got_ids}
+    ages = [v for v in expired.values() if v is not None]
     rejected = db.execute("SELECT COUNT(*) FROM exchange WHERE outcome='rejected'").fetchone()[0]
+    refused = db.execute("SELECT COUNT(*) FROM exchange WHERE outcome='refused'").fetchone()[0]
     loading = [row for d in dsos for row in d["loading"]]
     worst = max(loading, key=lambda x: x[2]) if loading else (None, None, 0.0)
     monitoring = tso["monitoring"]
@@ -199,7 +204,7 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
         # a missed setpoint either expired (arrived or would have been sent after its validity, one
         # setpoint period: the host or the link was too slow) or was lost (no trace at the receiver)
         "setpoints_expired": len(expired),
-        "setpoints_expired_max_age_ms": round(max(expired.values()), 1) if expired else None,
+        "setpoints_expired_max_age_ms": round(max(ages), 1) if ages else None,
         "setpoints_lost": len(sent_ids - got_ids - set(expired)),
         "late_cycles": tso["late_cycles"],
         "delivery_within_tolerance_ratio": round(min(ratios), 4) if ratios else None,
@@ -211,6 +216,7 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
         "settlement": tso["settlement"],
         "messages": messages,
         "rejected_messages": rejected,
+        "refused_messages": refused,  # valid, but refused by an actor as implausible (the log row says why)
         "latency_ms": {t: _p(v) for t, v in sorted(latency.items())},
         "latency_by_link_ms": {k: _full(v) for k, v in sorted(by_link.items())},
         "clock_offsets_ms": offsets,
@@ -242,7 +248,8 @@ def setpoints_text(summary: dict[str, Any]) -> str:
         return text
     why = []
     if summary.get("setpoints_expired"):
-        why.append(f"{summary['setpoints_expired']} expired, up to {summary['setpoints_expired_max_age_ms']} ms old")
+        age = summary.get("setpoints_expired_max_age_ms")
+        why.append(f"{summary['setpoints_expired']} expired" + (f", up to {age} ms old" if age is not None else ""))
         stall = max((s["max_ms"] for s in summary.get("loop_stalls", {}).values()), default=None)
         if stall:
             why.append(f"loop stalled up to {stall} ms")
