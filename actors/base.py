@@ -1,7 +1,9 @@
-"""What every actor has: its gateway, the run's clock and the scenario."""
+"""What every actor has: its gateway, the run's clock and the scenario; and what it needs to rejoin a
+running scenario after a restart: a snapshot of its state and where in the run it was."""
 
+import math
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -20,17 +22,36 @@ class Clock(Protocol):
 
 
 class Actor:
+    STATE: tuple[str, ...] = ()
+    """The attributes that make this actor's state: what a restarted actor takes back from its last
+    snapshot (``snapshot``/``restore``) to rejoin the run where it left it."""
+
     def __init__(self, gateway: Gateway, clock: Clock, scenario: Scenario):
         self.gw = gateway
         self.clock = clock
         self.scenario = scenario
         self.me = gateway.me
         self.log = structlog.get_logger("actor").bind(actor=str(self.me))
+        self.resumed_at: datetime | None = None  # scenario instant this actor rejoined the run, after a restart
+
+    def snapshot(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.STATE}
+
+    def restore(self, state: dict[str, Any], at: datetime) -> None:
+        """Take back a snapshot's state; the run goes on from scenario instant ``at`` (what fell between
+        the snapshot and ``at`` is missed, and the actor's loops skip it)."""
+        for name in self.STATE:
+            if name in state:
+                setattr(self, name, state[name])
+        self.resumed_at = at
 
     def cycles(self, start: datetime, end: datetime):
-        """Setpoint instants from ``start`` (inclusive) to ``end`` (exclusive), every setpoint period."""
+        """Setpoint instants from ``start`` (inclusive) to ``end`` (exclusive), every setpoint period;
+        after a restart, from the first one not yet past."""
         period = timedelta(seconds=self.scenario.setpoint_period_s)
         k = 0
+        if self.resumed_at is not None and self.resumed_at > start:
+            k = math.ceil((self.resumed_at - start) / period)
         while start + k * period < end:
             yield k, start + k * period
             k += 1

@@ -75,7 +75,7 @@ def admissible_deltas(sp: DeltaSetpoint, accepted: Mapping[str, AcceptedOffer],
     for bid_id, delta in sp.bid_deltas_mw.items():
         offer = accepted.get(bid_id)
         if offer is None:
-            cut.append(f"{bid_id}: not accepted for the ISP of {sp.instant:%H:%M}")
+            cut.append(f"{bid_id}: not accepted for the ISP from {isp_of(sp.instant):%H:%M}")
             continue
         sign = 1.0 if offer.direction == Direction.UP else -1.0
         if delta * sign < 0:
@@ -89,6 +89,9 @@ def admissible_deltas(sp: DeltaSetpoint, accepted: Mapping[str, AcceptedOffer],
 
 
 class BSP(Actor):
+    STATE = ("assets", "qualified", "accepted", "limits", "last_cycle", "fleet_at", "targets", "refused_setpoints",
+             "settlements", "monitoring", "flex_mw", "market_results")  # fmt: skip
+
     def __init__(self, gateway, clock, scenario, config: BspConfig):  # noqa: ANN001
         super().__init__(gateway, clock, scenario)
         self.config = config
@@ -115,6 +118,8 @@ class BSP(Actor):
         gateway.on(MonitoringReport, self.on_monitoring)
 
     async def run(self) -> None:
+        if self.resumed_at is not None:
+            return  # rejoined after a restart: prequalified and bid before; it follows setpoints from here
         await self.prequalify()
         await self.send_schedule()
         await self.send_bids()

@@ -47,6 +47,12 @@ OVER_DELIVERY_MW = 0.1  # a bid measured this much above what the grid takes is 
 
 
 class DSO(Actor):
+    STATE = (
+        "assets", "schedules", "measured", "asset_bids", "validated", "limited_in_real_time", "over_delivery",
+        "loading", "congestion_s", "validation_ms", "schedule_changes", "validated_mols", "faults_reported",
+        "curtailments", "states_seen", "local_bids", "entries", "flex_mw", "flex", "needs", "compute_ms", "forwarded",
+    )  # fmt: skip
+
     def __init__(self, gateway, clock, scenario, config: DsoConfig, out_dir: Path | None = None):  # noqa: ANN001
         super().__init__(gateway, clock, scenario)
         self.config = config
@@ -69,7 +75,7 @@ class DSO(Actor):
         self.asset_bids: dict[str, dict[str, tuple[float, float, Direction]]] = {}  # asset -> bid -> (share, q, dir)
         self.validated: dict[str, float] = {}  # bid id -> upper bound from the last validation
         self.limited_in_real_time: dict[str, float] = {}
-        self.over_delivery: dict[str, datetime] = {}  # bid -> when a measured over-delivery was last reported
+        self.over_delivery: dict[str, tuple[datetime, float]] = {}  # bid -> last measured over-delivery (when, MW)
         self.loading: list[tuple[datetime, str, float]] = []  # (instant, most loaded element, %)
         self.congestion_s = 0.0
         self.validation_ms: list[float] = []
@@ -491,7 +497,8 @@ class DSO(Actor):
         """Limit each activated bid with DN assets here to what the grid takes now (termination when
         nothing fits). A limit is sent when it is below the bid's current bound, or when the bid's
         measured activation (telemetry) exceeds what the grid takes, whatever its bound says: a BSP
-        that over-delivers, or follows a setpoint it should not have, is caught by what it does."""
+        that over-delivers, or follows a setpoint it should not have, is caught by what it does; one
+        that is not coming down four cycles after such a limit has its activation terminated."""
         bids: dict[str, dict[int, float]] = {}
         bounds: dict[str, float] = {}
         for asset, by_bid in self.asset_bids.items():
@@ -509,9 +516,11 @@ class DSO(Actor):
             over = measured is not None and measured > allowed + OVER_DELIVERY_MW
             if over:
                 last = self.over_delivery.get(bid)
-                if last is not None and (t - last).total_seconds() < 4 * self.scenario.setpoint_period_s:
+                if last is not None and (t - last[0]).total_seconds() < 4 * self.scenario.setpoint_period_s:
                     continue  # told the TSO a moment ago
-                self.over_delivery[bid] = t
+                if last is not None and measured >= last[1] - OVER_DELIVERY_MW:
+                    allowed = 0.0  # limited before and not coming down: terminate the activation
+                self.over_delivery[bid] = (t, measured)
                 self.log.warning("measured over-delivery", bid=bid, measured_mw=round(measured, 3), allowed_mw=round(allowed, 3))
             elif allowed >= bounds[bid] - 1e-6:
                 continue  # this bid is not what breaks the limit
@@ -553,11 +562,13 @@ class DSO(Actor):
     # --- the run -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.publish_forecast()
-        faults = sorted(self.config.faults, key=lambda f: f.at)
+        if self.resumed_at is None:
+            await self.publish_forecast()
+        since = self.resumed_at or self.scenario.start  # after a restart: what fell while away is missed
+        faults = sorted((f for f in self.config.faults if f.at >= since), key=lambda f: f.at)
         local = self.scenario.coordination in ("dso_managed", "fragmented")
         gates = sorted(isp - schemes.LOCAL_GATE for isp in self.scenario.isps()
-                       if local and isp - schemes.LOCAL_GATE >= self.scenario.start)  # fmt: skip
+                       if local and isp - schemes.LOCAL_GATE >= since)  # fmt: skip
         for _, t in self.cycles(self.scenario.start, self.scenario.end):
             await self.clock.sleep_until(t)
             while gates and gates[0] <= t:

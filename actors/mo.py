@@ -35,6 +35,8 @@ from schemas.messages import (
 
 
 class MarketOperator(Actor):
+    STATE = ("bids", "needs", "cleared", "clearing_ms")
+
     def __init__(self, gateway, clock, scenario):  # noqa: ANN001
         super().__init__(gateway, clock, scenario)
         self.bids: dict[datetime, dict[str, EnergyBid]] = defaultdict(dict)
@@ -45,6 +47,9 @@ class MarketOperator(Actor):
         gateway.on(FlexibilityNeed, self.on_need)
 
     async def on_bid(self, msg: Received[EnergyBid]) -> None:
+        if msg.body.bsp_id != msg.sender.id:
+            await self.gw.refuse(msg, f"a bid of {msg.body.bsp_id} from {msg.sender}: a BSP bids for itself")
+            return
         self.bids[msg.body.isp_start][msg.body.bid_id] = msg.body
 
     async def on_need(self, msg: Received[FlexibilityNeed]) -> None:
@@ -129,6 +134,8 @@ class MarketOperator(Actor):
         gates = sorted(isp - schemes.MARKET_GATE for isp in self.scenario.isps()
                        if isp - schemes.MARKET_GATE >= self.scenario.start)  # fmt: skip
         for gate in gates:
+            if self.resumed_at is not None and gate < self.resumed_at:
+                continue  # cleared before a restart, or missed while away
             await self.clock.sleep_until(gate)
             await self.clear(gate + schemes.MARKET_GATE)
         await self.clock.sleep_until(self.scenario.end)

@@ -73,8 +73,19 @@ class BspRecord:
 
 
 class TSO(Actor):
+    STATE = (
+        "bids", "qualified", "active", "validations", "dso_limits_mw", "rt_limits", "mol_round_trip_ms",
+        "mol_iterations", "fallbacks", "records", "monitoring", "settlements", "forecasts", "faults", "curtailments",
+        "terminations", "setpoints_sent", "schedule_changes", "conversation", "late_cycles", "flex", "market_results",
+        "clearing_ms", "balance", "der_energy_mwh", "energy_by_isp", "cost_eur", "isp_start", "next_step",
+        "first_cycle_of_period",
+    )  # fmt: skip
+
     def __init__(self, gateway, clock, scenario, config: TsoConfig):  # noqa: ANN001
         super().__init__(gateway, clock, scenario)
+        self.isp_start: datetime | None = None  # the ISP being activated
+        self.next_step: datetime | None = None  # next instant the setpoints may change (the ramp step)
+        self.first_cycle_of_period = 0  # first cycle of the running 5-minute monitoring period
         self.config = config
         self.bids: dict[datetime, dict[str, EnergyBid]] = defaultdict(dict)
         self.qualified: dict[str, set[str]] = defaultdict(set)  # bsp -> qualified asset ids
@@ -481,6 +492,8 @@ class TSO(Actor):
 
     async def emergencies(self) -> None:
         for e in sorted(self.config.emergencies, key=lambda e: e.at):
+            if self.resumed_at is not None and e.at < self.resumed_at:
+                continue  # before a restart: announced then, or missed while away
             await self.clock.sleep_until(e.at)
             await self.gw.publish(SystemStateNotice(state=e.state, area=self.config.area, since=e.at,
                                                     reason="system state changed"), Party(role="dso", id="all"))  # fmt: skip
@@ -507,41 +520,41 @@ class TSO(Actor):
         self.balance["residual_mwh"] += abs(need - afrr - self.flex_net(t)) * h
 
     async def run(self) -> None:
-        if self.scheme == "integrated_market":
+        if self.scheme == "integrated_market" and self.resumed_at is None:
             await self.send_needs()
         emergencies = asyncio.create_task(self.emergencies())
         scenario = self.scenario
         step = timedelta(seconds=self.config.setpoint_step_s)
-        next_step = scenario.start
+        if self.next_step is None:
+            self.next_step = scenario.start
         period_cycles = round(self.config.monitoring_period_s / scenario.setpoint_period_s)
-        isp_start = None
-        first_cycle_of_period = 0
         try:
             for k, t in self.cycles(scenario.start, scenario.end):
                 late = await self.clock.sleep_until(t)
                 if late > self.clock.wall_seconds(scenario.setpoint_period_s):
                     self.late_cycles += 1
                 isp = isp_of(t)
-                if isp != isp_start:
-                    if isp_start is not None:
-                        await self.settle(isp_start)
-                    isp_start = isp
-                    if t == isp:  # a whole ISP ahead: build and validate its MOL
+                if isp != self.isp_start:
+                    first = self.isp_start is None
+                    if not first:
+                        await self.settle(self.isp_start)
+                    self.isp_start = isp
+                    if t == isp or not first:  # a whole ISP ahead (or the next ISP, reached late after a restart)
                         await self.build_mol(isp)
-                stepping = t >= next_step
+                stepping = t >= self.next_step
                 if stepping:
-                    while next_step <= t:
-                        next_step += step
+                    while self.next_step <= t:
+                        self.next_step += step
                 self.step_activations(t, stepping)
                 if self.active:
                     await self.send_setpoints(k, t)
                 self.account_balance(t)
                 if (k + 1) % period_cycles == 0:
                     await self.monitor(t - timedelta(seconds=self.config.monitoring_period_s) +
-                                       timedelta(seconds=scenario.setpoint_period_s), t, first_cycle_of_period, k)  # fmt: skip
-                    first_cycle_of_period = k + 1
-            if isp_start is not None and self.active:
-                await self.settle(isp_start)
+                                       timedelta(seconds=scenario.setpoint_period_s), t, self.first_cycle_of_period, k)  # fmt: skip
+                    self.first_cycle_of_period = k + 1
+            if self.isp_start is not None and self.active:
+                await self.settle(self.isp_start)
         finally:
             emergencies.cancel()
 

@@ -160,6 +160,13 @@ class PublishProperties(Properties):
         return f"[MessageExpiryInterval: {expiry}, ResponseTopic: {topic}, CorrelationData: {corr!r}]"
 
 
+def _known_type(topic: str) -> str | None:
+    """The message type a topic names, when it is one of the contract's (for the log row of a message
+    refused before its envelope was read)."""
+    parts = topic.split("/")
+    return parts[4] if len(parts) == 7 and parts[4] in MESSAGE_TYPES else None
+
+
 def rejection_notice(rej: Rejected) -> Rejection:
     """The notice telling a sender why its message was refused; it fits its own schema whatever arrived
     (``Rejected`` clips topic and reason; a type is named only when it is one of the contract's)."""
@@ -378,15 +385,21 @@ class Gateway:
                     if self._ready is not None and not self._ready.done():
                         self._ready.set_result(None)
                     delay = self.reconnect_delay_s[0]
-                    async for message in client.messages:
-                        self._on_message(message)
+                    try:
+                        async for message in client.messages:
+                            self._on_message(message)
+                    except (aiomqtt.MqttError, asyncio.CancelledError):
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - die loudly, 'offline' while the connection works
+                        await self._die(client, exc)
+                        return
             except aiomqtt.MqttError as exc:
                 if not self._closing:
                     self.log.warning("disconnected", error=str(exc), retry_in_s=round(delay, 3))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - anything else: die loudly, never as a zombie
-                await self._die(client, exc)
+                await self._die(None, exc)
                 return
             finally:
                 self._connected.clear()
@@ -737,7 +750,7 @@ class Gateway:
             self.exchange_log.record(
                 LogRow(
                     self.run_id, self._me_str, "in", outcome, str(rej), str(env.message_id) if env else None,
-                    env.type if env else None, rej.topic, str(rej.sender) if rej.sender else None, self._me_str,
+                    env.type if env else _known_type(rej.topic), rej.topic, str(rej.sender) if rej.sender else None, self._me_str,
                     str(env.correlation_id) if env and env.correlation_id else None,
                     str(env.causation_id) if env and env.causation_id else None,
                     env.sequence if env else None, size, qos,

@@ -96,9 +96,9 @@ def link_conditions(scenario: Scenario, clock: Clock) -> LinkConditions:
 
 def write_outputs(scenario: Scenario, out: Path, tso: dict, dsos: list[dict], *, wall_start: float, speed: float,
                   clock_offsets: dict | None = None, market: dict | None = None,
-                  loop_stalls: dict | None = None) -> None:  # fmt: skip
+                  loop_stalls: dict | None = None, rejoins: list[dict] | None = None) -> None:  # fmt: skip
     """``summary.json`` and ``timeseries.json`` into the run directory."""
-    summary = summarize(scenario, out / "exchange.sqlite", tso, dsos, clock_offsets, market)
+    summary = summarize(scenario, out / "exchange.sqlite", tso, dsos, clock_offsets, market, rejoins)
     if loop_stalls is not None:
         summary["loop_stalls"] = loop_stalls  # per process, its event loop's stalls (testbed.stalls)
     summary["wall_clock_s"] = round(time.time() - wall_start, 3)

@@ -5,13 +5,24 @@ scenario is online (their retained ``actor_state``), then announces the start wi
 ``system_state`` (state normal, reason 'run start') to everyone; scenario time begins one second
 after that message's ``created_at``. Each actor appends to the run directory's exchange log and
 writes ``<role>-<id>.json``; the TSO, last, writes ``summary.json``.
+
+An actor restarted mid-run with the same command rejoins the run: while its run lasts it keeps
+``run-<role>-<id>.json`` (the run's clock) and, every setpoint period, a snapshot of its state
+(``state-<role>-<id>.pickle``, ``actors.base.Actor.STATE``). Started again before the run's end, it
+resumes its broker session (QoS 1 messages queued while it was away arrive; those past their expiry
+are refused as expired), takes its state back, skips what fell while it was away and records the
+absence in ``rejoins-<role>-<id>.jsonl``, which the summary reports.
 """
 
 import asyncio
 import gc
 import json
+import os
+import pickle
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from actors.bsp import BSP
 from actors.config import Scenario
@@ -77,8 +88,10 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
     clock = Clock(scenario.start, speed, wall_origin=float("inf"))
     started: asyncio.Future[float] = asyncio.get_running_loop().create_future()
     wall_start = time.time()
+    run_file, state_file = out / f"run-{role}-{actor_id}.json", out / f"state-{role}-{actor_id}.pickle"
+    stored = running_run(run_file, state_file, speed)  # a run this actor left mid-way: rejoin it
     with ExchangeLog(out / "exchange.sqlite", run_id=scenario.name) as log:
-        async with Gateway(me, broker, log=log, **security) as gw:
+        async with Gateway(me, broker, log=log, resume_session=stored is not None, **security) as gw:
             connected_at = time.time()
             online = track_presence(gw)
 
@@ -89,6 +102,16 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
 
             if role == "tso":
                 actor = TSO(gw, clock, scenario, scenario.tso)
+            elif role == "dso":
+                actor = DSO(gw, clock, scenario, next(d for d in scenario.dsos if d.id == actor_id), out)
+            elif role == "mo":
+                actor = MarketOperator(gw, clock, scenario)
+            else:
+                actor = BSP(gw, clock, scenario, next(b for b in scenario.bsps if b.id == actor_id))
+            if stored is not None:
+                clock.wall_origin = stored["wall_origin"]
+                rejoin(actor, state_file, clock, out)
+            elif role == "tso":
                 peers = {f"dso/{d.id}" for d in scenario.dsos} | {f"bsp/{b.id}" for b in scenario.bsps}
                 if scenario.coordination == "integrated_market":
                     peers.add(f"mo/{scenario.market_operator}")
@@ -99,12 +122,6 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
                     await asyncio.sleep(0.05)
                 await announce_run_start(gw, scenario, clock)
             else:
-                if role == "dso":
-                    actor = DSO(gw, clock, scenario, next(d for d in scenario.dsos if d.id == actor_id), out)
-                elif role == "mo":
-                    actor = MarketOperator(gw, clock, scenario)
-                else:
-                    actor = BSP(gw, clock, scenario, next(b for b in scenario.bsps if b.id == actor_id))
                 clock.wall_origin = await asyncio.wait_for(started, start_timeout_s)
                 # this host's clock against the TSO's, so the summary can correct one-way latencies
                 offset = await measure_offset(gw, Party(role="tso", id=scenario.tso.id), probes=10)
@@ -115,10 +132,16 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
             gc.freeze()  # see testbed.runner: no full collection over the grid's heap mid-run
             watch = LoopWatch(clock)
             watching = asyncio.create_task(watch.run())
+            run_file.write_text(json.dumps({"wall_origin": clock.wall_origin, "speed": speed,
+                                            "wall_end": clock.wall(scenario.end)}) + "\n")  # fmt: skip
+            snapshots = asyncio.create_task(keep_snapshots(actor, clock, state_file))
             await gw.guard(actor.run())
             await gw.guard(clock.sleep_until(scenario.end))
             await asyncio.sleep(clock.wall_seconds(2 * scenario.setpoint_period_s))  # last answers arrive
             watching.cancel()
+            snapshots.cancel()
+            run_file.unlink(missing_ok=True)  # the run is over: the same command starts a new one
+            state_file.unlink(missing_ok=True)
             (out / f"stalls-{role}-{actor_id}.json").write_text(json.dumps({f"{role}/{actor_id}": watch.results()}))
     if role == "dso":
         actor.write_results()
@@ -137,7 +160,45 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
         stalls = {}
         for path in sorted(out.glob("stalls-*.json")):
             stalls.update(json.loads(path.read_text()))
+        rejoins = [json.loads(line) for path in sorted(out.glob("rejoins-*.jsonl")) for line in path.read_text().splitlines()]
         write_outputs(scenario, out, actor.results(), [json.loads(p.read_text()) for p in paths],
                       wall_start=wall_start, speed=speed, clock_offsets=offsets,
                       market=json.loads(market.read_text()) if market and market.exists() else None,
-                      loop_stalls=stalls)  # fmt: skip
+                      loop_stalls=stalls, rejoins=rejoins)  # fmt: skip
+
+
+def running_run(run_file: Path, state_file: Path, speed: float) -> dict[str, Any] | None:
+    """The run this actor was part of, if it is still going (its end lies ahead) and the actor left a
+    snapshot; None for a new run."""
+    try:
+        stored = json.loads(run_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    if stored.get("speed") != speed or stored.get("wall_end", 0) <= time.time() or not state_file.exists():
+        return None
+    return stored
+
+
+def rejoin(actor: Any, state_file: Path, clock: Clock, out: Path) -> None:
+    """Take the actor's last snapshot back and note how long it was away (``rejoins-<role>-<id>.jsonl``).
+    The snapshot is the actor's own, written by this same command into its own run directory."""
+    snapshot = pickle.loads(state_file.read_bytes())  # noqa: S301
+    back = clock.now()
+    actor.restore(snapshot["state"], back)
+    record = {"actor": str(actor.me), "away_from": snapshot["at"], "back_at": back.isoformat(),
+              "away_from_us": round(snapshot["wall"] * 1e6), "back_us": round(time.time() * 1e6),
+              "away_s": round((back - datetime.fromisoformat(snapshot["at"])).total_seconds(), 3)}  # fmt: skip
+    with (out / f"rejoins-{actor.me.role}-{actor.me.id}.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    actor.log.warning("rejoined the run after a restart", **record)
+
+
+async def keep_snapshots(actor: Any, clock: Clock, path: Path) -> None:
+    """Every setpoint period (at least 0.2 s of wall time apart), the actor's state to ``path``
+    (written aside, then renamed: a kill never leaves half a snapshot)."""
+    interval = max(clock.wall_seconds(actor.scenario.setpoint_period_s), 0.2)
+    tmp = path.with_suffix(".tmp")
+    while True:
+        tmp.write_bytes(pickle.dumps({"at": clock.now().isoformat(), "wall": time.time(), "state": actor.snapshot()}))
+        os.replace(tmp, path)
+        await asyncio.sleep(interval)

@@ -144,12 +144,17 @@ def scheme_metrics(scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: 
 
 
 def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str, Any]],  # noqa: ANN001
-              clock_offsets: dict[str, dict] | None = None, market: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+              clock_offsets: dict[str, dict] | None = None, market: dict[str, Any] | None = None,
+              rejoins: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """Merge the TSO's and DSOs' results (``results()``) with what the exchange log shows.
 
     ``clock_offsets``: actor -> {offset_ms (its clock minus the TSO's), uncertainty_ms}, measured
     over the broker (gateway.clocksync) when actors ran on their own clocks; one-way latencies are
-    then also given corrected by (receiver offset - sender offset), with the summed uncertainty."""
+    then also given corrected by (receiver offset - sender offset), with the summed uncertainty.
+
+    ``rejoins``: actors restarted mid-run (``testbed.standalone``), each with its absence (wall µs);
+    a setpoint lost on its way to a BSP created while that BSP was away is counted apart
+    (``setpoints_lost_while_away``): the BSP was down, not the transport."""
     db = sqlite3.connect(db_path)
     messages = dict(db.execute("SELECT type, COUNT(*) FROM exchange WHERE direction='out' AND outcome='sent' GROUP BY type"))
     latency: dict[str, list[float]] = defaultdict(list)
@@ -180,6 +185,14 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
     # setpoint its sender dropped unsent has no age
     expired = {k: v for k, v in expired.items() if k in sent_ids and k not in got_ids}
     ages = [v for v in expired.values() if v is not None]
+    lost = sent_ids - got_ids - set(expired)
+    # from its last snapshot (less the exchange log's flush interval, which a kill loses) to its return
+    away = [(r["actor"], r["away_from_us"] - 500_000, r["back_us"]) for r in rejoins or [] if r["actor"].startswith("bsp/")]
+    lost_while_away = sum(
+        1 for mid, receiver, created in db.execute(
+            "SELECT message_id, receiver, created_us FROM exchange WHERE direction='out' AND type='delta_setpoint'")
+        if mid in lost and any(receiver == a and t0 <= created <= t1 for a, t0, t1 in away)
+    )  # fmt: skip
     rejected = db.execute("SELECT COUNT(*) FROM exchange WHERE outcome='rejected'").fetchone()[0]
     refused = db.execute("SELECT COUNT(*) FROM exchange WHERE outcome='refused'").fetchone()[0]
     loading = [row for d in dsos for row in d["loading"]]
@@ -205,7 +218,9 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
         # setpoint period: the host or the link was too slow) or was lost (no trace at the receiver)
         "setpoints_expired": len(expired),
         "setpoints_expired_max_age_ms": round(max(ages), 1) if ages else None,
-        "setpoints_lost": len(sent_ids - got_ids - set(expired)),
+        "setpoints_lost": len(lost),
+        "setpoints_lost_while_away": lost_while_away,
+        "rejoins": rejoins or [],
         "late_cycles": tso["late_cycles"],
         "delivery_within_tolerance_ratio": round(min(ratios), 4) if ratios else None,
         "non_compliant_bsps": sorted({m["bsp_id"] for m in monitoring if not m["compliant"]}),

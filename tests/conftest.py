@@ -54,6 +54,23 @@ def own_mosquitto(tmp_path: Path) -> Iterator[RunningBroker]:
 
 
 @pytest.fixture
+def secured_mosquitto(tmp_path: Path) -> Iterator[tuple[RunningBroker, Path]]:
+    """A Mosquitto of this test alone, secured as ``tsodso secure init`` makes a deployment: one
+    identity per actor of the reference scenario (signing key, own broker password), the access list
+    from the rights table. Yields the broker and the secrets directory."""
+    from broker.acl import auth_lines
+    from testbed.scenario import load_scenario
+    from testbed.security import init
+
+    mosquitto_or_skip()
+    secrets = tmp_path / "secrets"
+    init(secrets, load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "nl-afrr-congestion.yaml"))
+    running = start_broker("mosquitto", data_dir=tmp_path / "mosquitto", auth=auth_lines(secrets / "mosquitto"))
+    yield running, secrets
+    running.stop()
+
+
+@pytest.fixture
 def own_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningBroker]:
     """A broker of this test alone, of the kind named by the test's ``kind`` parameter."""
     running = _start(request.param, tmp_path)

@@ -9,17 +9,30 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import assert_no_setpoint_lost, run_processes
+from broker import start_broker
+from broker.acl import auth_lines
+from tests.conftest import assert_no_setpoint_lost, mosquitto_or_skip, run_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_compose_services_as_processes_on_mosquitto_give_the_same_outcome(own_mosquitto, tmp_path):
+def test_compose_services_as_processes_on_mosquitto_give_the_same_outcome(tmp_path):
+    mosquitto_or_skip()
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert "set_tcp_nodelay true" in (ROOT / "broker" / "mosquitto-compose.conf").read_text()
+    conf = (ROOT / "broker" / "mosquitto-compose.conf").read_text()
+    assert "set_tcp_nodelay true" in conf and "allow_anonymous false" in conf
     assert services["mosquitto"]["image"].startswith("eclipse-mosquitto:2")
-    actors = {name: svc for name, svc in services.items() if name != "mosquitto"}
+    # the secrets service writes one identity per actor; Mosquitto takes its access list and passwords
+    init = shlex.split(services["secrets"]["command"])
+    assert init[:3] == ["tsodso", "secure", "init"]
+    secrets = tmp_path / "secrets"
+    init[init.index("--out") + 1] = str(secrets)
+    run_processes({"secrets": init[1:]}, ROOT)
+    assert {"/mosquitto/secrets/passwd", "/mosquitto/secrets/acl"} <= {line.split()[1] for line in conf.splitlines()
+                                                                       if line.startswith(("password_file", "acl_file"))}
+    broker = start_broker("mosquitto", data_dir=tmp_path / "mosquitto", auth=auth_lines(secrets / "mosquitto"))
+    actors = {name: svc for name, svc in services.items() if name not in ("mosquitto", "secrets")}
     assert set(actors) == {"tso", "dso1", "bsp1"}
     out = tmp_path / "compose"
     commands = {}
@@ -27,16 +40,19 @@ def test_compose_services_as_processes_on_mosquitto_give_the_same_outcome(own_mo
         argv = shlex.split(svc["command"])
         assert argv[:2] == ["tsodso", "actor"]
         argv = argv[1:]
-        argv[argv.index("--broker") + 1] = own_mosquitto.url  # the service name 'mosquitto' -> this broker
+        argv[argv.index("--broker") + 1] = broker.url  # the service name 'mosquitto' -> this broker
         argv[argv.index("--out") + 1] = str(out)
+        argv[argv.index("--secrets") + 1] = str(secrets)
         commands[name] = argv
-    run_processes(commands, ROOT)
+    with broker:
+        run_processes(commands, ROOT)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.0, abs=0.1)
     assert summary["congestion_seconds"] == 0 and summary["max_line_loading_percent"] <= 100
     assert summary["max_delta_setpoint_mw"]["bsp1"] <= summary["dso_limits_mw"]["bsp1-up"] + 1e-9
     assert_no_setpoint_lost(summary)
     assert summary["messages"]["delta_setpoint"] == summary["setpoints_sent"] > 200
+    assert summary["rejected_messages"] == 0  # every message signed and checked, none refused
     # each process measured its clock against the TSO's over the broker; same host: offset ~ 0
     for actor in ("dso/dso1", "bsp/bsp1"):
         record = summary["clock_offsets_ms"][actor]

@@ -205,14 +205,14 @@ def test_the_conflict_the_papers_warn_about_is_measured(comparison):
     assert any(c["dso"] == "dso1" and c["tso_mwh"] > 0 > c["dso_mwh"] for c in conflict)
 
 
-def test_the_market_operator_runs_as_its_own_process_like_every_actor(own_mosquitto, tmp_path):
+def test_the_market_operator_runs_as_its_own_process_like_every_actor(secured_mosquitto, tmp_path):
     """`tsodso actor mo`: the integrated market with TSO, DSO, BSP and market operator each in its
     own OS process on Mosquitto: the TSO waits for the operator, the operator clears, the DSO's
     validation limits the DER bid as in one process."""
     out = tmp_path / "procs"
     run_processes({role: ["actor", role, "--id", ident, "--scenario", "scenarios/nl-afrr-congestion.yaml",
-                          "--coordination", "integrated_market", "--broker", own_mosquitto.url, "--speed", "50",
-                          "--out", str(out)]
+                          "--coordination", "integrated_market", "--broker", secured_mosquitto[0].url, "--speed", "50",
+                          "--out", str(out), "--secrets", str(secured_mosquitto[1])]
                    for role, ident in (("tso", "tso"), ("dso", "dso1"), ("bsp", "bsp1"), ("mo", "mo"))},
                   Path(__file__).resolve().parents[1])  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
