@@ -61,6 +61,18 @@ def write_auth(directory: Path, actors: list[Party], passwords: dict[str, str], 
     return auth_lines(directory)
 
 
+def tls_auth_lines(auth_dir: Path, tls_dir: Path) -> str:
+    """Mosquitto configuration lines for mutual TLS on the listener: only clients with a certificate
+    of the deployment's CA get in, the certificate's CN is the username the access list applies to."""
+    for path in (auth_dir / "acl", tls_dir / "ca.crt", tls_dir / "server.crt", tls_dir / "server.key"):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+    auth_dir, tls_dir = auth_dir.resolve(), tls_dir.resolve()
+    return "\n".join((f"cafile {tls_dir / 'ca.crt'}", f"certfile {tls_dir / 'server.crt'}",
+                      f"keyfile {tls_dir / 'server.key'}", "require_certificate true", "use_identity_as_username true",
+                      "allow_anonymous false", f"acl_file {auth_dir / 'acl'}"))  # fmt: skip
+
+
 def auth_lines(directory: Path) -> str:
     """The Mosquitto configuration lines that use the ``acl`` and ``passwd`` in ``directory``
     (FileNotFoundError names the one that is missing)."""

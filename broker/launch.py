@@ -1,9 +1,10 @@
 """Start a broker as a child process (or use one that runs elsewhere) and know its URL.
 
-    with start_broker("embedded") as b:      # amqtt on a free loopback port
+    with start_broker("embedded") as b:      # broker.embedded on a free loopback port
         print(b.url)                         # mqtt://127.0.0.1:40123?protocol=3.1.1
     with start_broker("mosquitto") as b:     # mosquitto, the project's configuration
         b.restart()                          # SIGTERM (saves persistent sessions), start again
+    start_broker("nats")                     # nats-server with JetStream and MQTT (3.1.1)
     start_broker("mqtt://host:1883")         # nothing to start
 """
 
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker import mosquitto
+from broker import mosquitto, nats
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -100,8 +101,12 @@ def start_broker(
         conf = mosquitto.write_config(data_dir, port, host=host, auth=auth)
         cmd = [mosquitto.binary(), "-c", str(conf)]
         url = f"mqtt://{host}:{port}"
+    elif kind == "nats":
+        conf = nats.write_config(data_dir, port, host=host, auth=auth)
+        cmd = [nats.binary(), "-c", str(conf)]
+        url = f"mqtt://{host}:{port}?protocol=3.1.1"
     else:
-        raise ValueError(f"unknown broker {kind!r}: use embedded, mosquitto or an mqtt[s]:// URL")
+        raise ValueError(f"unknown broker {kind!r}: use embedded, mosquitto, nats or an mqtt[s]:// URL")
     return RunningBroker(kind, url, host, port, cmd, data_dir).start()
 
 

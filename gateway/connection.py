@@ -2,13 +2,14 @@
 
     mqtt://[user[:password]@]host[:port][?protocol=5|3.1.1]
     mqtts://...                       TLS (system CA store, or ?ca=PATH)
+    mqtts://...?ca=CA&cert=CRT&key=KEY  mutual TLS: this client's certificate (tsodso secure init)
 
 The protocol defaults to MQTT 5; ``protocol=3.1.1`` selects MQTT 3.1.1, where correlation and
 expiry travel in the envelope only.
 """
 
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
@@ -21,6 +22,8 @@ class BrokerSpec:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     ca_file: str | None = None
+    cert_file: str | None = None  # client certificate (mutual TLS)
+    key_file: str | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, url: str) -> "BrokerSpec":
@@ -42,6 +45,8 @@ class BrokerSpec:
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
             ca_file=query.get("ca"),
+            cert_file=query.get("cert"),
+            key_file=query.get("key"),
         )
 
     @property
@@ -53,9 +58,16 @@ class BrokerSpec:
         return f"{scheme}://{user}{self.host}:{self.port}{query}"
 
     def with_credentials(self, username: str | None, password: str | None) -> "BrokerSpec":
-        return BrokerSpec(self.host, self.port, self.protocol, self.tls, username, password, self.ca_file)
+        return replace(self, username=username, password=password)
+
+    def with_certificate(self, ca_file: str, cert_file: str, key_file: str) -> "BrokerSpec":
+        """The same broker over mutual TLS with this client certificate."""
+        return replace(self, tls=True, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.tls:
             return None
-        return ssl.create_default_context(cafile=self.ca_file)
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context

@@ -95,7 +95,7 @@ def broker_embedded(
     port: Annotated[int, typer.Option(help="TCP port (0: a free one).")] = 0,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ):
-    """Run the embedded broker (amqtt, MQTT 3.1.1, installed with the project) until Ctrl+C."""
+    """Run the embedded broker (MQTT 3.1.1, pure Python, installed with the project) until Ctrl+C."""
     from broker import free_port
     from broker.embedded import main
 
@@ -112,17 +112,21 @@ def broker_mosquitto(
         typer.Option(help="A secrets directory (tsodso secure init): each actor logs in with its own password and "
                           "may publish and read only what the rights table gives it."),
     ] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="With --secrets: mutual TLS, only clients with a certificate of the "
+                                                   "deployment's CA get in (the certificate names the actor).")] = False,
 ):
     """Run Mosquitto with the project's configuration (MQTT 5, TCP_NODELAY, persistence) until Ctrl+C."""
     from broker import start_broker
-    from broker.acl import auth_lines
+    from broker.acl import auth_lines, tls_auth_lines
     from broker.mosquitto import MosquittoMissing
 
     auth = None
     data_dir = data_dir or Path("runs/mosquitto")
+    if tls and secrets is None:
+        raise typer.BadParameter("--tls needs --secrets (the deployment's CA and certificates)")
     if secrets is not None:
         try:
-            auth = auth_lines(secrets / "mosquitto")
+            auth = tls_auth_lines(secrets / "mosquitto", secrets / "tls") if tls else auth_lines(secrets / "mosquitto")
         except FileNotFoundError as exc:
             err.print(f"{exc}; write it with: tsodso secure init --scenario SCENARIO --out {secrets}")
             raise typer.Exit(2) from None
@@ -131,9 +135,40 @@ def broker_mosquitto(
     except MosquittoMissing as exc:
         err.print(str(exc))
         raise typer.Exit(1) from None
-    console.print(f"mosquitto listening on {running.url} (config {data_dir / 'mosquitto.conf'}"
-                  f"{', per-actor passwords and access list from ' + str(secrets) if secrets else ', anyone may log in'})",
+    url = running.url.replace("mqtt://", "mqtts://") if tls else running.url
+    console.print(f"mosquitto listening on {url} (config {data_dir / 'mosquitto.conf'}"
+                  f"{(', client certificates' if tls else ', per-actor passwords') + ' and access list from ' + str(secrets) if secrets else ', anyone may log in'})",
                   highlight=False)  # fmt: skip
+    _serve_until_signal(running)
+
+
+@broker_app.command("nats")
+def broker_nats(
+    port: Annotated[int, typer.Option(help="MQTT port (0: a free one).")] = 0,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Configuration and JetStream store.")] = None,
+    secrets: Annotated[Optional[Path], typer.Option(help="A secrets directory (tsodso secure init): per-actor users and "
+                                                         "permissions from the rights table.")] = None,
+):
+    """Run nats-server with JetStream and its MQTT interface (MQTT 3.1.1) until Ctrl+C."""
+    from broker import start_broker
+    from broker.nats import NatsMissing
+
+    auth = None
+    if secrets is not None:
+        path = secrets / "nats" / "authorization.conf"
+        if not path.exists():
+            err.print(f"{path} does not exist; write it with: tsodso secure init --scenario SCENARIO --out {secrets}")
+            raise typer.Exit(2)
+        auth = path.read_text()
+    data_dir = data_dir or Path("runs/nats")
+    try:
+        running = start_broker("nats", port=port or None, host=host, data_dir=data_dir, auth=auth)
+    except NatsMissing as exc:
+        err.print(str(exc))
+        raise typer.Exit(1) from None
+    console.print(f"nats-server (MQTT 3.1.1) listening on {running.url} (config {data_dir / 'nats.conf'}"
+                  f"{', per-actor users from ' + str(secrets) if secrets else ', anyone may log in'})", highlight=False)  # fmt: skip
     _serve_until_signal(running)
 
 
@@ -141,15 +176,19 @@ def broker_mosquitto(
 def secure_init(
     scenario: Annotated[Path, typer.Option(help="Scenario file (YAML): its actors get an identity each.")],
     out: Annotated[Path, typer.Option(help="Secrets directory to write (keep it private; give each site its own file).")] = Path("secrets"),
+    host: Annotated[Optional[list[str]], typer.Option(help="Name or address the broker's certificate is for (repeatable; "
+                                                           "localhost and 127.0.0.1 always).")] = None,
 ):
-    """One identity per actor: an Ed25519 signing key, a broker password, and the broker's access list."""
+    """One identity per actor: an Ed25519 signing key, a broker password, a client certificate of the
+    deployment's own CA, and the broker's access list."""
     from testbed.scenario import load_scenario
     from testbed.security import init
 
-    actors = init(out, load_scenario(scenario))
+    actors = init(out, load_scenario(scenario), hosts=host)
     console.print(f"{len(actors)} identities in {out}: public-keys.json (for everyone), one <role>-<id>.secret.json "
                   f"per actor (for that actor only), observer.secret.json (read-only), mosquitto/acl and "
-                  f"mosquitto/passwd (tsodso broker mosquitto --secrets {out})", highlight=False)  # fmt: skip
+                  f"mosquitto/passwd (tsodso broker mosquitto --secrets {out}), tls/ (a CA, the broker's and one client "
+                  f"certificate per actor: add --tls)", highlight=False)  # fmt: skip
 
 
 @bench_app.command("rtt")
@@ -157,6 +196,7 @@ def bench_rtt(
     broker: BrokerOpt = "mosquitto",
     n: Annotated[int, typer.Option("--n", help="Round trips per path.")] = 2000,
     qos: Annotated[int, typer.Option("--qos", help="QoS of request and response.")] = 1,
+    signed: Annotated[bool, typer.Option("--signed", help="Both gateways sign and check signatures (Ed25519).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Gateway request/response round trip vs raw aiomqtt, same run. Goal: ratio_p50 <= 1.3."""
@@ -164,7 +204,7 @@ def bench_rtt(
     from testbed.bench.rtt import run_rtt
 
     with start_broker(broker) as running:
-        result = asyncio.run(run_rtt(running.url, n=n, qos=qos))
+        result = asyncio.run(run_rtt(running.url, n=n, qos=qos, signed=signed))
     result["broker_kind"] = running.kind
     if as_json:
         print(json.dumps(result))
@@ -442,6 +482,60 @@ def bench_log(
                           ("record() per row [µs]", str(result["record_us_per_row"]))])
 
 
+@bench_app.command("hostile")
+def bench_hostile(
+    broker: BrokerOpt = "embedded",
+    rates: Annotated[str, typer.Option(help="Comma-separated hostile messages per second, 0 = the clean run.")] = "0,1000,2000,4000",
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """The reference scenario under a hostile flood: refused messages/s with the outcome unchanged."""
+    from broker import start_broker
+    from testbed.bench.hostile import run_hostile
+
+    try:
+        chosen = [float(r) for r in rates.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--rates {rates!r}: comma-separated numbers, e.g. 0,1000,2000") from None
+    with start_broker(broker) as running:
+        result = run_hostile(running.url, chosen, speed=speed)
+    if as_json:
+        print(json.dumps(result))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"reference scenario under a hostile flood, {running.kind} broker, {speed:g}x")
+    cols = ("rate [/s]", "sent [/s]", "refused", "as clean run", "limit [MW]", "congestion [s]", "lost / expired",
+            "setpoint p99 [ms]", "loop stall [ms]")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        table.add_row(f"{r['rate_per_s']:g}", str(r["sent_per_s"]), str(r["refused"]), "yes" if r["outcome_as_clean_run"] else "NO",
+                      str(r["dso_limit_mw"]), str(r["congestion_s"]), f"{r['setpoints_lost']} / {r['setpoints_expired']}",
+                      str(r["setpoint_latency_p99_ms"]), str(r["loop_stall_max_ms"]))  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def hostile(
+    broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1] (a broker of your own)")],
+    targets: Annotated[str, typer.Option(help="Comma-separated role/id the messages are addressed to.")] = "tso/tso,dso/dso1,bsp/bsp1",
+    rate: Annotated[float, typer.Option(help="Messages per second.")] = 1000.0,
+    duration: Annotated[float, typer.Option(help="[s] how long.")] = 20.0,
+):
+    """Play a hostile peer: malformed, oversized, forged and replayed messages at a rate (testbed.hostile)."""
+    from schemas.envelope import Party
+    from testbed.hostile import flood
+
+    try:
+        parties = [Party(role=t.split("/")[0], id=t.split("/")[1]) for t in targets.split(",")]
+    except (IndexError, ValueError):
+        raise typer.BadParameter(f"--targets {targets!r}: comma-separated role/id, e.g. tso/tso,bsp/bsp1") from None
+    sent = asyncio.run(flood(broker, parties, rate=rate, duration_s=duration))
+    console.print(f"sent {sum(sent.values())} hostile messages: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(sent.items())), highlight=False)  # fmt: skip
+
+
 @app.command()
 def demo(
     broker: BrokerOpt = "embedded",
@@ -548,6 +642,8 @@ def conformance(
     timeout: Annotated[float, typer.Option(help="[s] wait for each thing the device must do unprompted.")] = 20.0,
     wait_offline: Annotated[float, typer.Option(help="[s] after the script, wait this long for the device to go "
                                                      "(stop or unplug it) to judge its 'offline' state (PR-020).")] = 0.0,
+    public_keys: Annotated[Optional[Path], typer.Option("--public-keys", help="public-keys.json (tsodso secure "
+                                                         "init): verify the device's signatures (EN-060).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print conformance.json.")] = False,
     doc: Annotated[bool, typer.Option("--doc", help="Print the rules as docs/conformance.md and exit.")] = False,
 ):
@@ -569,13 +665,24 @@ def conformance(
     from testbed.conformance import run_suite
     from testbed.scenario import load_scenario
 
+    device_key = None
+    if public_keys is not None:
+        from schemas.signing import load_public_keys
+
+        try:
+            device_key = load_public_keys(public_keys).get(f"{role}/{device_id}")
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"--public-keys: {exc}") from None
+        if device_key is None:
+            raise typer.BadParameter(f"--public-keys {public_keys} has no key for {role}/{device_id}")
     try:
         def ask() -> None:
             err.print(f"script done: stop or disconnect {role}/{device_id} now (waiting {wait_offline:g} s)")
 
         result = asyncio.run(run_suite(role, device_id, broker, load_scenario(scenario), rules=rules, speed=speed,
                                        timeout_s=timeout, report_dir=report, observer=observer,
-                                       leave=(wait_offline, ask) if wait_offline > 0 else None))  # fmt: skip
+                                       leave=(wait_offline, ask) if wait_offline > 0 else None,
+                                       device_key=device_key))  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if as_json:

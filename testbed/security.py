@@ -8,6 +8,11 @@
       observer.secret.json    a read-only broker identity for capture and monitoring tools
       mosquitto/acl           the access list written from the rights table (broker.acl)
       mosquitto/passwd        the password file, one random password per actor (never one shared)
+      nats/authorization.conf the same users and permissions for nats-server (MQTT interface)
+      tls/ca.crt              the deployment's own certificate authority (its key: tls/ca.key)
+      tls/server.crt, .key    the broker's certificate (localhost, 127.0.0.1 and --host names)
+      tls/<role>-<id>.crt,.key  one client certificate per actor (CN = its broker username), for
+                              mutual TLS: ``tsodso broker mosquitto --secrets DIR --tls``
 
 An actor started with ``--secrets DIR`` signs everything it sends with its own key, checks the
 signature of everything it receives against ``public-keys.json`` (unless the scenario's
@@ -24,6 +29,7 @@ from nacl.signing import SigningKey
 
 from actors.config import Scenario
 from broker.acl import username, write_auth
+from broker.nats import authorization_text
 from gateway.arrival import Trust
 from schemas import signing
 from schemas.envelope import Party
@@ -46,8 +52,9 @@ def secret_path(directory: Path, party: Party | str) -> Path:
     return directory / f"{name}.secret.json"
 
 
-def init(directory: Path, scenario: Scenario) -> list[Party]:
-    """Write a fresh identity for every actor of ``scenario`` (and the observer) into ``directory``."""
+def init(directory: Path, scenario: Scenario, hosts: list[str] | None = None) -> list[Party]:
+    """Write a fresh identity for every actor of ``scenario`` (and the observer) into ``directory``;
+    ``hosts``: names and addresses the broker's certificate is for, besides localhost/127.0.0.1."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     actors = parties(scenario)
@@ -63,7 +70,81 @@ def init(directory: Path, scenario: Scenario) -> list[Party]:
     signing.write_private(secret_path(directory, OBSERVER), json.dumps(
         {"party": None, "username": OBSERVER, "broker_password": passwords[OBSERVER]}, indent=2) + "\n")  # fmt: skip
     write_auth(directory / "mosquitto", actors, passwords, observer=OBSERVER)
+    nats_auth = directory / "nats" / "authorization.conf"
+    nats_auth.parent.mkdir(exist_ok=True)
+    signing.write_private(nats_auth, authorization_text(actors, passwords, observer=OBSERVER))
+    write_tls(directory / "tls", [username(p) for p in actors] + [OBSERVER], ["localhost", "127.0.0.1", *(hosts or [])])
     return actors
+
+
+def write_tls(directory: Path, clients: list[str], hosts: list[str], *, days: int = 365) -> None:
+    """A certificate authority of the deployment's own, the broker's certificate for ``hosts`` and one
+    client certificate per name (CN = the broker username), EC P-256, valid for ``days``."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tsodso testbed"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # fmt: skip
+
+    def save(stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        signing.write_private(directory / f"{stem}.key", key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())  # fmt: skip
+        (directory / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(subject: str, key: ec.EllipticCurvePrivateKey, *, ca: bool = False, server: bool = False) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name("tsodso testbed CA"))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
+        if server:
+            sans = [x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h) for h in hosts]
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False).add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)  # fmt: skip
+        elif not ca:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        else:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
+                critical=True)  # fmt: skip
+        return builder.sign(ca_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    save("ca", ca_key, issue("tsodso testbed CA", ca_key, ca=True))
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    save("server", server_key, issue(hosts[0], server_key, server=True))
+    for client in clients:
+        key = ec.generate_private_key(ec.SECP256R1())
+        save(client, key, issue(client, key))
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def tls_files(directory: Path, name: str) -> tuple[str, str, str]:
+    """(CA certificate, client certificate, client key) of broker username ``name`` for mutual TLS."""
+    tls = directory / "tls"
+    files = (tls / "ca.crt", tls / f"{name}.crt", tls / f"{name}.key")
+    for f in files:
+        if not f.exists():
+            raise SecretsError(f"{f}: missing (tsodso secure init writes it)")
+    return tuple(str(f) for f in files)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

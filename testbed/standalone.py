@@ -38,7 +38,7 @@ from schemas.messages import ActorState, SystemStateNotice
 from schemas.topics import ALL
 from testbed.clock import Clock
 from testbed.runner import write_outputs
-from testbed.security import load_identity, load_trust
+from testbed.security import load_identity, load_trust, tls_files
 from testbed.stalls import LoopWatch
 
 RUN_START = "run start"
@@ -81,7 +81,9 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
     security: dict = {}
     if secrets is not None:
         identity = load_identity(secrets, me)
-        if broker.username is None:
+        if broker.tls and broker.cert_file is None and (secrets / "tls").exists():
+            broker = broker.with_certificate(*tls_files(secrets, identity.username))  # mutual TLS: the certificate names it
+        elif broker.username is None:
             broker = broker.with_credentials(identity.username, identity.password)
         security = {"signing_key": identity.signing_key, "trust": load_trust(secrets, scenario),
                     "max_clock_skew_s": scenario.security.max_clock_skew_s}  # fmt: skip

@@ -241,3 +241,91 @@ def test_a_bsp_that_over_delivers_is_limited_then_terminated_by_what_the_dso_mea
     assert "bsp1-up measured at" in signals[0]["reason"]
     assert summary["non_compliant_bsps"] == ["bsp1"]
     assert 0 < summary["congestion_seconds"] <= 60  # ended by the termination, not left for the run
+
+
+async def test_mutual_tls_lets_in_only_the_deployments_certificates_and_the_access_list_binds_each_to_itself(tmp_path):
+    """`tsodso secure init` + Mosquitto with `--tls`: an actor with its own client certificate (of the
+    deployment's CA) gets in and is known by it; a client without a certificate, or with one of
+    another CA, does not get in; and a BSP's certificate cannot be used to publish as the TSO."""
+    from broker.acl import tls_auth_lines
+    from gateway.connection import BrokerSpec
+    from testbed.security import init, tls_files
+    from tests.conftest import mosquitto_or_skip
+
+    mosquitto_or_skip()
+    scenario = load_scenario(SCENARIO)
+    secrets, other = tmp_path / "secrets", tmp_path / "other"
+    init(secrets, scenario)
+    init(other, scenario)  # another deployment's CA
+    with start_broker("mosquitto", data_dir=tmp_path / "mosquitto",
+                      auth=tls_auth_lines(secrets / "mosquitto", secrets / "tls")) as running:  # fmt: skip
+        plain = BrokerSpec.parse(running.url.replace("mqtt://", "mqtts://"))
+        tso, bsp = Party(role="tso", id="tso"), Party(role="bsp", id="bsp1")
+        as_tso = plain.with_certificate(*tls_files(secrets, "tso-tso"))
+        as_bsp = plain.with_certificate(*tls_files(secrets, "bsp-bsp1"))
+        got: list = []
+        async with Gateway(bsp, as_bsp) as bsp_gw, Gateway(tso, as_tso) as tso_gw:
+
+            @bsp_gw.on(DeltaSetpoint)
+            async def follow(msg):
+                got.append(msg)
+
+            await tso_gw.publish(_setpoint(bsp, 0, datetime.now(UTC), 1.0), bsp)
+            await wait_until(lambda: len(got) == 1)
+            # the BSP's certificate publishing a setpoint 'from the TSO': the broker's access list drops it
+            await bsp_gw.publish_bytes(topic_for(tso, "delta_setpoint", bsp),
+                                       _forged(tso, bsp, _setpoint(bsp, 1, datetime.now(UTC), 20.0)))  # fmt: skip
+            await tso_gw.publish(_setpoint(bsp, 2, datetime.now(UTC), 2.0), bsp)
+            await wait_until(lambda: len(got) == 2)
+            assert [m.body.cycle for m in got] == [0, 2]
+        ca, _, _ = tls_files(secrets, "tso-tso")
+        no_certificate = BrokerSpec.parse(f"mqtts://{plain.host}:{plain.port}?ca={ca}")
+        other_ca = plain.with_certificate(ca, *tls_files(other, "tso-tso")[1:])
+        for spec in (no_certificate, other_ca):
+            with pytest.raises(ConnectionError):
+                async with Gateway(tso, spec, connect_timeout_s=3):
+                    pass
+
+
+async def test_nats_gets_the_same_per_actor_users_and_permissions_from_the_rights_table(tmp_path):
+    """`tsodso secure init` writes nats-server users and permissions too: on NATS's MQTT interface
+    each actor logs in with its own password, receives what is addressed to it, and cannot publish
+    as another actor; a wrong password is refused."""
+    from broker.nats import NatsMissing, binary
+    from testbed.security import init, load_identity
+
+    try:
+        binary()
+    except NatsMissing as exc:
+        pytest.skip(str(exc))
+    secrets = tmp_path / "secrets"
+    init(secrets, load_scenario(SCENARIO))
+    auth = (secrets / "nats" / "authorization.conf").read_text()
+    tso, bsp = Party(role="tso", id="tso"), Party(role="bsp", id="bsp1")
+    with start_broker("nats", data_dir=tmp_path / "nats", auth=auth) as running:
+        from gateway.connection import BrokerSpec
+
+        spec = BrokerSpec.parse(running.url)
+
+        def login(party: Party) -> BrokerSpec:
+            identity = load_identity(secrets, party)
+            return spec.with_credentials(identity.username, identity.password)
+
+        got: list = []
+        async with Gateway(bsp, login(bsp)) as bsp_gw, Gateway(tso, login(tso)) as tso_gw:
+
+            @bsp_gw.on(DeltaSetpoint)
+            async def follow(msg):
+                got.append(msg)
+
+            await tso_gw.publish(_setpoint(bsp, 0, datetime.now(UTC), 1.0), bsp)
+            await wait_until(lambda: len(got) == 1, timeout=10)
+            # the BSP's login publishing a setpoint 'from the TSO': NATS refuses the publish
+            await bsp_gw.publish_bytes(topic_for(tso, "delta_setpoint", bsp),
+                                       _forged(tso, bsp, _setpoint(bsp, 1, datetime.now(UTC), 20.0)), qos=0)  # fmt: skip
+            await tso_gw.publish(_setpoint(bsp, 2, datetime.now(UTC), 2.0), bsp)
+            await wait_until(lambda: len(got) == 2, timeout=10)
+            assert [m.body.cycle for m in got] == [0, 2]
+        with pytest.raises(ConnectionError):
+            async with Gateway(tso, spec.with_credentials("tso-tso", "not-the-password"), connect_timeout_s=3):
+                pass

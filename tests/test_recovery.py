@@ -74,7 +74,7 @@ def test_an_actor_killed_mid_run_rejoins_with_the_same_command_and_the_summary_c
                 proc.kill()
     summary = json.loads((out / "summary.json").read_text())
     (rejoined,) = summary["rejoins"]
-    assert rejoined["actor"] == f"{victim}/{ids[victim]}" and 40 <= rejoined["away_s"] <= 120, rejoined
+    assert rejoined["actor"] == f"{victim}/{ids[victim]}" and rejoined["away_s"] >= 40, rejoined  # 2 s at 25x, and its start
     # what the victim did before the kill and after its return is one run: the DSO's limit holds,
     # nothing congests, and setpoints were lost only where the BSP was away
     assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.01, abs=0.01)

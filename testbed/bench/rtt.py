@@ -23,8 +23,10 @@ from typing import Any
 import aiomqtt
 
 from gateway import DELIVERY_POLICY, DeliveryPolicy, ExchangeLog, Gateway
+from gateway.arrival import Trust
 from gateway.client import PublishProperties
 from gateway.connection import BrokerSpec
+from schemas import signing
 from schemas.codes import BidStatus, Connection, Direction, ProcessType
 from schemas.envelope import Party
 from schemas.messages import BidAsset, BidValidation, MeritOrderList, MolEntry, MolValidation
@@ -84,8 +86,16 @@ async def _raw_block(req: aiomqtt.Client, it: Any, payload: bytes, qos: int, n: 
     return out
 
 
-async def run_rtt(broker_url: str, *, n: int = 1000, qos: int = 1, block: int = 100, warmup: int = 50) -> dict[str, Any]:
+async def run_rtt(broker_url: str, *, n: int = 1000, qos: int = 1, block: int = 100, warmup: int = 50,
+                  signed: bool = False) -> dict[str, Any]:  # fmt: skip
+    """``signed``: both gateways sign what they send (Ed25519) and check every signature, as a secured
+    deployment does (``schemas.signing``)."""
     spec = BrokerSpec.parse(broker_url)
+    security: dict[Party, dict[str, Any]] = {TSO: {}, DSO: {}}
+    if signed:
+        keys = signing.generate([str(TSO), str(DSO)])
+        trust = Trust(signing.public_keys(keys))
+        security = {p: {"signing_key": keys[str(p)], "trust": trust} for p in (TSO, DSO)}
     policy = {**DELIVERY_POLICY, "merit_order_list": DeliveryPolicy(qos=qos, expiry_s=900),
               "mol_validation": DeliveryPolicy(qos=qos, expiry_s=900)}  # fmt: skip
     mol = sample_mol()
@@ -95,8 +105,8 @@ async def run_rtt(broker_url: str, *, n: int = 1000, qos: int = 1, block: int = 
     with tempfile.TemporaryDirectory() as tmp:
         log = ExchangeLog(Path(tmp) / "exchange.sqlite", run_id="bench-rtt")
         async with (
-            Gateway(TSO, spec, log=log, policy=policy) as tso,
-            Gateway(DSO, spec, log=log, policy=policy) as dso,
+            Gateway(TSO, spec, log=log, policy=policy, **security[TSO]) as tso,
+            Gateway(DSO, spec, log=log, policy=policy, **security[DSO]) as dso,
             _raw(spec, protocol, "bench-raw-req") as raw_req,
             _raw(spec, protocol, "bench-raw-rep") as raw_rep,
         ):  # fmt: skip
@@ -148,6 +158,7 @@ async def run_rtt(broker_url: str, *, n: int = 1000, qos: int = 1, block: int = 
         "ratio_p50": round(g["p50"] / r["p50"], 3),
         "n": n,
         "qos": qos,
+        "signed": signed,
         "request_bytes": len(req_bytes),
         "response_bytes": len(rep_bytes),
         "broker": spec.url,

@@ -9,6 +9,7 @@ from datetime import datetime
 from actors import schemes
 from actors.config import ISP, isp_of
 from gateway.policy import DELIVERY_POLICY
+from schemas import signing
 from schemas.codes import BidStatus, Connection, Direction
 from schemas.envelope import Party
 from schemas.rights import default_rights
@@ -134,6 +135,32 @@ def unique_ids(t: Trace) -> Outcome:
             return fail(f"message id {key} used for two different messages: {show(m, 160)}")
         by_id[key] = m.payload
     return ok(f"{len(by_id)} distinct message ids")
+
+
+@check("BSP-EN-060", "DSO-EN-060", "TSO-EN-060", "MO-EN-060")
+def signatures(t: Trace) -> Outcome:
+    mine = [m for m in _mine(t) if not _stored(t, m)]
+    signed, unsigned = [], []
+    for m in mine:
+        try:
+            message, signature = signing.split(m.payload)
+        except ValueError as exc:
+            return fail(f"malformed signature ({exc}): {show(m, 120)}")
+        (signed if signature is not None else unsigned).append((m, message, signature))
+    if not mine:
+        return skip("the device published nothing to judge")
+    if not signed:
+        return skip(f"the device does not sign ({len(unsigned)} messages unsigned): receivers that hold keys refuse it "
+                    "unless the scenario lets it send unsigned (security.unsigned)")  # fmt: skip
+    if unsigned:
+        m = unsigned[0][0]
+        return fail(f"{len(unsigned)} of {len(mine)} messages unsigned, e.g. {show(m, 120)}", f"{len(unsigned)} unsigned", "0")
+    if t.device_key is None:
+        return ok(f"{len(signed)} messages signed (not verified: give --public-keys to verify them)")
+    for m, message, signature in signed:
+        if not signing.verify(message, signature, t.device_key):
+            return fail(f"signature does not verify with the device's public key: {show(m, 120)}")
+    return ok(f"{len(signed)} messages signed, every signature verified with the device's public key")
 
 
 @check("BSP-TP-010", "DSO-TP-010", "TSO-TP-010", "MO-TP-010")

@@ -99,7 +99,8 @@ def judge(trace: Trace, rules: list[Rule]) -> list[RuleResult]:
 
 async def run_suite(role: str, device_id: str, broker: BrokerSpec | str, scenario: Scenario, *, rules: str = "*",
                     speed: float = 1.0, timeout_s: float = 20.0, report_dir: Path | None = None,
-                    leave: Leave | None = None, observer: BrokerSpec | str | None = None) -> Report:  # fmt: skip
+                    leave: Leave | None = None, observer: BrokerSpec | str | None = None,
+                    device_key: object | None = None) -> Report:  # fmt: skip
     """Play ``role``'s session script against the device, judge the rules matching ``rules``. With
     ``leave`` = (seconds, callable or None) the suite then calls the callable (e.g. stops the device)
     and waits that long for its 'offline' state, to judge PR-020."""
@@ -113,6 +114,7 @@ async def run_suite(role: str, device_id: str, broker: BrokerSpec | str, scenari
     t0 = time.monotonic()
     watch = BrokerSpec.parse(observer) if isinstance(observer, str) else observer
     trace = await PLAYS[role](device_id, spec, scenario, speed=speed, timeout_s=timeout_s, leave=leave, observer=watch)
+    trace.device_key = device_key
     report = Report(role, device_id, spec.url, started.isoformat(timespec="seconds"), time.monotonic() - t0, speed,
                     trace.aborted, judge(trace, chosen), len(trace.messages))  # fmt: skip
     if report_dir is not None:

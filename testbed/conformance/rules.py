@@ -45,6 +45,10 @@ def _common(role: str) -> list[Rule]:
              "envelope.sequence (schemas/envelope.py)"),
         Rule(f"{r}-EN-050", "A message id is never reused for a different message (a QoS 1 re-send repeats the "
              "same bytes).", ("*",), "envelope.message_id (schemas/envelope.py)"),
+        Rule(f"{r}-EN-060", "The device signs every message it publishes: Ed25519 over the exact bytes of the "
+             "message, appended as its last member 'signature' (docs/security.md); with --public-keys the suite "
+             "verifies each. A device that does not sign at all is reported (SKIP): receivers that hold keys refuse it "
+             "unless the scenario names it in security.unsigned.", ("*",), "identity (schemas/signing.py, docs/security.md)"),
         Rule(f"{r}-TP-010", "Each message goes out with its type's QoS, and (seen on MQTT 5, Retain As Published) "
              "with the retain flag only where the policy retains.", ("*",), POLICY),
         Rule(f"{r}-TP-020", "A message of a type that expires carries valid_until later than its created_at, so a "

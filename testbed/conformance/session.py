@@ -141,13 +141,14 @@ class Trace:
     speed: float
     period_s: float
     observer: BrokerSpec | None = None  # where the recorder connects (an observer account on an ACL broker)
+    device_key: object | None = None  # the device's Ed25519 public key (nacl VerifyKey), to verify its signatures
     messages: list[Captured] = field(default_factory=list)  # everything the device published, in order
     recording_since: float = field(default_factory=time.time)  # epoch s: older messages are the broker's retained copies
     probes: list[Probe] = field(default_factory=list)
     aborted: str | None = None  # why the session stopped before its script ended
     isp0: datetime | None = None
     birth_retained: bool | None = None  # the broker gave a new subscriber the device's birth as retained
-    qos0_faithful: bool = True  # the broker delivers QoS 0 as QoS 0 to a QoS 1 subscriber (amqtt does not)
+    qos0_faithful: bool = True  # the broker delivers QoS 0 as QoS 0 to a QoS 1 subscriber (amqtt did not)
     watched_leaving: float | None = None  # how long the suite waited for the device to leave [s]
     death_retained: bool | None = None  # the broker kept the device's 'offline' state retained
     run_start: datetime | None = None  # scenario time T0 of the session
@@ -223,7 +224,7 @@ async def retained_copy(broker: BrokerSpec, topic: str, timeout_s: float = 2.0) 
 
 
 async def qos0_delivered_as_qos0(broker: BrokerSpec, gw: Gateway, timeout_s: float = 2.0) -> bool:
-    """Publish one QoS 0 message to a QoS 1 subscriber: MQTT delivers it at QoS 0, amqtt upgrades it.
+    """Publish one QoS 0 message to a QoS 1 subscriber: MQTT delivers it at QoS 0; some brokers (amqtt) upgrade it.
     When the broker upgrades, the QoS a device chose for QoS 0 types cannot be seen from outside."""
     topic = f"tsodso-conformance/{uuid.uuid4().hex}"
     async with Recorder(broker, [topic]) as rec:
