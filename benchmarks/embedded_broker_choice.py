@@ -52,7 +52,7 @@ def main() -> None:
     n = parser.parse_args().n
     rows = []
     with start_broker("embedded") as b:
-        rows.append(("amqtt (embedded)", "3.1.1", asyncio.run(rtt(b.port, aiomqtt.ProtocolVersion.V311, n))))
+        rows.append(("embedded (broker.embedded)", "3.1.1", asyncio.run(rtt(b.port, aiomqtt.ProtocolVersion.V311, n))))
     with start_broker("mosquitto") as b:
         rows.append(("mosquitto (project config)", "5", asyncio.run(rtt(b.port, aiomqtt.ProtocolVersion.V5, n))))
     if importlib.util.find_spec("iotcore"):

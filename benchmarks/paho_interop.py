@@ -9,8 +9,7 @@ and point ``--paho`` at it.
         test_keepalive test_redelivery_on_reconnect
 
 Prints one line per test (PASS/FAIL and seconds) and exits 1 if any failed. The suite logs in
-anonymously; a broker that requires a username (the testbed's amqtt configuration did) fails at
-connect, which is reported as such.
+anonymously; a broker that requires a username fails at connect, which is reported as such.
 """
 
 import argparse

@@ -96,7 +96,7 @@ def asyncapi_document(rights: Rights | None = None) -> dict[str, Any]:
         "defaultContentType": "application/json",
         "servers": {
             "embedded": {"host": "127.0.0.1:1883", "protocol": "mqtt", "protocolVersion": "3.1.1",
-                         "description": "The testbed's embedded broker (amqtt)."},
+                         "description": "The testbed's embedded broker (broker/embedded.py)."},
             "mosquitto": {"host": "127.0.0.1:1883", "protocol": "mqtt", "protocolVersion": "5",
                           "description": "Mosquitto 2 with the project's configuration (broker/mosquitto.conf)."},
         },  # fmt: skip

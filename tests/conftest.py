@@ -1,6 +1,6 @@
 """Fixtures: real brokers on real sockets.
 
-``broker`` runs every test that takes it twice: on the embedded broker (amqtt, started here on a
+``broker`` runs every test that takes it twice: on the embedded broker (broker.embedded, started here on a
 free port) and on Mosquitto (the installed binary with the project's configuration, started here on
 a free port). When the mosquitto binary is missing those runs are skipped with the reason, unless
 TSODSO_REQUIRE_MOSQUITTO=1 (CI sets it), which turns the skip into a failure.

@@ -242,7 +242,7 @@ async def test_presence_birth_is_retained_and_death_is_the_will(broker, uid):
     p = parties(uid)
     state_topic = topic_for(p["bsp"], "actor_state", ALL)
     async with Gateway(p["bsp"], broker.url, keepalive_s=2) as bsp:
-        # a late subscriber learns the state at once, from the broker's retained copy (amqtt stores it
+        # a late subscriber learns the state at once, from the broker's retained copy (a broker may store it
         # just after its PUBACK, so a subscriber of that same millisecond may get the live copy instead)
         async with raw_client(broker, f"late-{uid}") as late:
             await late.subscribe(state_topic, qos=1)
