@@ -713,9 +713,11 @@ def emulate(
     scenario: ScenarioOpt = REFERENCE_SCENARIO,
     speed: Annotated[float, typer.Option(help="Must match the suite's --speed.")] = 1.0,
     list_faults: Annotated[bool, typer.Option("--list-faults", help="Print the fault modes and the rules they break.")] = False,
+    public_key_out: Annotated[Optional[Path], typer.Option(help="Write the device's public key here (public-keys.json "
+                                                                "form), for tsodso conformance --public-keys.")] = None,
 ):
     """A reference BSP, DSO, TSO or market-operator device that passes its conformance suite (or breaks it
-    with --fault)."""
+    with --fault). It signs what it sends with a key made for this run."""
     from testbed.emulate import FAULTS, emulate as run_emulator
     from testbed.scenario import load_scenario
 
@@ -729,9 +731,15 @@ def emulate(
         raise typer.BadParameter(f"give a role ({', '.join(FAULTS)}) and --device-id (or --list-faults)")
     if fault is not None and fault not in FAULTS[role]:
         raise typer.BadParameter(f"{role} faults: {', '.join(FAULTS[role])}")
+    from schemas import signing
+
+    key = signing.generate([f"{role}/{device_id}"])
+    if public_key_out is not None:
+        public_key_out.write_text(signing.public_keys_json(signing.public_keys(key)))
     err.print(f"{role}/{device_id} on {broker}" + (f", fault {fault}" if fault else "") + ": waiting for a session "
               "(tsodso conformance ...); Ctrl-C stops", highlight=False)  # fmt: skip
-    asyncio.run(run_emulator(role, device_id, broker, load_scenario(scenario), fault=fault, speed=speed))
+    asyncio.run(run_emulator(role, device_id, broker, load_scenario(scenario), fault=fault, speed=speed,
+                             signing_key=key[f"{role}/{device_id}"]))
 
 
 @app.command()

@@ -25,6 +25,7 @@ from actors.market import Need, Offer
 from actors.mo import MarketOperator
 from actors.tso import TSO
 from gateway import Gateway, Received
+from schemas import signing
 from schemas.envelope import Envelope, Party
 from schemas.messages import (
     ActivationLimit,
@@ -107,9 +108,11 @@ class FaultyGateway(Gateway):
         if self.fault == "bad-schema" and not self._bad_sent and body.type_name != "actor_state":
             self._bad_sent = True
             _, payload = self._build(body, to)
-            doc = json.loads(payload)
+            doc = json.loads(signing.split(payload)[0])
             doc["body"]["colour"] = "blue"  # extra fields are refused by every body schema
-            await self.publish_bytes(topic_for(self.me, body.type_name, to), json.dumps(doc).encode(),
+            bad = json.dumps(doc).encode()
+            await self.publish_bytes(topic_for(self.me, body.type_name, to),
+                                     signing.sign(bad, self.signing_key) if self.signing_key else bad,
                                      qos=self.policy[body.type_name].qos)  # fmt: skip
         return env
 
@@ -186,8 +189,9 @@ def bsp_profile(scenario: Scenario, device_id: str) -> Scenario:
 
 
 async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *, fault: str | None = None,
-                  speed: float = 1.0, stop: asyncio.Event | None = None) -> None:  # fmt: skip
-    """Run one emulated device until ``stop`` is set (or SIGINT / SIGTERM)."""
+                  speed: float = 1.0, stop: asyncio.Event | None = None, signing_key: Any = None) -> None:  # fmt: skip
+    """Run one emulated device until ``stop`` is set (or SIGINT / SIGTERM); with ``signing_key`` it
+    signs what it sends (``schemas.signing``)."""
     if role not in FAULTS:
         raise ValueError(f"no emulator for role {role!r} (emulators: {', '.join(FAULTS)})")
     if fault is not None and fault not in FAULTS[role]:
@@ -198,11 +202,11 @@ async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     if role == "tso":
-        return await _emulate_tso(device_id, broker, scenario, fault=fault, speed=speed, stop=stop)
+        return await _emulate_tso(device_id, broker, scenario, fault=fault, speed=speed, stop=stop, signing_key=signing_key)
     profiles = {"dso": dso_profile, "bsp": bsp_profile}
     profile = profiles[role](scenario, device_id) if role in profiles else scenario
     clock = Clock(profile.start, speed, wall_origin=float("inf"))
-    async with FaultyGateway(Party(role=role, id=device_id), broker, fault=fault) as gw:
+    async with FaultyGateway(Party(role=role, id=device_id), broker, fault=fault, signing_key=signing_key) as gw:
         connected_at = time.time()
         if role == "dso":
             config = profile.dsos[0].model_copy(update={"validation_delay_s": 3.0} if fault == "slow-validation" else {})
@@ -243,7 +247,7 @@ async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *,
 
 
 async def _emulate_tso(device_id: str, broker: str, scenario: Scenario, *, fault: str | None, speed: float,
-                       stop: asyncio.Event) -> None:  # fmt: skip
+                       stop: asyncio.Event, signing_key: Any = None) -> None:  # fmt: skip
     """The testbed's TSO running ``scenario`` once: it waits until the scenario's DSOs and BSPs are
     online, announces the run start and runs the scenario (as ``tsodso actor tso``), then serves
     until stopped."""
@@ -252,7 +256,7 @@ async def _emulate_tso(device_id: str, broker: str, scenario: Scenario, *, fault
         profile = profile.model_copy(update={"coordination": "tso_managed"})
     clock = Clock(profile.start, speed, wall_origin=float("inf"))
     peers = {f"dso/{d.id}" for d in profile.dsos} | {f"bsp/{b.id}" for b in profile.bsps}
-    async with FaultyGateway(Party(role="tso", id=device_id), broker, fault=fault) as gw:
+    async with FaultyGateway(Party(role="tso", id=device_id), broker, fault=fault, signing_key=signing_key) as gw:
         online = track_presence(gw)
         actor = TSO(gw, clock, profile, profile.tso)
         while not peers <= online:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import time
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,9 +46,20 @@ def device(*argv: str):
 
 
 def emulator(role: str, device_id: str, url: str, fault: str | None = None, speed: float = SPEED,
-             scenario: Path | None = None):  # noqa: ANN201
+             scenario: Path | None = None, public_key_out: Path | None = None):  # noqa: ANN201
     argv = ["-m", "testbed", "emulate", role, "--device-id", device_id, "--broker", url, "--speed", str(speed)]
-    return device(*argv, *(["--fault", fault] if fault else []), *(["--scenario", str(scenario)] if scenario else []))
+    return device(*argv, *(["--fault", fault] if fault else []), *(["--scenario", str(scenario)] if scenario else []),
+                  *(["--public-key-out", str(public_key_out)] if public_key_out else []))
+
+
+def device_key(path: Path, party: str):  # noqa: ANN201
+    """The device's public key, once the device has written it."""
+    from schemas.signing import load_public_keys
+
+    deadline = time.monotonic() + 30
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return load_public_keys(path)[party]
 
 
 def own_peers(tmp_path: Path, suffix: str) -> tuple[Scenario, Path]:
@@ -88,13 +100,17 @@ async def test_reference_emulator_passes_its_suite(broker, role, uid, tmp_path):
     device_id = f"{role}-{uid}"
     scenario, path = own_peers(tmp_path, uid)
     speed = TSO_SPEED if role == "tso" else SPEED
-    with emulator(role, device_id, broker.url, speed=speed, scenario=path) as proc:
-        # after the script the process is killed: the broker publishes its will (PR-020 is judged)
+    keys = tmp_path / "device-key.json"
+    with emulator(role, device_id, broker.url, speed=speed, scenario=path, public_key_out=keys) as proc:
+        # after the script the process is killed: the broker publishes its will (PR-020 is judged);
+        # every message the device sent is signed, and the signature verifies with its key (EN-060)
         report = await run_suite(role, device_id, broker.url, scenario, speed=speed, timeout_s=60,
-                                 report_dir=tmp_path, leave=(10.0, proc.kill))  # fmt: skip
+                                 report_dir=tmp_path, leave=(10.0, proc.kill),
+                                 device_key=device_key(keys, f"{role}/{device_id}"))  # fmt: skip
     assert report.aborted is None
     assert {r.id: r.evidence for r in report.results if r.status != "pass"} == {}
     assert report.passed
+    assert "signature verified" in next(r.evidence for r in report.results if r.id.endswith("-EN-060"))
     assert (tmp_path / "conformance.json").exists() and "PASSED" in (tmp_path / "conformance.html").read_text()
     assert len(report.results) == len([r for r in RULES if r.role == role])
 
@@ -134,13 +150,18 @@ async def test_plain_paho_device_passes_the_bsp_suite(broker, uid, protocol):
     """The contract without the project's code: a paho-mqtt script built from the JSON Schemas."""
     if broker.kind == "embedded" and protocol == "5":
         pytest.skip("the embedded broker speaks MQTT 3.1.1 only")
+    from schemas import signing
+
     spec = BrokerSpec.parse(broker.url)
     device_id = f"acme-{uid}"
+    key = signing.generate([f"bsp/{device_id}"])[f"bsp/{device_id}"]  # signed from docs/security.md alone
     with device("tests/devices/paho_bsp.py", "--host", spec.host, "--port", str(spec.port), "--device-id", device_id,
-                "--protocol", protocol):  # fmt: skip
-        report = await run_suite("bsp", device_id, broker.url, SCENARIO, speed=SPEED, timeout_s=30)
+                "--protocol", protocol, "--signing-key", signing.seed_text(key)):  # fmt: skip
+        report = await run_suite("bsp", device_id, broker.url, SCENARIO, speed=SPEED, timeout_s=30,
+                                 device_key=key.verify_key)  # fmt: skip
     assert report.aborted is None
     assert _not_passed(report) == {}
+    assert "signature verified" in next(r.evidence for r in report.results if r.id == "BSP-EN-060")
 
 
 def test_cli_says_why_when_no_device_answers(broker, uid, tmp_path):

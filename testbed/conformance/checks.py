@@ -209,8 +209,10 @@ def birth(t: Trace) -> Outcome:
 
 @check("BSP-PR-020", "DSO-PR-020", "TSO-PR-020", "MO-PR-020")
 def death(t: Trace) -> Outcome:
+    # an 'offline' after the suite made the device leave is its death, even in the recording's first
+    # second (a short session); before that, a retained copy from earlier is not
     deaths = [m for m in _mine(t) if m.envelope.type == "actor_state" and m.body.status == "offline"
-              and not _stored(t, m)]  # fmt: skip
+              and ((t.left_at_us is not None and m.t_us >= t.left_at_us) or not _stored(t, m))]  # fmt: skip
     if not deaths:
         if t.watched_leaving:
             return fail(f"no actor_state 'offline' within {t.watched_leaving:g} s of the device leaving")

@@ -150,6 +150,7 @@ class Trace:
     birth_retained: bool | None = None  # the broker gave a new subscriber the device's birth as retained
     qos0_faithful: bool = True  # the broker delivers QoS 0 as QoS 0 to a QoS 1 subscriber (amqtt did not)
     watched_leaving: float | None = None  # how long the suite waited for the device to leave [s]
+    left_at_us: int | None = None  # when the suite made the device leave (epoch µs)
     death_retained: bool | None = None  # the broker kept the device's 'offline' state retained
     run_start: datetime | None = None  # scenario time T0 of the session
     run_wall_origin: float = 0.0  # wall clock (epoch s) at which T0 happened
@@ -281,13 +282,16 @@ class _Suite:
         if leave is None:
             return
         wait_s, trigger = leave
+        t = self.trace
+        start = len(self.rec.messages)  # only what comes after the device is made to leave
+        t.left_at_us = time.time_ns() // 1000
         if trigger is not None:
             result = trigger()
             if asyncio.iscoroutine(result):
                 await result
-        t = self.trace
         gone = await self.rec.wait_for(lambda m: (m.valid and m.envelope.type == "actor_state"
-                                                  and m.body.status == "offline"), wait_s)  # fmt: skip
+                                                  and m.envelope.sender == t.device and m.body.status == "offline"),
+                                       wait_s, start)  # fmt: skip
         t.watched_leaving = wait_s
         if gone is not None:
             t.death_retained = gone.retain or await retained_copy(t.observer, gone.topic)

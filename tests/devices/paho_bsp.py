@@ -8,10 +8,12 @@ Behaviour (docs/conformance.md, the BSP session script): birth with a will; on a
 system_state addressed to it, prequalification, a day-ahead schedule and one up and one down bid for
 the next ISP; follows each valid delta setpoint at once (no ramp), reports telemetry every cycle to the
 TSO and to the DSO of its DN asset, honours activation limits, ignores expired setpoints and answers
-heartbeat probes.
+heartbeat probes. With --signing-key it signs every message as docs/security.md says (PyNaCl for
+Ed25519, the only other library it uses).
 """
 
 import argparse
+import base64
 import json
 import signal
 import socket
@@ -49,6 +51,12 @@ def parse(t: str) -> datetime:
 class Device:
     def __init__(self, args: argparse.Namespace):
         self.me = {"role": "bsp", "id": args.device_id}
+        # signing as docs/security.md says: Ed25519 (PyNaCl here) over the exact bytes sent
+        self.signer = None
+        if args.signing_key:
+            from nacl.signing import SigningKey
+
+            self.signer = SigningKey(base64.urlsafe_b64decode(args.signing_key + "=" * (-len(args.signing_key) % 4)))
         self.tso = {"role": "tso", "id": args.tso_id}
         self.schemas = {p.stem: jsonschema.Draft202012Validator(json.loads(p.read_text()))
                         for p in Path(args.contract).glob("*.json")}  # fmt: skip
@@ -89,7 +97,11 @@ class Device:
                 env[key] = value
         doc = {"envelope": env, "body": body}
         self.schemas[type_].validate(doc)  # a device bug, not something to send
-        return topic, json.dumps(doc)
+        text = json.dumps(doc)
+        if self.signer is not None:
+            signature = base64.urlsafe_b64encode(self.signer.sign(text.encode()).signature).rstrip(b"=").decode()
+            text = text[:-1] + ',"signature":"' + signature + '"}'
+        return topic, text
 
     def send(self, type_: str, body: dict, to: dict, **kw) -> dict:  # noqa: ANN003
         with self.lock:
@@ -203,6 +215,7 @@ def main() -> None:
     parser.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
     parser.add_argument("--username")
     parser.add_argument("--password")
+    parser.add_argument("--signing-key", help="Ed25519 seed (32 bytes, base64url): sign every message (docs/security.md)")
     parser.add_argument("--contract", default=str(Path(__file__).resolve().parents[2] / "contract" / "schemas"))
     device = Device(parser.parse_args())
     done = threading.Event()
