@@ -89,7 +89,7 @@ def asyncapi_document(rights: Rights | None = None) -> dict[str, Any]:
                 "with a 'rejection' message to the sender whose identity it can establish. A payload may end with a "
                 "'signature' member: Ed25519 over the exact bytes before it (docs/security.md); a receiver that "
                 "holds the sender's public key refuses unsigned or badly signed messages. Numbers are finite "
-                "(no NaN or Infinity) and at most 32 characters long; created_at may lead the receiver's clock "
+                "(no NaN or Infinity), integers at most 2^53 - 1; created_at may lead the receiver's clock "
                 "by at most 5 s; valid_until lies within the type's delivery policy."
             ),
         },

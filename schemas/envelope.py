@@ -12,6 +12,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = "1.0"
 MAX_RECIPIENTS = 16
+MAX_INT = 2**53 - 1  # the largest integer every JSON parser keeps exactly (RFC 8259 §6, I-JSON)
 
 PartyId = Annotated[
     str,
@@ -64,6 +65,7 @@ class Envelope(BaseModel):
     )
     sequence: int = Field(
         ge=0,
+        le=MAX_INT,
         description=(
             "Sender's sequence number, counted per topic (sender, type, recipient) from 1, so that "
             "each receiver can detect gaps in its stream. 0 is used only by the last-will message."

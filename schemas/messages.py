@@ -20,7 +20,7 @@ from schemas.codes import (
     Resolution,
     SystemState,
 )
-from schemas.envelope import PartyId, UtcTime
+from schemas.envelope import MAX_INT, PartyId, UtcTime
 
 
 def _f(unit: str, description: str, **kw: Any) -> Any:
@@ -202,7 +202,7 @@ class MolEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    rank: int = Field(ge=1, description="Position in the merit order of its direction (1 = cheapest).")
+    rank: int = Field(ge=1, le=MAX_INT, description="Position in the merit order of its direction (1 = cheapest).")
     bid_id: PartyId
     bsp_id: PartyId
     direction: Direction = Field(description="A01 up, A02 down.")
@@ -220,7 +220,7 @@ class MeritOrderList(Body):
     mol_id: PartyId
     process: ProcessType = Field(description="ENTSO-E process type: A51 aFRR, A47 mFRR.")
     isp_start: UtcTime = utc("Start of the ISP the list is for")
-    iteration: int = Field(ge=1, default=1, description="1 for the first sending, +1 for each re-send.")
+    iteration: int = Field(ge=1, le=MAX_INT, default=1, description="1 for the first sending, +1 for each re-send.")
     bids: list[MolEntry] = Field(description="Bids, ordered by direction then rank.")
 
 
@@ -274,7 +274,7 @@ class MolValidation(Body):
 
     type_name: ClassVar[str] = "mol_validation"
     mol_id: PartyId
-    iteration: int = Field(description="Iteration of the merit order list this validation answers.", ge=1)
+    iteration: int = Field(description="Iteration of the merit order list this validation answers.", ge=1, le=MAX_INT)
     dso_id: PartyId
     results: list[BidValidation] = Field(description="One verdict per bid of the list that touches this DSO's grid.")
     computation_time_s: float | None = seconds("Time the DSO spent validating", default=None, ge=0)
@@ -354,7 +354,7 @@ class DeltaSetpoint(Body):
     type_name: ClassVar[str] = "delta_setpoint"
     bsp_id: PartyId
     process: ProcessType = Field(description="ENTSO-E process type (A51 aFRR).", default=ProcessType.AFRR)
-    cycle: int = Field(ge=0, description="Setpoint cycle number since the start of the run.")
+    cycle: int = Field(ge=0, le=MAX_INT, description="Setpoint cycle number since the start of the run.")
     instant: UtcTime = utc("Scenario instant the setpoint applies from")
     resolution: Resolution = Field(default=Resolution.PT4S, description="Setpoint period.")
     reference_mw: float = MW("Reference (scheduled) output of the BSP")
@@ -388,7 +388,7 @@ class Telemetry(Body):
     type_name: ClassVar[str] = "telemetry"
     source_id: PartyId = Field(description="Actor whose resources are measured.")
     instant: UtcTime = utc("Scenario instant of the measurement")
-    cycle: int | None = Field(default=None, ge=0, description="Setpoint cycle the values answer, if any.")
+    cycle: int | None = Field(default=None, ge=0, le=MAX_INT, description="Setpoint cycle the values answer, if any.")
     delivered_delta_mw: float | None = MW("Delivered deviation from the reference, up positive", default=None)
     measurements: list[Measurement] = Field(description="Measured values.", default_factory=list)
     switches: list[SwitchState] = Field(description="Breaker and switch states.", default_factory=list)
