@@ -505,8 +505,8 @@ def bench_hostile(
     from rich.table import Table
 
     table = Table(title=f"reference scenario under a hostile flood, {running.kind} broker, {speed:g}x")
-    cols = ("rate [/s]", "sent [/s]", "refused", "as clean run", "limit [MW]", "congestion [s]", "lost / expired",
-            "setpoint p99 [ms]", "loop stall [ms]")  # fmt: skip
+    cols = ("rate (1/s)", "sent (1/s)", "refused", "as clean run", "limit (MW)", "congestion (s)", "lost / expired",
+            "setpoint p99 (ms)", "loop stall (ms)")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="right")
     for r in result["rows"]:

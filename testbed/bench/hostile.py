@@ -31,8 +31,8 @@ def run_hostile(broker_url: str, rates: list[float], *, speed: float = 50.0,
         scenario = load_scenario(scenario_file, coordination=True)
         with tempfile.TemporaryDirectory() as tmp:
             flood = None
+            duration = (scenario.end - scenario.start).total_seconds() / speed + 5  # the whole run, and then some
             if rate > 0:
-                duration = (scenario.end - scenario.start).total_seconds() / speed + 5
                 flood = subprocess.Popen([sys.executable, "-m", "testbed.hostile", "--broker", broker_url, "--rate",
                                           str(rate), "--duration", str(duration)], cwd=ROOT, stdout=subprocess.PIPE)  # fmt: skip
             try:
@@ -45,7 +45,7 @@ def run_hostile(broker_url: str, rates: list[float], *, speed: float = 50.0,
         stall = max((s["max_ms"] for s in summary.get("loop_stalls", {}).values()), default=0.0)
         wall = summary["wall_clock_s"]
         rows.append({
-            "rate_per_s": rate, "sent": sent, "sent_per_s": round(sent / wall, 1) if wall else None,
+            "rate_per_s": rate, "sent": sent, "sent_per_s": round(sent / duration, 1),
             "refused": summary["rejected_messages"], "outcome_as_clean_run": clean, "dso_limit_mw": limit,
             "congestion_s": summary["congestion_seconds"], "setpoints_sent": summary["setpoints_sent"],
             "setpoints_lost": summary["setpoints_lost"], "setpoints_expired": summary["setpoints_expired"],
