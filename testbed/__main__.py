@@ -1,3 +1,3 @@
-from testbed.cli import app
+from testbed.cli import main
 
-app()
+main()

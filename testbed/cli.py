@@ -321,7 +321,7 @@ def actor(
 ):
     """Run one actor in this process on any broker; the TSO starts the run when all are online."""
     from gateway.client import GatewayFailed
-    from testbed.scenario import load_scenario
+    from testbed.scenario import actor_in, load_scenario
     from testbed.security import SecretsError
     from testbed.standalone import run_actor
 
@@ -332,6 +332,7 @@ def actor(
                   f"{scenario} --out secrets), or --insecure to run without identities")  # fmt: skip
         raise typer.Exit(2)
     loaded = load_scenario(scenario, coordination=_coordination(coordination))
+    actor_in(loaded, role, actor_id, scenario)
     try:
         asyncio.run(run_actor(role, actor_id, loaded, broker, out, speed=speed, secrets=secrets))
     except (SecretsError, GatewayFailed) as exc:
@@ -531,7 +532,13 @@ def hostile(
         parties = [Party(role=t.split("/")[0], id=t.split("/")[1]) for t in targets.split(",")]
     except (IndexError, ValueError):
         raise typer.BadParameter(f"--targets {targets!r}: comma-separated role/id, e.g. tso/tso,bsp/bsp1") from None
-    sent = asyncio.run(flood(broker, parties, rate=rate, duration_s=duration))
+    import aiomqtt
+
+    try:
+        sent = asyncio.run(flood(broker, parties, rate=rate, duration_s=duration))
+    except (aiomqtt.MqttError, OSError, ValueError) as exc:
+        err.print(f"tsodso hostile: {broker}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
     console.print(f"sent {sum(sent.values())} hostile messages: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(sent.items())), highlight=False)  # fmt: skip
 
@@ -783,6 +790,14 @@ def replay(
     console.print(f"replayed {n} messages in {time.monotonic() - t0:.2f} s", highlight=False)
 
 
-def main() -> None:  # pragma: no cover
+def main() -> None:  # pragma: no cover - the console script; tests call ``app``
+    """``tsodso``: a mistake the user can make ends in one line that names it, not a traceback."""
+    from testbed.scenario import ScenarioError
+    from testbed.security import SecretsError
+
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    try:
+        app()
+    except (ScenarioError, SecretsError) as exc:
+        err.print(f"tsodso: {exc}", highlight=False)
+        sys.exit(2)

@@ -50,3 +50,30 @@ def test_day_benchmark_runs_the_reference_scenario_and_reports_against_the_paced
     assert result["cycles"] == 90 and result["setpoints_sent"] > 60
     assert result["value"] >= result["baseline_value"] > 0
     assert result["ratio"] == pytest.approx(result["value"] / result["baseline_value"], abs=0.05)
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["actor", "bsp", "--id", "bsp9", "--scenario", "scenarios/nl-afrr-congestion.yaml", "--broker",
+      "mqtt://127.0.0.1:1", "--insecure"], "tsodso: scenario scenarios/nl-afrr-congestion.yaml has no bsp 'bsp9'; its bsps: bsp1"),
+    (["actor", "bsp", "--id", "bsp1", "--scenario", "scenarios/nl-afrr-congestion.yaml", "--broker",
+      "mqtt://127.0.0.1:1", "--secrets", "no-such-dir"], "no secret for bsp/bsp1 in no-such-dir"),
+    (["actor", "bsp", "--id", "bsp1", "--scenario", "scenarios/nl-afrr-congestion.yaml", "--broker",
+      "mqtt://127.0.0.1:1"], "give --secrets DIR"),
+    (["run", "no-such-scenario.yaml"], "tsodso: scenario no-such-scenario.yaml: no such file"),
+])  # fmt: skip
+def test_a_users_mistake_is_one_line_naming_it_not_a_traceback(argv, line):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "testbed", *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert line in proc.stderr.replace("\n", " ") and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_typo_in_the_security_section_names_the_key_and_what_is_valid(tmp_path):
+    from testbed.scenario import ScenarioError, load_scenario
+
+    text = open("scenarios/nl-afrr-congestion.yaml").read() + "\nsecurity:\n  unsigned: [bsp1]\n"
+    (tmp_path / "s.yaml").write_text(text)
+    with pytest.raises(ScenarioError, match=r"security.unsigned: .*'bsp1' is not 'role/id' or 'role/\*'"):
+        load_scenario(tmp_path / "s.yaml")
