@@ -118,3 +118,18 @@ def test_a_broker_killed_and_restarted_mid_run_ends_in_a_complete_summary(tmp_pa
     assert written["setpoints_missed"] == written["setpoints_expired"]  # missed ones expired on the way, none lost
     assert written["late_cycles"] >= 5  # the outage shows: the TSO's cycles waited for the broker
     assert written["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.01, abs=0.01)
+
+
+def test_the_secured_deployment_starts_in_one_command_and_gives_the_reference_outcome(tmp_path):
+    """`tsodso up --tls`: identities, Mosquitto with mutual TLS and the access list, every actor in its
+    own process signing and checking; the outcome is the reference one, nothing refused."""
+    from testbed.deploy import up
+    from tests.conftest import mosquitto_or_skip
+
+    mosquitto_or_skip()
+    summary = up(ROOT / SCENARIO, tmp_path / "secure", speed=50, tls=True)
+    assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.01, abs=0.01)
+    assert summary["congestion_seconds"] == 0
+    assert_no_setpoint_lost(summary)
+    assert summary["rejected_messages"] == 0 and summary["refused_messages"] == 0
+    assert (tmp_path / "secure" / "secrets" / "tls" / "bsp-bsp1.crt").exists()
