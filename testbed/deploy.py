@@ -4,10 +4,12 @@ An identity per actor (``testbed.security``; kept in ``OUT/secrets`` and reused 
 Mosquitto with the access list and per-actor passwords (or, with ``tls``, mutual TLS with the
 deployment's CA), and every actor of the scenario in its own OS process with the same command a user
 or ``docker-compose.yml`` runs (``tsodso actor ROLE --id ID --secrets ...``). Returns the run's
-summary; the run directory is ``OUT/run``, each process's output ``OUT/<role>-<id>.log``.
+summary; the run directory is ``OUT/run`` (a new one each time), each process's output
+``OUT/<role>-<id>.log``.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +37,7 @@ def up(scenario_file: Path, out: Path, *, speed: float = 25.0, tls: bool = False
        timeout_s: float = 3600.0) -> dict[str, Any]:  # fmt: skip
     scenario = load_scenario(scenario_file, coordination=coordination)
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "run", ignore_errors=True)  # a new run: nothing of the last one in its log
     secrets = out / "secrets"
     if not (secrets / "public-keys.json").exists():
         init(secrets, scenario)
