@@ -33,10 +33,9 @@ from typing import Any, TypeVar
 
 import aiomqtt
 import structlog
+from nacl.signing import SigningKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
-
-from nacl.signing import SigningKey
 
 from gateway.arrival import DEFAULT_MAX_CLOCK_SKEW_S, DEFAULT_MAX_PAYLOAD_BYTES, ArrivalCheck, Received, Rejected, Trust, encode
 from gateway.connection import BrokerSpec
