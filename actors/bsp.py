@@ -177,8 +177,8 @@ class BSP(Actor):
                 )  # fmt: skip
 
     def contracted(self, sender: Party) -> bool:
-        """The parties whose activations this BSP follows: its TSO, the market operator of the
-        integrated market (acceptances), and DSOs (block activations) where the scheme gives them a market."""
+        """The parties whose offer acceptances this BSP takes: its TSO and the market operator of the
+        integrated market."""
         return sender == self.tso or sender == Party(role="mo", id=self.scenario.market_operator)
 
     async def on_acceptance(self, msg: Received[OfferAcceptance]) -> None:

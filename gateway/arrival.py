@@ -21,6 +21,7 @@ Nothing here raises anything but :class:`Rejected`, whatever the bytes.
 """
 
 import heapq
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -298,8 +299,6 @@ class ArrivalCheck:
     def preload(self, seen: Iterable[tuple[object, str, int, int]]) -> int:
         """Restore the replay window after a restart: (message id, type, created_us, received_us) of
         messages delivered before (the exchange log keeps them). Returns how many are still in it."""
-        import uuid
-
         forget = self._forget
         for mid, type_name, created_us, received_us in seen:
             key = uuid.UUID(mid) if isinstance(mid, str) else mid
