@@ -16,7 +16,7 @@ def grid(fn):
 
 @grid
 def nl_afrr_congestion() -> pp.pandapowerNet:
-    """The distribution grid of the §IV.B example (seed 000).
+    """The distribution grid of the §IV.B example (CS review).
 
     A 20 kV grid behind a 110/20 kV, 63 MVA TSO-DSO coupling transformer. The line behind the
     coupling transformer ('behind-coupling', 240 mm² Al XLPE cable, 421 A ≈ 14.6 MVA at 20 kV) feeds

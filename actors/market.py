@@ -1,5 +1,5 @@
 """Clearing flexibility needs against offers: the three rules the coordination schemes use
-(seed 000 Table I). Pure functions over plain data; the actors put them on the bus.
+(CS review Table I). Pure functions over plain data; the actors put them on the bus.
 
 - :func:`clear_in_order`: needs served one after the other, each by the offers that cover it at the
   lowest price per unit of need (a local market, a TSO's merit order, a DSO's priority);

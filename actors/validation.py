@@ -1,4 +1,4 @@
-"""The DSO's validation of a merit order list (seed 000 Fig. 4: 'check and clear invalid bid').
+"""The DSO's validation of a merit order list (CS review Fig. 4: 'check and clear invalid bid').
 
 Rule: limits hold jointly along the merit order. Per direction, bids are taken cheapest first; each
 is activated on top of the cheaper ones at *their* validated limits. A bid whose full activation
@@ -10,10 +10,10 @@ loading at the full bid.
 """
 
 import math
-
-import numpy as np
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from actors.powerflow import FastAC, GridState, Violation
 from schemas.codes import BidStatus, Connection, Direction

@@ -4,7 +4,7 @@ One table. ``expiry_s`` becomes the MQTT 5 Message Expiry Interval and the envel
 ``valid_until`` (the only expiry an MQTT 3.1.1 broker carries); None means the message does not
 expire. Why each row is what it is:
 
-- setpoints expire within their 4 s cycle (seed 000 §IV.B): an old setpoint must never be followed;
+- setpoints expire within their 4 s cycle (CS review §IV.B): an old setpoint must never be followed;
 - everything the market and the operators rely on (MOL, validation, acceptance, limits,
   emergencies, settlement) is QoS 1, queued for an actor that is away;
 - telemetry is QoS 0 and short-lived: the next sample replaces a lost one 4 s later;
@@ -12,7 +12,6 @@ expire. Why each row is what it is:
 """
 
 from dataclasses import dataclass
-
 
 MAX_VALIDITY_S = 2 * 86400.0
 """Longest a message may claim to be valid, and oldest it may be when it arrives (a day-ahead bid for

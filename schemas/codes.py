@@ -10,7 +10,7 @@ class Role(StrEnum):
     TSO = "tso"
     DSO = "dso"
     BSP = "bsp"
-    MO = "mo"  # independent market operator (seed 000 Table I, integrated flexibility market)
+    MO = "mo"  # independent market operator (CS review Table I, integrated flexibility market)
 
 
 class ProcessType(StrEnum):
@@ -30,9 +30,9 @@ class Direction(StrEnum):
 class Resolution(StrEnum):
     """ISO 8601 durations used as ENTSO-E resolutions."""
 
-    PT4S = "PT4S"  # aFRR setpoint resolution, seed 000 §IV.B
+    PT4S = "PT4S"  # aFRR setpoint resolution, CS review §IV.B
     PT1M = "PT1M"
-    PT5M = "PT5M"  # requested-vs-delivered check period, seed 000 §IV.A
+    PT5M = "PT5M"  # requested-vs-delivered check period, CS review §IV.A
     PT15M = "PT15M"  # ISP / PTU
 
 
@@ -44,7 +44,7 @@ class Connection(StrEnum):
 
 
 class SystemState(StrEnum):
-    """System states of the network code on emergency and restoration (seed 004 §3)."""
+    """System states of the network code on emergency and restoration (Birk et al. 2017 §3)."""
 
     NORMAL = "normal"
     ALERT = "alert"
@@ -54,7 +54,7 @@ class SystemState(StrEnum):
 
 
 class BidStatus(StrEnum):
-    """The DSO's verdict on one bid of a merit order list (seed 000 Fig. 4, 'check and clear')."""
+    """The DSO's verdict on one bid of a merit order list (CS review Fig. 4, 'check and clear')."""
 
     ACCEPTED = "accepted"
     LIMITED = "limited"

@@ -2,7 +2,7 @@
 
 Every field carries a description with its unit in brackets and, for JSON Schema readers, an
 ``x-unit`` keyword (MW, Mvar, MWh, EUR/MWh, EUR, s, %, p.u., UTC). Code values follow ENTSO-E where
-it defines them (``schemas.codes``). Sources: seed 000 Figs. 3-4 and §IV.B, seed 004 §3.
+it defines them (``schemas.codes``). Sources: CS review Figs. 3-4 and §IV.B, Birk et al. 2017 §3.
 """
 
 from typing import Any, ClassVar, Literal
@@ -66,7 +66,7 @@ class Body(BaseModel):
     type_name: ClassVar[str]
 
 
-# --- prequalification (seed 000 Fig. 3) -------------------------------------------------------
+# --- prequalification (CS review Fig. 3) -------------------------------------------------------
 
 
 class AssetData(BaseModel):
@@ -88,7 +88,7 @@ class AssetData(BaseModel):
 
 
 class PrequalificationRequest(Body):
-    """BSP → TSO: prequalify these assets (seed 000 Fig. 3)."""
+    """BSP → TSO: prequalify these assets (CS review Fig. 3)."""
 
     type_name: ClassVar[str] = "prequalification_request"
     bsp_id: PartyId
@@ -96,7 +96,7 @@ class PrequalificationRequest(Body):
 
 
 class PrequalificationForward(Body):
-    """TSO → DSO: the DN-connected assets of a BSP's request, for the DSO to check (seed 000 Fig. 3)."""
+    """TSO → DSO: the DN-connected assets of a BSP's request, for the DSO to check (CS review Fig. 3)."""
 
     type_name: ClassVar[str] = "prequalification_forward"
     bsp_id: PartyId
@@ -118,14 +118,14 @@ class AssetVerdict(BaseModel):
 
 
 class PrequalificationResult(Body):
-    """DSO → TSO (checked DN assets) and TSO → BSP (final answer) (seed 000 Fig. 3)."""
+    """DSO → TSO (checked DN assets) and TSO → BSP (final answer) (CS review Fig. 3)."""
 
     type_name: ClassVar[str] = "prequalification_result"
     bsp_id: PartyId
     verdicts: list[AssetVerdict] = Field(description="One verdict per asset.", min_length=1)
 
 
-# --- schedules and forecasts (seed 004 §3) ----------------------------------------------------
+# --- schedules and forecasts (Birk et al. 2017 §3) ----------------------------------------------------
 
 
 class ScheduleSeries(BaseModel):
@@ -140,7 +140,7 @@ class ScheduleSeries(BaseModel):
 
 class Schedule(Body):
     """Schedules per PTU: BSP → TSO day-ahead, TSO → DSO final schedules of DN resources, DSO → TSO
-    changes it made to DER schedules for local constraints (seed 004 §3)."""
+    changes it made to DER schedules for local constraints (Birk et al. 2017 §3)."""
 
     type_name: ClassVar[str] = "schedule"
     kind: Literal["day_ahead", "final", "dso_modified"] = Field(description="Which schedule this is.")
@@ -151,7 +151,7 @@ class Schedule(Body):
 
 
 class Forecast(Body):
-    """DSO → TSO: forecast at a TSO-DSO interface (seed 004 §3: energy flows and forecasting)."""
+    """DSO → TSO: forecast at a TSO-DSO interface (Birk et al. 2017 §3: energy flows and forecasting)."""
 
     type_name: ClassVar[str] = "forecast"
     dso_id: PartyId
@@ -164,7 +164,7 @@ class Forecast(Body):
     hosting_capacity_mw: float | None = MW("Remaining hosting capacity at the interface", default=None)
 
 
-# --- offering (seed 000 Fig. 4) ---------------------------------------------------------------
+# --- offering (CS review Fig. 4) ---------------------------------------------------------------
 
 
 class BidAsset(BaseModel):
@@ -214,7 +214,7 @@ class MolEntry(BaseModel):
 
 
 class MeritOrderList(Body):
-    """TSO → DSO: the bids of one ISP in merit order, for validation (seed 000 Fig. 4)."""
+    """TSO → DSO: the bids of one ISP in merit order, for validation (CS review Fig. 4)."""
 
     type_name: ClassVar[str] = "merit_order_list"
     mol_id: PartyId
@@ -245,7 +245,7 @@ class BidValidation(BaseModel):
 
 class FlexibilityNeed(Body):
     """A need for flexibility in one ISP, to the party that clears it (the TSO in the common market,
-    the market operator in the integrated market; seed 000 Table I).
+    the market operator in the integrated market; CS review Table I).
 
     A balancing need is ``quantity`` MW in ``direction``; any bid in that direction covers it MW for
     MW. A congestion need is ``quantity`` percentage points of loading to take off ``element``;
@@ -270,7 +270,7 @@ class FlexibilityNeed(Body):
 
 
 class MolValidation(Body):
-    """DSO → TSO: the validated merit order list (seed 000 Fig. 4, 'check and clear invalid bid')."""
+    """DSO → TSO: the validated merit order list (CS review Fig. 4, 'check and clear invalid bid')."""
 
     type_name: ClassVar[str] = "mol_validation"
     mol_id: PartyId
@@ -307,7 +307,7 @@ class Award(MolEntry):
 
 class MarketResult(Body):
     """Clearing party → buyers: what a TSO-DSO market gave to whom for one ISP (schemes 4-6 of
-    seed 000 Table I), with the cost the clearing minimised and its computation time."""
+    CS review Table I), with the cost the clearing minimised and its computation time."""
 
     type_name: ClassVar[str] = "market_result"
     isp_start: UtcTime = utc("Start of the ISP")
@@ -318,7 +318,7 @@ class MarketResult(Body):
 
 class FlexActivation(Body):
     """Buyer (DSO, market operator) → BSP: activate a bid as a block for one ISP, outside aFRR: the
-    assets' schedules move by ``activated_mw`` (a DSO's congestion management, seed 004 §3; a
+    assets' schedules move by ``activated_mw`` (a DSO's congestion management, Birk et al. 2017 §3; a
     flexibility market's award). Copies go to the TSO and the DSOs whose grid holds the assets."""
 
     type_name: ClassVar[str] = "flex_activation"
@@ -336,7 +336,7 @@ class FlexActivation(Body):
 
 
 class OfferAcceptance(Body):
-    """TSO → BSP: confirmation of accepted offers for an ISP (seed 000 Fig. 4)."""
+    """TSO → BSP: confirmation of accepted offers for an ISP (CS review Fig. 4)."""
 
     type_name: ClassVar[str] = "offer_acceptance"
     isp_start: UtcTime = utc("Start of the ISP")
@@ -344,12 +344,12 @@ class OfferAcceptance(Body):
     rejected_bid_ids: list[PartyId] = Field(default_factory=list, description="Bids not accepted.")
 
 
-# --- activation and real time (seed 000 §IV.A-B) ----------------------------------------------
+# --- activation and real time (CS review §IV.A-B) ----------------------------------------------
 
 
 class DeltaSetpoint(Body):
     """TSO → BSP: aFRR delta setpoint relative to the reference value, at least every 4 s
-    (seed 000 §IV.B). Delivery may deviate by [-10 %, +20 %] of the setpoint."""
+    (CS review §IV.B). Delivery may deviate by [-10 %, +20 %] of the setpoint."""
 
     type_name: ClassVar[str] = "delta_setpoint"
     bsp_id: PartyId
@@ -374,7 +374,7 @@ class Measurement(BaseModel):
 
 
 class SwitchState(BaseModel):
-    """Status of a breaker or switch (ICCP-style, seed 000 §III)."""
+    """Status of a breaker or switch (ICCP-style, CS review §III)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -395,7 +395,7 @@ class Telemetry(Body):
 
 
 class TerminationSignal(Body):
-    """DSO → TSO: an activation harms the DSO's grid; terminate it or limit it (seed 000 Fig. 4)."""
+    """DSO → TSO: an activation harms the DSO's grid; terminate it or limit it (CS review Fig. 4)."""
 
     type_name: ClassVar[str] = "termination_signal"
     dso_id: PartyId
@@ -408,7 +408,7 @@ class TerminationSignal(Body):
 
 
 class ActivationLimit(Body):
-    """TSO → BSP: do not activate this bid beyond ``max_mw`` (seed 000 Fig. 4, 'TSO send limit activation')."""
+    """TSO → BSP: do not activate this bid beyond ``max_mw`` (CS review Fig. 4, 'TSO send limit activation')."""
 
     type_name: ClassVar[str] = "activation_limit"
     bsp_id: PartyId
@@ -420,7 +420,7 @@ class ActivationLimit(Body):
     reason: str | None = Field(description="Why the activation is limited.", default=None, max_length=512)
 
 
-# --- emergencies (seed 004 §3) ----------------------------------------------------------------
+# --- emergencies (Birk et al. 2017 §3) ----------------------------------------------------------------
 
 
 class SystemStateNotice(Body):
@@ -434,7 +434,7 @@ class SystemStateNotice(Body):
 
 
 class CurtailmentRequest(Body):
-    """TSO → DSO: curtail load or generation in the DSO's area (seed 004 §3)."""
+    """TSO → DSO: curtail load or generation in the DSO's area (Birk et al. 2017 §3)."""
 
     type_name: ClassVar[str] = "curtailment_request"
     dso_id: PartyId
@@ -456,7 +456,7 @@ class CurtailmentResponse(Body):
 
 
 class FaultReport(Body):
-    """DSO → TSO: a local grid issue (line fault) (seed 004 §3)."""
+    """DSO → TSO: a local grid issue (line fault) (Birk et al. 2017 §3)."""
 
     type_name: ClassVar[str] = "fault_report"
     dso_id: PartyId
@@ -502,7 +502,7 @@ class SettlementLine(BaseModel):
 
 
 class SettlementReport(Body):
-    """TSO → BSP: settlement per ISP from the activated energy and price (seed 000 §IV.A)."""
+    """TSO → BSP: settlement per ISP from the activated energy and price (CS review §IV.A)."""
 
     type_name: ClassVar[str] = "settlement_report"
     bsp_id: PartyId
@@ -512,7 +512,7 @@ class SettlementReport(Body):
 
 
 class MonitoringReport(Body):
-    """TSO → BSP: requested vs delivered volume, every 5 minutes (seed 000 §IV.A)."""
+    """TSO → BSP: requested vs delivered volume, every 5 minutes (CS review §IV.A)."""
 
     type_name: ClassVar[str] = "monitoring_report"
     bsp_id: PartyId
@@ -521,7 +521,7 @@ class MonitoringReport(Body):
     requested_energy_mwh: float = MWh("Energy requested by the setpoints")
     delivered_energy_mwh: float = MWh("Energy delivered according to telemetry")
     within_tolerance_ratio: float = _f(
-        "1", "Share of cycles delivered within [-10 %, +20 %] of the setpoint (seed 000 §IV.B)", ge=0, le=1
+        "1", "Share of cycles delivered within [-10 %, +20 %] of the setpoint (CS review §IV.B)", ge=0, le=1
     )
     compliant: bool = Field(description="False when the BSP did not follow the setpoints.")
 
@@ -585,4 +585,4 @@ RESPONSE_TYPES: dict[str, str] = {
     "curtailment_request": "curtailment_response",
     "heartbeat": "heartbeat",
 }
-"""Request type → the type of its answer (request/response pairs of Figs. 3-4 and seed 004 §3)."""
+"""Request type → the type of its answer (request/response pairs of Figs. 3-4 and Birk et al. 2017 §3)."""

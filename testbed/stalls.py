@@ -1,6 +1,6 @@
 """How long this process's event loop could not run: the host's share of an accelerated run's timing.
 
-At 50x a delta setpoint lives 80 ms of wall time (one 4 s period, seed 000 §III.A); a stall of the
+At 50x a delta setpoint lives 80 ms of wall time (one 4 s period, CS review §III.A); a stall of the
 whole process (scheduler, virtual machine, paging) longer than that makes a setpoint arrive expired
 although nothing in the testbed was slow. The runner watches its loop so that a summary can tell
 the two apart: ``loop_stalls`` next to ``setpoints_expired``.
