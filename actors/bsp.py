@@ -1,14 +1,15 @@
 """The BSP: prequalifies its assets, sends schedules and bids, follows delta setpoints with its
-fleet and reports telemetry every setpoint cycle (seed 000 Figs. 3-4, §IV.B)."""
+fleet and reports telemetry every setpoint cycle (CS review Figs. 3-4, §IV.B)."""
 
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from actors import schemes
+from actors import rules, schemes
 from actors.base import Actor
-from actors.config import ISP, AssetConfig, BidConfig, BspConfig, isp_of
+from actors.config import AssetConfig, BidConfig, BspConfig
+from actors.rules import ISP, isp_of
 from gateway import Received
 from schemas.codes import Connection, Direction, ProcessType, Quality
 from schemas.envelope import Party
@@ -23,12 +24,12 @@ from schemas.messages import (
     FlexibilityNeed,
     MarketResult,
     Measurement,
+    MonitoringReport,
     OfferAcceptance,
     PrequalificationRequest,
     Schedule,
     ScheduleSeries,
     SettlementReport,
-    MonitoringReport,
     Telemetry,
 )
 
@@ -126,8 +127,8 @@ class BSP(Actor):
         await self.send_needs()
 
     async def send_needs(self) -> None:
-        """Integrated market only: the BSP's own needs as a commercial party, to the market operator."""
-        if self.scenario.coordination != "integrated_market":
+        """Where a market operator takes needs: the BSP's own needs as a commercial party."""
+        if not self.scenario.scheme.market_operator:
             return
         for i, need in enumerate(self.config.needs):
             await self.gw.publish(FlexibilityNeed(
@@ -140,7 +141,7 @@ class BSP(Actor):
         """Where the scheme sends this bid (actors.schemes.bid_destination)."""
         dsos = {self.assets[a].config.dso_id for a in bid.assets
                 if self.assets[a].config.connection == Connection.DN and self.assets[a].config.dso_id}  # fmt: skip
-        role, party = schemes.bid_destination(self.scenario.coordination, dsos, self.scenario.market_operator, self.tso.id)
+        role, party = schemes.bid_destination(self.scenario.scheme, dsos, self.scenario.market_operator, self.tso.id)
         return Party(role=role, id=party)
 
     async def prequalify(self) -> None:
@@ -159,9 +160,12 @@ class BSP(Actor):
         await self.gw.publish(Schedule(kind="day_ahead", start=start, series=series), self.tso)
 
     async def send_bids(self) -> None:
-        """One bid per configured bid and ISP, before gate closure, with qualified assets only."""
+        """One bid per configured bid and ISP whose gate has not closed (an ISP already begun is
+        skipped: ``actors.rules.GATE_CLOSURE``), with qualified assets only."""
         by_id = {a.asset_id: a for a in self.config.assets}
         for isp in self.scenario.isps():
+            if not rules.bid_in_time(isp, self.clock.now()):
+                continue
             for bid in self.config.bids:
                 if not set(bid.assets) <= self.qualified:
                     self.log.warning("bid not sent: an asset is not prequalified", bid=bid.bid_id)

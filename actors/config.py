@@ -1,23 +1,18 @@
 """What each actor is told by a scenario (scenario files are data: ../scenarios/*.yaml)."""
 
-from datetime import datetime, timedelta
-from typing import Literal, get_args
+from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from actors import coordination as registry
+from actors import rules
+from actors.rules import ISP, isp_of
 from schemas.codes import Connection, Direction, SystemState
 from schemas.envelope import PartyId, UtcTime
 
-ISP = timedelta(minutes=15)
-
-Scheme = Literal["tso_managed", "dso_managed", "fragmented", "hybrid", "common_market", "integrated_market"]
-"""The TSO-DSO coordination schemes of seed 000 Table I (actors/schemes.py says what each one does)."""
-SCHEMES: tuple[str, ...] = get_args(Scheme)
-
-
-def isp_of(t: datetime) -> datetime:
-    """Start of the imbalance settlement period (15 min, seed 000) that contains ``t``."""
-    return t.replace(minute=t.minute - t.minute % 15, second=0, microsecond=0)
+SCHEMES: tuple[str, ...] = tuple(registry.SCHEMES)
+"""The names of the TSO-DSO coordination schemes (CS review Table I; ``actors.coordination``)."""
 
 
 class _Model(BaseModel):
@@ -51,7 +46,7 @@ class BidConfig(_Model):
 
 class CommercialNeed(_Model):
     """A commercial party's own need for flexibility (a BRP short or long in its portfolio), bid into
-    the integrated flexibility market only (seed 000 Table I, scheme 6)."""
+    the integrated flexibility market only (CS review Table I, scheme 6)."""
 
     isp_start: UtcTime
     direction: Literal["up", "down"]
@@ -131,8 +126,12 @@ class TsoConfig(_Model):
         description="system imbalance, piecewise constant from each instant: MW short (+) or long (-)"
     )
     activation_delay_s: float = Field(default=60.0, ge=0, description="[s] LFC reaction before the first setpoint")
-    setpoint_step_s: float = Field(default=30.0, gt=0, description="[s] the setpoint changes at most this often")
-    monitoring_period_s: float = Field(default=300.0, gt=0, description="[s] requested vs delivered (seed 000)")
+    setpoint_step_s: float = Field(
+        default=rules.RAMP_STEP_S, gt=0, description="[s] the setpoint changes at most this often (CS review §IV.B)"
+    )
+    monitoring_period_s: float = Field(
+        default=rules.MONITORING_PERIOD_S, gt=0, description="[s] requested vs delivered (CS review §IV.A)"
+    )
     mol_timeout_s: float = Field(default=2.0, gt=0, description="[s, wall] wait for each DSO's validation")
     mol_retries: int = Field(default=1, ge=0)
     mol_fallback: Literal["exclude_dn", "unvalidated"] = Field(
@@ -183,10 +182,15 @@ class Scenario(_Model):
     description: str = ""
     start: UtcTime
     end: UtcTime
-    setpoint_period_s: float = Field(default=4.0, gt=0, description="[s] aFRR setpoint resolution (seed 000)")
-    coordination: Scheme = Field(
-        default="hybrid",
-        description="TSO-DSO coordination scheme (seed 000 Table I); true/on = hybrid, false/off = tso_managed",
+    setpoint_period_s: float = Field(
+        default=rules.SETPOINT_PERIOD_S,
+        ge=rules.SETPOINT_PERIOD_S,
+        description="[s] aFRR delta setpoint period, at least the 4-s resolution (CS review §IV.A)",
+    )
+    coordination: str = Field(
+        default=registry.DEFAULT,
+        description=f"TSO-DSO coordination scheme (CS review Table I): {', '.join(registry.SCHEMES)}; "
+        "true/on = hybrid, false/off = tso_managed",
     )
     market_operator: PartyId = Field(default="mo", description="id of the independent market operator (scheme 6)")
     tso: TsoConfig
@@ -198,15 +202,29 @@ class Scenario(_Model):
     @field_validator("coordination", mode="before")
     @classmethod
     def _scheme(cls, value: object) -> object:
-        """The former on/off switch: on is the hybrid scheme (§IV.B), off the TSO-managed one."""
+        """A scheme's name, or the former on/off switch (``actors.coordination.SWITCH``)."""
         if isinstance(value, bool | str):
-            return {True: "hybrid", False: "tso_managed", "on": "hybrid", "off": "tso_managed"}.get(value, value)
+            value = registry.SWITCH.get(value, value)
+            registry.scheme(str(value))  # ValueError naming the known schemes
         return value
+
+    @property
+    def scheme(self) -> registry.CoordinationScheme:
+        """What the scenario's coordination scheme implies (``actors.coordination``)."""
+        return registry.scheme(self.coordination)
 
     @property
     def dso_validates(self) -> bool:
         """The DSO checks DN assets and activations against its grid (every scheme but TSO-managed)."""
-        return self.coordination != "tso_managed"
+        return self.scheme.dso_validates
+
+    def actors(self) -> list[tuple[str, str]]:
+        """(role, id) of every actor the run needs: the TSO, the DSOs, the BSPs and, where the scheme has
+        one, the market operator."""
+        out = [("tso", self.tso.id), *(("dso", d.id) for d in self.dsos), *(("bsp", b.id) for b in self.bsps)]
+        if self.scheme.market_operator:
+            out.append(("mo", self.market_operator))
+        return out
 
     def isps(self) -> list[datetime]:
         """Starts of the ISPs that overlap the run."""

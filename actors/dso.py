@@ -1,38 +1,39 @@
 """The DSO: checks prequalified DN assets against its grid, publishes its interface forecast,
 validates merit order lists with AC power flows, watches its grid in real time from telemetry and
 limits activations that would congest it, reports faults and answers curtailment requests
-(seed 000 Figs. 3-4, seed 004 §3)."""
+(CS review Figs. 3-4, Birk et al. 2017 §3)."""
 
 import asyncio
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import pandas as pd
 import pandapower as pp
+import pandas as pd
 
 from actors import grid as grids
+from actors import rules, schemes
 from actors.base import Actor
-from actors import schemes
-from actors.config import ISP, DsoConfig, isp_of
+from actors.config import DsoConfig
 from actors.market import Award, Need, clear_in_order, per_bid
 from actors.powerflow import FastAC, GridState
+from actors.rules import ISP, isp_of
 from actors.validation import largest_activation, per_mw_injection, validate_mol
 from gateway import Received
 from schemas.codes import Connection, Direction
 from schemas.envelope import Party
 from schemas.messages import (
     AssetVerdict,
-    EnergyBid,
-    FlexActivation,
-    FlexibilityNeed,
-    MarketResult,
-    MolEntry,
     CurtailmentRequest,
     CurtailmentResponse,
+    EnergyBid,
     FaultReport,
+    FlexActivation,
+    FlexibilityNeed,
     Forecast,
+    MarketResult,
     MeritOrderList,
+    MolEntry,
     MolValidation,
     PrequalificationForward,
     PrequalificationResult,
@@ -41,7 +42,6 @@ from schemas.messages import (
     Telemetry,
     TerminationSignal,
 )
-
 
 OVER_DELIVERY_MW = 0.1  # a bid measured this much above what the grid takes is limited again
 
@@ -170,7 +170,7 @@ class DSO(Actor):
         return out
 
     async def on_schedule(self, msg: Received[Schedule]) -> None:
-        """Final schedules of the DN resources (seed 004 §3). When they would break a limit of the
+        """Final schedules of the DN resources (Birk et al. 2017 §3). When they would break a limit of the
         grid in the forecast state, the DSO scales them down to what fits (largest common factor,
         by AC power flow) and informs the TSO with a 'dso_modified' schedule and the reason."""
         series = [x for x in msg.body.series if x.asset_id in self.connections]
@@ -202,7 +202,7 @@ class DSO(Actor):
                    f"{', '.join(f'{f:.3f}' for f in factors)} per step",
         ), self.tso)  # fmt: skip
 
-    # --- forecast (seed 004 §3) ---------------------------------------------------------------
+    # --- forecast (Birk et al. 2017 §3) ---------------------------------------------------------------
 
     async def publish_forecast(self) -> None:
         """Interface flow (P, Q at the coupling element, from the TSO into the DSO) per ISP, from AC
@@ -233,7 +233,7 @@ class DSO(Actor):
         self.entries[mol.isp_start] = {e.bid_id: e.model_copy(update={"upper_bound_mw": bounds.get(e.bid_id, e.upper_bound_mw)})
                                        for e in mol.bids}  # fmt: skip
         needs = []
-        if self.scenario.coordination in ("common_market", "integrated_market"):
+        if self.scenario.scheme.dso_states_needs:
             needs = self.congestion_needs(mol.isp_start, list(self.entries[mol.isp_start].values()))
         elapsed = time.perf_counter() - t0
         self.validation_ms.append(elapsed * 1000)
@@ -341,7 +341,7 @@ class DSO(Actor):
     async def local_market(self, isp: datetime) -> None:
         """One minute before gate closure: buy for its own congestion first (cheapest per point
         relieved); in the fragmented scheme also balance its area; in the DSO-managed one validate
-        what is left and forward it to the TSO (seed 000 Table I, schemes 2 and 3)."""
+        what is left and forward it to the TSO (CS review Table I, schemes 2 and 3)."""
         t0 = time.perf_counter()
         bids = list(self.local_bids.get(isp, {}).values())
         entries = schemes.ranked(bids)
@@ -352,7 +352,7 @@ class DSO(Actor):
         self.entries[isp] = entries
         needs = self.congestion_needs(isp, list(entries.values()))
         awards = clear_in_order([schemes.market_need(n, "dso") for n in needs], schemes.offers(entries))
-        if self.scenario.coordination == "fragmented":
+        if self.scenario.scheme.dso_balances_area:
             area = schemes.peak_in_isp(self.config.area_imbalance, isp)
             net = sum(schemes.sign(entries[a.bid_id].direction) * a.mw for a in awards)
             short = area - net  # MW the area still lacks (+) or has too much (-)
@@ -364,7 +364,7 @@ class DSO(Actor):
         self.compute_ms.append((time.perf_counter() - t0) * 1000)
         for award in awards:
             await self.activate(isp, award, entries[award.bid_id])
-        if self.scenario.coordination == "dso_managed":
+        if self.scenario.scheme.dso_forwards_rest:
             await self.forward_rest(isp, bids, awards)
 
     async def forward_rest(self, isp: datetime, bids: list[EnergyBid], awards: list[Award]) -> None:
@@ -389,7 +389,7 @@ class DSO(Actor):
         result = msg.body
         isp = result.isp_start
         entries = self.entries.get(isp, {})
-        if self.scenario.coordination == "hybrid":
+        if self.scenario.scheme.dso_relieves_rest:
             t0 = time.perf_counter()
             expected: dict[int, float] = {}
             taken: dict[str, float] = {}
@@ -536,7 +536,7 @@ class DSO(Actor):
                 self.tso,
             )  # fmt: skip
 
-    # --- emergencies (seed 004 §3) -----------------------------------------------------------
+    # --- emergencies (Birk et al. 2017 §3) -----------------------------------------------------------
 
     async def on_system_state(self, msg: Received[SystemStateNotice]) -> None:
         self.states_seen.append(msg.body)
@@ -566,13 +566,13 @@ class DSO(Actor):
             await self.publish_forecast()
         since = self.resumed_at or self.scenario.start  # after a restart: what fell while away is missed
         faults = sorted((f for f in self.config.faults if f.at >= since), key=lambda f: f.at)
-        local = self.scenario.coordination in ("dso_managed", "fragmented")
-        gates = sorted(isp - schemes.LOCAL_GATE for isp in self.scenario.isps()
-                       if local and isp - schemes.LOCAL_GATE >= since)  # fmt: skip
+        local = self.scenario.scheme.dso_local_market
+        gates = sorted(isp - rules.LOCAL_GATE for isp in self.scenario.isps()
+                       if local and isp - rules.LOCAL_GATE >= since)  # fmt: skip
         for _, t in self.cycles(self.scenario.start, self.scenario.end):
             await self.clock.sleep_until(t)
             while gates and gates[0] <= t:
-                await self.local_market(gates.pop(0) + schemes.LOCAL_GATE)
+                await self.local_market(gates.pop(0) + rules.LOCAL_GATE)
             while faults and faults[0].at <= t:
                 await self.report_fault(faults.pop(0))
             await self.watch(t)

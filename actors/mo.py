@@ -1,4 +1,4 @@
-"""The independent market operator of the integrated flexibility market (seed 000 Table I, scheme 6).
+"""The independent market operator of the integrated flexibility market (CS review Table I, scheme 6).
 
 It collects the BSPs' bids and the needs of the TSO, the DSOs and commercial parties; half a minute
 before each ISP it has every DSO with DERs in the list validate it (the DSO answers with its bounds
@@ -14,9 +14,8 @@ import uuid
 from collections import defaultdict
 from datetime import datetime
 
-from actors import schemes
+from actors import market, rules, schemes
 from actors.base import Actor
-from actors import market
 from actors.market import Need, Offer, clear_by_willingness
 from gateway import Received, RequestTimeout
 from schemas.codes import BidStatus, ProcessType
@@ -49,6 +48,10 @@ class MarketOperator(Actor):
     async def on_bid(self, msg: Received[EnergyBid]) -> None:
         if msg.body.bsp_id != msg.sender.id:
             await self.gw.refuse(msg, f"a bid of {msg.body.bsp_id} from {msg.sender}: a BSP bids for itself")
+            return
+        now = self.clock.now()
+        if not rules.bid_in_time(msg.body.isp_start, now, rules.MARKET_GATE):
+            await self.gw.refuse(msg, rules.late_bid_reason(msg.body.isp_start, now, rules.MARKET_GATE))
             return
         self.bids[msg.body.isp_start][msg.body.bid_id] = msg.body
 
@@ -95,7 +98,7 @@ class MarketOperator(Actor):
             messages.append(Award(**entries[a.bid_id].model_dump(), buyer_id=buyer, buyer_role=role, need_id=a.need_id,
                                   awarded_mw=a.mw, ramp_rate_mw_per_min=bid.ramp_rate_mw_per_min,
                                   reference_mw=bid.reference_mw))  # fmt: skip
-        result = MarketResult(isp_start=isp, scheme="integrated_market", awards=messages, computation_time_s=elapsed)
+        result = MarketResult(isp_start=isp, scheme=self.scenario.coordination, awards=messages, computation_time_s=elapsed)
         self.cleared.append(result)
         buyers = {("tso", self.scenario.tso.id)} | {(role, n.buyer_id) for role, n in needs}
         await self.send_results(result, sorted(buyers), conversation)
@@ -131,13 +134,13 @@ class MarketOperator(Actor):
                                   correlation_id=conversation)  # fmt: skip
 
     async def run(self) -> None:
-        gates = sorted(isp - schemes.MARKET_GATE for isp in self.scenario.isps()
-                       if isp - schemes.MARKET_GATE >= self.scenario.start)  # fmt: skip
+        gates = sorted(isp - rules.MARKET_GATE for isp in self.scenario.isps()
+                       if isp - rules.MARKET_GATE >= self.scenario.start)  # fmt: skip
         for gate in gates:
             if self.resumed_at is not None and gate < self.resumed_at:
                 continue  # cleared before a restart, or missed while away
             await self.clock.sleep_until(gate)
-            await self.clear(gate + schemes.MARKET_GATE)
+            await self.clear(gate + rules.MARKET_GATE)
         await self.clock.sleep_until(self.scenario.end)
 
     def results(self) -> dict:

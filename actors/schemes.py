@@ -1,59 +1,30 @@
-"""The six TSO-DSO coordination schemes of seed 000 Table I as policies of the same actors.
+"""What the coordination schemes share: merit order ranking, offers and needs for the markets,
+imbalance profiles and balancing needs, and how block activations move assets.
 
-The scenario's ``coordination`` names the scheme; the actors ask this module what it implies. Per
-ISP, the inputs are the same in every scheme: the BSPs' bids, the TSO's balancing need (the
-system imbalance), each DSO's congestion needs (its AC power flow of the ISP) and, in the
-fragmented scheme, each DSO's area imbalance. What differs is who sees which bids and who buys first:
-
-============== ======================================================================================
-tso_managed    Centralised AS market. Every bid goes to the TSO; no DSO validation, no real-time
-               limits; the DSO is passive and its congestion stays.
-dso_managed    Local AS market. DER bids go to their DSO, which buys first for its congestion
-               (cheapest per % relieved) one minute before gate closure, then validates the rest on
-               its grid and forwards it to the TSO.
-fragmented     Shared balancing responsibility. DER bids go to their DSO, which relieves its
-               congestion and balances its own area (keeping the interface on schedule); the TSO
-               balances the transmission area with TN bids only: it never reaches a DER.
-hybrid         Multi-level (§IV.B, the reference scenario). Every bid goes to the TSO, whose merit
-               order list each DSO validates; the TSO then tells each DSO what it expects to
-               activate and the DSO relieves what congestion remains with the capacity left.
-common_market  Common TSO-DSO market. Every bid goes to the TSO; each DSO validates the list and
-               returns its congestion needs; the TSO clears all needs at once by a linear programme
-               minimising total activation cost (actors.market.joint_dispatch).
-integrated_    Integrated flexibility market. Every bid goes to an independent market operator (an
-market         actor of its own, actors.mo), as do the TSO's, the DSOs' and commercial parties'
-               needs; the DSOs validate its list; highest willingness to pay is served first.
-============== ======================================================================================
-
-Everything a DSO or a market buys outside aFRR is a block for the ISP (:class:`FlexActivation`):
-the assets' schedules move, the DSO sees it in its power flow and the TSO in its system imbalance
-(except in the fragmented scheme, where the DSO keeps its interface on schedule).
+Which scheme does what is ``actors.coordination``'s registry (CS review Table I). Everything a DSO
+or a market buys outside aFRR is a block for the ISP (:class:`FlexActivation`): the assets'
+schedules move, the DSO sees it in its power flow and the TSO in its system imbalance (except where
+the DSO balances its own area and keeps its interface on schedule).
 """
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from actors.config import ISP, Scenario
+from actors.config import Scenario
+from actors.coordination import CoordinationScheme
 from actors.market import Need, Offer
+from actors.rules import ISP
 from schemas.codes import Connection, Direction
 from schemas.messages import EnergyBid, FlexActivation, FlexibilityNeed, MolEntry
 
-LOCAL_GATE = timedelta(seconds=60)  # DSO local markets close this long before the ISP's gate closure
-MARKET_GATE = timedelta(seconds=30)  # the market operator clears this long before the ISP starts
 
-
-def bid_destination(scheme: str, bid_dsos: set[str], market_operator: str, tso: str) -> tuple[str, str]:
-    """(role, id) a BSP sends a bid to: the market operator in the integrated market, the DSO of its
-    DER in the local-market schemes, the TSO otherwise."""
-    if scheme == "integrated_market":
+def bid_destination(scheme: CoordinationScheme, bid_dsos: set[str], market_operator: str, tso: str) -> tuple[str, str]:
+    """(role, id) a BSP sends a bid to: the market operator where the scheme has one, the DSO of its
+    DER where DER bids go to the DSO (a bid with DERs in one grid), the TSO otherwise."""
+    if scheme.der_bids_to == "mo":
         return "mo", market_operator
-    if scheme in ("dso_managed", "fragmented") and len(bid_dsos) == 1:
+    if scheme.der_bids_to == "dso" and len(bid_dsos) == 1:
         return "dso", next(iter(bid_dsos))
     return "tso", tso
-
-
-def tso_balances_areas(scheme: str) -> bool:
-    """Whether the TSO balances the whole system (DSO areas and DSO activations included)."""
-    return scheme != "fragmented"
 
 
 def dn_dsos(entry: EnergyBid | MolEntry) -> set[str]:

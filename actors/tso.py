@@ -1,7 +1,7 @@
 """The TSO: prequalifies (forwarding DN assets to their DSO), collects bids, builds the merit order
 list per ISP and has it validated by the DSOs, activates aFRR by 4-second delta setpoints within
 the validated bounds, checks delivery, limits activations a DSO objects to, signals emergencies and
-settles per ISP (seed 000 Figs. 3-4 and §IV.B, seed 004 §3)."""
+settles per ISP (CS review Figs. 3-4 and §IV.B, Birk et al. 2017 §3)."""
 
 import asyncio
 import time
@@ -10,10 +10,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from actors import schemes
+from actors import rules, schemes
 from actors.base import Actor
-from actors.config import TsoConfig, isp_of
+from actors.config import TsoConfig
 from actors.market import clear_in_order, joint_dispatch, per_bid
+from actors.rules import isp_of
 from gateway import Received, RequestTimeout
 from schemas.codes import BidStatus, Connection, Direction, ProcessType
 from schemas.envelope import Party
@@ -21,16 +22,16 @@ from schemas.messages import (
     AcceptedOffer,
     ActivationLimit,
     AssetVerdict,
+    Award,
     CurtailmentRequest,
     CurtailmentResponse,
     DeltaSetpoint,
-    Award,
     EnergyBid,
     FaultReport,
     FlexActivation,
     FlexibilityNeed,
-    MarketResult,
     Forecast,
+    MarketResult,
     MeritOrderList,
     MolEntry,
     MonitoringReport,
@@ -46,8 +47,6 @@ from schemas.messages import (
     Telemetry,
     TerminationSignal,
 )
-
-TOLERANCE = (-0.10, 0.20)  # delivery band around the setpoint, seed 000 §IV.B
 
 
 @dataclass
@@ -108,7 +107,7 @@ class TSO(Actor):
         self.conversation: uuid.UUID | None = None
         self.late_cycles = 0
         # the coordination schemes (actors.schemes)
-        self.scheme = scenario.coordination
+        self.scheme = scenario.scheme
         self.system_profile = schemes.system_imbalance_profile(scenario, with_areas=True)  # TSO + DSO areas
         self.flex: list[FlexActivation] = []  # block activations by DSOs and markets (copies)
         self.market_results: dict[datetime, MarketResult] = {}  # integrated market: what the operator gave
@@ -169,7 +168,7 @@ class TSO(Actor):
     # --- schedules, forecasts, bids ---------------------------------------------------------
 
     async def on_schedule(self, msg: Received[Schedule]) -> None:
-        """Pass the final schedules of DN-connected resources to their DSO (seed 004 §3); record
+        """Pass the final schedules of DN-connected resources to their DSO (Birk et al. 2017 §3); record
         the DSOs' changes to them."""
         if msg.sender.role == "dso":
             self.schedule_changes.append(msg.body.model_dump(mode="json"))
@@ -191,7 +190,11 @@ class TSO(Actor):
         if msg.sender.role == "bsp" and bid.bsp_id != msg.sender.id:
             await self.gw.refuse(msg, f"a bid of {bid.bsp_id} from {msg.sender}: a BSP bids for itself")
             return
-        if self.scheme == "fragmented" and schemes.dn_dsos(bid):
+        now = self.clock.now()
+        if not rules.bid_in_time(bid.isp_start, now):
+            await self.gw.refuse(msg, rules.late_bid_reason(bid.isp_start, now))
+            return
+        if not self.scheme.tso_reaches_der and schemes.dn_dsos(bid):
             self.log.warning("bid refused: the TSO cannot reach DERs in the fragmented scheme", bid=bid.bid_id)
             return
         missing = {a.asset_id for a in bid.assets} - self.qualified[bid.bsp_id]
@@ -209,35 +212,35 @@ class TSO(Actor):
         # one conversation per ISP: the MOL, its validations, the acceptance, the setpoints and the
         # telemetry answering them share this correlation id (the chain the reports follow)
         self.conversation = uuid.uuid4()
-        if self.scheme == "integrated_market":
+        if self.scheme.tso_activates_from_market:
             await self.take_market_result(isp)
             return
         bids = self.bids.get(isp, {})
         entries = schemes.ranked(list(bids.values()))
         mol_id = f"mol-{isp:%Y%m%d%H%M}"
         dso_needs: list[FlexibilityNeed] = []
-        if self.scheme in ("hybrid", "common_market"):
+        if self.scheme.tso_asks_dsos:
             dsos = sorted({d for e in entries.values() for d in schemes.dn_dsos(e)})
             for needs in await asyncio.gather(*(self.validate_with(dso, mol_id, isp, entries) for dso in dsos)):
                 dso_needs += needs
         t0 = time.perf_counter()
-        need = schemes.balancing_need(self.scenario, isp, self.me.id, with_areas=schemes.tso_balances_areas(self.scheme))
-        if self.scheme == "common_market":
+        need = schemes.balancing_need(self.scenario, isp, self.me.id, with_areas=self.scheme.tso_balances_areas)
+        if self.scheme.clearing == "joint_dispatch":
             awards = joint_dispatch([schemes.market_need(n, "dso") for n in dso_needs] +
                                     ([schemes.market_need(need, "tso")] if need else []), schemes.offers(entries))  # fmt: skip
         else:
             awards = clear_in_order([schemes.market_need(need, "tso")] if need else [], schemes.offers(entries))
         self.clearing_ms.append((time.perf_counter() - t0) * 1000)
-        if self.scheme == "common_market":  # the TSO activates what the market gave it, the DSOs the rest
+        if self.scheme.clearing == "joint_dispatch":  # the TSO activates what the market gave it, the DSOs the rest
             mine = per_bid([a for a in awards if a.buyer == f"tso/{self.me.id}"])
             entries = {b: e.model_copy(update={"upper_bound_mw": round(mine[b], 4)}) for b, e in entries.items() if b in mine}
         self.active = {e.bid_id: Activated(bids[e.bid_id], e.rank, e.upper_bound_mw) for e in entries.values()}
         await self.accept_offers(isp, bids)
-        if self.scheme in ("hybrid", "common_market"):
+        if self.scheme.tso_publishes_result:
             # hybrid: what the TSO expects to activate, so each DSO relieves what remains with the
             # rest; common market: what the joint dispatch gave each DSO
             listed = schemes.ranked(list(bids.values()))
-            result = MarketResult(isp_start=isp, scheme=self.scheme, computation_time_s=self.clearing_ms[-1] / 1000,
+            result = MarketResult(isp_start=isp, scheme=self.scheme.name, computation_time_s=self.clearing_ms[-1] / 1000,
                                   awards=[self.award(listed[a.bid_id], bids[a.bid_id], a) for a in awards])  # fmt: skip
             for dso in sorted(d.id for d in self.scenario.dsos):
                 await self.gw.publish(result, Party(role="dso", id=dso), correlation_id=self.conversation)
@@ -279,7 +282,7 @@ class TSO(Actor):
         """Integrated market: the TSO's balancing need of every ISP to the market operator."""
         mo = Party(role="mo", id=self.scenario.market_operator)
         for isp in self.scenario.isps():
-            if isp - schemes.MARKET_GATE >= self.scenario.start:
+            if isp - rules.MARKET_GATE >= self.scenario.start:
                 need = schemes.balancing_need(self.scenario, isp, self.me.id)
                 if need is not None:
                     await self.gw.publish(need, mo)
@@ -291,7 +294,7 @@ class TSO(Actor):
         f = msg.body
         self.flex.append(f)
         a = self.active.get(f.bid_id)
-        if self.scheme == "hybrid" and a is not None and a.bid.isp_start == f.isp_start:
+        if self.scheme.dso_relieves_rest and a is not None and a.bid.isp_start == f.isp_start:
             a.upper_mw = max(0.0, a.upper_mw - f.activated_mw)  # the DSO bought what the TSO left
 
     def flex_net(self, t: datetime) -> float:
@@ -303,7 +306,7 @@ class TSO(Actor):
         """Have one DSO validate the list; returns the needs it sent with its last answer."""
         dso = Party(role="dso", id=dso_id)
         needs: list[FlexibilityNeed] = []
-        for iteration in range(1, 4):
+        for iteration in range(1, rules.MOL_ITERATIONS + 1):
             mine = [e for e in entries.values()
                     if any(a.connection == Connection.DN and a.dso_id == dso_id for a in e.assets)]  # fmt: skip
             if not mine:
@@ -358,7 +361,7 @@ class TSO(Actor):
     def imbalance(self, t: datetime) -> float:
         """What the TSO balances at ``t`` (MW short +): its own area's imbalance and, unless the
         scheme is fragmented, the DSO areas' and what DSOs and markets activated outside aFRR."""
-        if not schemes.tso_balances_areas(self.scheme):
+        if not self.scheme.tso_balances_areas:
             return schemes.profile_at(self.config.imbalance, t)
         return self.exogenous(t) - self.flex_net(t)
 
@@ -377,7 +380,7 @@ class TSO(Actor):
             if a.activated_mw > bound:
                 a.activated_mw = bound  # a new limit applies at once
             if stepping:
-                step = a.bid.ramp_rate_mw_per_min * self.config.setpoint_step_s / 60
+                step = rules.ramp_step_mw(a.bid.ramp_rate_mw_per_min, self.config.setpoint_step_s)
                 a.activated_mw += max(-step, min(step, target - a.activated_mw))
 
     async def send_setpoints(self, cycle: int, t: datetime) -> None:
@@ -412,11 +415,10 @@ class TSO(Actor):
             self.records[body.source_id].delivered[body.cycle] = body.delivered_delta_mw
 
     def delivery(self, bsp: str, cycles: range) -> tuple[float, float, float, int]:
-        """(requested MWh, delivered MWh, share of steady cycles within [-10 %, +20 %], cycles checked).
+        """(requested MWh, delivered MWh, share of steady cycles within the band, cycles checked).
 
         Telemetry of cycle k is the fleet's output just before setpoint k, i.e. its answer to
-        setpoint k-1. A cycle is checked when that setpoint was at least 0.5 MW and had not changed
-        in the cycle before (a step is given one setpoint period to be followed)."""
+        setpoint k-1; which cycles are judged, and the band, are ``actors.rules``'."""
         rec = self.records[bsp]
         h = self.scenario.setpoint_period_s / 3600
         requested = delivered = 0.0
@@ -428,27 +430,25 @@ class TSO(Actor):
                 continue
             requested += abs(sp) * h
             delivered += abs(got or 0.0) * h
-            if abs(sp) >= 0.5 and rec.setpoints.get(k - 2) == sp:
+            if rules.is_steady(sp, rec.setpoints.get(k - 2)):
                 checked += 1
-                if got is not None and sp * (1 + TOLERANCE[0]) <= got <= sp * (1 + TOLERANCE[1]) if sp > 0 else (
-                    got is not None and sp * (1 + TOLERANCE[1]) <= got <= sp * (1 + TOLERANCE[0])
-                ):
+                if got is not None and rules.within_band(sp, got):
                     ok += 1
         return requested, delivered, (ok / checked if checked else 1.0), checked
 
     async def monitor(self, start: datetime, end: datetime, first: int, last: int) -> None:
-        """Requested vs delivered every 5 minutes (seed 000 §IV.A), one report per BSP."""
+        """Requested vs delivered every 5 minutes (CS review §IV.A), one report per BSP."""
         for bsp in sorted(self.records):
             requested, delivered, ratio, _ = self.delivery(bsp, range(first, last + 1))
-            energy_ok = requested < 1e-6 or (1 + TOLERANCE[0]) <= delivered / requested <= (1 + TOLERANCE[1])
             report = MonitoringReport(bsp_id=bsp, period_start=start, period_end=end,
                                       requested_energy_mwh=round(requested, 6), delivered_energy_mwh=round(delivered, 6),
-                                      within_tolerance_ratio=round(ratio, 4), compliant=energy_ok and ratio >= 0.9)  # fmt: skip
+                                      within_tolerance_ratio=round(ratio, 4),
+                                      compliant=rules.compliant(requested, delivered, ratio))  # fmt: skip
             self.monitoring.append(report)
             await self.gw.publish(report, Party(role="bsp", id=bsp))
 
     async def settle(self, isp: datetime) -> None:
-        """Per ISP: activated energy x price, per bid, to each BSP (seed 000 §IV.A)."""
+        """Per ISP: activated energy x price, per bid, to each BSP (CS review §IV.A)."""
         by_bsp: dict[str, list[SettlementLine]] = defaultdict(list)
         for a in self.active.values():
             amount = a.energy_mwh * a.bid.price_eur_per_mwh * a.sign
@@ -466,7 +466,7 @@ class TSO(Actor):
 
     async def on_termination(self, msg: Received[TerminationSignal]) -> None:
         """A DSO's termination or limit becomes an activation limit to the BSP, when it comes from the
-        DSO whose grid holds the bid's assets (seed 000 Fig. 4)."""
+        DSO whose grid holds the bid's assets (CS review Fig. 4)."""
         sig = msg.body
         a = self.active.get(sig.bid_id)
         holders = schemes.dn_dsos(a.bid) if a is not None else {sig.dso_id}
@@ -520,7 +520,7 @@ class TSO(Actor):
         self.balance["residual_mwh"] += abs(need - afrr - self.flex_net(t)) * h
 
     async def run(self) -> None:
-        if self.scheme == "integrated_market" and self.resumed_at is None:
+        if self.scheme.market_operator and self.resumed_at is None:
             await self.send_needs()
         emergencies = asyncio.create_task(self.emergencies())
         scenario = self.scenario
@@ -579,7 +579,7 @@ class TSO(Actor):
             "delivered": {b: r.delivered for b, r in self.records.items()},
             "limits_mw": {**self.dso_limits_mw, **self.rt_limits},
             "schedule_changes": self.schedule_changes,
-            "scheme": self.scheme,
+            "scheme": self.scheme.name,
             "afrr_cost_eur": round(self.cost_eur, 2),
             "afrr_der_energy_mwh": round(self.der_energy_mwh, 6),
             "afrr_energy_by_isp_mwh": {k: round(v, 6) for k, v in self.energy_by_isp.items()},

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from nacl.signing import VerifyKey
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model

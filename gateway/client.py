@@ -37,7 +37,15 @@ from nacl.signing import SigningKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 
-from gateway.arrival import DEFAULT_MAX_CLOCK_SKEW_S, DEFAULT_MAX_PAYLOAD_BYTES, ArrivalCheck, Received, Rejected, Trust, encode
+from gateway.arrival import (
+    DEFAULT_MAX_CLOCK_SKEW_S,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    ArrivalCheck,
+    Received,
+    Rejected,
+    Trust,
+    encode,
+)
 from gateway.connection import BrokerSpec
 from gateway.exchange_log import ExchangeLog, LogRow, now_us
 from gateway.links import LinkConditions
@@ -45,7 +53,14 @@ from gateway.policy import DELIVERY_POLICY, DeliveryPolicy
 from schemas import signing
 from schemas.codes import RejectReason
 from schemas.envelope import SCHEMA_VERSION, Envelope, Party
-from schemas.messages import MESSAGE_TYPES, RESPONSE_TYPES, ActorState, Body, Heartbeat, Rejection
+from schemas.messages import (
+    MESSAGE_TYPES,
+    RESPONSE_TYPES,
+    ActorState,
+    Body,
+    Heartbeat,
+    Rejection,
+)
 from schemas.rights import Rights, default_rights
 from schemas.topics import ALL, inbox_filters, topic_for
 

@@ -231,10 +231,11 @@ CoordinationOpt = Annotated[
 
 def _coordination(value: Optional[str]) -> Optional[str]:
     from actors.config import SCHEMES
+    from actors.coordination import SWITCH
 
     if value is None:
         return None
-    scheme = {"on": "hybrid", "off": "tso_managed"}.get(value, value)
+    scheme = SWITCH.get(value, value)
     if scheme not in SCHEMES:
         raise typer.BadParameter(f"--coordination is one of {', '.join(SCHEMES)}, on or off")
     return scheme
@@ -313,7 +314,8 @@ def up(
     """The secured deployment in one command: identities, Mosquitto with the access list (and mutual
     TLS), every actor in its own process signing and checking; prints the outcome."""
     from broker.mosquitto import MosquittoMissing
-    from testbed.deploy import DeployError, up as deploy
+    from testbed.deploy import DeployError
+    from testbed.deploy import up as deploy
 
     try:
         summary = deploy(scenario, out, speed=speed, tls=tls, coordination=_coordination(coordination))
@@ -576,10 +578,12 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where the two runs go.")] = Path("runs/demo"),
     scenario: Annotated[Path, typer.Option(help="Scenario file.")] = Path("scenarios/nl-afrr-congestion.yaml"),
 ):
-    """The reference scenario (seed 000 §IV.B) with coordination on and off, side by side."""
+    """The reference scenario (CS review §IV.B) with coordination on and off, side by side."""
     summaries = []
-    for coordination in ("hybrid", "tso_managed"):
-        label = "on" if coordination == "hybrid" else "off"
+    from actors.coordination import SWITCH
+
+    for label in ("on", "off"):
+        coordination = SWITCH[label]
         console.print(f"running {scenario} with coordination {label} ({coordination}) on the {broker} broker ...",
                       highlight=False)  # fmt: skip
         summaries.append(_run(scenario, coordination, speed, broker, out / f"coordination-{label}"))
@@ -599,9 +603,10 @@ def compare(
     speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print comparison.json.")] = False,
 ):
-    """Run the scenario under each TSO-DSO coordination scheme (seed 000 Table I) and compare them."""
+    """Run the scenario under each TSO-DSO coordination scheme (CS review Table I) and compare them."""
     from actors.config import SCHEMES
-    from testbed.compare import compare as run_compare, table_markdown
+    from testbed.compare import compare as run_compare
+    from testbed.compare import table_markdown
     from testbed.scenario import load_scenario
 
     chosen = list(SCHEMES) if schemes == "all" else [s.strip() for s in schemes.split(",") if s.strip()]
@@ -751,7 +756,8 @@ def emulate(
 ):
     """A reference BSP, DSO, TSO or market-operator device that passes its conformance suite (or breaks it
     with --fault). It signs what it sends with a key made for this run."""
-    from testbed.emulate import FAULTS, emulate as run_emulator
+    from testbed.emulate import FAULTS
+    from testbed.emulate import emulate as run_emulator
     from testbed.scenario import load_scenario
 
     if list_faults:

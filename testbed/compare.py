@@ -1,4 +1,4 @@
-"""``tsodso compare``: every coordination scheme of seed 000 Table I on the same scenario, one
+"""``tsodso compare``: every coordination scheme of CS review Table I on the same scenario, one
 table (the review lists advantages and disadvantages in words; this puts numbers on them).
 
 Each scheme is a full run of the same actors (actors.schemes) on a fresh broker, into
@@ -22,17 +22,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from actors.config import SCHEMES, Scenario  # noqa: E402
+from actors.coordination import SCHEMES as REGISTRY  # noqa: E402
 from broker import start_broker  # noqa: E402
 from testbed.runner import run_scenario  # noqa: E402
 
-LABELS = {
-    "tso_managed": "TSO-managed",
-    "dso_managed": "DSO-managed",
-    "fragmented": "fragmented",
-    "hybrid": "hybrid",
-    "common_market": "common market",
-    "integrated_market": "integrated market",
-}
+LABELS = {name: s.label for name, s in REGISTRY.items()}
 
 
 def _p(row: dict, key: str) -> str:
@@ -129,7 +123,7 @@ def write_report(comparison: dict[str, Any], out: Path) -> Path:
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(comparison['scenario'])}</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}</style>
-</head><body><h1>{html.escape(comparison['scenario'])}: the six coordination schemes (seed 000 Table I)</h1>
+</head><body><h1>{html.escape(comparison['scenario'])}: the six coordination schemes (CS review Table I)</h1>
 <p>Broker: {html.escape(comparison['broker'])}; speed {comparison['speed']}x; run directories under {html.escape(str(out))}.</p>
 <table><tr><th></th>{head}</tr>{body}</table>
 <img alt="comparison" src="data:image/png;base64,{base64.b64encode(png).decode()}"/></body></html>"""

@@ -27,10 +27,7 @@ class DeployError(RuntimeError):
 
 def actors_of(scenario: Any) -> list[tuple[str, str]]:
     """(role, id) of every actor process the scenario's scheme needs."""
-    out = [("tso", scenario.tso.id), *(("dso", d.id) for d in scenario.dsos), *(("bsp", b.id) for b in scenario.bsps)]
-    if scenario.coordination == "integrated_market":
-        out.append(("mo", scenario.market_operator))
-    return out
+    return scenario.actors()
 
 
 def up(scenario_file: Path, out: Path, *, speed: float = 25.0, tls: bool = False, coordination: str | None = None,

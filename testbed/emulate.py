@@ -17,12 +17,14 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from actors.bsp import BSP
-from actors.config import ISP, Scenario, isp_of
 from actors import market
+from actors.bsp import BSP
+from actors.config import Scenario
+from actors.coordination import SWITCH
 from actors.dso import DSO
 from actors.market import Need, Offer
 from actors.mo import MarketOperator
+from actors.rules import ISP, isp_of
 from actors.tso import TSO
 from gateway import Gateway, Received
 from schemas import signing
@@ -253,9 +255,9 @@ async def _emulate_tso(device_id: str, broker: str, scenario: Scenario, *, fault
     until stopped."""
     profile = tso_profile(scenario, device_id)
     if fault == "uncoordinated":
-        profile = profile.model_copy(update={"coordination": "tso_managed"})
+        profile = profile.model_copy(update={"coordination": SWITCH[False]})
     clock = Clock(profile.start, speed, wall_origin=float("inf"))
-    peers = {f"dso/{d.id}" for d in profile.dsos} | {f"bsp/{b.id}" for b in profile.bsps}
+    peers = {f"{r}/{i}" for r, i in profile.actors() if r != "tso"}
     async with FaultyGateway(Party(role="tso", id=device_id), broker, fault=fault, signing_key=signing_key) as gw:
         online = track_presence(gw)
         actor = TSO(gw, clock, profile, profile.tso)

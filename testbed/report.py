@@ -1,7 +1,7 @@
 """``tsodso report RUN_DIR [RUN_DIR_B]``: ``report.html`` (self-contained, plots embedded) and
 PNGs, from run directories alone (``summary.json``, ``timeseries.json``, ``exchange.sqlite``).
 
-Plots: setpoint vs delivered power per BSP with the [-10 %, +20 %] band (seed 000 §IV.B); loading
+Plots: setpoint vs delivered power per BSP with the [-10 %, +20 %] band (CS review §IV.B); loading
 of the DSO's most loaded elements against 100 % (both runs when two are given); a sequence chart
 of one ISP's messages between the actors (the Fig. 4 view); one-way latency per message type and
 per link; messages and bytes per link; the summary table.
@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from actors import rules
 from testbed.stats import summary as percentiles  # noqa: E402
 from testbed.summary import setpoints_text  # noqa: E402
 
@@ -51,8 +52,9 @@ def plot_delivery(runs: list[dict], ax_rows) -> None:  # noqa: ANN001
             t = [start + timedelta(seconds=period * k) for k in cycles]
             sp = [points[str(k)] for k in cycles]
             ax.step(t, sp, where="post", label=f"{bsp} delta setpoint")
-            ax.fill_between(t, [v * 0.9 for v in sp], [v * 1.2 for v in sp], step="post", alpha=0.15,
-                            label="tolerance [-10 %, +20 %]")  # fmt: skip
+            low, high = (100 * x for x in rules.DELIVERY_BAND)
+            ax.fill_between(t, [rules.band_mw(v)[0] for v in sp], [rules.band_mw(v)[1] for v in sp], step="post",
+                            alpha=0.15, label=f"tolerance [{low:+.0f} %, {high:+.0f} %]")  # fmt: skip
             got = s["delivered"].get(bsp, {})
             dk = sorted(int(k) for k in got)
             ax.plot([start + timedelta(seconds=period * k) for k in dk], [got[str(k)] for k in dk], ".", ms=2,

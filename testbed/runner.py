@@ -55,7 +55,7 @@ async def run_scenario(
             dsos = [DSO(await gateway("dso", d.id), clock, scenario, d, out) for d in scenario.dsos]
             bsps = [BSP(await gateway("bsp", b.id), clock, scenario, b) for b in scenario.bsps]
             markets = ([MarketOperator(await gateway("mo", scenario.market_operator), clock, scenario)]
-                       if scenario.coordination == "integrated_market" else [])  # fmt: skip
+                       if scenario.scheme.market_operator else [])  # fmt: skip
             # The grids, pandas and pydantic leave a large heap; a full garbage collection walking it
             # stalls the loop for ~100 ms, longer than an accelerated setpoint lives. Freeze it.
             gc.collect()

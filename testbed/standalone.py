@@ -114,9 +114,7 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
                 clock.wall_origin = stored["wall_origin"]
                 rejoin(actor, state_file, clock, out)
             elif role == "tso":
-                peers = {f"dso/{d.id}" for d in scenario.dsos} | {f"bsp/{b.id}" for b in scenario.bsps}
-                if scenario.coordination == "integrated_market":
-                    peers.add(f"mo/{scenario.market_operator}")
+                peers = {f"{r}/{i}" for r, i in scenario.actors() if r != "tso"}
                 deadline = time.time() + start_timeout_s
                 while not peers <= online:
                     if time.time() > deadline:
@@ -151,7 +149,7 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
         (out / f"{role}-{actor_id}.json").write_text(json.dumps(actor.results()) + "\n")
     if role == "tso":
         paths = [out / f"dso-{d.id}.json" for d in scenario.dsos]
-        market = out / f"mo-{scenario.market_operator}.json" if scenario.coordination == "integrated_market" else None
+        market = out / f"mo-{scenario.market_operator}.json" if scenario.scheme.market_operator else None
         deadline = time.time() + 60
         while not all(p.exists() for p in [*paths, *([market] if market else [])]) and time.time() < deadline:
             await asyncio.sleep(0.1)

@@ -6,8 +6,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from actors.config import ISP, isp_of
-
+from actors.rules import ISP, isp_of
 from testbed.stats import summary as percentiles
 
 

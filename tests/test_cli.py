@@ -5,7 +5,6 @@ import json
 import sqlite3
 
 import pytest
-
 from typer.testing import CliRunner
 
 from broker import start_broker

@@ -6,21 +6,21 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from actors.config import Scenario
 from gateway import BrokerSpec
 from testbed.cli import app
 from testbed.conformance import RULES, run_suite
 from testbed.conformance.checks import CHECKS
 from testbed.conformance.rules import markdown
 from testbed.emulate import FAULTS
-from actors.config import Scenario
 from testbed.scenario import dump_scenario, load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,14 @@ from gateway.arrival import Trust, encode
 from gateway.client import GatewayFailed
 from schemas import Envelope, Party, signing
 from schemas.codes import Direction
-from schemas.messages import AcceptedOffer, ActorState, DeltaSetpoint, MeritOrderList, MolValidation, OfferAcceptance
+from schemas.messages import (
+    AcceptedOffer,
+    ActorState,
+    DeltaSetpoint,
+    MeritOrderList,
+    MolValidation,
+    OfferAcceptance,
+)
 from schemas.topics import ALL, topic_for
 from testbed.clock import Clock
 from testbed.hostile import KINDS, hostile_message

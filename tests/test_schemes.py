@@ -1,4 +1,4 @@
-"""The six coordination schemes of seed 000 Table I: the clearing rules, and every scheme run on the
+"""The six coordination schemes of CS review Table I: the clearing rules, and every scheme run on the
 shipped comparison scenario over a real broker, each asserting the property that defines it."""
 
 import json
@@ -10,7 +10,15 @@ import pytest
 from typer.testing import CliRunner
 
 from actors.config import SCHEMES
-from actors.market import UNSERVED_EUR_PER_UNIT, Need, Offer, clear_by_willingness, clear_in_order, joint_dispatch, unserved
+from actors.market import (
+    UNSERVED_EUR_PER_UNIT,
+    Need,
+    Offer,
+    clear_by_willingness,
+    clear_in_order,
+    joint_dispatch,
+    unserved,
+)
 from schemas.codes import Direction
 from testbed.cli import app
 from testbed.scenario import ScenarioError, load_scenario

@@ -29,7 +29,13 @@ from gateway.connection import BrokerSpec
 from schemas import signing
 from schemas.codes import BidStatus, Connection, Direction, ProcessType
 from schemas.envelope import Party
-from schemas.messages import BidAsset, BidValidation, MeritOrderList, MolEntry, MolValidation
+from schemas.messages import (
+    BidAsset,
+    BidValidation,
+    MeritOrderList,
+    MolEntry,
+    MolValidation,
+)
 from testbed.stats import summary
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]

@@ -6,15 +6,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from actors import schemes
-from actors.config import ISP, isp_of
+from actors import rules, schemes
+from actors.rules import ISP, isp_of
 from gateway.policy import DELIVERY_POLICY
 from schemas import signing
 from schemas.codes import BidStatus, Connection, Direction
 from schemas.envelope import Party
 from schemas.rights import default_rights
 from testbed.capture import Captured
-from testbed.conformance.session import MIN_STEADY_MW, TOLERANCE, Trace
+from testbed.conformance.session import Trace
 
 
 @dataclass
@@ -375,18 +375,19 @@ def follows_setpoints(t: Trace) -> Outcome:
     checked, worst = 0, None
     for k in range(2, end + 1):
         sp, before = t.in_force(k - 1), t.in_force(k - 2)
-        if sp is None or before is None or abs(sp - before) > 1e-9 or sp < MIN_STEADY_MW or k not in got:
+        if sp is None or before is None or abs(sp - before) > 1e-9 or sp < rules.STEADY_MIN_MW or k not in got:
             continue
         checked += 1
-        lo, hi = sp * (1 + TOLERANCE[0]), sp * (1 + TOLERANCE[1])
-        if not lo - 1e-9 <= got[k] <= hi + 1e-9:
+        lo, hi = rules.band_mw(sp)
+        if not rules.within_band(sp, got[k], slack_mw=1e-9):
             return fail(f"cycle {k}: delivered {got[k]:.3f} MW for a setpoint of {sp:.3f} MW: {show(t.telemetry(t.tso)[k], 160)}",
                         f"{got[k]:.3f} MW", f"[{lo:.3f}, {hi:.3f}] MW")  # fmt: skip
         dev = got[k] / sp - 1
         worst = dev if worst is None or abs(dev) > abs(worst) else worst
     if not checked:
         return skip("no steady cycle with telemetry")
-    return ok(f"{checked} steady cycles within the band", f"worst {worst * 100:+.1f} %", "[-10 %, +20 %]")
+    low, high = (100 * x for x in rules.DELIVERY_BAND)
+    return ok(f"{checked} steady cycles within the band", f"worst {worst * 100:+.1f} %", f"[{low:+.0f} %, {high:+.0f} %]")
 
 
 @check("BSP-SP-020")
@@ -400,7 +401,7 @@ def ignores_expired(t: Trace) -> Outcome:
     window = [k for k in range(expired.cycle + 1, expired.cycle + 6) if k in got]
     if not window:
         return skip(f"no telemetry in cycles {expired.cycle + 1}..{expired.cycle + 5} (see BSP-TM-010)")
-    bound = t.hold_target_mw * (1 + TOLERANCE[1]) + 0.05
+    bound = rules.band_mw(t.hold_target_mw)[1] + 0.05
     for k in window:
         if got[k] > bound:
             return fail(f"cycle {k}: delivered {got[k]:.3f} MW after an expired setpoint of {expired.target_mw} MW "
@@ -430,7 +431,7 @@ def honours_limit(t: Trace) -> Outcome:
         return skip(why)
     if t.limit_cycle is None or t.limit_mw is None or not t.limit_check:
         return skip("the session ended before the activation limit")
-    return _limited(t, t.limit_check, t.limit_mw * (1 + TOLERANCE[1]) + 1e-6, f"limit of {t.limit_mw:.3f} MW")
+    return _limited(t, t.limit_check, rules.band_mw(t.limit_mw)[1] + 1e-6, f"limit of {t.limit_mw:.3f} MW")
 
 
 @check("BSP-SP-040")
@@ -816,7 +817,7 @@ def tso_ramp(t: Trace) -> Outcome:
     if why := _started(t):
         return why
     ramps = {b.bid_id: b.ramp_rate_mw_per_min for b in t.scenario.bsps[0].bids}
-    step_s = 30.0  # the paper's stepping: 1 MW every 30 s at 2 MW/min
+    step_s = t.scenario.tso.setpoint_step_s  # the configured stepping (actors.rules.RAMP_STEP_S by default)
     series: dict[str, list[tuple[float, float]]] = {}
     for m in _tso_setpoints(t):
         for bid, delta in m.body.bid_deltas_mw.items():
@@ -833,7 +834,7 @@ def tso_ramp(t: Trace) -> Outcome:
                             f"<= {allowed:.3f} MW ({ramp:g} MW/min)")  # fmt: skip
             if v < low:
                 low_t, low = ts, v
-    return ok(f"{len(series)} bids within their ramp rates (+ one 30-s step)")
+    return ok(f"{len(series)} bids within their ramp rates (+ one {step_s:g}-s step)")
 
 
 @check("TSO-SP-040")

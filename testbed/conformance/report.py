@@ -12,7 +12,14 @@ from actors.config import Scenario
 from gateway import BrokerSpec
 from testbed.conformance.checks import CHECKS
 from testbed.conformance.rules import Rule, select
-from testbed.conformance.session import Leave, Trace, play_bsp, play_dso, play_mo, play_tso
+from testbed.conformance.session import (
+    Leave,
+    Trace,
+    play_bsp,
+    play_dso,
+    play_mo,
+    play_tso,
+)
 
 PLAYS = {"bsp": play_bsp, "dso": play_dso, "tso": play_tso, "mo": play_mo}
 

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from actors import rules
 from actors.bsp import asset_data, bid_assets
-from actors.config import ISP, Scenario, isp_of
+from actors.config import Scenario
+from actors.rules import ISP, isp_of
 from gateway import BrokerSpec, Gateway, Received
 from schemas.codes import BidStatus, Connection, Direction, ProcessType, SystemState
 from schemas.envelope import Envelope, Party
@@ -56,10 +58,8 @@ from testbed.capture import Captured, Recorder
 from testbed.clock import Clock
 from testbed.standalone import LEAD_S, RUN_START, is_run_start
 
-MIN_STEADY_MW = 0.5  # steady cycles are judged from this setpoint on (as actors.tso)
 BLOCK_MW = 1.0  # the BSP session's block activation: this, or a quarter of the bid if smaller
 BLOCK_WAIT_S = 5.0  # [s, wall] longest wait for a second bid to block, and for the block to pass the broker
-TOLERANCE = (-0.10, 0.20)  # delivered vs requested, seed 000 §IV.B
 
 SESSION_SCRIPTS = {
     "bsp": """
@@ -359,7 +359,7 @@ BLOCK_BUYER = Party(role="mo", id="conformance")  # the market operator the suit
 
 async def _block(suite: _Suite, activated: EnergyBid) -> None:
     """A block activation of another of the device's bids for ISP0, as a market operator would send
-    for a commercial party (integrated flexibility market, seed 000 Table I)."""
+    for a commercial party (integrated flexibility market, CS review Table I)."""
     trace = suite.trace
     deadline = asyncio.get_running_loop().time() + BLOCK_WAIT_S  # a device's bids arrive one after the other
     while True:
@@ -396,7 +396,7 @@ async def _activate(suite: _Suite, bid: EnergyBid) -> None:
     ]), device)  # fmt: skip
     conversation = acceptance.message_id  # setpoints belong to the acceptance's conversation (as actors.tso)
     step = bid.ramp_rate_mw_per_min * period / 60  # MW per cycle at the declared ramp
-    a = min(bid.quantity_mw / 2, max(MIN_STEADY_MW, bid.ramp_rate_mw_per_min * 30 / 60))
+    a = min(bid.quantity_mw / 2, max(rules.STEADY_MIN_MW, rules.ramp_step_mw(bid.ramp_rate_mw_per_min)))
     trace.hold_target_mw = a
     n_up = math.ceil(a / step - 1e-9)
     expired = n_up + 6
@@ -563,7 +563,9 @@ LIMIT_SHARE = 0.25  # ... and limits the most activated one to this share in rea
 async def play_tso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
                    timeout_s: float = 20.0, leave: Leave | None = None,
                    observer: BrokerSpec | None = None) -> Trace:  # fmt: skip
-    from actors.bsp import BSP  # the suite's BSP is the testbed's own (imported here: the others need not)
+    from actors.bsp import (
+        BSP,  # the suite's BSP is the testbed's own (imported here: the others need not)
+    )
 
     device = Party(role="tso", id=device_id)
     scenario = scenario.model_copy(update={"tso": scenario.tso.model_copy(update={"id": device_id})})
