@@ -1,10 +1,10 @@
-# Two commands on a fresh machine with Python 3.11+:  make demo  |  make test
+# On a fresh machine with Python 3.11+:  make demo  |  make test  |  make check
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench contract clean
+.PHONY: demo test check bench contract clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# lint, format and type checks (CI runs them before the tests)
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/tsodso bench rtt --broker embedded

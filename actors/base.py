@@ -34,6 +34,14 @@ class Actor:
         self.log = structlog.get_logger("actor").bind(actor=str(self.me))
         self.resumed_at: datetime | None = None  # scenario instant this actor rejoined the run, after a restart
 
+    async def run(self) -> None:
+        """The actor's part of the run, from its start to the scenario's end."""
+        raise NotImplementedError
+
+    def results(self) -> dict[str, Any]:
+        """What the actor did, for the run's summary (JSON-able); nothing by default."""
+        return {}
+
     def snapshot(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.STATE}
 

@@ -45,7 +45,11 @@ class AssetState:
     def step(self, target_mw: float, dt_s: float) -> float:
         c = self.config
         target = min(max(target_mw, -c.capacity_down_mw), c.capacity_up_mw)
-        move = (target - self.delta_mw) * (1 - math.exp(-dt_s / c.time_constant_s)) if c.time_constant_s else target - self.delta_mw
+        move = (
+            (target - self.delta_mw) * (1 - math.exp(-dt_s / c.time_constant_s))
+            if c.time_constant_s
+            else target - self.delta_mw
+        )
         limit = c.ramp_rate_mw_per_min * dt_s / 60
         self.delta_mw += max(-limit, min(limit, move))
         return self.delta_mw
@@ -53,20 +57,36 @@ class AssetState:
 
 def asset_data(a: AssetConfig) -> AssetData:
     """An asset's technical data as a prequalification request carries it (aFRR)."""
-    return AssetData(asset_id=a.asset_id, connection=a.connection, dso_id=a.dso_id, connection_bus=a.connection_bus,
-                     product=ProcessType.AFRR, capacity_up_mw=a.capacity_up_mw, capacity_down_mw=a.capacity_down_mw,
-                     ramp_rate_mw_per_min=a.ramp_rate_mw_per_min, time_constant_s=a.time_constant_s)  # fmt: skip
+    return AssetData(
+        asset_id=a.asset_id,
+        connection=a.connection,
+        dso_id=a.dso_id,
+        connection_bus=a.connection_bus,
+        product=ProcessType.AFRR,
+        capacity_up_mw=a.capacity_up_mw,
+        capacity_down_mw=a.capacity_down_mw,
+        ramp_rate_mw_per_min=a.ramp_rate_mw_per_min,
+        time_constant_s=a.time_constant_s,
+    )
 
 
 def bid_assets(bid: BidConfig, assets: dict[str, AssetConfig]) -> list[BidAsset]:
     """Where a bid's quantity comes from: its assets, their connection and share."""
-    return [BidAsset(asset_id=a, connection=assets[a].connection, dso_id=assets[a].dso_id,
-                     connection_bus=assets[a].connection_bus, share_mw=share)
-            for a, share in bid.assets.items()]  # fmt: skip
+    return [
+        BidAsset(
+            asset_id=a,
+            connection=assets[a].connection,
+            dso_id=assets[a].dso_id,
+            connection_bus=assets[a].connection_bus,
+            share_mw=share,
+        )
+        for a, share in bid.assets.items()
+    ]
 
 
-def admissible_deltas(sp: DeltaSetpoint, accepted: Mapping[str, AcceptedOffer],
-                      limits: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:  # fmt: skip
+def admissible_deltas(
+    sp: DeltaSetpoint, accepted: Mapping[str, AcceptedOffer], limits: Mapping[str, float]
+) -> tuple[dict[str, float], list[str]]:
     """What of a setpoint the BSP follows: per bid, only a bid accepted for the setpoint's ISP, in its
     accepted direction, at most its accepted upper bound and its activation limit (MW, up +); and
     why anything was cut. The TSO's MOL, the DSO's validation and the limits are the contract; a
@@ -90,10 +110,22 @@ def admissible_deltas(sp: DeltaSetpoint, accepted: Mapping[str, AcceptedOffer],
 
 
 class BSP(Actor):
-    STATE = ("assets", "qualified", "accepted", "limits", "last_cycle", "fleet_at", "targets", "refused_setpoints",
-             "settlements", "monitoring", "flex_mw", "market_results")  # fmt: skip
+    STATE = (
+        "assets",
+        "qualified",
+        "accepted",
+        "limits",
+        "last_cycle",
+        "fleet_at",
+        "targets",
+        "refused_setpoints",
+        "settlements",
+        "monitoring",
+        "flex_mw",
+        "market_results",
+    )
 
-    def __init__(self, gateway, clock, scenario, config: BspConfig):  # noqa: ANN001
+    def __init__(self, gateway, clock, scenario, config: BspConfig):
         super().__init__(gateway, clock, scenario)
         self.config = config
         self.tso = Party(role="tso", id=scenario.tso.id)
@@ -131,23 +163,32 @@ class BSP(Actor):
         if not self.scenario.scheme.market_operator:
             return
         for i, need in enumerate(self.config.needs):
-            await self.gw.publish(FlexibilityNeed(
-                need_id=f"{self.me.id}-{need.isp_start:%Y%m%d%H%M}-{i}", buyer_id=self.me.id, kind="commercial",
-                isp_start=need.isp_start, direction=Direction.UP if need.direction == "up" else Direction.DOWN,
-                quantity=need.quantity_mw, unit="MW", max_price_eur_per_mwh=need.max_price_eur_per_mwh,
-            ), Party(role="mo", id=self.scenario.market_operator))  # fmt: skip
+            await self.gw.publish(
+                FlexibilityNeed(
+                    need_id=f"{self.me.id}-{need.isp_start:%Y%m%d%H%M}-{i}",
+                    buyer_id=self.me.id,
+                    kind="commercial",
+                    isp_start=need.isp_start,
+                    direction=Direction.UP if need.direction == "up" else Direction.DOWN,
+                    quantity=need.quantity_mw,
+                    unit="MW",
+                    max_price_eur_per_mwh=need.max_price_eur_per_mwh,
+                ),
+                Party(role="mo", id=self.scenario.market_operator),
+            )
 
     def destination(self, bid: BidConfig) -> Party:
         """Where the scheme sends this bid (actors.schemes.bid_destination)."""
-        dsos = {self.assets[a].config.dso_id for a in bid.assets
-                if self.assets[a].config.connection == Connection.DN and self.assets[a].config.dso_id}  # fmt: skip
+        configs = [self.assets[a].config for a in bid.assets]
+        dsos = {c.dso_id for c in configs if c.connection == Connection.DN and c.dso_id is not None}
         role, party = schemes.bid_destination(self.scenario.scheme, dsos, self.scenario.market_operator, self.tso.id)
-        return Party(role=role, id=party)
+        return Party.of(role, party)
 
     async def prequalify(self) -> None:
         assets = [asset_data(a) for a in self.config.assets]
-        answer = await self.gw.request(PrequalificationRequest(bsp_id=self.me.id, assets=assets), self.tso,
-                                       timeout=10, retries=1)  # fmt: skip
+        answer = await self.gw.request(
+            PrequalificationRequest(bsp_id=self.me.id, assets=assets), self.tso, timeout=10, retries=1
+        )
         self.qualified = {v.asset_id for v in answer.body.verdicts if v.qualified}
         for v in answer.body.verdicts:
             if not v.qualified:
@@ -155,8 +196,10 @@ class BSP(Actor):
 
     async def send_schedule(self) -> None:
         start = self.scenario.isps()[0]
-        series = [ScheduleSeries(asset_id=a.asset_id, dso_id=a.dso_id, p_mw=[a.scheduled_mw] * len(self.scenario.isps()))
-                  for a in self.config.assets]  # fmt: skip
+        series = [
+            ScheduleSeries(asset_id=a.asset_id, dso_id=a.dso_id, p_mw=[a.scheduled_mw] * len(self.scenario.isps()))
+            for a in self.config.assets
+        ]
         await self.gw.publish(Schedule(kind="day_ahead", start=start, series=series), self.tso)
 
     async def send_bids(self) -> None:
@@ -172,13 +215,21 @@ class BSP(Actor):
                     continue
                 assets = bid_assets(bid, by_id)
                 await self.gw.publish(
-                    EnergyBid(bid_id=bid.bid_id, bsp_id=self.me.id, process=ProcessType.AFRR, direction=bid.code,
-                              isp_start=isp, quantity_mw=bid.quantity_mw, price_eur_per_mwh=bid.price_eur_per_mwh,
-                              reference_mw=self.config.reference_mw, ramp_rate_mw_per_min=bid.ramp_rate_mw_per_min,
-                              assets=assets),
+                    EnergyBid(
+                        bid_id=bid.bid_id,
+                        bsp_id=self.me.id,
+                        process=ProcessType.AFRR,
+                        direction=bid.code,
+                        isp_start=isp,
+                        quantity_mw=bid.quantity_mw,
+                        price_eur_per_mwh=bid.price_eur_per_mwh,
+                        reference_mw=self.config.reference_mw,
+                        ramp_rate_mw_per_min=bid.ramp_rate_mw_per_min,
+                        assets=assets,
+                    ),
                     self.destination(bid),
                     valid_for_s=self.clock.wall_seconds((isp + ISP - self.clock.now()).total_seconds()) + 60,
-                )  # fmt: skip
+                )
 
     def contracted(self, sender: Party) -> bool:
         """The parties whose offer acceptances this BSP takes: its TSO and the market operator of the
@@ -197,8 +248,11 @@ class BSP(Actor):
         f = msg.body
         bid = self.bids.get(f.bid_id)
         if f.bsp_id != self.me.id or bid is None or f.activated_mw > bid.quantity_mw + 1e-9:
-            await self.gw.refuse(msg, f"block activation of {f.bid_id} ({f.activated_mw:g} MW): not one of this BSP's "
-                                      f"bids, or beyond its quantity")  # fmt: skip
+            await self.gw.refuse(
+                msg,
+                f"block activation of {f.bid_id} ({f.activated_mw:g} MW): not one of this BSP's "
+                f"bids, or beyond its quantity",
+            )
             return
         for asset, mw in schemes.asset_moves(f).items():
             if asset in self.assets:
@@ -271,14 +325,30 @@ class BSP(Actor):
         self.advance_fleet(sp.instant)
         delivered = sum(a.delta_mw for a in self.assets.values())
         isp = isp_of(sp.instant)
-        measurements = [Measurement(resource_id=a.config.asset_id, quality=Quality.GOOD,
-                                    p_mw=a.config.scheduled_mw + self.flex_mw.get((a.config.asset_id, isp), 0.0) + a.delta_mw)
-                        for a in self.assets.values()]  # fmt: skip
-        telemetry = Telemetry(source_id=self.me.id, instant=sp.instant, cycle=sp.cycle, delivered_delta_mw=delivered,
-                              measurements=measurements)  # fmt: skip
-        await self.gw.publish(telemetry, self.tso, causation_id=msg.envelope.message_id,
-                              correlation_id=msg.envelope.correlation_id or msg.envelope.message_id)  # fmt: skip
-        for dso_id in {a.config.dso_id for a in self.assets.values() if a.config.connection == Connection.DN}:
+        measurements = [
+            Measurement(
+                resource_id=a.config.asset_id,
+                quality=Quality.GOOD,
+                p_mw=a.config.scheduled_mw + self.flex_mw.get((a.config.asset_id, isp), 0.0) + a.delta_mw,
+            )
+            for a in self.assets.values()
+        ]
+        telemetry = Telemetry(
+            source_id=self.me.id,
+            instant=sp.instant,
+            cycle=sp.cycle,
+            delivered_delta_mw=delivered,
+            measurements=measurements,
+        )
+        await self.gw.publish(
+            telemetry,
+            self.tso,
+            causation_id=msg.envelope.message_id,
+            correlation_id=msg.envelope.correlation_id or msg.envelope.message_id,
+        )
+        for dso_id in {
+            a.config.dso_id for a in self.assets.values() if a.config.connection == Connection.DN and a.config.dso_id
+        }:
             dn = [m for m, a in zip(measurements, self.assets.values()) if a.config.dso_id == dso_id]
             await self.gw.publish(
                 Telemetry(source_id=self.me.id, instant=sp.instant, cycle=sp.cycle, measurements=dn),
@@ -288,4 +358,3 @@ class BSP(Actor):
         if cut:
             await self.gw.refuse(msg, "followed in part: " + "; ".join(cut))
         self.targets = self.asset_targets(sp.model_copy(update={"bid_deltas_mw": follow}))
-

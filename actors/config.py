@@ -149,9 +149,13 @@ class LinkConfig(_Model):
     between: str = Field(description="'sender->receiver' with role/id and * wildcards, e.g. 'tso/*->dso/*'")
     delay_ms: float = Field(default=0.0, ge=0, description="[ms, wall] fixed delay")
     jitter: Literal["none", "normal", "lognormal", "uniform"] = "none"
-    jitter_ms: float = Field(default=0.0, ge=0, description="[ms] normal sd / uniform width; lognormal: sigma (unitless)")
+    jitter_ms: float = Field(
+        default=0.0, ge=0, description="[ms] normal sd / uniform width; lognormal: sigma (unitless)"
+    )
     drop_probability: float = Field(default=0.0, ge=0, le=1)
-    outages: list[tuple[UtcTime, UtcTime]] = Field(default_factory=list, description="link down from t1 to t2 (scenario time)")
+    outages: list[tuple[UtcTime, UtcTime]] = Field(
+        default_factory=list, description="link down from t1 to t2 (scenario time)"
+    )
 
 
 class SecurityConfig(_Model):

@@ -7,6 +7,7 @@ import asyncio
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, Literal
 
 import pandapower as pp
 import pandas as pd
@@ -48,12 +49,31 @@ OVER_DELIVERY_MW = 0.1  # a bid measured this much above what the grid takes is 
 
 class DSO(Actor):
     STATE = (
-        "assets", "schedules", "measured", "asset_bids", "validated", "limited_in_real_time", "over_delivery",
-        "loading", "congestion_s", "validation_ms", "schedule_changes", "validated_mols", "faults_reported",
-        "curtailments", "states_seen", "local_bids", "entries", "flex_mw", "flex", "needs", "compute_ms", "forwarded",
-    )  # fmt: skip
+        "assets",
+        "schedules",
+        "measured",
+        "asset_bids",
+        "validated",
+        "limited_in_real_time",
+        "over_delivery",
+        "loading",
+        "congestion_s",
+        "validation_ms",
+        "schedule_changes",
+        "validated_mols",
+        "faults_reported",
+        "curtailments",
+        "states_seen",
+        "local_bids",
+        "entries",
+        "flex_mw",
+        "flex",
+        "needs",
+        "compute_ms",
+        "forwarded",
+    )
 
-    def __init__(self, gateway, clock, scenario, config: DsoConfig, out_dir: Path | None = None):  # noqa: ANN001
+    def __init__(self, gateway, clock, scenario, config: DsoConfig, out_dir: Path | None = None):
         super().__init__(gateway, clock, scenario)
         self.config = config
         self.out_dir = out_dir
@@ -114,7 +134,11 @@ class DSO(Actor):
         """Conditions and redispatch active at ``t`` (and, in real time, the changes nobody
         forecast), bus -> MW."""
         out: dict[int, float] = {}
-        changes = [*self.config.conditions, *self.config.redispatch, *([] if forecast else self.config.unforecast)]
+        changes: list[Any] = [
+            *self.config.conditions,
+            *self.config.redispatch,
+            *([] if forecast else self.config.unforecast),
+        ]
         for change in changes:
             if change.at <= t:
                 bus, sign = self._element_bus(change.element)
@@ -134,22 +158,35 @@ class DSO(Actor):
             try:
                 bus = self.bus_of(asset.connection_bus or "")
             except KeyError:
-                verdicts.append(AssetVerdict(asset_id=asset.asset_id, qualified=False, validated_capacity_up_mw=0,
-                                             validated_capacity_down_mw=0, checked_by="dso",
-                                             reason=f"connection bus {asset.connection_bus!r} is not in the grid of "
-                                                    f"{self.me.id}"))  # fmt: skip
+                verdicts.append(
+                    AssetVerdict(
+                        asset_id=asset.asset_id,
+                        qualified=False,
+                        validated_capacity_up_mw=0,
+                        validated_capacity_down_mw=0,
+                        checked_by="dso",
+                        reason=f"connection bus {asset.connection_bus!r} is not in the grid of {self.me.id}",
+                    )
+                )
                 continue
             up, _ = largest_activation(self.fast, {}, {bus: 1.0}, asset.capacity_up_mw)
             down, _ = largest_activation(self.fast, {}, {bus: -1.0}, asset.capacity_down_mw)
             ok = up >= asset.capacity_up_mw - 1e-9 and down >= asset.capacity_down_mw - 1e-9
             if ok:
                 self.assets[asset.asset_id] = bus
-            verdicts.append(AssetVerdict(
-                asset_id=asset.asset_id, qualified=ok, checked_by="dso", validated_capacity_up_mw=up,
-                validated_capacity_down_mw=down,
-                reason=None if ok else f"hosting capacity at {asset.connection_bus}: +{up:.2f} / -{down:.2f} MW, "
-                                       f"asked +{asset.capacity_up_mw} / -{asset.capacity_down_mw} MW",
-            ))  # fmt: skip
+            verdicts.append(
+                AssetVerdict(
+                    asset_id=asset.asset_id,
+                    qualified=ok,
+                    checked_by="dso",
+                    validated_capacity_up_mw=up,
+                    validated_capacity_down_mw=down,
+                    reason=None
+                    if ok
+                    else f"hosting capacity at {asset.connection_bus}: +{up:.2f} / -{down:.2f} MW, "
+                    f"asked +{asset.capacity_up_mw} / -{asset.capacity_down_mw} MW",
+                )
+            )
         await self.gw.reply(msg, PrequalificationResult(bsp_id=msg.body.bsp_id, verdicts=verdicts))
 
     def scheduled(self, asset: str, t: datetime) -> float:
@@ -195,12 +232,19 @@ class DSO(Actor):
         for x in series:
             self.schedules[x.asset_id] = (msg.body.start, step, [p * f for p, f in zip(x.p_mw, factors)])
         self.schedule_changes.append((worst.element, min(factors)))
-        await self.gw.publish(Schedule(
-            kind="dso_modified", start=msg.body.start, resolution=msg.body.resolution,
-            series=[x.model_copy(update={"p_mw": [round(p * f, 4) for p, f in zip(x.p_mw, factors)]}) for x in series],
-            reason=f"{worst.element} at {worst.value:.1f} % with the schedules: scaled to "
-                   f"{', '.join(f'{f:.3f}' for f in factors)} per step",
-        ), self.tso)  # fmt: skip
+        await self.gw.publish(
+            Schedule(
+                kind="dso_modified",
+                start=msg.body.start,
+                resolution=msg.body.resolution,
+                series=[
+                    x.model_copy(update={"p_mw": [round(p * f, 4) for p, f in zip(x.p_mw, factors)]}) for x in series
+                ],
+                reason=f"{worst.element} at {worst.value:.1f} % with the schedules: scaled to "
+                f"{', '.join(f'{f:.3f}' for f in factors)} per step",
+            ),
+            self.tso,
+        )
 
     # --- forecast (Birk et al. 2017 §3) ---------------------------------------------------------------
 
@@ -215,10 +259,16 @@ class DSO(Actor):
             flows.append(round(p, 4))
             qs.append(round(q, 4))
         await self.gw.publish(
-            Forecast(dso_id=self.me.id, interface_id=self.config.interface, kind="interface_flow", start=isps[0],
-                     p_mw=flows, q_mvar=qs),
+            Forecast(
+                dso_id=self.me.id,
+                interface_id=self.config.interface,
+                kind="interface_flow",
+                start=isps[0],
+                p_mw=flows,
+                q_mvar=qs,
+            ),
             self.tso,
-        )  # fmt: skip
+        )
 
     # --- merit order list validation (Fig. 4) -----------------------------------------------
 
@@ -230,8 +280,9 @@ class DSO(Actor):
         base = self.planned_injections(mol.isp_start)
         validated = validate_mol(self.fast, mol.bids, self.me.id, self.bus_of, base=base)
         bounds = {r.bid_id: r.upper_bound_mw for r in validated.results}
-        self.entries[mol.isp_start] = {e.bid_id: e.model_copy(update={"upper_bound_mw": bounds.get(e.bid_id, e.upper_bound_mw)})
-                                       for e in mol.bids}  # fmt: skip
+        self.entries[mol.isp_start] = {
+            e.bid_id: e.model_copy(update={"upper_bound_mw": bounds.get(e.bid_id, e.upper_bound_mw)}) for e in mol.bids
+        }
         needs = []
         if self.scenario.scheme.dso_states_needs:
             needs = self.congestion_needs(mol.isp_start, list(self.entries[mol.isp_start].values()))
@@ -242,14 +293,23 @@ class DSO(Actor):
             self.note_bid(entry)
         for r in validated.results:
             self.validated[r.bid_id] = r.upper_bound_mw
-        await self.gw.reply(msg, MolValidation(mol_id=mol.mol_id, iteration=mol.iteration, dso_id=self.me.id,
-                                               results=validated.results, computation_time_s=elapsed,
-                                               needs=needs))  # fmt: skip
+        await self.gw.reply(
+            msg,
+            MolValidation(
+                mol_id=mol.mol_id,
+                iteration=mol.iteration,
+                dso_id=self.me.id,
+                results=validated.results,
+                computation_time_s=elapsed,
+                needs=needs,
+            ),
+        )
         self.validated_mols.append((mol, validated))  # written to the run directory when the run ends
 
-    def save_validated_nets(self, mol: MeritOrderList, validated) -> None:  # noqa: ANN001
+    def save_validated_nets(self, mol: MeritOrderList, validated) -> None:
         """The net each direction was validated on, every bid at its limit, with a 'bid_validation'
         table marking each bid's bus and limiting element: pandapower JSON anyone can re-check."""
+        assert self.out_dir is not None  # only called with an output directory (write_results)
         directory = self.out_dir / "nets"
         directory.mkdir(parents=True, exist_ok=True)
         by_bid = {r.bid_id: r for r in validated.results}
@@ -261,9 +321,17 @@ class DSO(Actor):
                 r = by_bid[entry.bid_id]
                 for asset in entry.assets:
                     if asset.connection == Connection.DN and asset.dso_id == self.me.id:
-                        rows.append({"bid_id": entry.bid_id, "asset_id": asset.asset_id, "bus": asset.connection_bus,
-                                     "status": r.status.value, "upper_bound_mw": r.upper_bound_mw,
-                                     "limiting_element": r.limiting_element, "loading_percent": r.loading_percent})  # fmt: skip
+                        rows.append(
+                            {
+                                "bid_id": entry.bid_id,
+                                "asset_id": asset.asset_id,
+                                "bus": asset.connection_bus,
+                                "status": r.status.value,
+                                "upper_bound_mw": r.upper_bound_mw,
+                                "limiting_element": r.limiting_element,
+                                "loading_percent": r.loading_percent,
+                            }
+                        )
             if not rows:
                 continue
             net = self.fast.audit(injections)
@@ -284,12 +352,21 @@ class DSO(Actor):
     def bid_injection(self, entry: MolEntry) -> dict[int, float]:
         """Injection per MW of a bid's activation at this grid's buses (empty when it has no asset here)."""
         try:
-            return per_mw_injection(entry, {a.connection_bus: self.bus_of(a.connection_bus or "") for a in entry.assets
-                                            if a.connection == Connection.DN and a.dso_id == self.me.id}, self.me.id)  # fmt: skip
+            return per_mw_injection(
+                entry,
+                {
+                    a.connection_bus or "": self.bus_of(a.connection_bus or "")
+                    for a in entry.assets
+                    if a.connection == Connection.DN and a.dso_id == self.me.id
+                },
+                self.me.id,
+            )
         except KeyError:
             return {}
 
-    def congestion_needs(self, isp: datetime, entries: list[MolEntry], extra: dict[int, float] | None = None) -> list[FlexibilityNeed]:
+    def congestion_needs(
+        self, isp: datetime, entries: list[MolEntry], extra: dict[int, float] | None = None
+    ) -> list[FlexibilityNeed]:
         """The ISP's congestion needs from an AC power flow of its forecast state (plus ``extra``
         injections, e.g. what the TSO expects to activate): one per overloaded line or transformer,
         the percentage points to take off to reach 100 % minus the margin, and each bid's
@@ -315,12 +392,20 @@ class DSO(Actor):
                 relieved = loading - with_bid[element]
                 if relieved > 1e-3:
                     effectiveness[bid_id] = round(relieved, 4)
-            needs.append(FlexibilityNeed(
-                need_id=f"{self.me.id}-{isp:%Y%m%d%H%M}-{element.replace(':', '-')}", buyer_id=self.me.id,
-                kind="congestion", isp_start=isp, quantity=round(loading - target, 4), unit="%",
-                max_price_eur_per_mwh=self.config.max_price_eur_per_mwh, element=element,
-                loading_percent=round(loading, 3), effectiveness=effectiveness,
-            ))  # fmt: skip
+            needs.append(
+                FlexibilityNeed(
+                    need_id=f"{self.me.id}-{isp:%Y%m%d%H%M}-{element.replace(':', '-')}",
+                    buyer_id=self.me.id,
+                    kind="congestion",
+                    isp_start=isp,
+                    quantity=round(loading - target, 4),
+                    unit="%",
+                    max_price_eur_per_mwh=self.config.max_price_eur_per_mwh,
+                    element=element,
+                    loading_percent=round(loading, 3),
+                    effectiveness=effectiveness,
+                )
+            )
         return needs
 
     async def on_bid(self, msg: Received[EnergyBid]) -> None:
@@ -336,7 +421,11 @@ class DSO(Actor):
         """Which of its assets' bids are in play (real-time limits find the bid of a violating asset)."""
         for asset in bid.assets:
             if asset.connection == Connection.DN and asset.dso_id == self.me.id:
-                self.asset_bids.setdefault(asset.asset_id, {})[bid.bid_id] = (asset.share_mw, bid.quantity_mw, bid.direction)
+                self.asset_bids.setdefault(asset.asset_id, {})[bid.bid_id] = (
+                    asset.share_mw,
+                    bid.quantity_mw,
+                    bid.direction,
+                )
 
     async def local_market(self, isp: datetime) -> None:
         """One minute before gate closure: buy for its own congestion first (cheapest per point
@@ -357,8 +446,13 @@ class DSO(Actor):
             net = sum(schemes.sign(entries[a.bid_id].direction) * a.mw for a in awards)
             short = area - net  # MW the area still lacks (+) or has too much (-)
             if abs(short) > 1e-3:
-                balance = Need(f"{self.me.id}-{isp:%Y%m%d%H%M}-area", f"dso/{self.me.id}", "balancing", abs(short),
-                               direction=Direction.UP if short > 0 else Direction.DOWN)  # fmt: skip
+                balance = Need(
+                    f"{self.me.id}-{isp:%Y%m%d%H%M}-area",
+                    f"dso/{self.me.id}",
+                    "balancing",
+                    abs(short),
+                    direction=Direction.UP if short > 0 else Direction.DOWN,
+                )
                 awards += clear_in_order([balance], schemes.offers(entries, per_bid(awards)))
         self.record_needs(isp, needs)
         self.compute_ms.append((time.perf_counter() - t0) * 1000)
@@ -371,17 +465,24 @@ class DSO(Actor):
         """What the DSO did not buy, validated on its grid with its own activations in the base,
         to the TSO as bids of their BSPs."""
         taken = per_bid(awards)
-        rest = [b.model_copy(update={"quantity_mw": round(b.quantity_mw - taken.get(b.bid_id, 0.0), 4)})
-                for b in bids if b.quantity_mw - taken.get(b.bid_id, 0.0) > 0.01]  # fmt: skip
-        validated = validate_mol(self.fast, list(schemes.ranked(rest).values()), self.me.id, self.bus_of,
-                                 base=self.planned_injections(isp))  # fmt: skip
+        rest = [
+            b.model_copy(update={"quantity_mw": round(b.quantity_mw - taken.get(b.bid_id, 0.0), 4)})
+            for b in bids
+            if b.quantity_mw - taken.get(b.bid_id, 0.0) > 0.01
+        ]
+        validated = validate_mol(
+            self.fast, list(schemes.ranked(rest).values()), self.me.id, self.bus_of, base=self.planned_injections(isp)
+        )
         bound = {r.bid_id: r.upper_bound_mw for r in validated.results}
         for b in rest:
             q = round(bound.get(b.bid_id, 0.0), 4)
             if q > 0.01:
                 self.forwarded.append(b.bid_id)
-                await self.gw.publish(b.model_copy(update={"quantity_mw": q, "min_quantity_mw": min(b.min_quantity_mw, q)}),
-                                      self.tso, valid_for_s=self.clock.wall_seconds(ISP.total_seconds()) + 60)  # fmt: skip
+                await self.gw.publish(
+                    b.model_copy(update={"quantity_mw": q, "min_quantity_mw": min(b.min_quantity_mw, q)}),
+                    self.tso,
+                    valid_for_s=self.clock.wall_seconds(ISP.total_seconds()) + 60,
+                )
 
     async def on_market_result(self, msg: Received[MarketResult]) -> None:
         """Hybrid: the TSO's expected activations; relieve what congestion remains with what is left.
@@ -406,21 +507,38 @@ class DSO(Actor):
             return
         for a in result.awards:
             if a.buyer_role == "dso" and a.buyer_id == self.me.id:
-                await self.activate(isp, Award(a.need_id, f"dso/{self.me.id}", a.bid_id, a.awarded_mw, a.price_eur_per_mwh), a)
+                await self.activate(
+                    isp, Award(a.need_id, f"dso/{self.me.id}", a.bid_id, a.awarded_mw, a.price_eur_per_mwh), a
+                )
 
     def record_needs(self, isp: datetime, needs: list[FlexibilityNeed]) -> None:
         for n in needs:
-            self.needs.append({"isp": isp.isoformat(), "element": n.element, "loading_percent": n.loading_percent,
-                               "relief_percent": n.quantity})  # fmt: skip
+            self.needs.append(
+                {
+                    "isp": isp.isoformat(),
+                    "element": n.element,
+                    "loading_percent": n.loading_percent,
+                    "relief_percent": n.quantity,
+                }
+            )
 
     async def activate(self, isp: datetime, award: Award, entry: MolEntry) -> None:
         """Activate a bid as a block for the ISP: to its BSP, copies to the TSO and the other DSOs
         whose grid holds its assets."""
-        purpose = "balancing" if award.need_id.endswith("-area") else "congestion"
-        body = FlexActivation(activation_id=f"{self.me.id}-{isp:%Y%m%d%H%M}-{award.bid_id}"[:64], buyer_id=self.me.id,
-                              buyer_role="dso", purpose=purpose, bid_id=award.bid_id, bsp_id=entry.bsp_id,
-                              direction=entry.direction, isp_start=isp, activated_mw=round(award.mw, 4),
-                              price_eur_per_mwh=entry.price_eur_per_mwh, assets=entry.assets)  # fmt: skip
+        purpose: Literal["balancing", "congestion"] = "balancing" if award.need_id.endswith("-area") else "congestion"
+        body = FlexActivation(
+            activation_id=f"{self.me.id}-{isp:%Y%m%d%H%M}-{award.bid_id}"[:64],
+            buyer_id=self.me.id,
+            buyer_role="dso",
+            purpose=purpose,
+            bid_id=award.bid_id,
+            bsp_id=entry.bsp_id,
+            direction=entry.direction,
+            isp_start=isp,
+            activated_mw=round(award.mw, 4),
+            price_eur_per_mwh=entry.price_eur_per_mwh,
+            assets=entry.assets,
+        )
         self.apply_flex(body)
         await self.gw.publish(body, Party(role="bsp", id=entry.bsp_id))
         await self.gw.publish(body, self.tso)
@@ -443,7 +561,9 @@ class DSO(Actor):
         """Measurements of the DN assets in this grid, from the BSP that owns them."""
         own = {a.asset_id for b in self.scenario.bsps if b.id == msg.sender.id for a in b.assets}
         if msg.sender.role == "bsp" and msg.body.source_id != msg.sender.id:
-            await self.gw.refuse(msg, f"telemetry of {msg.body.source_id} from {msg.sender}: a BSP reports its own resources")
+            await self.gw.refuse(
+                msg, f"telemetry of {msg.body.source_id} from {msg.sender}: a BSP reports its own resources"
+            )
             return
         for m in msg.body.measurements:
             if msg.sender.role != "bsp" or m.resource_id in own:
@@ -493,7 +613,7 @@ class DSO(Actor):
             return None
         return deviation * quantity / share_here
 
-    async def limit_activations(self, events, reference, violations, t: datetime) -> None:  # noqa: ANN001
+    async def limit_activations(self, events, reference, violations, t: datetime) -> None:
         """Limit each activated bid with DN assets here to what the grid takes now (termination when
         nothing fits). A limit is sent when it is below the bid's current bound, or when the bid's
         measured activation (telemetry) exceeds what the grid takes, whatever its bound says: a BSP
@@ -514,27 +634,33 @@ class DSO(Actor):
             allowed, _ = largest_activation(self.fast, events, per_mw, bounds[bid], reference=reference)
             measured = self.measured_activation(bid, t)
             over = measured is not None and measured > allowed + OVER_DELIVERY_MW
-            if over:
+            if over and measured is not None:
                 last = self.over_delivery.get(bid)
                 if last is not None and (t - last[0]).total_seconds() < 4 * self.scenario.setpoint_period_s:
                     continue  # told the TSO a moment ago
                 if last is not None and measured >= last[1] - OVER_DELIVERY_MW:
                     allowed = 0.0  # limited before and not coming down: terminate the activation
                 self.over_delivery[bid] = (t, measured)
-                self.log.warning("measured over-delivery", bid=bid, measured_mw=round(measured, 3), allowed_mw=round(allowed, 3))
+                self.log.warning(
+                    "measured over-delivery", bid=bid, measured_mw=round(measured, 3), allowed_mw=round(allowed, 3)
+                )
             elif allowed >= bounds[bid] - 1e-6:
                 continue  # this bid is not what breaks the limit
             self.limited_in_real_time[bid] = allowed
             worst = violations[0]
             await self.gw.publish(
-                TerminationSignal(dso_id=self.me.id, bid_id=bid, action="terminate" if allowed <= 0 else "limit",
-                                  max_mw=allowed, limiting_element=worst.element,
-                                  loading_percent=round(worst.value, 3) if worst.element.startswith(("line", "trafo"))
-                                  else None,
-                                  reason=f"{worst.element} at {worst.value:.1f} in real time"
-                                  + (f"; {bid} measured at {measured:.2f} MW" if over else "")),
+                TerminationSignal(
+                    dso_id=self.me.id,
+                    bid_id=bid,
+                    action="terminate" if allowed <= 0 else "limit",
+                    max_mw=allowed,
+                    limiting_element=worst.element,
+                    loading_percent=round(worst.value, 3) if worst.element.startswith(("line", "trafo")) else None,
+                    reason=f"{worst.element} at {worst.value:.1f} in real time"
+                    + (f"; {bid} measured at {measured:.2f} MW" if over else ""),
+                ),
                 self.tso,
-            )  # fmt: skip
+            )
 
     # --- emergencies (Birk et al. 2017 §3) -----------------------------------------------------------
 
@@ -544,20 +670,31 @@ class DSO(Actor):
     async def on_curtailment(self, msg: Received[CurtailmentRequest]) -> None:
         req = msg.body
         accepted = min(req.amount_mw, self.config.curtailable_load_mw if req.target == "load" else req.amount_mw)
-        status = "accepted" if accepted >= req.amount_mw else ("partial" if accepted > 0 else "refused")
-        answer = CurtailmentResponse(dso_id=self.me.id, accepted_mw=accepted, status=status,
-                                     reason=None if status == "accepted" else "curtailable load exhausted")  # fmt: skip
+        status: Literal["accepted", "partial", "refused"] = (
+            "accepted" if accepted >= req.amount_mw else ("partial" if accepted > 0 else "refused")
+        )
+        answer = CurtailmentResponse(
+            dso_id=self.me.id,
+            accepted_mw=accepted,
+            status=status,
+            reason=None if status == "accepted" else "curtailable load exhausted",
+        )
         self.curtailments.append(answer)
         await self.gw.reply(msg, answer)
 
-    async def report_fault(self, fault) -> None:  # noqa: ANN001
+    async def report_fault(self, fault) -> None:
         self.faults_reported += 1
         await self.gw.publish(
-            FaultReport(dso_id=self.me.id, element_id=fault.element, fault_type=fault.fault_type,
-                        occurred_at=fault.at, lost_load_mw=fault.lost_load_mw,
-                        lost_generation_mw=fault.lost_generation_mw),
+            FaultReport(
+                dso_id=self.me.id,
+                element_id=fault.element,
+                fault_type=fault.fault_type,
+                occurred_at=fault.at,
+                lost_load_mw=fault.lost_load_mw,
+                lost_generation_mw=fault.lost_generation_mw,
+            ),
             self.tso,
-        )  # fmt: skip
+        )
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -567,8 +704,9 @@ class DSO(Actor):
         since = self.resumed_at or self.scenario.start  # after a restart: what fell while away is missed
         faults = sorted((f for f in self.config.faults if f.at >= since), key=lambda f: f.at)
         local = self.scenario.scheme.dso_local_market
-        gates = sorted(isp - rules.LOCAL_GATE for isp in self.scenario.isps()
-                       if local and isp - rules.LOCAL_GATE >= since)  # fmt: skip
+        gates = sorted(
+            isp - rules.LOCAL_GATE for isp in self.scenario.isps() if local and isp - rules.LOCAL_GATE >= since
+        )
         for _, t in self.cycles(self.scenario.start, self.scenario.end):
             await self.clock.sleep_until(t)
             while gates and gates[0] <= t:
@@ -597,4 +735,3 @@ class DSO(Actor):
         if self.out_dir is not None:
             for mol, validated in self.validated_mols:
                 self.save_validated_nets(mol, validated)
-

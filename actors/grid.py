@@ -3,9 +3,11 @@ or your own: any net with named buses, an ``ext_grid`` at the TSO-DSO coupling p
 ``max_i_ka`` and transformer ``sn_mva`` ratings will do).
 """
 
+from collections.abc import Callable
+
 import pandapower as pp
 
-GRIDS = {}
+GRIDS: dict[str, Callable[..., pp.pandapowerNet]] = {}
 
 
 def grid(fn):

@@ -64,8 +64,11 @@ class Award:
 
 def _serve(need: Need, offers: Sequence[Offer], left: dict[str, float], price_cap: float) -> list[Award]:
     awards, remaining = [], need.quantity
-    useful = [(o.price_eur_per_mwh / need.covers(o), o) for o in offers
-              if need.covers(o) > 1e-9 and o.price_eur_per_mwh <= price_cap]  # fmt: skip
+    useful = [
+        (o.price_eur_per_mwh / need.covers(o), o)
+        for o in offers
+        if need.covers(o) > 1e-9 and o.price_eur_per_mwh <= price_cap
+    ]
     for _, o in sorted(useful, key=lambda x: (x[0], x[1].bid_id)):
         if remaining <= 1e-9:
             break
@@ -141,5 +144,4 @@ def unserved(needs: Sequence[Need], offers: Sequence[Offer], awards: Sequence[Aw
     it affects (physics does not care who bought it)."""
     by_bid = per_bid(awards)
     offer = {o.bid_id: o for o in offers}
-    return {n.need_id: max(0.0, n.quantity - sum(n.covers(offer[b]) * mw for b, mw in by_bid.items()))
-            for n in needs}  # fmt: skip
+    return {n.need_id: max(0.0, n.quantity - sum(n.covers(offer[b]) * mw for b, mw in by_bid.items())) for n in needs}

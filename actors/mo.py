@@ -36,10 +36,12 @@ from schemas.messages import (
 class MarketOperator(Actor):
     STATE = ("bids", "needs", "cleared", "clearing_ms")
 
-    def __init__(self, gateway, clock, scenario):  # noqa: ANN001
+    def __init__(self, gateway, clock, scenario):
         super().__init__(gateway, clock, scenario)
         self.bids: dict[datetime, dict[str, EnergyBid]] = defaultdict(dict)
-        self.needs: dict[datetime, dict[str, tuple[str, FlexibilityNeed]]] = defaultdict(dict)  # ISP -> id -> (role, need)
+        self.needs: dict[datetime, dict[str, tuple[str, FlexibilityNeed]]] = defaultdict(
+            dict
+        )  # ISP -> id -> (role, need)
         self.cleared: list[MarketResult] = []
         self.clearing_ms: list[float] = []
         gateway.on(EnergyBid, self.on_bid)
@@ -66,8 +68,13 @@ class MarketOperator(Actor):
         mine = [e for e in entries.values() if dso in schemes.dn_dsos(e)]
         mol = MeritOrderList(mol_id=f"mo-{isp:%Y%m%d%H%M}", process=ProcessType.AFRR, isp_start=isp, bids=mine)
         try:
-            answer = await self.gw.request(mol, Party(role="dso", id=dso), timeout=self.scenario.tso.mol_timeout_s,
-                                           retries=self.scenario.tso.mol_retries, correlation_id=conversation)  # fmt: skip
+            answer = await self.gw.request(
+                mol,
+                Party(role="dso", id=dso),
+                timeout=self.scenario.tso.mol_timeout_s,
+                retries=self.scenario.tso.mol_retries,
+                correlation_id=conversation,
+            )
         except RequestTimeout:
             self.log.warning("DSO did not validate: its DER bids are left out", dso=dso)
             for e in mine:
@@ -76,7 +83,9 @@ class MarketOperator(Actor):
         for r in answer.body.results:
             if r.bid_id in entries:
                 bound = 0.0 if r.status == BidStatus.REJECTED else r.upper_bound_mw
-                entries[r.bid_id] = entries[r.bid_id].model_copy(update={"upper_bound_mw": min(bound, entries[r.bid_id].upper_bound_mw)})
+                entries[r.bid_id] = entries[r.bid_id].model_copy(
+                    update={"upper_bound_mw": min(bound, entries[r.bid_id].upper_bound_mw)}
+                )
         return [("dso", n) for n in answer.body.needs]
 
     async def clear(self, isp: datetime) -> None:
@@ -92,13 +101,23 @@ class MarketOperator(Actor):
         elapsed = time.perf_counter() - t0
         self.clearing_ms.append(elapsed * 1000)
         messages = []
-        for a in awards:
-            role, buyer = a.buyer.split("/", 1)
-            bid = bids[a.bid_id]
-            messages.append(Award(**entries[a.bid_id].model_dump(), buyer_id=buyer, buyer_role=role, need_id=a.need_id,
-                                  awarded_mw=a.mw, ramp_rate_mw_per_min=bid.ramp_rate_mw_per_min,
-                                  reference_mw=bid.reference_mw))  # fmt: skip
-        result = MarketResult(isp_start=isp, scheme=self.scenario.coordination, awards=messages, computation_time_s=elapsed)
+        for cleared in awards:
+            role, buyer = cleared.buyer.split("/", 1)
+            bid = bids[cleared.bid_id]
+            messages.append(
+                Award(
+                    **entries[cleared.bid_id].model_dump(),
+                    buyer_id=buyer,
+                    buyer_role=role,  # type: ignore[arg-type]  # a buyer is 'role/id' of a tso, dso or bsp (actors.market)
+                    need_id=cleared.need_id,
+                    awarded_mw=cleared.mw,
+                    ramp_rate_mw_per_min=bid.ramp_rate_mw_per_min,
+                    reference_mw=bid.reference_mw,
+                )
+            )
+        result = MarketResult(
+            isp_start=isp, scheme=self.scenario.coordination, awards=messages, computation_time_s=elapsed
+        )
         self.cleared.append(result)
         buyers = {("tso", self.scenario.tso.id)} | {(role, n.buyer_id) for role, n in needs}
         await self.send_results(result, sorted(buyers), conversation)
@@ -107,16 +126,31 @@ class MarketOperator(Actor):
             for a in messages:
                 if a.bsp_id == bsp:
                     got[a.bid_id] += a.awarded_mw
-            accepted = [AcceptedOffer(bid_id=b, direction=bids[b].direction, upper_bound_mw=round(mw, 4)) for b, mw in got.items()]
+            accepted = [
+                AcceptedOffer(bid_id=b, direction=bids[b].direction, upper_bound_mw=round(mw, 4))
+                for b, mw in got.items()
+            ]
             rejected = sorted(b for b, x in bids.items() if x.bsp_id == bsp and b not in got)
-            await self.gw.publish(OfferAcceptance(isp_start=isp, accepted=accepted, rejected_bid_ids=rejected),
-                                  Party(role="bsp", id=bsp), correlation_id=conversation)  # fmt: skip
+            await self.gw.publish(
+                OfferAcceptance(isp_start=isp, accepted=accepted, rejected_bid_ids=rejected),
+                Party(role="bsp", id=bsp),
+                correlation_id=conversation,
+            )
         for a in messages:
             if a.buyer_role == "bsp":  # a commercial party's award: the operator activates it for the buyer
-                body = FlexActivation(activation_id=f"mo-{isp:%Y%m%d%H%M}-{a.bid_id}"[:64], buyer_id=a.buyer_id,
-                                      buyer_role="bsp", purpose="commercial", bid_id=a.bid_id, bsp_id=a.bsp_id,
-                                      direction=a.direction, isp_start=isp, activated_mw=a.awarded_mw,
-                                      price_eur_per_mwh=a.price_eur_per_mwh, assets=a.assets)  # fmt: skip
+                body = FlexActivation(
+                    activation_id=f"mo-{isp:%Y%m%d%H%M}-{a.bid_id}"[:64],
+                    buyer_id=a.buyer_id,
+                    buyer_role="bsp",
+                    purpose="commercial",
+                    bid_id=a.bid_id,
+                    bsp_id=a.bsp_id,
+                    direction=a.direction,
+                    isp_start=isp,
+                    activated_mw=a.awarded_mw,
+                    price_eur_per_mwh=a.price_eur_per_mwh,
+                    assets=a.assets,
+                )
                 await self.gw.publish(body, Party(role="bsp", id=a.bsp_id), correlation_id=conversation)
                 await self.gw.publish(body, Party(role="tso", id=self.scenario.tso.id), correlation_id=conversation)
                 for dso in sorted(schemes.dn_dsos(a)):
@@ -130,12 +164,14 @@ class MarketOperator(Actor):
         """Each buyer (the TSO, every party that stated a need) gets its own awards, none if it got none."""
         for role, buyer in buyers:
             mine = [a for a in result.awards if (a.buyer_role, a.buyer_id) == (role, buyer)]
-            await self.gw.publish(result.model_copy(update={"awards": mine}), Party(role=role, id=buyer),
-                                  correlation_id=conversation)  # fmt: skip
+            await self.gw.publish(
+                result.model_copy(update={"awards": mine}), Party.of(role, buyer), correlation_id=conversation
+            )
 
     async def run(self) -> None:
-        gates = sorted(isp - rules.MARKET_GATE for isp in self.scenario.isps()
-                       if isp - rules.MARKET_GATE >= self.scenario.start)  # fmt: skip
+        gates = sorted(
+            isp - rules.MARKET_GATE for isp in self.scenario.isps() if isp - rules.MARKET_GATE >= self.scenario.start
+        )
         for gate in gates:
             if self.resumed_at is not None and gate < self.resumed_at:
                 continue  # cleared before a restart, or missed while away

@@ -104,8 +104,16 @@ class FastAC:
         self._trafo_i_hv = (trafo.sn_mva / (np.sqrt(3) * trafo.vn_hv_kv)).values * scale
         self._trafo_i_lv = (trafo.sn_mva / (np.sqrt(3) * trafo.vn_lv_kv)).values * scale
         bus = net.bus
-        self._vmin = (bus.min_vm_pu if "min_vm_pu" in bus else bus.vn_kv * 0 + self.vm_limits[0]).fillna(self.vm_limits[0]).values
-        self._vmax = (bus.max_vm_pu if "max_vm_pu" in bus else bus.vn_kv * 0 + self.vm_limits[1]).fillna(self.vm_limits[1]).values
+        self._vmin = (
+            (bus.min_vm_pu if "min_vm_pu" in bus else bus.vn_kv * 0 + self.vm_limits[0])
+            .fillna(self.vm_limits[0])
+            .values
+        )
+        self._vmax = (
+            (bus.max_vm_pu if "max_vm_pu" in bus else bus.vn_kv * 0 + self.vm_limits[1])
+            .fillna(self.vm_limits[1])
+            .values
+        )
         self.names = {
             "line": [f"line:{n}" for n in line.name.fillna("").values] if len(line) else [],
             "trafo": [f"trafo:{n}" for n in trafo.name.fillna("").values] if len(trafo) else [],
@@ -137,8 +145,12 @@ class FastAC:
         v = self.model.ac_pf(self._v0, 30, 1e-8)
         if len(v) == 0:
             n = len(self.net.bus)
-            return GridState(np.full(len(self._line_imax), np.inf), np.full(len(self._trafo_i_hv), np.inf),
-                             np.zeros(n), converged=False)  # fmt: skip
+            return GridState(
+                np.full(len(self._line_imax), np.inf),
+                np.full(len(self._trafo_i_hv), np.inf),
+                np.zeros(n),
+                converged=False,
+            )
         _, _, _, a1 = self.model.get_line_res1()
         _, _, _, a2 = self.model.get_line_res2()
         line_loading = np.maximum(np.abs(a1), np.abs(a2)) / self._line_imax * 100.0
@@ -190,8 +202,10 @@ class FastAC:
             vmin = np.where(base.vm_pu < self._vmin, base.vm_pu - self.worsen_tolerance_pu, self._vmin)
             if len(self._limits_cache) > 64:
                 self._limits_cache.clear()
-            cached = self._limits_cache[id(base)] = (base, (line_limit, trafo_limit, np.nan_to_num(vmax, nan=np.inf),
-                                                            np.nan_to_num(vmin, nan=-np.inf)))  # fmt: skip
+            cached = self._limits_cache[id(base)] = (
+                base,
+                (line_limit, trafo_limit, np.nan_to_num(vmax, nan=np.inf), np.nan_to_num(vmin, nan=-np.inf)),
+            )
         return cached[1]
 
     def audit(self, injections: Mapping[int, float] | np.ndarray) -> pp.pandapowerNet:
@@ -213,8 +227,10 @@ class FastAC:
 
     def loadings(self, state: GridState) -> dict[str, float]:
         """Every line's and transformer's loading in % ('line:<name>', 'trafo:<name>')."""
-        return {**dict(zip(self.names["line"], map(float, state.line_loading))),
-                **dict(zip(self.names["trafo"], map(float, state.trafo_loading)))}  # fmt: skip
+        return {
+            **dict(zip(self.names["line"], map(float, state.line_loading))),
+            **dict(zip(self.names["trafo"], map(float, state.trafo_loading))),
+        }
 
     def max_line_loading(self, state: GridState) -> tuple[str, float]:
         """The most loaded line or transformer and its loading in %."""

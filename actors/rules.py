@@ -64,8 +64,10 @@ def bid_in_time(isp_start: datetime, now: datetime, lead: timedelta = GATE_CLOSU
 
 def late_bid_reason(isp_start: datetime, now: datetime, lead: timedelta = GATE_CLOSURE) -> str:
     """What a refusal of a late bid says."""
-    return (f"late: bid for the ISP of {isp_start:%Y-%m-%d %H:%M}Z arrived at {now:%H:%M:%S}Z, after its gate "
-            f"closure at {gate_closure(isp_start, lead):%H:%M:%S}Z")  # fmt: skip
+    return (
+        f"late: bid for the ISP of {isp_start:%Y-%m-%d %H:%M}Z arrived at {now:%H:%M:%S}Z, after its gate "
+        f"closure at {gate_closure(isp_start, lead):%H:%M:%S}Z"
+    )
 
 
 # --- the merit order list ------------------------------------------------------------------------

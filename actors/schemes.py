@@ -48,23 +48,40 @@ def ranked(bids: list[EnergyBid]) -> dict[str, MolEntry]:
     for direction in (Direction.UP, Direction.DOWN):
         mine = sorted((b for b in bids if b.direction == direction), key=lambda b: (b.price_eur_per_mwh, b.bid_id))
         for rank, b in enumerate(mine, 1):
-            entries[b.bid_id] = MolEntry(rank=rank, bid_id=b.bid_id, bsp_id=b.bsp_id, direction=direction,
-                                         price_eur_per_mwh=b.price_eur_per_mwh, quantity_mw=b.quantity_mw,
-                                         upper_bound_mw=b.quantity_mw, assets=b.assets)  # fmt: skip
+            entries[b.bid_id] = MolEntry(
+                rank=rank,
+                bid_id=b.bid_id,
+                bsp_id=b.bsp_id,
+                direction=direction,
+                price_eur_per_mwh=b.price_eur_per_mwh,
+                quantity_mw=b.quantity_mw,
+                upper_bound_mw=b.quantity_mw,
+                assets=b.assets,
+            )
     return entries
 
 
 def offers(entries: dict[str, MolEntry], taken: dict[str, float] | None = None) -> list[Offer]:
     """Market offers from list entries: what is left of each bid's upper bound."""
     taken = taken or {}
-    return [Offer(e.bid_id, e.bsp_id, e.direction, e.price_eur_per_mwh, max(0.0, e.upper_bound_mw - taken.get(e.bid_id, 0.0)))
-            for e in entries.values()]  # fmt: skip
+    return [
+        Offer(
+            e.bid_id, e.bsp_id, e.direction, e.price_eur_per_mwh, max(0.0, e.upper_bound_mw - taken.get(e.bid_id, 0.0))
+        )
+        for e in entries.values()
+    ]
 
 
 def market_need(n: FlexibilityNeed, buyer_role: str) -> Need:
-    return Need(need_id=n.need_id, buyer=f"{buyer_role}/{n.buyer_id}", kind=n.kind, quantity=n.quantity,
-                max_price_eur_per_mwh=n.max_price_eur_per_mwh, direction=n.direction,
-                effectiveness=dict(n.effectiveness) if n.effectiveness is not None else None)  # fmt: skip
+    return Need(
+        need_id=n.need_id,
+        buyer=f"{buyer_role}/{n.buyer_id}",
+        kind=n.kind,
+        quantity=n.quantity,
+        max_price_eur_per_mwh=n.max_price_eur_per_mwh,
+        direction=n.direction,
+        effectiveness=dict(n.effectiveness) if n.effectiveness is not None else None,
+    )
 
 
 def profile_at(profile: list[tuple[datetime, float]], t: datetime) -> float:
@@ -95,7 +112,13 @@ def balancing_need(scenario: Scenario, isp: datetime, buyer: str, *, with_areas:
     peak = peak_in_isp(system_imbalance_profile(scenario, with_areas=with_areas), isp)
     if abs(peak) < 1e-6:
         return None
-    return FlexibilityNeed(need_id=f"{buyer}-{isp:%Y%m%d%H%M}-balancing", buyer_id=buyer, kind="balancing",
-                           isp_start=isp, direction=Direction.UP if peak > 0 else Direction.DOWN,
-                           quantity=round(abs(peak), 4), unit="MW",
-                           max_price_eur_per_mwh=scenario.tso.max_price_eur_per_mwh)  # fmt: skip
+    return FlexibilityNeed(
+        need_id=f"{buyer}-{isp:%Y%m%d%H%M}-balancing",
+        buyer_id=buyer,
+        kind="balancing",
+        isp_start=isp,
+        direction=Direction.UP if peak > 0 else Direction.DOWN,
+        quantity=round(abs(peak), 4),
+        unit="MW",
+        max_price_eur_per_mwh=scenario.tso.max_price_eur_per_mwh,
+    )

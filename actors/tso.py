@@ -73,14 +73,39 @@ class BspRecord:
 
 class TSO(Actor):
     STATE = (
-        "bids", "qualified", "active", "validations", "dso_limits_mw", "rt_limits", "mol_round_trip_ms",
-        "mol_iterations", "fallbacks", "records", "monitoring", "settlements", "forecasts", "faults", "curtailments",
-        "terminations", "setpoints_sent", "schedule_changes", "conversation", "late_cycles", "flex", "market_results",
-        "clearing_ms", "balance", "der_energy_mwh", "energy_by_isp", "cost_eur", "isp_start", "next_step",
+        "bids",
+        "qualified",
+        "active",
+        "validations",
+        "dso_limits_mw",
+        "rt_limits",
+        "mol_round_trip_ms",
+        "mol_iterations",
+        "fallbacks",
+        "records",
+        "monitoring",
+        "settlements",
+        "forecasts",
+        "faults",
+        "curtailments",
+        "terminations",
+        "setpoints_sent",
+        "schedule_changes",
+        "conversation",
+        "late_cycles",
+        "flex",
+        "market_results",
+        "clearing_ms",
+        "balance",
+        "der_energy_mwh",
+        "energy_by_isp",
+        "cost_eur",
+        "isp_start",
+        "next_step",
         "first_cycle_of_period",
-    )  # fmt: skip
+    )
 
-    def __init__(self, gateway, clock, scenario, config: TsoConfig):  # noqa: ANN001
+    def __init__(self, gateway, clock, scenario, config: TsoConfig):
         super().__init__(gateway, clock, scenario)
         self.isp_start: datetime | None = None  # the ISP being activated
         self.next_step: datetime | None = None  # next instant the setpoints may change (the ramp step)
@@ -139,29 +164,52 @@ class TSO(Actor):
         for asset in req.assets:
             if asset.connection == Connection.DN and self.scenario.dso_validates:
                 if asset.dso_id is None:
-                    verdicts.append(AssetVerdict(asset_id=asset.asset_id, qualified=False, checked_by="tso",
-                                                 validated_capacity_up_mw=0, validated_capacity_down_mw=0,
-                                                 reason="DN asset without a DSO"))  # fmt: skip
+                    verdicts.append(
+                        AssetVerdict(
+                            asset_id=asset.asset_id,
+                            qualified=False,
+                            checked_by="tso",
+                            validated_capacity_up_mw=0,
+                            validated_capacity_down_mw=0,
+                            reason="DN asset without a DSO",
+                        )
+                    )
                 else:
                     by_dso[asset.dso_id].append(asset)
                 continue
             ok = asset.product == ProcessType.AFRR and asset.capacity_up_mw + asset.capacity_down_mw > 0
-            verdicts.append(AssetVerdict(asset_id=asset.asset_id, qualified=ok, checked_by="tso",
-                                         validated_capacity_up_mw=asset.capacity_up_mw if ok else 0,
-                                         validated_capacity_down_mw=asset.capacity_down_mw if ok else 0,
-                                         reason=None if ok else "not an aFRR-capable asset"))  # fmt: skip
+            verdicts.append(
+                AssetVerdict(
+                    asset_id=asset.asset_id,
+                    qualified=ok,
+                    checked_by="tso",
+                    validated_capacity_up_mw=asset.capacity_up_mw if ok else 0,
+                    validated_capacity_down_mw=asset.capacity_down_mw if ok else 0,
+                    reason=None if ok else "not an aFRR-capable asset",
+                )
+            )
         for dso_id, assets in by_dso.items():
             try:
                 answer = await self.gw.request(
                     PrequalificationForward(bsp_id=req.bsp_id, dso_id=dso_id, assets=assets),
-                    Party(role="dso", id=dso_id), timeout=10, retries=1,
+                    Party(role="dso", id=dso_id),
+                    timeout=10,
+                    retries=1,
                     correlation_id=msg.envelope.correlation_id or msg.envelope.message_id,
-                )  # fmt: skip
+                )
                 verdicts += answer.body.verdicts
             except RequestTimeout as exc:
-                verdicts += [AssetVerdict(asset_id=a.asset_id, qualified=False, checked_by="tso",
-                                          validated_capacity_up_mw=0, validated_capacity_down_mw=0,
-                                          reason=f"DSO {dso_id} did not answer: {exc}") for a in assets]  # fmt: skip
+                verdicts += [
+                    AssetVerdict(
+                        asset_id=a.asset_id,
+                        qualified=False,
+                        checked_by="tso",
+                        validated_capacity_up_mw=0,
+                        validated_capacity_down_mw=0,
+                        reason=f"DSO {dso_id} did not answer: {exc}",
+                    )
+                    for a in assets
+                ]
         self.qualified[req.bsp_id] |= {v.asset_id for v in verdicts if v.qualified}
         await self.gw.reply(msg, PrequalificationResult(bsp_id=req.bsp_id, verdicts=verdicts))
 
@@ -178,9 +226,11 @@ class TSO(Actor):
         for series in msg.body.series:
             if series.dso_id:
                 by_dso[series.dso_id].append(series)
-        for dso_id, series in by_dso.items():
-            await self.gw.publish(Schedule(kind="final", start=msg.body.start, resolution=msg.body.resolution,
-                                           series=series), Party(role="dso", id=dso_id))  # fmt: skip
+        for dso_id, listed in by_dso.items():
+            await self.gw.publish(
+                Schedule(kind="final", start=msg.body.start, resolution=msg.body.resolution, series=listed),
+                Party(role="dso", id=dso_id),
+            )
 
     async def on_forecast(self, msg: Received[Forecast]) -> None:
         self.forecasts.append(msg.body)
@@ -226,30 +276,46 @@ class TSO(Actor):
         t0 = time.perf_counter()
         need = schemes.balancing_need(self.scenario, isp, self.me.id, with_areas=self.scheme.tso_balances_areas)
         if self.scheme.clearing == "joint_dispatch":
-            awards = joint_dispatch([schemes.market_need(n, "dso") for n in dso_needs] +
-                                    ([schemes.market_need(need, "tso")] if need else []), schemes.offers(entries))  # fmt: skip
+            awards = joint_dispatch(
+                [schemes.market_need(n, "dso") for n in dso_needs]
+                + ([schemes.market_need(need, "tso")] if need else []),
+                schemes.offers(entries),
+            )
         else:
             awards = clear_in_order([schemes.market_need(need, "tso")] if need else [], schemes.offers(entries))
         self.clearing_ms.append((time.perf_counter() - t0) * 1000)
         if self.scheme.clearing == "joint_dispatch":  # the TSO activates what the market gave it, the DSOs the rest
             mine = per_bid([a for a in awards if a.buyer == f"tso/{self.me.id}"])
-            entries = {b: e.model_copy(update={"upper_bound_mw": round(mine[b], 4)}) for b, e in entries.items() if b in mine}
+            entries = {
+                b: e.model_copy(update={"upper_bound_mw": round(mine[b], 4)}) for b, e in entries.items() if b in mine
+            }
         self.active = {e.bid_id: Activated(bids[e.bid_id], e.rank, e.upper_bound_mw) for e in entries.values()}
         await self.accept_offers(isp, bids)
         if self.scheme.tso_publishes_result:
             # hybrid: what the TSO expects to activate, so each DSO relieves what remains with the
             # rest; common market: what the joint dispatch gave each DSO
             listed = schemes.ranked(list(bids.values()))
-            result = MarketResult(isp_start=isp, scheme=self.scheme.name, computation_time_s=self.clearing_ms[-1] / 1000,
-                                  awards=[self.award(listed[a.bid_id], bids[a.bid_id], a) for a in awards])  # fmt: skip
+            result = MarketResult(
+                isp_start=isp,
+                scheme=self.scheme.name,
+                computation_time_s=self.clearing_ms[-1] / 1000,
+                awards=[self.award(listed[a.bid_id], bids[a.bid_id], a) for a in awards],
+            )
             for dso in sorted(d.id for d in self.scenario.dsos):
                 await self.gw.publish(result, Party(role="dso", id=dso), correlation_id=self.conversation)
 
     @staticmethod
-    def award(entry, bid: EnergyBid, a) -> Award:  # noqa: ANN001
+    def award(entry, bid: EnergyBid, a) -> Award:
         role, buyer = a.buyer.split("/", 1)
-        return Award(**entry.model_dump(), buyer_id=buyer, buyer_role=role, need_id=a.need_id, awarded_mw=a.mw,
-                     ramp_rate_mw_per_min=bid.ramp_rate_mw_per_min, reference_mw=bid.reference_mw)  # fmt: skip
+        return Award(
+            **entry.model_dump(),
+            buyer_id=buyer,
+            buyer_role=role,
+            need_id=a.need_id,
+            awarded_mw=a.mw,
+            ramp_rate_mw_per_min=bid.ramp_rate_mw_per_min,
+            reference_mw=bid.reference_mw,
+        )
 
     async def take_market_result(self, isp: datetime) -> None:
         """Integrated market: activate what the market operator gave the TSO (its need went to the
@@ -269,9 +335,18 @@ class TSO(Actor):
             return
         for a in result.awards:
             if a.buyer_role == "tso" and a.buyer_id == self.me.id:
-                bid = EnergyBid(bid_id=a.bid_id, bsp_id=a.bsp_id, process=ProcessType.AFRR, direction=a.direction,
-                                isp_start=isp, quantity_mw=a.quantity_mw, price_eur_per_mwh=a.price_eur_per_mwh,
-                                reference_mw=a.reference_mw, ramp_rate_mw_per_min=a.ramp_rate_mw_per_min, assets=a.assets)  # fmt: skip
+                bid = EnergyBid(
+                    bid_id=a.bid_id,
+                    bsp_id=a.bsp_id,
+                    process=ProcessType.AFRR,
+                    direction=a.direction,
+                    isp_start=isp,
+                    quantity_mw=a.quantity_mw,
+                    price_eur_per_mwh=a.price_eur_per_mwh,
+                    reference_mw=a.reference_mw,
+                    ramp_rate_mw_per_min=a.ramp_rate_mw_per_min,
+                    assets=a.assets,
+                )
                 self.active[a.bid_id] = Activated(bid, a.rank, a.awarded_mw)
 
     async def on_market_result(self, msg: Received[MarketResult]) -> None:
@@ -302,23 +377,35 @@ class TSO(Actor):
         isp = isp_of(t)
         return sum(schemes.sign(f.direction) * f.activated_mw for f in self.flex if f.isp_start == isp)
 
-    async def validate_with(self, dso_id: str, mol_id: str, isp: datetime, entries: dict[str, MolEntry]) -> list[FlexibilityNeed]:
+    async def validate_with(
+        self, dso_id: str, mol_id: str, isp: datetime, entries: dict[str, MolEntry]
+    ) -> list[FlexibilityNeed]:
         """Have one DSO validate the list; returns the needs it sent with its last answer."""
         dso = Party(role="dso", id=dso_id)
         needs: list[FlexibilityNeed] = []
         for iteration in range(1, rules.MOL_ITERATIONS + 1):
-            mine = [e for e in entries.values()
-                    if any(a.connection == Connection.DN and a.dso_id == dso_id for a in e.assets)]  # fmt: skip
+            mine = [
+                e
+                for e in entries.values()
+                if any(a.connection == Connection.DN and a.dso_id == dso_id for a in e.assets)
+            ]
             if not mine:
                 return needs
             mol = MeritOrderList(mol_id=mol_id, process=ProcessType.AFRR, isp_start=isp, iteration=iteration, bids=mine)
             t0 = time.perf_counter()
             try:
-                answer = await self.gw.request(mol, dso, timeout=self.config.mol_timeout_s, retries=self.config.mol_retries,
-                                               correlation_id=self.conversation)  # fmt: skip
+                answer = await self.gw.request(
+                    mol,
+                    dso,
+                    timeout=self.config.mol_timeout_s,
+                    retries=self.config.mol_retries,
+                    correlation_id=self.conversation,
+                )
             except RequestTimeout:
                 self.fallbacks.append(f"{dso_id}:{mol_id}:{self.config.mol_fallback}")
-                self.log.warning("MOL validation missed its window; fallback", dso=dso_id, fallback=self.config.mol_fallback)
+                self.log.warning(
+                    "MOL validation missed its window; fallback", dso=dso_id, fallback=self.config.mol_fallback
+                )
                 if self.config.mol_fallback == "exclude_dn":
                     for e in mine:
                         entries.pop(e.bid_id, None)
@@ -346,11 +433,17 @@ class TSO(Actor):
 
     async def accept_offers(self, isp: datetime, bids: dict[str, EnergyBid]) -> None:
         for bsp in sorted({b.bsp_id for b in bids.values()}):
-            accepted = [AcceptedOffer(bid_id=a.bid.bid_id, direction=a.bid.direction, upper_bound_mw=a.upper_mw)
-                        for a in self.active.values() if a.bid.bsp_id == bsp]  # fmt: skip
+            accepted = [
+                AcceptedOffer(bid_id=a.bid.bid_id, direction=a.bid.direction, upper_bound_mw=a.upper_mw)
+                for a in self.active.values()
+                if a.bid.bsp_id == bsp
+            ]
             rejected = sorted(b.bid_id for b in bids.values() if b.bsp_id == bsp and b.bid_id not in self.active)
-            await self.gw.publish(OfferAcceptance(isp_start=isp, accepted=accepted, rejected_bid_ids=rejected),
-                                  Party(role="bsp", id=bsp), correlation_id=self.conversation)  # fmt: skip
+            await self.gw.publish(
+                OfferAcceptance(isp_start=isp, accepted=accepted, rejected_bid_ids=rejected),
+                Party(role="bsp", id=bsp),
+                correlation_id=self.conversation,
+            )
 
     # --- activation (§IV.B) -------------------------------------------------------------------
 
@@ -401,15 +494,26 @@ class TSO(Actor):
             rec.setpoints[cycle] = delta
             rec.instants[cycle] = t
             self.setpoints_sent += 1
-            await self.gw.publish(DeltaSetpoint(bsp_id=bsp, cycle=cycle, instant=t, reference_mw=reference[bsp],
-                                                delta_mw=delta, bid_deltas_mw=deltas),
-                                  Party(role="bsp", id=bsp), valid_for_s=valid_for,
-                                  correlation_id=self.conversation)  # fmt: skip
+            await self.gw.publish(
+                DeltaSetpoint(
+                    bsp_id=bsp,
+                    cycle=cycle,
+                    instant=t,
+                    reference_mw=reference[bsp],
+                    delta_mw=delta,
+                    bid_deltas_mw=deltas,
+                ),
+                Party(role="bsp", id=bsp),
+                valid_for_s=valid_for,
+                correlation_id=self.conversation,
+            )
 
     async def on_telemetry(self, msg: Received[Telemetry]) -> None:
         body = msg.body
         if msg.sender.role == "bsp" and body.source_id != msg.sender.id:
-            await self.gw.refuse(msg, f"telemetry of {body.source_id} from {msg.sender}: a BSP reports its own resources")
+            await self.gw.refuse(
+                msg, f"telemetry of {body.source_id} from {msg.sender}: a BSP reports its own resources"
+            )
             return
         if msg.sender.role == "bsp" and body.cycle is not None and body.delivered_delta_mw is not None:
             self.records[body.source_id].delivered[body.cycle] = body.delivered_delta_mw
@@ -440,10 +544,15 @@ class TSO(Actor):
         """Requested vs delivered every 5 minutes (CS review §IV.A), one report per BSP."""
         for bsp in sorted(self.records):
             requested, delivered, ratio, _ = self.delivery(bsp, range(first, last + 1))
-            report = MonitoringReport(bsp_id=bsp, period_start=start, period_end=end,
-                                      requested_energy_mwh=round(requested, 6), delivered_energy_mwh=round(delivered, 6),
-                                      within_tolerance_ratio=round(ratio, 4),
-                                      compliant=rules.compliant(requested, delivered, ratio))  # fmt: skip
+            report = MonitoringReport(
+                bsp_id=bsp,
+                period_start=start,
+                period_end=end,
+                requested_energy_mwh=round(requested, 6),
+                delivered_energy_mwh=round(delivered, 6),
+                within_tolerance_ratio=round(ratio, 4),
+                compliant=rules.compliant(requested, delivered, ratio),
+            )
             self.monitoring.append(report)
             await self.gw.publish(report, Party(role="bsp", id=bsp))
 
@@ -452,13 +561,19 @@ class TSO(Actor):
         by_bsp: dict[str, list[SettlementLine]] = defaultdict(list)
         for a in self.active.values():
             amount = a.energy_mwh * a.bid.price_eur_per_mwh * a.sign
-            by_bsp[a.bid.bsp_id].append(SettlementLine(bid_id=a.bid.bid_id, direction=a.bid.direction,
-                                                       activated_energy_mwh=round(a.energy_mwh, 6),
-                                                       price_eur_per_mwh=a.bid.price_eur_per_mwh,
-                                                       amount_eur=round(amount, 2)))  # fmt: skip
+            by_bsp[a.bid.bsp_id].append(
+                SettlementLine(
+                    bid_id=a.bid.bid_id,
+                    direction=a.bid.direction,
+                    activated_energy_mwh=round(a.energy_mwh, 6),
+                    price_eur_per_mwh=a.bid.price_eur_per_mwh,
+                    amount_eur=round(amount, 2),
+                )
+            )
         for bsp, lines in by_bsp.items():
-            report = SettlementReport(bsp_id=bsp, isp_start=isp, lines=lines,
-                                      total_eur=round(sum(x.amount_eur for x in lines), 2))  # fmt: skip
+            report = SettlementReport(
+                bsp_id=bsp, isp_start=isp, lines=lines, total_eur=round(sum(x.amount_eur for x in lines), 2)
+            )
             self.settlements.append(report)
             await self.gw.publish(report, Party(role="bsp", id=bsp))
 
@@ -471,8 +586,11 @@ class TSO(Actor):
         a = self.active.get(sig.bid_id)
         holders = schemes.dn_dsos(a.bid) if a is not None else {sig.dso_id}
         if msg.sender.id != sig.dso_id or sig.dso_id not in holders:
-            await self.gw.refuse(msg, f"{msg.sender} may not limit {sig.bid_id}: its DN assets are in the grid of "
-                                      f"{', '.join(sorted(holders)) or 'no DSO'}")  # fmt: skip
+            await self.gw.refuse(
+                msg,
+                f"{msg.sender} may not limit {sig.bid_id}: its DN assets are in the grid of "
+                f"{', '.join(sorted(holders)) or 'no DSO'}",
+            )
             return
         self.terminations.append(sig)
         if a is None:
@@ -480,11 +598,19 @@ class TSO(Actor):
         self.rt_limits[sig.bid_id] = sig.max_mw
         a.activated_mw = min(a.activated_mw, sig.max_mw)
         await self.gw.publish(
-            ActivationLimit(bsp_id=a.bid.bsp_id, bid_id=sig.bid_id, direction=a.bid.direction, max_mw=sig.max_mw,
-                            valid_from=self.clock.now(), requested_by=sig.dso_id, reason=sig.reason),
-            Party(role="bsp", id=a.bid.bsp_id), correlation_id=msg.envelope.correlation_id,
+            ActivationLimit(
+                bsp_id=a.bid.bsp_id,
+                bid_id=sig.bid_id,
+                direction=a.bid.direction,
+                max_mw=sig.max_mw,
+                valid_from=self.clock.now(),
+                requested_by=sig.dso_id,
+                reason=sig.reason,
+            ),
+            Party(role="bsp", id=a.bid.bsp_id),
+            correlation_id=msg.envelope.correlation_id,
             causation_id=msg.envelope.message_id,
-        )  # fmt: skip
+        )
 
     async def on_fault(self, msg: Received[FaultReport]) -> None:
         self.faults.append(msg.body)
@@ -495,15 +621,25 @@ class TSO(Actor):
             if self.resumed_at is not None and e.at < self.resumed_at:
                 continue  # before a restart: announced then, or missed while away
             await self.clock.sleep_until(e.at)
-            await self.gw.publish(SystemStateNotice(state=e.state, area=self.config.area, since=e.at,
-                                                    reason="system state changed"), Party(role="dso", id="all"))  # fmt: skip
+            await self.gw.publish(
+                SystemStateNotice(state=e.state, area=self.config.area, since=e.at, reason="system state changed"),
+                Party(role="dso", id="all"),
+            )
             if e.curtail_dso and e.amount_mw > 0:
                 try:
                     answer = await self.gw.request(
-                        CurtailmentRequest(dso_id=e.curtail_dso, target=e.target, amount_mw=e.amount_mw, start=e.at,
-                                           duration_s=e.duration_s, state=e.state),
-                        Party(role="dso", id=e.curtail_dso), timeout=5, retries=1,
-                    )  # fmt: skip
+                        CurtailmentRequest(
+                            dso_id=e.curtail_dso,
+                            target=e.target,
+                            amount_mw=e.amount_mw,
+                            start=e.at,
+                            duration_s=e.duration_s,
+                            state=e.state,
+                        ),
+                        Party(role="dso", id=e.curtail_dso),
+                        timeout=5,
+                        retries=1,
+                    )
                     self.curtailments.append(answer.body)
                 except RequestTimeout as exc:
                     self.log.error("curtailment unanswered", error=str(exc))
@@ -536,7 +672,7 @@ class TSO(Actor):
                 isp = isp_of(t)
                 if isp != self.isp_start:
                     first = self.isp_start is None
-                    if not first:
+                    if self.isp_start is not None:
                         await self.settle(self.isp_start)
                     self.isp_start = isp
                     if t == isp or not first:  # a whole ISP ahead (or the next ISP, reached late after a restart)
@@ -550,8 +686,14 @@ class TSO(Actor):
                     await self.send_setpoints(k, t)
                 self.account_balance(t)
                 if (k + 1) % period_cycles == 0:
-                    await self.monitor(t - timedelta(seconds=self.config.monitoring_period_s) +
-                                       timedelta(seconds=scenario.setpoint_period_s), t, self.first_cycle_of_period, k)  # fmt: skip
+                    await self.monitor(
+                        t
+                        - timedelta(seconds=self.config.monitoring_period_s)
+                        + timedelta(seconds=scenario.setpoint_period_s),
+                        t,
+                        self.first_cycle_of_period,
+                        k,
+                    )
                     self.first_cycle_of_period = k + 1
             if self.isp_start is not None and self.active:
                 await self.settle(self.isp_start)
@@ -566,8 +708,9 @@ class TSO(Actor):
             "mol_iterations": self.mol_iterations,
             "mol_fallbacks": self.fallbacks,
             "activated_energy_mwh": round(sum(a.energy_mwh for a in self.active.values()), 6),
-            "max_delta_setpoint_mw": {b: max((abs(v) for v in r.setpoints.values()), default=0.0)
-                                      for b, r in self.records.items()},
+            "max_delta_setpoint_mw": {
+                b: max((abs(v) for v in r.setpoints.values()), default=0.0) for b, r in self.records.items()
+            },
             "late_cycles": self.late_cycles,
             "monitoring": [m.model_dump(mode="json") for m in self.monitoring],
             "real_time_limits": [t.model_dump(mode="json") for t in self.terminations],
@@ -586,5 +729,4 @@ class TSO(Actor):
             "balance_mwh": {k: round(v, 6) for k, v in self.balance.items()},
             "flex_activations": [f.model_dump(mode="json") for f in self.flex],
             "clearing_ms": self.clearing_ms,
-        }  # fmt: skip
-
+        }

@@ -12,6 +12,7 @@ loading at the full bid.
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def per_mw_injection(entry: MolEntry, buses: dict[str, int], dso_id: str) -> dic
     out: dict[int, float] = {}
     for asset in entry.assets:
         if asset.connection == Connection.DN and asset.dso_id == dso_id:
-            bus = buses[asset.connection_bus]
+            bus = buses[asset.connection_bus or ""]
             out[bus] = out.get(bus, 0.0) + sign * asset.share_mw / entry.quantity_mw
     return out
 
@@ -98,56 +99,90 @@ def validate_mol(
         for entry in sorted((e for e in entries if e.direction == direction), key=lambda e: e.rank):
             here = [a for a in entry.assets if a.connection == Connection.DN and a.dso_id == dso_id]
             if not here:
-                results.append(BidValidation(bid_id=entry.bid_id, status=BidStatus.ACCEPTED,
-                                             lower_bound_mw=entry.lower_bound_mw, upper_bound_mw=entry.upper_bound_mw,
-                                             reason=f"no asset in the grid of {dso_id}"))  # fmt: skip
+                results.append(
+                    BidValidation(
+                        bid_id=entry.bid_id,
+                        status=BidStatus.ACCEPTED,
+                        lower_bound_mw=entry.lower_bound_mw,
+                        upper_bound_mw=entry.upper_bound_mw,
+                        reason=f"no asset in the grid of {dso_id}",
+                    )
+                )
                 continue
             buses: dict[str, int] = {}
             unknown = []
             for asset in here:
                 try:
-                    buses[asset.connection_bus] = bus_of(asset.connection_bus)
+                    buses[asset.connection_bus or ""] = bus_of(asset.connection_bus or "")
                 except KeyError:
                     unknown.append(asset.connection_bus)
             if unknown:
-                results.append(BidValidation(bid_id=entry.bid_id, status=BidStatus.REJECTED, upper_bound_mw=0,
-                                             reason=f"connection bus {', '.join(map(str, unknown))} not in the grid of "
-                                                    f"{dso_id}"))  # fmt: skip
+                results.append(
+                    BidValidation(
+                        bid_id=entry.bid_id,
+                        status=BidStatus.REJECTED,
+                        upper_bound_mw=0,
+                        reason=f"connection bus {', '.join(map(str, unknown))} not in the grid of {dso_id}",
+                    )
+                )
                 continue
             per_mw = per_mw_injection(entry, buses, dso_id)
             saturated = [b for b, k in per_mw.items() if b in full_buses and abs(k) >= 1.0 - 1e-9]
             if saturated:
                 element = full_buses[saturated[0]]
-                results.append(BidValidation(bid_id=entry.bid_id, status=BidStatus.REJECTED, upper_bound_mw=0.0,
-                                             limiting_element=element,
-                                             reason=f"{element} already at its limit with the cheaper bids"))  # fmt: skip
+                results.append(
+                    BidValidation(
+                        bid_id=entry.bid_id,
+                        status=BidStatus.REJECTED,
+                        upper_bound_mw=0.0,
+                        limiting_element=element,
+                        reason=f"{element} already at its limit with the cheaper bids",
+                    )
+                )
                 continue
             per_vec = fast.vector(per_mw)
             full = entry.upper_bound_mw
             limit, at_full = largest_activation(fast, cum, per_vec, full, reference=reference, step_mw=step_mw)
             if not at_full:
-                results.append(BidValidation(bid_id=entry.bid_id, status=BidStatus.ACCEPTED,
-                                             lower_bound_mw=entry.lower_bound_mw, upper_bound_mw=full))  # fmt: skip
+                results.append(
+                    BidValidation(
+                        bid_id=entry.bid_id,
+                        status=BidStatus.ACCEPTED,
+                        lower_bound_mw=entry.lower_bound_mw,
+                        upper_bound_mw=full,
+                    )
+                )
                 cum = cum + per_vec * full
                 continue
             worst = at_full[0]
             if len(per_mw) == 1:  # a one-bus bid was cut: step_mw more at that bus breaks a limit
                 full_buses.setdefault(next(iter(per_mw)), worst.element)
             kind = "loading" if worst.element.startswith(("line", "trafo")) else "voltage"
-            common = dict(
-                bid_id=entry.bid_id, limiting_element=worst.element,
+            common: dict[str, Any] = dict(
+                bid_id=entry.bid_id,
+                limiting_element=worst.element,
                 loading_percent=round(worst.value, 3) if kind == "loading" else None,
                 voltage_pu=round(worst.value, 4) if kind == "voltage" else None,
-            )  # fmt: skip
+            )
             if limit < max(entry.lower_bound_mw, step_mw):
-                results.append(BidValidation(status=BidStatus.REJECTED, upper_bound_mw=0.0, **common,
-                                             reason=f"any activation violates {worst.element}"))  # fmt: skip
+                results.append(
+                    BidValidation(
+                        status=BidStatus.REJECTED,
+                        upper_bound_mw=0.0,
+                        **common,
+                        reason=f"any activation violates {worst.element}",
+                    )
+                )
                 continue
-            results.append(BidValidation(
-                status=BidStatus.LIMITED, lower_bound_mw=min(entry.lower_bound_mw, limit), upper_bound_mw=round(limit, 6),
-                reason=f"{worst.element} at {worst.value:.1f} {'%' if kind == 'loading' else 'p.u.'} with the full bid",
-                **common,
-            ))  # fmt: skip
+            results.append(
+                BidValidation(
+                    status=BidStatus.LIMITED,
+                    lower_bound_mw=min(entry.lower_bound_mw, limit),
+                    upper_bound_mw=round(limit, 6),
+                    reason=f"{worst.element} at {worst.value:.1f} {'%' if kind == 'loading' else 'p.u.'} with the full bid",
+                    **common,
+                )
+            )
             cum = cum + per_vec * limit
         injections[direction] = fast.injections(cum)
     return Validated(results, injections)

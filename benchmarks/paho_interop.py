@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("tests", nargs="*", default=["test_keepalive", "test_redelivery_on_reconnect"])
     args = parser.parse_args()
     sys.path.insert(0, str(args.paho / "interoperability"))
-    import client_test  # noqa: PLC0415 - from the checkout given
+    import client_test
 
     client_test.host, client_test.port = args.host, args.port
     client_test.topics = ("TopicA", "TopicA/B", "Topic/C", "TopicA/C", "/TopicA")
@@ -44,8 +44,16 @@ def main() -> int:
             result = unittest.TextTestRunner(stream=out, verbosity=0).run(suite)
         ok = result.wasSuccessful()
         failed += not ok
-        why = "" if ok else " | " + " ".join(line.strip() for line in out.getvalue().splitlines()
-                                             if "assert" in line.lower() or "error" in line.lower())[:300]  # fmt: skip
+        why = (
+            ""
+            if ok
+            else " | "
+            + " ".join(
+                line.strip()
+                for line in out.getvalue().splitlines()
+                if "assert" in line.lower() or "error" in line.lower()
+            )[:300]
+        )
         print(f"{'PASS' if ok else 'FAIL'} {name} ({time.monotonic() - t0:.1f} s){why}", flush=True)
     return 1 if failed else 0
 

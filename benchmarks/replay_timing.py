@@ -36,19 +36,29 @@ async def measure(url: str, n: int, speed: float, tmp: Path) -> dict:
     async with Gateway(tso, url) as gw:
         task = await record(tmp / "first.jsonl")
         for k in range(n):
-            await gw.publish(DeltaSetpoint(bsp_id=bsp.id, cycle=k, instant=datetime.now(UTC), reference_mw=0,
-                                           delta_mw=k), bsp, valid_for_s=600)  # fmt: skip
+            await gw.publish(
+                DeltaSetpoint(bsp_id=bsp.id, cycle=k, instant=datetime.now(UTC), reference_mw=0, delta_mw=k),
+                bsp,
+                valid_for_s=600,
+            )
             await asyncio.sleep(rng.uniform(0.01, 0.3))
         await task
     task = await record(tmp / "again.jsonl")
     await replay(tmp / "first.jsonl", url, speed=speed)
     await task
     a, b = load_capture(tmp / "first.jsonl"), load_capture(tmp / "again.jsonl")
-    errors = sorted(abs((y2.t_us - y1.t_us) - (x2.t_us - x1.t_us) / speed) / 1000
-                    for (x1, x2), (y1, y2) in zip(zip(a, a[1:]), zip(b, b[1:])))  # fmt: skip
-    return {"messages": n, "speed": speed, "same_sequence": [(m.topic, m.payload, m.qos) for m in a]
-            == [(m.topic, m.payload, m.qos) for m in b], "gap_error_p50_ms": round(statistics.median(errors), 3),
-            "gap_error_p99_ms": round(errors[int(0.99 * (len(errors) - 1))], 3), "gap_error_max_ms": round(errors[-1], 3)}  # fmt: skip
+    errors = sorted(
+        abs((y2.t_us - y1.t_us) - (x2.t_us - x1.t_us) / speed) / 1000
+        for (x1, x2), (y1, y2) in zip(zip(a, a[1:]), zip(b, b[1:]))
+    )
+    return {
+        "messages": n,
+        "speed": speed,
+        "same_sequence": [(m.topic, m.payload, m.qos) for m in a] == [(m.topic, m.payload, m.qos) for m in b],
+        "gap_error_p50_ms": round(statistics.median(errors), 3),
+        "gap_error_p99_ms": round(errors[int(0.99 * (len(errors) - 1))], 3),
+        "gap_error_max_ms": round(errors[-1], 3),
+    }
 
 
 def main() -> None:

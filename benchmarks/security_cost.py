@@ -27,14 +27,24 @@ TSO, BSP = Party(role="tso", id="tso"), Party(role="bsp", id="bsp1")
 
 def message() -> bytes:
     now = datetime.now(UTC)
-    env = Envelope(message_id=uuid.uuid4(), type="delta_setpoint", schema_version="1.0", sender=TSO, recipients=[BSP],
-                   sequence=7, created_at=now, valid_until=now + timedelta(seconds=4), correlation_id=uuid.uuid4())  # fmt: skip
-    body = DeltaSetpoint(bsp_id="bsp1", cycle=42, instant=now, reference_mw=200.0, delta_mw=7.5,
-                         bid_deltas_mw={"bsp1-up": 7.5})  # fmt: skip
+    env = Envelope(
+        message_id=uuid.uuid4(),
+        type="delta_setpoint",
+        schema_version="1.0",
+        sender=TSO,
+        recipients=[BSP],
+        sequence=7,
+        created_at=now,
+        valid_until=now + timedelta(seconds=4),
+        correlation_id=uuid.uuid4(),
+    )
+    body = DeltaSetpoint(
+        bsp_id="bsp1", cycle=42, instant=now, reference_mw=200.0, delta_mw=7.5, bid_deltas_mw={"bsp1-up": 7.5}
+    )
     return encode(env, body)
 
 
-def per_message_us(make, n: int) -> float:  # noqa: ANN001
+def per_message_us(make, n: int) -> float:
     """``make()`` gives the function to time, afresh for each of the 5 runs."""
     runs = []
     for _ in range(5):
@@ -57,16 +67,16 @@ def main() -> None:
     signed = [signing.sign(m, key) for m in plain]
     now_us = time.time_ns() // 1000
 
-    def checks(payloads, trust):  # noqa: ANN001, ANN202
-        def make():  # noqa: ANN202
+    def checks(payloads, trust):
+        def make():
             it = iter(payloads)
             check = ArrivalCheck(BSP, default_rights(), trust=trust, dedup_window=10 * n)
             return lambda: check.check(topic, next(it), now_us)
 
         return make
 
-    def refusing(payload, trust):  # noqa: ANN001, ANN202
-        def make():  # noqa: ANN202
+    def refusing(payload, trust):
+        def make():
             check = ArrivalCheck(BSP, default_rights(), trust=trust)
 
             def run() -> None:
@@ -79,7 +89,7 @@ def main() -> None:
 
         return make
 
-    def signs():  # noqa: ANN202
+    def signs():
         it = iter(plain)
         return lambda: signing.sign(next(it), key)
 
@@ -88,9 +98,15 @@ def main() -> None:
         ("arrival checks, receiver without keys", per_message_us(checks(plain, None), n)),
         ("arrival checks, signature verified", per_message_us(checks(signed, trust), n)),
         ("refuse an unsigned forgery (receiver with keys)", per_message_us(refusing(plain[0], trust), n)),
-        ("refuse a 5 000-digit number (no keys)", per_message_us(refusing(plain[0].replace(b'"cycle":42', b'"cycle":' + b"9" * 5000), None), n // 10)),
-        ("refuse JSON nested 5 000 deep (no keys)", per_message_us(refusing(b'{"envelope":' + b"[" * 5000 + b"]" * 5000 + b"}", None), n // 10)),
-    ]  # fmt: skip
+        (
+            "refuse a 5 000-digit number (no keys)",
+            per_message_us(refusing(plain[0].replace(b'"cycle":42', b'"cycle":' + b"9" * 5000), None), n // 10),
+        ),
+        (
+            "refuse JSON nested 5 000 deep (no keys)",
+            per_message_us(refusing(b'{"envelope":' + b"[" * 5000 + b"]" * 5000 + b"}", None), n // 10),
+        ),
+    ]
     print(f"delta_setpoint of {len(plain[0])} bytes ({len(signed[0])} signed), median of 5 x {n}")
     for name, us in rows:
         print(f"{name:50s} {us:8.1f} µs")

@@ -68,9 +68,17 @@ def tls_auth_lines(auth_dir: Path, tls_dir: Path) -> str:
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
     auth_dir, tls_dir = auth_dir.resolve(), tls_dir.resolve()
-    return "\n".join((f"cafile {tls_dir / 'ca.crt'}", f"certfile {tls_dir / 'server.crt'}",
-                      f"keyfile {tls_dir / 'server.key'}", "require_certificate true", "use_identity_as_username true",
-                      "allow_anonymous false", f"acl_file {auth_dir / 'acl'}"))  # fmt: skip
+    return "\n".join(
+        (
+            f"cafile {tls_dir / 'ca.crt'}",
+            f"certfile {tls_dir / 'server.crt'}",
+            f"keyfile {tls_dir / 'server.key'}",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "allow_anonymous false",
+            f"acl_file {auth_dir / 'acl'}",
+        )
+    )
 
 
 def auth_lines(directory: Path) -> str:

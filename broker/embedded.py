@@ -154,8 +154,10 @@ class Store:
         self.db.execute("DELETE FROM queued WHERE client_id = ?", (client_id,))
 
     def queue(self, client_id: str, msg: Message) -> None:
-        self.db.execute("INSERT INTO queued (client_id, topic, data, qos) VALUES (?, ?, ?, ?)",
-                        (client_id, msg.topic, msg.payload, msg.qos))  # fmt: skip
+        self.db.execute(
+            "INSERT INTO queued (client_id, topic, data, qos) VALUES (?, ?, ?, ?)",
+            (client_id, msg.topic, msg.payload, msg.qos),
+        )
 
     def dequeued(self, client_id: str) -> None:
         self.db.execute("DELETE FROM queued WHERE client_id = ?", (client_id,))
@@ -253,7 +255,9 @@ class Broker:
                 self._on_packet(conn, kind, flags, body)
         except TimeoutError:
             if conn.session is not None:
-                log.warning("client %s silent for 1.5 x its keepalive: dropped, its will published", conn.session.client_id)
+                log.warning(
+                    "client %s silent for 1.5 x its keepalive: dropped, its will published", conn.session.client_id
+                )
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except m.ProtocolError as exc:
@@ -288,7 +292,11 @@ class Broker:
         conn.send(m.connack(present, m.ACCEPTED))
         for pid, out in session.inflight.items():  # sent before, never acknowledged: again (§4.4)
             msg = out.message
-            conn.send(m.ack(m.PUBREL, pid) if out.released else m.publish(msg.topic, msg.payload, msg.qos, False, pid, dup=True))
+            conn.send(
+                m.ack(m.PUBREL, pid)
+                if out.released
+                else m.publish(msg.topic, msg.payload, msg.qos, False, pid, dup=True)
+            )
         if session.queue:
             queued, session.queue = session.queue, deque()
             for msg in queued:

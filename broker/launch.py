@@ -1,11 +1,11 @@
 """Start a broker as a child process (or use one that runs elsewhere) and know its URL.
 
-    with start_broker("embedded") as b:      # broker.embedded on a free loopback port
-        print(b.url)                         # mqtt://127.0.0.1:40123?protocol=3.1.1
-    with start_broker("mosquitto") as b:     # mosquitto, the project's configuration
-        b.restart()                          # SIGTERM (saves persistent sessions), start again
-    start_broker("nats")                     # nats-server with JetStream and MQTT (3.1.1)
-    start_broker("mqtt://host:1883")         # nothing to start
+with start_broker("embedded") as b:      # broker.embedded on a free loopback port
+    print(b.url)                         # mqtt://127.0.0.1:40123?protocol=3.1.1
+with start_broker("mosquitto") as b:     # mosquitto, the project's configuration
+    b.restart()                          # SIGTERM (saves persistent sessions), start again
+start_broker("nats")                     # nats-server with JetStream and MQTT (3.1.1)
+start_broker("mqtt://host:1883")         # nothing to start
 """
 
 import os
@@ -54,7 +54,7 @@ class RunningBroker:
 
     def start(self) -> "RunningBroker":
         if self.command and (self.proc is None or self.proc.poll() is not None):
-            log = open(self.data_dir / f"{self.kind}.out", "ab") if self.data_dir else subprocess.DEVNULL
+            log = open(self.data_dir / f"{self.kind}.out", "ab") if self.data_dir else subprocess.DEVNULL  # noqa: SIM115 (the broker process holds it)
             self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             wait_for_port(self.host, self.port, proc=self.proc)
         return self
@@ -82,7 +82,12 @@ class RunningBroker:
 
 
 def start_broker(
-    kind: str, *, port: int | None = None, host: str = "127.0.0.1", data_dir: Path | None = None, auth: str | None = None
+    kind: str,
+    *,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    data_dir: Path | None = None,
+    auth: str | None = None,
 ) -> RunningBroker:
     """Start ``embedded`` or ``mosquitto`` on ``port`` (a free one by default), or wrap a URL."""
     if "://" in kind:
@@ -94,8 +99,17 @@ def start_broker(
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix=f"tsodso-{kind}-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     if kind == "embedded":
-        cmd = [sys.executable, "-m", "broker.embedded", "--host", host, "--port", str(port),
-               "--store", str(data_dir / "embedded-broker.sqlite")]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "broker.embedded",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--store",
+            str(data_dir / "embedded-broker.sqlite"),
+        ]
         url = f"mqtt://{host}:{port}?protocol=3.1.1"
     elif kind == "mosquitto":
         conf = mosquitto.write_config(data_dir, port, host=host, auth=auth)

@@ -117,8 +117,9 @@ def parse_connect(body: bytes) -> Connect:
     return Connect(level, client_id, bool(flags & 0x02), keepalive, will, username, password)
 
 
-def connect(client_id: str, *, clean: bool = True, keepalive_s: int = 60, will: Will | None = None,
-            username: str | None = None) -> bytes:
+def connect(
+    client_id: str, *, clean: bool = True, keepalive_s: int = 60, will: Will | None = None, username: str | None = None
+) -> bytes:
     """A CONNECT packet (what a client sends; the broker's tests speak raw MQTT with it)."""
     flags = (0x02 if clean else 0) | (0x80 if username is not None else 0)
     if will is not None:

@@ -36,29 +36,51 @@ def subject(topic_filter: str) -> str:
 def permissions(actor: Party, rights: Rights | None = None) -> dict:
     """What ``actor`` may publish and subscribe to: its own sends by the rights table, its own inbox."""
     rights = rights or default_rights()
-    publish = [subject(f"{PREFIX}/{actor.role}/{actor.id}/{t}/{'all/all' if r == 'all' else r + '/+'}")
-               for t, r in rights.sendable(actor.role)]  # fmt: skip
-    return {"publish": {"allow": publish},
-            "subscribe": {"allow": [subject(f) for f in inbox_filters(actor)] + ["$MQTT.sub.>"]}}  # fmt: skip
+    publish = [
+        subject(f"{PREFIX}/{actor.role}/{actor.id}/{t}/{'all/all' if r == 'all' else r + '/+'}")
+        for t, r in rights.sendable(actor.role)
+    ]
+    return {
+        "publish": {"allow": publish},
+        "subscribe": {"allow": [subject(f) for f in inbox_filters(actor)] + ["$MQTT.sub.>"]},
+    }
 
 
 def authorization_text(actors: list[Party], passwords: dict[str, str], *, observer: str | None = None) -> str:
     """The ``authorization`` block of a nats-server configuration (plain-text passwords: keep the file
     private, as ``testbed.security`` does)."""
-    users = [{"user": username(a), "password": passwords[username(a)], "permissions": permissions(a),
-              "allowed_connection_types": ["MQTT"]} for a in actors]  # fmt: skip
+    users = [
+        {
+            "user": username(a),
+            "password": passwords[username(a)],
+            "permissions": permissions(a),
+            "allowed_connection_types": ["MQTT"],
+        }
+        for a in actors
+    ]
     if observer:
-        users.append({"user": observer, "password": passwords[observer], "allowed_connection_types": ["MQTT"],
-                      "permissions": {"publish": {"deny": [">"]}, "subscribe": {"allow": [f"{PREFIX.replace('/', '.')}.>", "$MQTT.sub.>"]}}})  # fmt: skip
+        users.append(
+            {
+                "user": observer,
+                "password": passwords[observer],
+                "allowed_connection_types": ["MQTT"],
+                "permissions": {
+                    "publish": {"deny": [">"]},
+                    "subscribe": {"allow": [f"{PREFIX.replace('/', '.')}.>", "$MQTT.sub.>"]},
+                },
+            }
+        )
     return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
 
 
 def write_config(data_dir: Path, port: int, *, host: str = "127.0.0.1", auth: str | None = None) -> Path:
     """A nats-server configuration with MQTT on ``port`` (NATS itself on a port chosen by the server)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    text = (f'server_name: "tsodso-{port}"\nlisten: "{host}:-1"\n'
-            f'jetstream {{ store_dir: "{(data_dir / "jetstream").resolve()}" }}\n'
-            f'mqtt {{ listen: "{host}:{port}" }}\n' + (auth or ""))  # fmt: skip
+    text = (
+        f'server_name: "tsodso-{port}"\nlisten: "{host}:-1"\n'
+        f'jetstream {{ store_dir: "{(data_dir / "jetstream").resolve()}" }}\n'
+        f'mqtt {{ listen: "{host}:{port}" }}\n' + (auth or "")
+    )
     path = data_dir / "nats.conf"
     path.write_text(text)
     path.chmod(0o600)

@@ -9,7 +9,17 @@ from gateway.links import LinkConditions, LinkImpairment
 from gateway.policy import DELIVERY_POLICY, DeliveryPolicy
 
 __all__ = [
-    "Gateway", "GatewayFailed", "Received", "Rejected", "Trust", "RequestTimeout", "PayloadTooLarge", "BrokerSpec",
+    "Gateway",
+    "GatewayFailed",
+    "Received",
+    "Rejected",
+    "Trust",
+    "RequestTimeout",
+    "PayloadTooLarge",
+    "BrokerSpec",
     "ExchangeLog",
-    "DELIVERY_POLICY", "DeliveryPolicy", "LinkConditions", "LinkImpairment",
-]  # fmt: skip
+    "DELIVERY_POLICY",
+    "DeliveryPolicy",
+    "LinkConditions",
+    "LinkImpairment",
+]

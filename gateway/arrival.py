@@ -24,11 +24,11 @@ import heapq
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Generic, TypeVar
+from functools import cache
+from typing import Any, Generic, TypeVar
 
 from nacl.signing import VerifyKey
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import ConfigDict, ValidationError, create_model
 
 from gateway.policy import DELIVERY_POLICY, DeliveryPolicy
 from schemas import signing
@@ -109,20 +109,22 @@ class Rejected(Exception):
         return f"{self.code.value}: {self.reason}"
 
 
-def _us(dt) -> int:  # datetime -> µs since epoch  # noqa: ANN001
+def _us(dt) -> int:  # datetime -> µs since epoch
     return int(dt.timestamp() * 1_000_000)
 
 
-@lru_cache(maxsize=None)
-def _frame_model(type_name: str) -> type[BaseModel] | None:
+@cache
+def _frame_model(type_name: str) -> Any:
     """``{"envelope": Envelope, "body": <the type's body>}`` as one model, or None for an unknown type."""
     body_cls = MESSAGE_TYPES.get(type_name)
     if body_cls is None:
         return None
     return create_model(
-        f"{body_cls.__name__}Message", __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
-        envelope=(Envelope, ...), body=(body_cls, ...),
-    )  # fmt: skip
+        f"{body_cls.__name__}Message",
+        __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+        envelope=(Envelope, ...),
+        body=(body_cls, ...),
+    )
 
 
 # --- identity ----------------------------------------------------------------------------------
@@ -174,8 +176,12 @@ class ArrivalCheck:
     def check(self, topic: str, payload: bytes, received_us: int, *, retained: bool = False) -> Received:
         """Return the typed message, or raise :class:`Rejected` saying what was wrong."""
         if len(topic) > MAX_TOPIC_CHARS:
-            raise Rejected(RejectReason.TOPIC_MISMATCH, f"topic of {len(topic)} characters (at most {MAX_TOPIC_CHARS})",
-                           topic, quiet=True)  # fmt: skip
+            raise Rejected(
+                RejectReason.TOPIC_MISMATCH,
+                f"topic of {len(topic)} characters (at most {MAX_TOPIC_CHARS})",
+                topic,
+                quiet=True,
+            )
         try:
             parts = parse_topic(topic)
         except ValueError as exc:
@@ -183,12 +189,17 @@ class ArrivalCheck:
         sender = parts.sender
         frame_cls = _frame_model(parts.type)
         if frame_cls is None:
-            raise Rejected(RejectReason.UNKNOWN_TYPE, f"unknown message type {_clip(parts.type, 64)!r} in the topic",
-                           topic, sender)  # fmt: skip
+            raise Rejected(
+                RejectReason.UNKNOWN_TYPE, f"unknown message type {_clip(parts.type, 64)!r} in the topic", topic, sender
+            )
         size = len(payload)
         if size > self.max_payload_bytes:
-            raise Rejected(RejectReason.OVERSIZE,
-                           f"payload of {size} bytes exceeds the limit of {self.max_payload_bytes} bytes", topic, sender)  # fmt: skip
+            raise Rejected(
+                RejectReason.OVERSIZE,
+                f"payload of {size} bytes exceeds the limit of {self.max_payload_bytes} bytes",
+                topic,
+                sender,
+            )
         message, authenticated = self._authenticate(topic, sender, payload, retained)
         try:
             # one parse and one validation, in pydantic-core: its JSON parser refuses nesting deeper
@@ -219,13 +230,23 @@ class ArrivalCheck:
             if trust.allows_unsigned(party):
                 return message, False
             why = "unsigned" if key is not None else "unsigned, and there is no public key for it"
-            raise Rejected(RejectReason.UNAUTHENTICATED, f"{why}: every message from {party} must be signed",
-                           topic, sender, quiet=True)  # fmt: skip
+            raise Rejected(
+                RejectReason.UNAUTHENTICATED,
+                f"{why}: every message from {party} must be signed",
+                topic,
+                sender,
+                quiet=True,
+            )
         if key is None:
             raise Rejected(RejectReason.UNAUTHENTICATED, f"no public key for {party}", topic, sender, quiet=True)
         if not signing.verify(message, signature, key):
-            raise Rejected(RejectReason.UNAUTHENTICATED, f"signature does not verify with the public key of {party}",
-                           topic, sender, quiet=True)  # fmt: skip
+            raise Rejected(
+                RejectReason.UNAUTHENTICATED,
+                f"signature does not verify with the public key of {party}",
+                topic,
+                sender,
+                quiet=True,
+            )
         return message, True
 
     def _explain(self, message: bytes, topic: str, sender: Party, authenticated: bool) -> None:
@@ -234,11 +255,14 @@ class ArrivalCheck:
         except InvalidMessage as exc:
             raise Rejected(exc.code, str(exc), topic, sender, exc.envelope, authenticated=authenticated) from None
         except (ValueError, TypeError, RecursionError) as exc:
-            raise Rejected(RejectReason.MALFORMED, f"unreadable: {exc!r}", topic, sender, authenticated=authenticated) from None
+            raise Rejected(
+                RejectReason.MALFORMED, f"unreadable: {exc!r}", topic, sender, authenticated=authenticated
+            ) from None
         raise Rejected(RejectReason.SCHEMA, "does not follow the contract", topic, sender, authenticated=authenticated)
 
-    def _check_envelope(self, env: Envelope, parts: TopicParts, topic: str, received_us: int, retained: bool,
-                        authenticated: bool) -> None:  # fmt: skip
+    def _check_envelope(
+        self, env: Envelope, parts: TopicParts, topic: str, received_us: int, retained: bool, authenticated: bool
+    ) -> None:
         """Topic consistency, rights, time bounds, expiry, replay."""
         sender = parts.sender
 
@@ -246,50 +270,68 @@ class ArrivalCheck:
             return Rejected(code, reason, topic, sender, env, quiet=quiet, authenticated=authenticated)
 
         if env.sender != sender or env.type != parts.type or parts.recipient not in env.recipients:
-            raise refuse(RejectReason.TOPIC_MISMATCH,
-                         f"topic says {sender} sends {parts.type} to {parts.recipient}; envelope says {env.sender} "
-                         f"sends {env.type} to {', '.join(map(str, env.recipients[:4]))}"
-                         f"{f' and {len(env.recipients) - 4} more' if len(env.recipients) > 4 else ''}")  # fmt: skip
+            raise refuse(
+                RejectReason.TOPIC_MISMATCH,
+                f"topic says {sender} sends {parts.type} to {parts.recipient}; envelope says {env.sender} "
+                f"sends {env.type} to {', '.join(map(str, env.recipients[:4]))}"
+                f"{f' and {len(env.recipients) - 4} more' if len(env.recipients) > 4 else ''}",
+            )
         if not self._addressed_to_me(parts.recipient):
             raise refuse(RejectReason.UNAUTHORISED, f"addressed to {parts.recipient}, not to {self.me}")
         if not self.rights.may_send(sender, env.type, parts.recipient):
-            raise refuse(RejectReason.UNAUTHORISED,
-                         f"a {sender.role} may not send {env.type} to {parts.recipient} (bilateral table)")  # fmt: skip
+            raise refuse(
+                RejectReason.UNAUTHORISED,
+                f"a {sender.role} may not send {env.type} to {parts.recipient} (bilateral table)",
+            )
         created = _us(env.created_at)
         if created > received_us + self.skew_us:
-            raise refuse(RejectReason.TIME_BOUNDS,
-                         f"created_at {env.created_at.isoformat()} is {(created - received_us) / 1e6:.1f} s ahead of "
-                         f"this clock (allowed skew {self.skew_us / 1e6:g} s)", quiet=retained)  # fmt: skip
+            raise refuse(
+                RejectReason.TIME_BOUNDS,
+                f"created_at {env.created_at.isoformat()} is {(created - received_us) / 1e6:.1f} s ahead of "
+                f"this clock (allowed skew {self.skew_us / 1e6:g} s)",
+                quiet=retained,
+            )
         limit = self._limit_us.get(env.type, round(2 * 86400e6))
         if env.valid_until is not None:
             until = _us(env.valid_until)
             if until - created > limit + self.skew_us:
-                raise refuse(RejectReason.TIME_BOUNDS,
-                             f"valid_until is {(until - created) / 1e6:.0f} s after created_at; a {env.type} may be "
-                             f"valid for at most {limit / 1e6:g} s")  # fmt: skip
+                raise refuse(
+                    RejectReason.TIME_BOUNDS,
+                    f"valid_until is {(until - created) / 1e6:.0f} s after created_at; a {env.type} may be "
+                    f"valid for at most {limit / 1e6:g} s",
+                )
             late_us = received_us - until
             if late_us > 0:
-                raise refuse(RejectReason.EXPIRED,
-                             f"expired at {env.valid_until.isoformat()}, arrived {late_us / 1000:.1f} ms later",
-                             quiet=retained)  # fmt: skip
+                raise refuse(
+                    RejectReason.EXPIRED,
+                    f"expired at {env.valid_until.isoformat()}, arrived {late_us / 1000:.1f} ms later",
+                    quiet=retained,
+                )
         elif not retained and received_us - created > limit + self.skew_us:
-            raise refuse(RejectReason.TIME_BOUNDS,
-                         f"created {(received_us - created) / 1e6:.0f} s ago; a {env.type} is accepted for at most "
-                         f"{limit / 1e6:g} s")  # fmt: skip
+            raise refuse(
+                RejectReason.TIME_BOUNDS,
+                f"created {(received_us - created) / 1e6:.0f} s ago; a {env.type} is accepted for at most "
+                f"{limit / 1e6:g} s",
+            )
         first_seen = self._seen.get(env.message_id)
         if first_seen is not None:
             # a QoS 1 copy sent again after a lost acknowledgement, or a replay: never acted on twice,
             # and not worth a notice (the sender of a copy has nothing to correct)
-            raise refuse(RejectReason.DUPLICATE,
-                         f"message {env.message_id} already received {(received_us - first_seen) / 1000:.1f} ms earlier",
-                         quiet=True)  # fmt: skip
+            raise refuse(
+                RejectReason.DUPLICATE,
+                f"message {env.message_id} already received {(received_us - first_seen) / 1000:.1f} ms earlier",
+                quiet=True,
+            )
 
     def _remember(self, env: Envelope, received_us: int) -> None:
         """Keep the id until the message can no longer be accepted anyway (its expiry, or the type's
         age limit): the replay window."""
         mid = env.message_id
-        until = _us(env.valid_until) if env.valid_until is not None else (
-            _us(env.created_at) + self._limit_us.get(env.type, 0))  # fmt: skip
+        until = (
+            _us(env.valid_until)
+            if env.valid_until is not None
+            else (_us(env.created_at) + self._limit_us.get(env.type, 0))
+        )
         self._seen[mid] = received_us
         forget = self._forget
         heapq.heappush(forget, (until + self.skew_us, mid))

@@ -23,7 +23,10 @@ def _channel_id(type_name: str) -> str:
 
 def asyncapi_document(rights: Rights | None = None) -> dict[str, Any]:
     rights = rights or default_rights()
-    role_param = {"description": "Role: tso, dso, bsp, mo, or all (broadcast).", "enum": ["tso", "dso", "bsp", "mo", "all"]}
+    role_param = {
+        "description": "Role: tso, dso, bsp, mo, or all (broadcast).",
+        "enum": ["tso", "dso", "bsp", "mo", "all"],
+    }
     id_param = {"description": "Actor identifier within the role ('all' for a broadcast to the role)."}
     channels: dict[str, Any] = {}
     messages: dict[str, Any] = {}
@@ -36,9 +39,14 @@ def asyncapi_document(rights: Rights | None = None) -> dict[str, Any]:
             "summary": (body_cls.__doc__ or "").strip().split("\n")[0],
             "contentType": "application/json",
             "payload": {"$ref": f"schemas/{type_name}.json"},
-            "bindings": {"mqtt": {"payloadFormatIndicator": 1, "contentType": "application/json",
-                                  "bindingVersion": MQTT_BINDING_VERSION}},
-        }  # fmt: skip
+            "bindings": {
+                "mqtt": {
+                    "payloadFormatIndicator": 1,
+                    "contentType": "application/json",
+                    "bindingVersion": MQTT_BINDING_VERSION,
+                }
+            },
+        }
         if type_name in RESPONSE_TYPES.values():
             message["correlationId"] = {
                 "description": "An answer carries the request's message id as MQTT 5 Correlation Data and as "
@@ -50,10 +58,14 @@ def asyncapi_document(rights: Rights | None = None) -> dict[str, Any]:
             "address": f"{PREFIX}/{{senderRole}}/{{senderId}}/{type_name}/{{recipientRole}}/{{recipientId}}",
             "title": type_name,
             "description": (body_cls.__doc__ or "").strip(),
-            "parameters": {"senderRole": role_param, "senderId": id_param, "recipientRole": role_param,
-                           "recipientId": id_param},
+            "parameters": {
+                "senderRole": role_param,
+                "senderId": id_param,
+                "recipientRole": role_param,
+                "recipientId": id_param,
+            },
             "messages": {msg_name: {"$ref": f"#/components/messages/{msg_name}"}},
-        }  # fmt: skip
+        }
     operations: dict[str, Any] = {}
     for sender, type_name, recipient in sorted(rights.allowed):
         policy = DELIVERY_POLICY[type_name]
@@ -95,11 +107,19 @@ def asyncapi_document(rights: Rights | None = None) -> dict[str, Any]:
         },
         "defaultContentType": "application/json",
         "servers": {
-            "embedded": {"host": "127.0.0.1:1883", "protocol": "mqtt", "protocolVersion": "3.1.1",
-                         "description": "The testbed's embedded broker (broker/embedded.py)."},
-            "mosquitto": {"host": "127.0.0.1:1883", "protocol": "mqtt", "protocolVersion": "5",
-                          "description": "Mosquitto 2 with the project's configuration (broker/mosquitto.conf)."},
-        },  # fmt: skip
+            "embedded": {
+                "host": "127.0.0.1:1883",
+                "protocol": "mqtt",
+                "protocolVersion": "3.1.1",
+                "description": "The testbed's embedded broker (broker/embedded.py).",
+            },
+            "mosquitto": {
+                "host": "127.0.0.1:1883",
+                "protocol": "mqtt",
+                "protocolVersion": "5",
+                "description": "Mosquitto 2 with the project's configuration (broker/mosquitto.conf).",
+            },
+        },
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages},

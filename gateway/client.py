@@ -29,7 +29,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiomqtt
 import structlog
@@ -151,6 +151,9 @@ class PublishProperties(Properties):
     """MQTT 5 PUBLISH properties, packed once by hand. paho's Properties validates every attribute
     by scanning its name table and costs ~20 µs to build and pack, on every message."""
 
+    _packed: bytes
+    _fields: tuple[int | None, str | None, bytes | None]
+
     def __init__(
         self, expiry_s: int | None = None, response_topic: str | None = None, correlation: bytes | None = None
     ) -> None:
@@ -232,8 +235,14 @@ class Gateway:
         # identity: this actor signs what it sends with its own key (schemas.signing); ``trust`` says
         # whose signatures it checks. Without ``trust`` every sender is who its topic claims.
         self.signing_key = signing_key
-        self.check = ArrivalCheck(me, rights or default_rights(), max_payload_bytes=max_payload_bytes, trust=trust,
-                                  policy=policy, max_clock_skew_s=max_clock_skew_s)  # fmt: skip
+        self.check = ArrivalCheck(
+            me,
+            rights or default_rights(),
+            max_payload_bytes=max_payload_bytes,
+            trust=trust,
+            policy=policy,
+            max_clock_skew_s=max_clock_skew_s,
+        )
         self.notices = NoticeBudget()
         self.max_payload_bytes = max_payload_bytes
         self.resume_session = resume_session
@@ -342,7 +351,7 @@ class Gateway:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def _state(self, status: str) -> ActorState:
+    def _state(self, status: Literal["online", "offline"]) -> ActorState:
         return ActorState(status=status, since=datetime.now(UTC), software=SOFTWARE)
 
     def _make_client(self, clean: bool) -> _Client:
@@ -393,8 +402,9 @@ class Gateway:
                         await client.subscribe(flt, qos=1)
                     self._client = client
                     self._connected.set()
-                    self.log.info("connected", broker=self.broker.url, protocol=self.broker.protocol,
-                                  connections=self.connections)
+                    self.log.info(
+                        "connected", broker=self.broker.url, protocol=self.broker.protocol, connections=self.connections
+                    )
                     await self.publish(self._state("online"), ALL)
                     if self._ready is not None and not self._ready.done():
                         self._ready.set_result(None)
@@ -404,7 +414,7 @@ class Gateway:
                             self._on_message(message)
                     except (aiomqtt.MqttError, asyncio.CancelledError):
                         raise
-                    except Exception as exc:  # noqa: BLE001 - die loudly, 'offline' while the connection works
+                    except Exception as exc:
                         await self._die(client, exc)
                         return
             except aiomqtt.MqttError as exc:
@@ -412,7 +422,7 @@ class Gateway:
                     self.log.warning("disconnected", error=str(exc), retry_in_s=round(delay, 3))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - anything else: die loudly, never as a zombie
+            except Exception as exc:
                 await self._die(None, exc)
                 return
             finally:
@@ -501,9 +511,14 @@ class Gateway:
         type_name = body.type_name
         policy = self.policy[type_name]
         env, payload = self._build(
-            body, to, correlation_id=correlation_id, causation_id=causation_id,
-            valid_for_s=valid_for_s, reply_to=reply_to, message_id=message_id,
-        )  # fmt: skip
+            body,
+            to,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            valid_for_s=valid_for_s,
+            reply_to=reply_to,
+            message_id=message_id,
+        )
         if len(payload) > self.max_payload_bytes:
             raise PayloadTooLarge(
                 f"{type_name} of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes} bytes"
@@ -573,9 +588,13 @@ class Gateway:
                 return None, "expired before it could be sent"
             try:
                 await client.publish(
-                    topic, payload, qos=policy.qos, retain=policy.retain, properties=props,
+                    topic,
+                    payload,
+                    qos=policy.qos,
+                    retain=policy.retain,
+                    properties=props,
                     timeout=self.publish_timeout_s,
-                )  # fmt: skip
+                )
             except aiomqtt.MqttError as exc:
                 if policy.qos == 0:
                     return None, f"publish failed: {exc}"
@@ -594,12 +613,25 @@ class Gateway:
         if self.exchange_log is not None:
             self.exchange_log.record(
                 LogRow(
-                    self.run_id, self._me_str, "out", "dropped" if dropped else "sent", dropped,
-                    str(env.message_id), env.type, topic, self._me_str, str(env.recipients[0]),
+                    self.run_id,
+                    self._me_str,
+                    "out",
+                    "dropped" if dropped else "sent",
+                    dropped,
+                    str(env.message_id),
+                    env.type,
+                    topic,
+                    self._me_str,
+                    str(env.recipients[0]),
                     str(env.correlation_id) if env.correlation_id else None,
                     str(env.causation_id) if env.causation_id else None,
-                    env.sequence, size, qos, int(env.created_at.timestamp() * 1e6), sent_us, None,
-                )  # fmt: skip
+                    env.sequence,
+                    size,
+                    qos,
+                    int(env.created_at.timestamp() * 1e6),
+                    sent_us,
+                    None,
+                )
             )
 
     # --- request / response ------------------------------------------------------------------
@@ -681,8 +713,13 @@ class Gateway:
         contract with, beyond an accepted bid...): an exchange-log row and, where the sender's
         identity is established, a rejection notice with ``reason``."""
         env = msg.envelope
-        self._on_rejected(Rejected(RejectReason.REFUSED, reason, msg.topic, env.sender, env,
-                                   authenticated=msg.authenticated), msg.size, 1, msg.received_us, "refused")  # fmt: skip
+        self._on_rejected(
+            Rejected(RejectReason.REFUSED, reason, msg.topic, env.sender, env, authenticated=msg.authenticated),
+            msg.size,
+            1,
+            msg.received_us,
+            "refused",
+        )
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -707,7 +744,7 @@ class Gateway:
                 self._on_rejected(rej, len(payload), message.qos, received_us)
                 return
             self._deliver(msg, message.qos)
-        except Exception as exc:  # noqa: BLE001 - a bug here must not cost the actor its bus
+        except Exception as exc:
             self.stats["failed"] += 1
             self.log.error("message handling failed", error=repr(exc)[:300], exc_info=exc)
 
@@ -718,12 +755,25 @@ class Gateway:
         if self.exchange_log is not None:
             self.exchange_log.record(
                 LogRow(
-                    self.run_id, self._me_str, "in", "delivered", msg.note, str(env.message_id), env.type, topic,
-                    str(env.sender), self._me_str,
+                    self.run_id,
+                    self._me_str,
+                    "in",
+                    "delivered",
+                    msg.note,
+                    str(env.message_id),
+                    env.type,
+                    topic,
+                    str(env.sender),
+                    self._me_str,
                     str(env.correlation_id) if env.correlation_id else None,
                     str(env.causation_id) if env.causation_id else None,
-                    env.sequence, msg.size, qos, int(env.created_at.timestamp() * 1e6), None, msg.received_us,
-                )  # fmt: skip
+                    env.sequence,
+                    msg.size,
+                    qos,
+                    int(env.created_at.timestamp() * 1e6),
+                    None,
+                    msg.received_us,
+                )
             )
         if msg.note:
             self.log.info("sequence", topic=topic, note=msg.note)
@@ -763,13 +813,25 @@ class Gateway:
         if self.exchange_log is not None:
             self.exchange_log.record(
                 LogRow(
-                    self.run_id, self._me_str, "in", outcome, str(rej), str(env.message_id) if env else None,
-                    env.type if env else _known_type(rej.topic), rej.topic, str(rej.sender) if rej.sender else None, self._me_str,
+                    self.run_id,
+                    self._me_str,
+                    "in",
+                    outcome,
+                    str(rej),
+                    str(env.message_id) if env else None,
+                    env.type if env else _known_type(rej.topic),
+                    rej.topic,
+                    str(rej.sender) if rej.sender else None,
+                    self._me_str,
                     str(env.correlation_id) if env and env.correlation_id else None,
                     str(env.causation_id) if env and env.causation_id else None,
-                    env.sequence if env else None, size, qos,
-                    int(env.created_at.timestamp() * 1e6) if env else None, None, received_us,
-                )  # fmt: skip
+                    env.sequence if env else None,
+                    size,
+                    qos,
+                    int(env.created_at.timestamp() * 1e6) if env else None,
+                    None,
+                    received_us,
+                )
             )
         # Tell the sender: only where its identity is established (its signature verified, or this
         # receiver checks no signatures and takes senders at their word), never for a copy we already

@@ -34,8 +34,9 @@ async def measure_offset(gw: Gateway, peer: Party, *, probes: int = 20, timeout_
     best: tuple[float, float] | None = None  # (rtt_us, offset_us)
     for _ in range(probes):
         t1 = gw.now_us()
-        answer = await gw.request(Heartbeat(sent_at=datetime.fromtimestamp(t1 / 1e6, UTC), interval_s=1.0), peer,
-                                  timeout=timeout_s)  # fmt: skip
+        answer = await gw.request(
+            Heartbeat(sent_at=datetime.fromtimestamp(t1 / 1e6, UTC), interval_s=1.0), peer, timeout=timeout_s
+        )
         t3 = answer.received_us
         t2 = answer.body.sent_at.timestamp() * 1e6
         rtt = t3 - t1

@@ -44,10 +44,25 @@ CREATE INDEX IF NOT EXISTS exchange_type ON exchange (type, direction);
 """
 
 COLUMNS = (
-    "run_id", "actor", "direction", "outcome", "reason", "message_id", "type", "topic", "sender",
-    "receiver", "correlation_id", "causation_id", "sequence", "bytes", "qos", "created_us", "sent_us",
+    "run_id",
+    "actor",
+    "direction",
+    "outcome",
+    "reason",
+    "message_id",
+    "type",
+    "topic",
+    "sender",
+    "receiver",
+    "correlation_id",
+    "causation_id",
+    "sequence",
+    "bytes",
+    "qos",
+    "created_us",
+    "sent_us",
     "received_us",
-)  # fmt: skip
+)
 _INSERT = f"INSERT INTO exchange ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
@@ -127,7 +142,8 @@ class ExchangeLog:
         with self._lock:
             return self._db.execute(
                 "SELECT message_id, type, created_us, received_us FROM exchange WHERE actor = ? AND direction = 'in' "
-                "AND outcome = 'delivered' AND message_id IS NOT NULL AND created_us >= ?", (actor, since_us)
+                "AND outcome = 'delivered' AND message_id IS NOT NULL AND created_us >= ?",
+                (actor, since_us),
             ).fetchall()
 
     def _run(self) -> None:

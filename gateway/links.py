@@ -54,8 +54,9 @@ class LinkConditions:
     def for_link(self, sender: str, receiver: str) -> LinkImpairment | None:
         key = f"{sender}->{receiver}"
         if key not in self._cache:
-            self._cache[key] = next((imp for pattern, imp in self.links.items() if fnmatch.fnmatchcase(key, pattern)),
-                                    None)  # fmt: skip
+            self._cache[key] = next(
+                (imp for pattern, imp in self.links.items() if fnmatch.fnmatchcase(key, pattern)), None
+            )
         return self._cache[key]
 
     def decide(self, sender: str, receiver: str, now: float) -> tuple[str | None, float]:

@@ -3,7 +3,7 @@
 import logging
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 import structlog
 
@@ -20,7 +20,7 @@ class _CurrentStderr:
 
 def configure_logging(path: Path | None = None, *, level: int = logging.INFO, stream: TextIO | None = None) -> None:
     """Events as JSON lines into ``path`` (appended), or to ``stream`` (stderr) when no path is given."""
-    out: TextIO = open(path, "a", buffering=1) if path else (stream or _CurrentStderr())  # noqa: SIM115
+    out: TextIO = open(path, "a", buffering=1) if path else (stream or cast(TextIO, _CurrentStderr()))  # noqa: SIM115
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

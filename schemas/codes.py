@@ -2,6 +2,7 @@
 that a later CIM mapping is direct."""
 
 from enum import StrEnum
+from typing import Literal
 
 
 class Role(StrEnum):
@@ -88,4 +89,4 @@ class RejectReason(StrEnum):
     REFUSED = "refused"  # valid, but the actor refused it as implausible (the reason says which check)
 
 
-MEASUREMENT_UNIT_MW = "MAW"  # ENTSO-E unit code for megawatt
+MEASUREMENT_UNIT_MW: Literal["MAW"] = "MAW"  # ENTSO-E unit code for megawatt

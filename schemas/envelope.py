@@ -45,6 +45,12 @@ class Party(BaseModel):
     def __str__(self) -> str:
         return f"{self.role}/{self.id}"
 
+    @classmethod
+    def of(cls, role: str, id: str) -> "Party":
+        """A party from a role and an id read as text (a topic, a command line, a 'role/id' string):
+        validated, so a role that is not one of the five is a ValidationError."""
+        return cls.model_validate({"role": role, "id": id})
+
 
 class Envelope(BaseModel):
     """Metadata carried by every message. Unknown fields are rejected."""

@@ -27,23 +27,23 @@ def _f(unit: str, description: str, **kw: Any) -> Any:
     return Field(description=f"{description} [{unit}]", json_schema_extra={"x-unit": unit}, **kw)
 
 
-def MW(description: str, **kw: Any) -> Any:  # noqa: N802 - reads as a unit
+def MW(description: str, **kw: Any) -> Any:
     return _f("MW", description, **kw)
 
 
-def Mvar(description: str, **kw: Any) -> Any:  # noqa: N802
+def Mvar(description: str, **kw: Any) -> Any:
     return _f("Mvar", description, **kw)
 
 
-def MWh(description: str, **kw: Any) -> Any:  # noqa: N802
+def MWh(description: str, **kw: Any) -> Any:
     return _f("MWh", description, **kw)
 
 
-def EUR_per_MWh(description: str, **kw: Any) -> Any:  # noqa: N802
+def EUR_per_MWh(description: str, **kw: Any) -> Any:
     return _f("EUR/MWh", description, **kw)
 
 
-def EUR(description: str, **kw: Any) -> Any:  # noqa: N802
+def EUR(description: str, **kw: Any) -> Any:
     return _f("EUR", description, **kw)
 
 
@@ -258,14 +258,19 @@ class FlexibilityNeed(Body):
     kind: Literal["balancing", "congestion", "commercial"] = Field(description="Whose need and what for.")
     isp_start: UtcTime = utc("Start of the ISP the need is for")
     direction: Direction | None = Field(default=None, description="A01 up, A02 down; none for a congestion need.")
-    quantity: float = _f("MW | %", "MW for balancing and commercial needs, percentage points of loading for congestion; "
-                         "``unit`` says which", gt=0)  # fmt: skip
+    quantity: float = _f(
+        "MW | %",
+        "MW for balancing and commercial needs, percentage points of loading for congestion; ``unit`` says which",
+        gt=0,
+    )
     unit: Literal["MW", "%"] = Field(default="MW", description="Unit of ``quantity``.")
     max_price_eur_per_mwh: float = EUR_per_MWh("Willingness to pay")
     element: str | None = Field(default=None, max_length=64, description="Congested element, e.g. 'line:south-pv'.")
     loading_percent: float | None = percent("Loading of the element without flexibility", default=None)
     effectiveness: dict[PartyId, float] | None = Field(
-        default=None, max_length=10_000, description="bid id -> % of loading relieved per MW activated (congestion needs) [%/MW]"
+        default=None,
+        max_length=10_000,
+        description="bid id -> % of loading relieved per MW activated (congestion needs) [%/MW]",
     )
 
 
@@ -402,7 +407,9 @@ class TerminationSignal(Body):
     bid_id: PartyId
     action: Literal["terminate", "limit"] = Field(description="terminate the activation, or limit it to max_mw.")
     max_mw: float = MW("Largest activation the DSO tolerates (0 for terminate)", ge=0)
-    limiting_element: str | None = Field(description="Grid element that is violated, e.g. line:3.", default=None, max_length=64)
+    limiting_element: str | None = Field(
+        description="Grid element that is violated, e.g. line:3.", default=None, max_length=64
+    )
     loading_percent: float | None = percent("Loading of the element that triggered the signal", default=None)
     reason: str | None = Field(description="Explanation for the TSO.", default=None, max_length=512)
 
@@ -461,12 +468,16 @@ class FaultReport(Body):
     type_name: ClassVar[str] = "fault_report"
     dso_id: PartyId
     element_id: str = Field(max_length=64, description="Faulted element, e.g. 'line:5'.")
-    fault_type: Literal["line_fault", "trafo_fault", "bus_fault", "protection_trip"] = Field(description="Kind of fault.")
+    fault_type: Literal["line_fault", "trafo_fault", "bus_fault", "protection_trip"] = Field(
+        description="Kind of fault."
+    )
     occurred_at: UtcTime = utc("Scenario instant of the fault")
     cleared: bool = Field(default=False, description="True when the element is back in service.")
     lost_load_mw: float = MW("Load disconnected by the fault", ge=0, default=0.0)
     lost_generation_mw: float = MW("Generation disconnected by the fault", ge=0, default=0.0)
-    description: str | None = Field(description="Free-text description for the control room.", default=None, max_length=512)
+    description: str | None = Field(
+        description="Free-text description for the control room.", default=None, max_length=512
+    )
 
 
 # --- presence, settlement, monitoring, errors -------------------------------------------------
@@ -530,8 +541,12 @@ class Rejection(Body):
     """Receiver → sender: your message was refused, and why."""
 
     type_name: ClassVar[str] = "rejection"
-    rejected_message_id: str | None = Field(default=None, max_length=64, description="Id of the refused message, if readable.")
-    rejected_type: str | None = Field(description="Type of the refused message, if readable.", default=None, max_length=64)
+    rejected_message_id: str | None = Field(
+        default=None, max_length=64, description="Id of the refused message, if readable."
+    )
+    rejected_type: str | None = Field(
+        description="Type of the refused message, if readable.", default=None, max_length=64
+    )
     rejected_topic: str = Field(description="Topic the refused message arrived on.", max_length=512)
     code: RejectReason = Field(description="Which check failed.")
     reason: str = Field(max_length=2048, description="Human-readable explanation, with the field path.")

@@ -49,7 +49,11 @@ def split(payload: bytes) -> tuple[bytes, bytes | None]:
     """(the message that was signed, the 64-byte signature), or (payload, None) when it carries none.
     Raises ValueError for a ``signature`` member that is not where and what this scheme says."""
     n = len(payload)
-    if n > SUFFIX_BYTES and payload[n - SUFFIX_BYTES : n - SUFFIX_BYTES + len(PREFIX)] == PREFIX and payload.endswith(b'"}'):
+    if (
+        n > SUFFIX_BYTES
+        and payload[n - SUFFIX_BYTES : n - SUFFIX_BYTES + len(PREFIX)] == PREFIX
+        and payload.endswith(b'"}')
+    ):
         try:
             signature = base64.urlsafe_b64decode(payload[n - SIGNATURE_CHARS - 2 : n - 2] + b"==")
         except (binascii.Error, ValueError):

@@ -36,7 +36,7 @@ def parse_topic(topic: str) -> TopicParts:
     if len(parts) != 7 or "/".join(parts[:2]) != PREFIX:
         raise ValueError(f"topic {topic!r} is not {PREFIX}/<role>/<id>/<type>/<role>/<id>")
     _, _, s_role, s_id, type_name, r_role, r_id = parts
-    return TopicParts(Party(role=s_role, id=s_id), type_name, Party(role=r_role, id=r_id))
+    return TopicParts(Party.of(s_role, s_id), type_name, Party.of(r_role, r_id))
 
 
 def inbox_filters(me: Party) -> list[str]:

@@ -21,7 +21,9 @@ class InvalidMessage(ValueError):
         self.envelope = envelope
 
 
-MAX_NUMBER_CHARS = 64  # digits of an integer literal (Python parses long ones in quadratic time; the schemas allow <= 2**53 - 1)
+MAX_NUMBER_CHARS = (
+    64  # digits of an integer literal (Python parses long ones in quadratic time; the schemas allow <= 2**53 - 1)
+)
 
 
 def _int(text: str) -> int:
@@ -89,8 +91,9 @@ def validate_message(payload: bytes | str | dict[str, Any], expected_type: str |
     except ValidationError as exc:
         raise InvalidMessage(describe_errors(exc, "envelope"), RejectReason.ENVELOPE) from None
     if expected_type is not None and env.type != expected_type:
-        raise InvalidMessage(f"envelope.type: expected {expected_type!r}, got {env.type!r}", RejectReason.TOPIC_MISMATCH,
-                             env)  # fmt: skip
+        raise InvalidMessage(
+            f"envelope.type: expected {expected_type!r}, got {env.type!r}", RejectReason.TOPIC_MISMATCH, env
+        )
     body_cls = MESSAGE_TYPES.get(env.type)
     if body_cls is None:
         raise InvalidMessage(f"envelope.type: unknown message type {env.type!r}", RejectReason.UNKNOWN_TYPE, env)

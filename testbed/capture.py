@@ -31,8 +31,6 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.client import NODELAY
 from gateway.connection import BrokerSpec
-from schemas.envelope import Envelope
-from schemas.messages import Body
 from schemas.topics import PREFIX, parse_topic
 from schemas.validate import InvalidMessage, validate_message
 
@@ -47,8 +45,11 @@ class Captured:
     retain: bool
     payload: bytes
     error: str | None = None
-    envelope: Envelope | None = None
-    body: Body | None = None
+    envelope: Any = None
+    """The :class:`Envelope` when it could be read, else None."""
+    body: Any = None
+    """The body as the model of its type (``schemas.messages.MESSAGE_TYPES``) when valid, else None:
+    typed ``Any`` because which model it is follows the message's type, known only at run time."""
     properties: dict[str, Any] = field(default_factory=dict)  # MQTT 5 only
 
     @property
@@ -69,8 +70,16 @@ class Captured:
             payload: Any = self.payload.decode()
         except UnicodeDecodeError:
             payload = {"base64": base64.b64encode(self.payload).decode()}
-        return {"t_us": self.t_us, "topic": self.topic, "qos": self.qos, "retain": self.retain, "payload": payload,
-                "type": self.type, "valid": self.valid, "error": self.error}  # fmt: skip
+        return {
+            "t_us": self.t_us,
+            "topic": self.topic,
+            "qos": self.qos,
+            "retain": self.retain,
+            "payload": payload,
+            "type": self.type,
+            "valid": self.valid,
+            "error": self.error,
+        }
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> "Captured":
@@ -94,19 +103,27 @@ def check(msg: Captured) -> Captured:
         msg.error = f"topic_mismatch: {exc}"
         return msg
     if parts.type != env.type or parts.sender != env.sender or parts.recipient not in env.recipients:
-        msg.error = (f"topic_mismatch: topic says {parts.sender} sends {parts.type} to {parts.recipient}, the envelope "
-                     f"says {env.sender} sends {env.type} to {', '.join(map(str, env.recipients))}")  # fmt: skip
+        msg.error = (
+            f"topic_mismatch: topic says {parts.sender} sends {parts.type} to {parts.recipient}, the envelope "
+            f"says {env.sender} sends {env.type} to {', '.join(map(str, env.recipients))}"
+        )
     return msg
 
 
 def raw_client(broker: BrokerSpec, client_id: str, **kwargs: Any) -> aiomqtt.Client:
     """A plain aiomqtt client with TCP_NODELAY and the URL's protocol, TLS and credentials."""
     return aiomqtt.Client(
-        broker.host, broker.port, identifier=client_id, username=broker.username or client_id,
-        password=broker.password, tls_context=broker.tls_context(), socket_options=[NODELAY],
+        broker.host,
+        broker.port,
+        identifier=client_id,
+        username=broker.username or client_id,
+        password=broker.password,
+        tls_context=broker.tls_context(),
+        socket_options=[NODELAY],
         protocol=aiomqtt.ProtocolVersion.V5 if broker.protocol == 5 else aiomqtt.ProtocolVersion.V311,
-        max_inflight_messages=1000, **kwargs,
-    )  # fmt: skip
+        max_inflight_messages=1000,
+        **kwargs,
+    )
 
 
 class Recorder:
@@ -116,8 +133,14 @@ class Recorder:
     On MQTT 5 it subscribes with Retain As Published, so ``retain`` tells what the sender set.
     """
 
-    def __init__(self, broker: BrokerSpec | str, filters: Iterable[str] = (f"{PREFIX}/#",), *,
-                 client_id: str | None = None, sink: Callable[[Captured], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        broker: BrokerSpec | str,
+        filters: Iterable[str] = (f"{PREFIX}/#",),
+        *,
+        client_id: str | None = None,
+        sink: Callable[[Captured], None] | None = None,
+    ):
         self.broker = BrokerSpec.parse(broker) if isinstance(broker, str) else broker
         self.filters = list(filters)
         self.client_id = client_id or f"recorder-{time.time_ns() % 10**12:x}"
@@ -132,8 +155,9 @@ class Recorder:
         await self._client.__aenter__()
         v5 = self.broker.protocol == 5
         for flt in self.filters:
-            await self._client.subscribe(flt, options=SubscribeOptions(qos=1, retainAsPublished=True) if v5 else None,
-                                         qos=0 if v5 else 1)  # fmt: skip
+            await self._client.subscribe(
+                flt, options=SubscribeOptions(qos=1, retainAsPublished=True) if v5 else None, qos=0 if v5 else 1
+            )
         self._task = asyncio.create_task(self._read())
         return self
 
@@ -179,13 +203,21 @@ class Recorder:
                 pass
 
 
-async def capture(broker: BrokerSpec | str, out: Path, *, duration_s: float | None = None, count: int | None = None,
-                  filters: Iterable[str] = (f"{PREFIX}/#",), on_message: Callable[[Captured], None] | None = None,
-                  ready: asyncio.Event | None = None) -> int:  # fmt: skip
+async def capture(
+    broker: BrokerSpec | str,
+    out: Path,
+    *,
+    duration_s: float | None = None,
+    count: int | None = None,
+    filters: Iterable[str] = (f"{PREFIX}/#",),
+    on_message: Callable[[Captured], None] | None = None,
+    ready: asyncio.Event | None = None,
+) -> int:
     """Record into ``out`` (JSON lines) until ``duration_s`` passed or ``count`` messages came (or
     the task is cancelled). Returns the number of messages recorded."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
+
         def sink(msg: Captured) -> None:
             f.write(json.dumps(msg.to_json()) + "\n")
             f.flush()
@@ -236,4 +268,3 @@ async def replay(path: Path, broker: BrokerSpec | str, *, speed: float = 1.0, sk
                 await asyncio.sleep(delay)
             await client.publish(r.topic, r.payload, qos=r.qos, retain=r.retain)
     return len(rows)
-

@@ -6,8 +6,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -25,9 +26,12 @@ app.add_typer(secure_app, name="secure")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
+
 @app.callback()
 def _setup(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log gateway events (JSON lines) to stderr.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log gateway events (JSON lines) to stderr.")
+    ] = False,
 ) -> None:
     """Logs go to stderr (warnings only unless --verbose), so stdout stays clean for --json."""
     import logging
@@ -60,7 +64,7 @@ def schemas_export(directory: Annotated[Path, typer.Argument(help="Where to writ
 @schemas_app.command("validate")
 def schemas_validate(
     file: Annotated[Path, typer.Argument(help="A captured payload (envelope + body), JSON; '-' for stdin.")],
-    type_: Annotated[Optional[str], typer.Option("--type", "-t", help="Expected message type.")] = None,
+    type_: Annotated[str | None, typer.Option("--type", "-t", help="Expected message type.")] = None,
 ):
     """Validate a captured message: exit 0, or exit 1 with the field path and what was wrong."""
     from schemas.validate import InvalidMessage, validate_message
@@ -74,7 +78,7 @@ def schemas_validate(
     console.print(f"valid {env.type} from {env.sender} to {', '.join(map(str, env.recipients))}", highlight=False)
 
 
-def _serve_until_signal(proc_broker) -> None:  # noqa: ANN001
+def _serve_until_signal(proc_broker) -> None:
     stop = False
 
     def _stop(*_: object) -> None:
@@ -106,14 +110,22 @@ def broker_embedded(
 def broker_mosquitto(
     port: Annotated[int, typer.Option(help="TCP port (0: a free one).")] = 0,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Configuration, persistence and log.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Configuration, persistence and log.")] = None,
     secrets: Annotated[
-        Optional[Path],
-        typer.Option(help="A secrets directory (tsodso secure init): each actor logs in with its own password and "
-                          "may publish and read only what the rights table gives it."),
+        Path | None,
+        typer.Option(
+            help="A secrets directory (tsodso secure init): each actor logs in with its own password and "
+            "may publish and read only what the rights table gives it."
+        ),
     ] = None,
-    tls: Annotated[bool, typer.Option("--tls", help="With --secrets: mutual TLS, only clients with a certificate of the "
-                                                   "deployment's CA get in (the certificate names the actor).")] = False,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="With --secrets: mutual TLS, only clients with a certificate of the "
+            "deployment's CA get in (the certificate names the actor).",
+        ),
+    ] = False,
 ):
     """Run Mosquitto with the project's configuration (MQTT 5, TCP_NODELAY, persistence) until Ctrl+C."""
     from broker import start_broker
@@ -136,9 +148,11 @@ def broker_mosquitto(
         err.print(str(exc))
         raise typer.Exit(1) from None
     url = running.url.replace("mqtt://", "mqtts://") if tls else running.url
-    console.print(f"mosquitto listening on {url} (config {data_dir / 'mosquitto.conf'}"
-                  f"{(', client certificates' if tls else ', per-actor passwords') + ' and access list from ' + str(secrets) if secrets else ', anyone may log in'})",
-                  highlight=False)  # fmt: skip
+    console.print(
+        f"mosquitto listening on {url} (config {data_dir / 'mosquitto.conf'}"
+        f"{(', client certificates' if tls else ', per-actor passwords') + ' and access list from ' + str(secrets) if secrets else ', anyone may log in'})",
+        highlight=False,
+    )
     _serve_until_signal(running)
 
 
@@ -146,9 +160,13 @@ def broker_mosquitto(
 def broker_nats(
     port: Annotated[int, typer.Option(help="MQTT port (0: a free one).")] = 0,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Configuration and JetStream store.")] = None,
-    secrets: Annotated[Optional[Path], typer.Option(help="A secrets directory (tsodso secure init): per-actor users and "
-                                                         "permissions from the rights table.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Configuration and JetStream store.")] = None,
+    secrets: Annotated[
+        Path | None,
+        typer.Option(
+            help="A secrets directory (tsodso secure init): per-actor users and permissions from the rights table."
+        ),
+    ] = None,
 ):
     """Run nats-server with JetStream and its MQTT interface (MQTT 3.1.1) until Ctrl+C."""
     from broker import start_broker
@@ -167,17 +185,26 @@ def broker_nats(
     except NatsMissing as exc:
         err.print(str(exc))
         raise typer.Exit(1) from None
-    console.print(f"nats-server (MQTT 3.1.1) listening on {running.url} (config {data_dir / 'nats.conf'}"
-                  f"{', per-actor users from ' + str(secrets) if secrets else ', anyone may log in'})", highlight=False)  # fmt: skip
+    console.print(
+        f"nats-server (MQTT 3.1.1) listening on {running.url} (config {data_dir / 'nats.conf'}"
+        f"{', per-actor users from ' + str(secrets) if secrets else ', anyone may log in'})",
+        highlight=False,
+    )
     _serve_until_signal(running)
 
 
 @secure_app.command("init")
 def secure_init(
     scenario: Annotated[Path, typer.Option(help="Scenario file (YAML): its actors get an identity each.")],
-    out: Annotated[Path, typer.Option(help="Secrets directory to write (keep it private; give each site its own file).")] = Path("secrets"),
-    host: Annotated[Optional[list[str]], typer.Option(help="Name or address the broker's certificate is for (repeatable; "
-                                                           "localhost and 127.0.0.1 always).")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Secrets directory to write (keep it private; give each site its own file).")
+    ] = Path("secrets"),
+    host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Name or address the broker's certificate is for (repeatable; localhost and 127.0.0.1 always)."
+        ),
+    ] = None,
 ):
     """One identity per actor: an Ed25519 signing key, a broker password, a client certificate of the
     deployment's own CA, and the broker's access list."""
@@ -185,10 +212,13 @@ def secure_init(
     from testbed.security import init
 
     actors = init(out, load_scenario(scenario), hosts=host)
-    console.print(f"{len(actors)} identities in {out}: public-keys.json (for everyone), one <role>-<id>.secret.json "
-                  f"per actor (for that actor only), observer.secret.json (read-only), mosquitto/acl and "
-                  f"mosquitto/passwd (tsodso broker mosquitto --secrets {out}), tls/ (a CA, the broker's and one client "
-                  f"certificate per actor: add --tls)", highlight=False)  # fmt: skip
+    console.print(
+        f"{len(actors)} identities in {out}: public-keys.json (for everyone), one <role>-<id>.secret.json "
+        f"per actor (for that actor only), observer.secret.json (read-only), mosquitto/acl and "
+        f"mosquitto/passwd (tsodso broker mosquitto --secrets {out}), tls/ (a CA, the broker's and one client "
+        f"certificate per actor: add --tls)",
+        highlight=False,
+    )
 
 
 @bench_app.command("rtt")
@@ -196,7 +226,9 @@ def bench_rtt(
     broker: BrokerOpt = "mosquitto",
     n: Annotated[int, typer.Option("--n", help="Round trips per path.")] = 2000,
     qos: Annotated[int, typer.Option("--qos", help="QoS of request and response.")] = 1,
-    signed: Annotated[bool, typer.Option("--signed", help="Both gateways sign and check signatures (Ed25519).")] = False,
+    signed: Annotated[
+        bool, typer.Option("--signed", help="Both gateways sign and check signatures (Ed25519).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Gateway request/response round trip vs raw aiomqtt, same run. Goal: ratio_p50 <= 1.3."""
@@ -214,7 +246,9 @@ def bench_rtt(
     table = Table(title=f"request/response round trip, {running.kind} ({result['protocol']}), QoS {qos}, n={n}")
     for col in ("path", "p50 [ms]", "p99 [ms]"):
         table.add_column(col)
-    table.add_row("gateway (typed, validated, logged)", f"{result['gateway_p50_ms']:.3f}", f"{result['gateway_p99_ms']:.3f}")
+    table.add_row(
+        "gateway (typed, validated, logged)", f"{result['gateway_p50_ms']:.3f}", f"{result['gateway_p99_ms']:.3f}"
+    )
     table.add_row("raw aiomqtt", f"{result['raw_p50_ms']:.3f}", f"{result['raw_p99_ms']:.3f}")
     console.print(table)
     verdict = "[green]met[/green]" if result["ratio_p50"] <= 1.3 else "[red]not met[/red]"
@@ -222,14 +256,18 @@ def bench_rtt(
 
 
 CoordinationOpt = Annotated[
-    Optional[str],
-    typer.Option("--coordination", "-c", help="a coordination scheme (tso_managed, dso_managed, fragmented, hybrid, "
-                                              "common_market, integrated_market), or on (= hybrid) / off (= tso_managed); "
-                                              "default: the scenario's setting"),
+    str | None,
+    typer.Option(
+        "--coordination",
+        "-c",
+        help="a coordination scheme (tso_managed, dso_managed, fragmented, hybrid, "
+        "common_market, integrated_market), or on (= hybrid) / off (= tso_managed); "
+        "default: the scenario's setting",
+    ),
 ]
 
 
-def _coordination(value: Optional[str]) -> Optional[str]:
+def _coordination(value: str | None) -> str | None:
     from actors.config import SCHEMES
     from actors.coordination import SWITCH
 
@@ -241,22 +279,32 @@ def _coordination(value: Optional[str]) -> Optional[str]:
     return scheme
 
 
-async def _progress(clock, scenario) -> None:  # noqa: ANN001
+async def _progress(clock, scenario) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     total = (scenario.end - scenario.start).total_seconds()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[now]}"),
-                  TimeRemainingColumn(), console=err, transient=True) as bar:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[now]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         task = bar.add_task(scenario.name, total=total, now="")
         while True:
             now = clock.now()
-            bar.update(task, completed=min(total, max(0.0, (now - scenario.start).total_seconds())),
-                       now=f"{now:%H:%M:%S}" if now >= scenario.start else "connecting")  # fmt: skip
+            bar.update(
+                task,
+                completed=min(total, max(0.0, (now - scenario.start).total_seconds())),
+                now=f"{now:%H:%M:%S}" if now >= scenario.start else "connecting",
+            )
             await asyncio.sleep(0.2)
 
 
-def _run(scenario_file: Path, coordination: Optional[str], speed: float, broker: str, out: Path,
-         links: list[str] = ()) -> dict:  # fmt: skip
+def _run(
+    scenario_file: Path, coordination: str | None, speed: float, broker: str, out: Path, links: Sequence[str] = ()
+) -> dict:
     from actors.config import LinkConfig
     from broker import start_broker
     from testbed.runner import run_scenario
@@ -285,9 +333,11 @@ def run(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/latest"),
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
     link: Annotated[
-        Optional[list[str]],
-        typer.Option(help="Link condition 'PATTERN:key=value,...', e.g. 'tso/*->dso/*:delay_ms=3000,drop_probability=0.1'"
-                          " (keys of a scenario's links entry; repeatable)."),
+        list[str] | None,
+        typer.Option(
+            help="Link condition 'PATTERN:key=value,...', e.g. 'tso/*->dso/*:delay_ms=3000,drop_probability=0.1'"
+            " (keys of a scenario's links entry; repeatable)."
+        ),
     ] = None,
 ):
     """Run a scenario with every actor in this process; write the run directory."""
@@ -308,7 +358,9 @@ def up(
     coordination: CoordinationOpt = None,
     speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 25.0,
     tls: Annotated[bool, typer.Option("--tls", help="Mutual TLS: only the deployment's certificates get in.")] = False,
-    out: Annotated[Path, typer.Option(help="Deployment directory: secrets/, broker/, run/, one log per actor.")] = Path("runs/secure"),
+    out: Annotated[Path, typer.Option(help="Deployment directory: secrets/, broker/, run/, one log per actor.")] = Path(
+        "runs/secure"
+    ),
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
 ):
     """The secured deployment in one command: identities, Mosquitto with the access list (and mutual
@@ -339,12 +391,17 @@ def actor(
     speed: Annotated[float, typer.Option(help="Scenario seconds per wall second (the same for every actor).")] = 50.0,
     out: Annotated[Path, typer.Option(help="Run directory shared by the actors.")] = Path("runs/actors"),
     secrets: Annotated[
-        Optional[Path],
-        typer.Option(help="Secrets directory (tsodso secure init): this actor's key and broker password, everyone's "
-                          "public keys. Required unless --insecure."),
+        Path | None,
+        typer.Option(
+            help="Secrets directory (tsodso secure init): this actor's key and broker password, everyone's "
+            "public keys. Required unless --insecure."
+        ),
     ] = None,
     insecure: Annotated[
-        bool, typer.Option("--insecure", help="Run open: no signatures, no own login; anyone on the broker may speak as anyone.")
+        bool,
+        typer.Option(
+            "--insecure", help="Run open: no signatures, no own login; anyone on the broker may speak as anyone."
+        ),
     ] = False,
 ):
     """Run one actor in this process on any broker; the TSO starts the run when all are online."""
@@ -356,8 +413,10 @@ def actor(
     if role not in ("tso", "dso", "bsp", "mo"):
         raise typer.BadParameter("role is tso, dso, bsp or mo")
     if secrets is None and not insecure:
-        err.print("tsodso actor: give --secrets DIR (write it once with: tsodso secure init --scenario "
-                  f"{scenario} --out secrets), or --insecure to run without identities")  # fmt: skip
+        err.print(
+            "tsodso actor: give --secrets DIR (write it once with: tsodso secure init --scenario "
+            f"{scenario} --out secrets), or --insecure to run without identities"
+        )
         raise typer.Exit(2)
     loaded = load_scenario(scenario, coordination=_coordination(coordination))
     actor_in(loaded, role, actor_id, scenario)
@@ -382,26 +441,40 @@ def _print_outcomes(summaries: list[dict], to: Console) -> None:
 
     from testbed.summary import setpoints_text
 
-    def row(label: str, fn) -> None:  # noqa: ANN001
+    def row(label: str, fn) -> None:
         table.add_row(escape(label), *[escape(fn(s)) for s in summaries])
 
     row("DSO limit on bsp1-up [MW]", lambda s: ", ".join(f"{v:.2f}" for v in s["dso_limits_mw"].values()) or "none")
-    row("limiting element", lambda s: next((v.get("limiting_element") or "" for v in s["validations"].values()
-                                            if v.get("limiting_element")), "-"))  # fmt: skip
+    row(
+        "limiting element",
+        lambda s: next(
+            (v.get("limiting_element") or "" for v in s["validations"].values() if v.get("limiting_element")), "-"
+        ),
+    )
     row("largest delta setpoint [MW]", lambda s: ", ".join(f"{v:.2f}" for v in s["max_delta_setpoint_mw"].values()))
     row("max line loading [%]", lambda s: f"{s['max_line_loading_percent']:.1f} ({s['max_loading_element']})")
     row("congestion [s]", lambda s: f"{s['congestion_seconds']:.0f}")
     row("activated energy [MWh]", lambda s: f"{s['activated_energy_mwh']:.3f}")
     row("setpoints sent / missed", setpoints_text)
     row("delivery within [-10 %, +20 %]", lambda s: f"{s['delivery_within_tolerance_ratio']}")
-    row("MOL -> validation p50 / p99 [ms]", lambda s: (f"{s['mol_validation_round_trip_ms']['p50']} / "
-                                                        f"{s['mol_validation_round_trip_ms']['p99']}")
-        if s["mol_validation_round_trip_ms"]["count"] else "-")  # fmt: skip
-    row("delta_setpoint latency p50 / p99 [ms]", lambda s: (f"{s['latency_ms']['delta_setpoint']['p50']} / "
-                                                             f"{s['latency_ms']['delta_setpoint']['p99']}"))  # fmt: skip
+    row(
+        "MOL -> validation p50 / p99 [ms]",
+        lambda s: (
+            (f"{s['mol_validation_round_trip_ms']['p50']} / {s['mol_validation_round_trip_ms']['p99']}")
+            if s["mol_validation_round_trip_ms"]["count"]
+            else "-"
+        ),
+    )
+    row(
+        "delta_setpoint latency p50 / p99 [ms]",
+        lambda s: f"{s['latency_ms']['delta_setpoint']['p50']} / {s['latency_ms']['delta_setpoint']['p99']}",
+    )
     row("total activation cost [EUR]", lambda s: f"{s['schemes']['total_cost_eur']:.2f}")
     row("balancing need covered [%]", lambda s: f"{s['schemes']['balancing_covered_percent']:.1f}")
-    row("DER energy TSO / DSOs [MWh]", lambda s: f"{s['schemes']['der_mwh_tso']:.2f} / {s['schemes']['der_mwh_dso']:.2f}")
+    row(
+        "DER energy TSO / DSOs [MWh]",
+        lambda s: f"{s['schemes']['der_mwh_tso']:.2f} / {s['schemes']['der_mwh_dso']:.2f}",
+    )
     row("messages", lambda s: str(sum(s["messages"].values())))
     row("wall clock [s]", lambda s: f"{s['wall_clock_s']:.1f}")
     to.print(table)
@@ -415,9 +488,13 @@ def _bench_table(result: dict, extra: list[tuple[str, str]]) -> None:
     table = Table(title=f"bench {result['benchmark']}")
     table.add_column("")
     table.add_column("", justify="right")
-    rows = [(result["metric"], f"{result['value']} {result['unit']}"), ("goal", result["goal"]),
-            (f"baseline: {result['baseline']}", f"{result['baseline_value']} {result['unit']}"),
-            ("ratio (value / baseline)", str(result["ratio"])), *extra]  # fmt: skip
+    rows = [
+        (result["metric"], f"{result['value']} {result['unit']}"),
+        ("goal", result["goal"]),
+        (f"baseline: {result['baseline']}", f"{result['baseline_value']} {result['unit']}"),
+        ("ratio (value / baseline)", str(result["ratio"])),
+        *extra,
+    ]
     for label, value in rows:
         table.add_row(escape(label), escape(str(value)))
     console.print(table)
@@ -437,12 +514,19 @@ def bench_mol(
     if as_json:
         print(json.dumps(result))
         return
-    _bench_table(result, [("grid", f"{grid} ({result['buses']} buses)"), ("verdicts", str(result["verdicts"])),
-                          ("runs [ms]", str(result["validation_ms_runs"])),
-                          ("real-time check p50 / p99 [ms]",
-                           f"{result['realtime_check_ms_p50']} / {result['realtime_check_ms_p99']}"),
-                          ("engine vs pp.runpp, max loading difference [%]",
-                           str(result["engine_vs_runpp_max_loading_diff_percent"]))])  # fmt: skip
+    _bench_table(
+        result,
+        [
+            ("grid", f"{grid} ({result['buses']} buses)"),
+            ("verdicts", str(result["verdicts"])),
+            ("runs [ms]", str(result["validation_ms_runs"])),
+            (
+                "real-time check p50 / p99 [ms]",
+                f"{result['realtime_check_ms_p50']} / {result['realtime_check_ms_p99']}",
+            ),
+            ("engine vs pp.runpp, max loading difference [%]", str(result["engine_vs_runpp_max_loading_diff_percent"])),
+        ],
+    )
 
 
 @bench_app.command("fanout")
@@ -467,10 +551,18 @@ def bench_fanout(
     if as_json:
         print(json.dumps(result))
         return
-    _bench_table(result, [(f"{path}: p50 / p99 [ms], missed cycles, missed deliveries",
-                           f"{result[path]['p50_ms']} / {result[path]['p99_ms']}, {result[path]['missed_cycles']}/"
-                           f"{cycles}, {result[path]['missed_deliveries']}") for path in ("gateway", "raw")]
-                 + [("endpoints connected (s)", f"{result['connected']} ({result['connect_s']} s)")])  # fmt: skip
+    _bench_table(
+        result,
+        [
+            (
+                f"{path}: p50 / p99 [ms], missed cycles, missed deliveries",
+                f"{result[path]['p50_ms']} / {result[path]['p99_ms']}, {result[path]['missed_cycles']}/"
+                f"{cycles}, {result[path]['missed_deliveries']}",
+            )
+            for path in ("gateway", "raw")
+        ]
+        + [("endpoints connected (s)", f"{result['connected']} ({result['connect_s']} s)")],
+    )
 
 
 @bench_app.command("day")
@@ -489,10 +581,15 @@ def bench_day(
     if as_json:
         print(json.dumps(result))
         return
-    _bench_table(result, [("cycles", str(result["cycles"])),
-                          ("setpoints sent / missed", f"{result['setpoints_sent']} / {result['setpoints_missed']}"),
-                          ("late cycles", str(result["late_cycles"])),
-                          ("delta_setpoint latency [ms]", str(result["delta_setpoint_latency_ms"]))])  # fmt: skip
+    _bench_table(
+        result,
+        [
+            ("cycles", str(result["cycles"])),
+            ("setpoints sent / missed", f"{result['setpoints_sent']} / {result['setpoints_missed']}"),
+            ("late cycles", str(result["late_cycles"])),
+            ("delta_setpoint latency [ms]", str(result["delta_setpoint_latency_ms"])),
+        ],
+    )
 
 
 @bench_app.command("log")
@@ -507,14 +604,21 @@ def bench_log(
     if as_json:
         print(json.dumps(result))
         return
-    _bench_table(result, [("rows written / lost", f"{result['rows_written']} / {result['lost']}"),
-                          ("record() per row [µs]", str(result["record_us_per_row"]))])
+    _bench_table(
+        result,
+        [
+            ("rows written / lost", f"{result['rows_written']} / {result['lost']}"),
+            ("record() per row [µs]", str(result["record_us_per_row"])),
+        ],
+    )
 
 
 @bench_app.command("hostile")
 def bench_hostile(
     broker: BrokerOpt = "embedded",
-    rates: Annotated[str, typer.Option(help="Comma-separated hostile messages per second, 0 = the clean run.")] = "0,1000,2000,4000",
+    rates: Annotated[
+        str, typer.Option(help="Comma-separated hostile messages per second, 0 = the clean run.")
+    ] = "0,1000,2000,4000",
     speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
@@ -534,21 +638,40 @@ def bench_hostile(
     from rich.table import Table
 
     table = Table(title=f"reference scenario under a hostile flood, {running.kind} broker, {speed:g}x")
-    cols = ("rate (1/s)", "sent (1/s)", "refused", "as clean run", "limit (MW)", "congestion (s)", "lost / expired",
-            "setpoint p99 (ms)", "loop stall (ms)")  # fmt: skip
+    cols = (
+        "rate (1/s)",
+        "sent (1/s)",
+        "refused",
+        "as clean run",
+        "limit (MW)",
+        "congestion (s)",
+        "lost / expired",
+        "setpoint p99 (ms)",
+        "loop stall (ms)",
+    )
     for col in cols:
         table.add_column(col, justify="right")
     for r in result["rows"]:
-        table.add_row(f"{r['rate_per_s']:g}", str(r["sent_per_s"]), str(r["refused"]), "yes" if r["outcome_as_clean_run"] else "NO",
-                      str(r["dso_limit_mw"]), str(r["congestion_s"]), f"{r['setpoints_lost']} / {r['setpoints_expired']}",
-                      str(r["setpoint_latency_p99_ms"]), str(r["loop_stall_max_ms"]))  # fmt: skip
+        table.add_row(
+            f"{r['rate_per_s']:g}",
+            str(r["sent_per_s"]),
+            str(r["refused"]),
+            "yes" if r["outcome_as_clean_run"] else "NO",
+            str(r["dso_limit_mw"]),
+            str(r["congestion_s"]),
+            f"{r['setpoints_lost']} / {r['setpoints_expired']}",
+            str(r["setpoint_latency_p99_ms"]),
+            str(r["loop_stall_max_ms"]),
+        )
     console.print(table)
 
 
 @app.command()
 def hostile(
     broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1] (a broker of your own)")],
-    targets: Annotated[str, typer.Option(help="Comma-separated role/id the messages are addressed to.")] = "tso/tso,dso/dso1,bsp/bsp1",
+    targets: Annotated[
+        str, typer.Option(help="Comma-separated role/id the messages are addressed to.")
+    ] = "tso/tso,dso/dso1,bsp/bsp1",
     rate: Annotated[float, typer.Option(help="Messages per second.")] = 1000.0,
     duration: Annotated[float, typer.Option(help="[s] how long.")] = 20.0,
 ):
@@ -557,7 +680,7 @@ def hostile(
     from testbed.hostile import flood
 
     try:
-        parties = [Party(role=t.split("/")[0], id=t.split("/")[1]) for t in targets.split(",")]
+        parties = [Party.of(*t.split("/", 1)) for t in targets.split(",")]
     except (IndexError, ValueError):
         raise typer.BadParameter(f"--targets {targets!r}: comma-separated role/id, e.g. tso/tso,bsp/bsp1") from None
     import aiomqtt
@@ -567,8 +690,10 @@ def hostile(
     except (aiomqtt.MqttError, OSError, ValueError) as exc:
         err.print(f"tsodso hostile: {broker}: {exc}", highlight=False)
         raise typer.Exit(1) from None
-    console.print(f"sent {sum(sent.values())} hostile messages: "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(sent.items())), highlight=False)  # fmt: skip
+    console.print(
+        f"sent {sum(sent.values())} hostile messages: " + ", ".join(f"{k} {v}" for k, v in sorted(sent.items())),
+        highlight=False,
+    )
 
 
 @app.command()
@@ -584,8 +709,9 @@ def demo(
 
     for label in ("on", "off"):
         coordination = SWITCH[label]
-        console.print(f"running {scenario} with coordination {label} ({coordination}) on the {broker} broker ...",
-                      highlight=False)  # fmt: skip
+        console.print(
+            f"running {scenario} with coordination {label} ({coordination}) on the {broker} broker ...", highlight=False
+        )
         summaries.append(_run(scenario, coordination, speed, broker, out / f"coordination-{label}"))
     _print_outcomes(summaries, console)
     from testbed.report import build_report
@@ -614,21 +740,31 @@ def compare(
     if unknown:
         raise typer.BadParameter(f"unknown scheme {', '.join(unknown)}; known: {', '.join(SCHEMES)}")
     loaded = load_scenario(scenario)
-    result = asyncio.run(run_compare(loaded, broker, out, schemes=chosen, speed=speed,
-                                     progress=lambda s: err.print(f"running {loaded.name} as {s} on the {broker} broker ...",
-                                                                  highlight=False)))  # fmt: skip
+    result = asyncio.run(
+        run_compare(
+            loaded,
+            broker,
+            out,
+            schemes=chosen,
+            speed=speed,
+            progress=lambda s: err.print(f"running {loaded.name} as {s} on the {broker} broker ...", highlight=False),
+        )
+    )
     if as_json:
         print(json.dumps(result, indent=2))
         return
     console.print(table_markdown(result["schemes"]), highlight=False, markup=False, soft_wrap=True)
-    console.print(f"comparison: {out / 'comparison.json'}, {out / 'comparison.md'}, {out / 'comparison.html'}",
-                  highlight=False)  # fmt: skip
+    console.print(
+        f"comparison: {out / 'comparison.json'}, {out / 'comparison.md'}, {out / 'comparison.html'}", highlight=False
+    )
 
 
 @app.command()
 def report(
     runs: Annotated[list[Path], typer.Argument(help="One run directory, or two to compare (e.g. on and off).")],
-    out: Annotated[Optional[Path], typer.Option(help="Where report.html and the PNGs go (default: the first run).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where report.html and the PNGs go (default: the first run).")
+    ] = None,
 ):
     """Build report.html (self-contained, plots embedded) and PNGs from run directories alone."""
     from testbed.report import build_report
@@ -667,21 +803,41 @@ ScenarioOpt = Annotated[Path, typer.Option(help="Scenario the device profile com
 
 @app.command()
 def conformance(
-    role: Annotated[Optional[str], typer.Option(help="Role of the device under test: bsp | dso | tso | mo.")] = None,
-    device_id: Annotated[Optional[str], typer.Option("--device-id", help="The device's id on the bus.")] = None,
-    broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1] the device is on.")] = "mqtt://127.0.0.1:1883",
-    observer: Annotated[Optional[str], typer.Option(help="Broker URL with an account that may read tsodso/v1/# "
-                                                         "(brokers with access lists), for watching the device.")] = None,
+    role: Annotated[str | None, typer.Option(help="Role of the device under test: bsp | dso | tso | mo.")] = None,
+    device_id: Annotated[str | None, typer.Option("--device-id", help="The device's id on the bus.")] = None,
+    broker: Annotated[
+        str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1] the device is on.")
+    ] = "mqtt://127.0.0.1:1883",
+    observer: Annotated[
+        str | None,
+        typer.Option(
+            help="Broker URL with an account that may read tsodso/v1/# "
+            "(brokers with access lists), for watching the device."
+        ),
+    ] = None,
     rules: Annotated[str, typer.Option(help="Only rule IDs matching this pattern, e.g. 'BSP-SP-*'.")] = "*",
-    report: Annotated[Optional[Path], typer.Option(help="Write conformance.json and conformance.html here.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write conformance.json and conformance.html here.")] = None,
     scenario: ScenarioOpt = REFERENCE_SCENARIO,
-    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second (1 for real devices; emulators "
-                                              "step per setpoint and can go faster).")] = 1.0,
+    speed: Annotated[
+        float,
+        typer.Option(
+            help="Scenario seconds per wall second (1 for real devices; emulators step per setpoint and can go faster)."
+        ),
+    ] = 1.0,
     timeout: Annotated[float, typer.Option(help="[s] wait for each thing the device must do unprompted.")] = 20.0,
-    wait_offline: Annotated[float, typer.Option(help="[s] after the script, wait this long for the device to go "
-                                                     "(stop or unplug it) to judge its 'offline' state (PR-020).")] = 0.0,
-    public_keys: Annotated[Optional[Path], typer.Option("--public-keys", help="public-keys.json (tsodso secure "
-                                                         "init): verify the device's signatures (EN-060).")] = None,
+    wait_offline: Annotated[
+        float,
+        typer.Option(
+            help="[s] after the script, wait this long for the device to go "
+            "(stop or unplug it) to judge its 'offline' state (PR-020)."
+        ),
+    ] = 0.0,
+    public_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-keys", help="public-keys.json (tsodso secure init): verify the device's signatures (EN-060)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print conformance.json.")] = False,
     doc: Annotated[bool, typer.Option("--doc", help="Print the rules as docs/conformance.md and exit.")] = False,
 ):
@@ -714,13 +870,25 @@ def conformance(
         if device_key is None:
             raise typer.BadParameter(f"--public-keys {public_keys} has no key for {role}/{device_id}")
     try:
+
         def ask() -> None:
             err.print(f"script done: stop or disconnect {role}/{device_id} now (waiting {wait_offline:g} s)")
 
-        result = asyncio.run(run_suite(role, device_id, broker, load_scenario(scenario), rules=rules, speed=speed,
-                                       timeout_s=timeout, report_dir=report, observer=observer,
-                                       leave=(wait_offline, ask) if wait_offline > 0 else None,
-                                       device_key=device_key))  # fmt: skip
+        result = asyncio.run(
+            run_suite(
+                role,
+                device_id,
+                broker,
+                load_scenario(scenario),
+                rules=rules,
+                speed=speed,
+                timeout_s=timeout,
+                report_dir=report,
+                observer=observer,
+                leave=(wait_offline, ask) if wait_offline > 0 else None,
+                device_key=device_key,
+            )
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if as_json:
@@ -735,24 +903,35 @@ def conformance(
         if result.aborted:
             console.print(f"[bold red]session stopped early:[/] {result.aborted}", highlight=False, soft_wrap=True)
         c = result.counts
-        console.print(f"{role}/{device_id}: {c['pass']} passed, {c['fail']} failed, {c['skip']} skipped in "
-                      f"{result.duration_s:.1f} s" + (f"; report: {report / 'conformance.html'}" if report else ""),
-                      highlight=False, soft_wrap=True)  # fmt: skip
+        console.print(
+            f"{role}/{device_id}: {c['pass']} passed, {c['fail']} failed, {c['skip']} skipped in "
+            f"{result.duration_s:.1f} s" + (f"; report: {report / 'conformance.html'}" if report else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
     if not result.passed:
         raise typer.Exit(1)
 
 
 @app.command()
 def emulate(
-    role: Annotated[Optional[str], typer.Argument(help="bsp | dso | tso | mo")] = None,
-    device_id: Annotated[Optional[str], typer.Option("--device-id", help="The device's id on the bus.")] = None,
-    broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")] = "mqtt://127.0.0.1:1883",
-    fault: Annotated[Optional[str], typer.Option(help="Break rules on purpose (tsodso emulate --list-faults).")] = None,
+    role: Annotated[str | None, typer.Argument(help="bsp | dso | tso | mo")] = None,
+    device_id: Annotated[str | None, typer.Option("--device-id", help="The device's id on the bus.")] = None,
+    broker: Annotated[
+        str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
+    ] = "mqtt://127.0.0.1:1883",
+    fault: Annotated[str | None, typer.Option(help="Break rules on purpose (tsodso emulate --list-faults).")] = None,
     scenario: ScenarioOpt = REFERENCE_SCENARIO,
     speed: Annotated[float, typer.Option(help="Must match the suite's --speed.")] = 1.0,
-    list_faults: Annotated[bool, typer.Option("--list-faults", help="Print the fault modes and the rules they break.")] = False,
-    public_key_out: Annotated[Optional[Path], typer.Option(help="Write the device's public key here (public-keys.json "
-                                                                "form), for tsodso conformance --public-keys.")] = None,
+    list_faults: Annotated[
+        bool, typer.Option("--list-faults", help="Print the fault modes and the rules they break.")
+    ] = False,
+    public_key_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the device's public key here (public-keys.json form), for tsodso conformance --public-keys."
+        ),
+    ] = None,
 ):
     """A reference BSP, DSO, TSO or market-operator device that passes its conformance suite (or breaks it
     with --fault). It signs what it sends with a key made for this run."""
@@ -763,8 +942,9 @@ def emulate(
     if list_faults:
         for r, faults in FAULTS.items():
             for name, (what, breaks) in faults.items():
-                console.print(f"{r} --fault {name}: {what} (fails {', '.join(sorted(breaks))})", highlight=False,
-                              soft_wrap=True)
+                console.print(
+                    f"{r} --fault {name}: {what} (fails {', '.join(sorted(breaks))})", highlight=False, soft_wrap=True
+                )
         return
     if role not in FAULTS or device_id is None:
         raise typer.BadParameter(f"give a role ({', '.join(FAULTS)}) and --device-id (or --list-faults)")
@@ -775,33 +955,48 @@ def emulate(
     key = signing.generate([f"{role}/{device_id}"])
     if public_key_out is not None:
         public_key_out.write_text(signing.public_keys_json(signing.public_keys(key)))
-    err.print(f"{role}/{device_id} on {broker}" + (f", fault {fault}" if fault else "") + ": waiting for a session "
-              "(tsodso conformance ...); Ctrl-C stops", highlight=False)  # fmt: skip
-    asyncio.run(run_emulator(role, device_id, broker, load_scenario(scenario), fault=fault, speed=speed,
-                             signing_key=key[f"{role}/{device_id}"]))
+    err.print(
+        f"{role}/{device_id} on {broker}" + (f", fault {fault}" if fault else "") + ": waiting for a session "
+        "(tsodso conformance ...); Ctrl-C stops",
+        highlight=False,
+    )
+    asyncio.run(
+        run_emulator(
+            role,
+            device_id,
+            broker,
+            load_scenario(scenario),
+            fault=fault,
+            speed=speed,
+            signing_key=key[f"{role}/{device_id}"],
+        )
+    )
 
 
 @app.command()
 def capture(
-    broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")] = "mqtt://127.0.0.1:1883",
+    broker: Annotated[
+        str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
+    ] = "mqtt://127.0.0.1:1883",
     out: Annotated[Path, typer.Option(help="Capture file (JSON lines).")] = Path("capture.jsonl"),
-    duration: Annotated[Optional[float], typer.Option(help="[s] stop after this long (default: Ctrl-C).")] = None,
-    count: Annotated[Optional[int], typer.Option(help="Stop after this many messages.")] = None,
-    topic: Annotated[Optional[list[str]], typer.Option(help="Topic filter (repeatable; default tsodso/#).")] = None,
+    duration: Annotated[float | None, typer.Option(help="[s] stop after this long (default: Ctrl-C).")] = None,
+    count: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+    topic: Annotated[list[str] | None, typer.Option(help="Topic filter (repeatable; default tsodso/#).")] = None,
 ):
     """Record bus traffic with arrival times, checking each message against the contract."""
     from testbed.capture import capture as record
 
     bad = [0]
 
-    def show(msg) -> None:  # noqa: ANN001
+    def show(msg) -> None:
         if not msg.valid:
             bad[0] += 1
             err.print(f"[red]INVALID[/] {msg.topic}: {msg.error}", highlight=False)
 
     try:
-        n = asyncio.run(record(broker, out, duration_s=duration, count=count, filters=topic or ["tsodso/#"],
-                               on_message=show))  # fmt: skip
+        n = asyncio.run(
+            record(broker, out, duration_s=duration, count=count, filters=topic or ["tsodso/#"], on_message=show)
+        )
     except KeyboardInterrupt:
         n = sum(1 for _ in out.open()) if out.exists() else 0
     console.print(f"{n} messages ({bad[0]} not following the contract) in {out}", highlight=False)
@@ -810,9 +1005,13 @@ def capture(
 @app.command()
 def replay(
     file: Annotated[Path, typer.Argument(help="A capture (tsodso capture).")],
-    broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")] = "mqtt://127.0.0.1:1883",
+    broker: Annotated[
+        str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
+    ] = "mqtt://127.0.0.1:1883",
     speed: Annotated[float, typer.Option(help="Replay this many times faster than recorded.")] = 1.0,
-    with_retained: Annotated[bool, typer.Option(help="Also replay the retained messages the capture began with.")] = False,
+    with_retained: Annotated[
+        bool, typer.Option(help="Also replay the retained messages the capture began with.")
+    ] = False,
 ):
     """Play a capture back with its original timing (or scaled) to drive a device under test."""
     from testbed.capture import replay as play

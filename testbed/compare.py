@@ -19,12 +19,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from actors.config import SCHEMES, Scenario  # noqa: E402
-from actors.coordination import SCHEMES as REGISTRY  # noqa: E402
-from broker import start_broker  # noqa: E402
-from testbed.runner import run_scenario  # noqa: E402
+from actors.config import SCHEMES, Scenario
+from actors.coordination import SCHEMES as REGISTRY
+from broker import start_broker
+from testbed.runner import run_scenario
 
 LABELS = {name: s.label for name, s in REGISTRY.items()}
 
@@ -43,12 +43,24 @@ ROWS: list[tuple[str, Callable[[dict], str]]] = [
     ("  of which aFRR / blocks [EUR]", lambda r: f"{r['afrr_cost_eur']:.0f} / {r['flex_cost_eur']:.0f}"),
     ("balancing need covered [MWh]", lambda r: f"{r['balancing_covered_mwh']:.2f} of {r['balancing_need_mwh']:.2f}"),
     ("balancing need covered [%]", lambda r: f"{r['balancing_covered_percent']:.1f}"),
-    ("DSO congestion [s above 100 %]", lambda r: ", ".join(f"{d} {c['seconds_above_100']:.0f}" for d, c in r["congestion"].items())),
-    ("peak loading [%]", lambda r: ", ".join(f"{d} {c['peak_loading_percent']:.1f}" for d, c in r["congestion"].items())),
+    (
+        "DSO congestion [s above 100 %]",
+        lambda r: ", ".join(f"{d} {c['seconds_above_100']:.0f}" for d, c in r["congestion"].items()),
+    ),
+    (
+        "peak loading [%]",
+        lambda r: ", ".join(f"{d} {c['peak_loading_percent']:.1f}" for d, c in r["congestion"].items()),
+    ),
     ("DER energy for the TSO [MWh]", lambda r: f"{r['der_mwh_tso']:.2f}"),
     ("DER energy for DSOs [MWh]", lambda r: f"{r['der_mwh_dso']:.2f}"),
-    ("energy for commercial parties [MWh] (DER)", lambda r: f"{r['commercial_mwh']:.2f} ({r['der_mwh_commercial']:.2f})"),
-    ("TSO vs DSO in opposite directions [MWh]", lambda r: f"{r['opposite_mwh']:.2f} ({len(r['opposite_activations'])} ISP-DSO pairs)"),
+    (
+        "energy for commercial parties [MWh] (DER)",
+        lambda r: f"{r['commercial_mwh']:.2f} ({r['der_mwh_commercial']:.2f})",
+    ),
+    (
+        "TSO vs DSO in opposite directions [MWh]",
+        lambda r: f"{r['opposite_mwh']:.2f} ({len(r['opposite_activations'])} ISP-DSO pairs)",
+    ),
     ("messages / kB", lambda r: f"{r['messages']} / {r['bytes'] / 1000:.0f}"),
     ("MOL -> accepted p50 / p99 [ms]", lambda r: f"{_p(r, 'p50')} / {_p(r, 'p99')}"),
     ("operators' computation [ms]", _compute),
@@ -83,7 +95,7 @@ def plot(rows: dict[str, dict]) -> bytes:
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     x = range(len(names))
 
-    def bars(ax, values: Sequence[float], title: str, color: str = "tab:blue") -> None:  # noqa: ANN001
+    def bars(ax, values: Sequence[float], title: str, color: str = "tab:blue") -> None:
         drawn = ax.bar(x, values, color=color)
         ax.bar_label(drawn, fmt="%.4g", fontsize=8)
         ax.set_ylim(0, max(max(values, default=0) * 1.15, 1e-9))
@@ -96,8 +108,12 @@ def plot(rows: dict[str, dict]) -> bytes:
     ax = axes[1][0]
     ax.bar(x, [v["der_mwh_tso"] for v in r], label="TSO")
     ax.bar(x, [v["der_mwh_dso"] for v in r], bottom=[v["der_mwh_tso"] for v in r], label="DSOs")
-    ax.bar(x, [v["der_mwh_commercial"] for v in r], bottom=[v["der_mwh_tso"] + v["der_mwh_dso"] for v in r],
-           label="commercial")  # fmt: skip
+    ax.bar(
+        x,
+        [v["der_mwh_commercial"] for v in r],
+        bottom=[v["der_mwh_tso"] + v["der_mwh_dso"] for v in r],
+        label="commercial",
+    )
     ax.set_title("DER energy by buyer [MWh]")
     ax.set_xticks(list(x), names, rotation=30, ha="right")
     ax.set_ylim(0, max(v["der_mwh_tso"] + v["der_mwh_dso"] + v["der_mwh_commercial"] for v in r) * 1.3)
@@ -113,18 +129,28 @@ def plot(rows: dict[str, dict]) -> bytes:
 
 def write_report(comparison: dict[str, Any], out: Path) -> Path:
     rows = comparison["schemes"]
-    (out / "comparison.md").write_text(f"# {comparison['scenario']}: coordination schemes\n\n" + table_markdown(rows)
-                                       + "\n## Messages per link\n\n" + traffic_markdown(rows))  # fmt: skip
+    (out / "comparison.md").write_text(
+        f"# {comparison['scenario']}: coordination schemes\n\n"
+        + table_markdown(rows)
+        + "\n## Messages per link\n\n"
+        + traffic_markdown(rows)
+    )
     png = plot(rows)
     (out / "comparison.png").write_bytes(png)
     head = "".join(f"<th>{html.escape(LABELS.get(s, s))}</th>" for s in rows)
-    body = "".join("<tr><td>" + html.escape(label) + "</td>" + "".join(f"<td>{html.escape(fn(r))}</td>" for r in rows.values())
-                   + "</tr>" for label, fn in ROWS)  # fmt: skip
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(comparison['scenario'])}</title>
+    body = "".join(
+        "<tr><td>"
+        + html.escape(label)
+        + "</td>"
+        + "".join(f"<td>{html.escape(fn(r))}</td>" for r in rows.values())
+        + "</tr>"
+        for label, fn in ROWS
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(comparison["scenario"])}</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}</style>
-</head><body><h1>{html.escape(comparison['scenario'])}: the six coordination schemes (CS review Table I)</h1>
-<p>Broker: {html.escape(comparison['broker'])}; speed {comparison['speed']}x; run directories under {html.escape(str(out))}.</p>
+</head><body><h1>{html.escape(comparison["scenario"])}: the six coordination schemes (CS review Table I)</h1>
+<p>Broker: {html.escape(comparison["broker"])}; speed {comparison["speed"]}x; run directories under {html.escape(str(out))}.</p>
 <table><tr><th></th>{head}</tr>{body}</table>
 <img alt="comparison" src="data:image/png;base64,{base64.b64encode(png).decode()}"/></body></html>"""
     path = out / "comparison.html"
@@ -132,8 +158,15 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
     return path
 
 
-async def compare(scenario: Scenario, broker: str, out: Path, *, schemes: Sequence[str] = SCHEMES, speed: float = 50.0,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+async def compare(
+    scenario: Scenario,
+    broker: str,
+    out: Path,
+    *,
+    schemes: Sequence[str] = SCHEMES,
+    speed: float = 50.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run ``scenario`` once per scheme, each on a fresh broker of kind ``broker`` (or the URL),
     and write ``comparison.json`` and the report into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -146,8 +179,9 @@ async def compare(scenario: Scenario, broker: str, out: Path, *, schemes: Sequen
         shutil.rmtree(run_dir / "broker", ignore_errors=True)
         t0 = time.time()
         with start_broker(broker, data_dir=run_dir / "broker") as running:
-            summary = await run_scenario(scenario.model_copy(update={"coordination": scheme}), running.url, run_dir,
-                                         speed=speed)  # fmt: skip
+            summary = await run_scenario(
+                scenario.model_copy(update={"coordination": scheme}), running.url, run_dir, speed=speed
+            )
         wall[scheme] = round(time.time() - t0, 1)
         row = {k: v for k, v in summary["schemes"].items() if k != "market_results"}
         row["late_cycles"] = summary["late_cycles"]

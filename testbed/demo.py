@@ -56,13 +56,21 @@ async def exchange(broker_url: str, log: ExchangeLog, *, cycles: int = 5, period
         async def prequalify(msg: Received[PrequalificationRequest]) -> None:
             dn = [a for a in msg.body.assets if a.connection == Connection.DN]
             verdicts = [
-                AssetVerdict(asset_id=a.asset_id, qualified=True, validated_capacity_up_mw=a.capacity_up_mw,
-                             validated_capacity_down_mw=a.capacity_down_mw, checked_by="tso")
-                for a in msg.body.assets if a.connection == Connection.TN
-            ]  # fmt: skip
+                AssetVerdict(
+                    asset_id=a.asset_id,
+                    qualified=True,
+                    validated_capacity_up_mw=a.capacity_up_mw,
+                    validated_capacity_down_mw=a.capacity_down_mw,
+                    checked_by="tso",
+                )
+                for a in msg.body.assets
+                if a.connection == Connection.TN
+            ]
             if dn:
                 answer = await tso.request(
-                    PrequalificationForward(bsp_id=msg.body.bsp_id, dso_id=DSO.id, assets=dn), DSO, timeout=5,
+                    PrequalificationForward(bsp_id=msg.body.bsp_id, dso_id=DSO.id, assets=dn),
+                    DSO,
+                    timeout=5,
                     correlation_id=msg.envelope.correlation_id,
                 )
                 verdicts += answer.body.verdicts
@@ -73,71 +81,131 @@ async def exchange(broker_url: str, log: ExchangeLog, *, cycles: int = 5, period
             verdicts = []
             for a in msg.body.assets:
                 ok = a.connection_bus in DSO_BUSES
-                verdicts.append(AssetVerdict(
-                    asset_id=a.asset_id, qualified=ok, checked_by="dso",
-                    validated_capacity_up_mw=a.capacity_up_mw if ok else 0,
-                    validated_capacity_down_mw=a.capacity_down_mw if ok else 0,
-                    reason=None if ok else f"bus {a.connection_bus!r} is not in the DSO's grid",
-                ))  # fmt: skip
+                verdicts.append(
+                    AssetVerdict(
+                        asset_id=a.asset_id,
+                        qualified=ok,
+                        checked_by="dso",
+                        validated_capacity_up_mw=a.capacity_up_mw if ok else 0,
+                        validated_capacity_down_mw=a.capacity_down_mw if ok else 0,
+                        reason=None if ok else f"bus {a.connection_bus!r} is not in the DSO's grid",
+                    )
+                )
             await dso.reply(msg, PrequalificationResult(bsp_id=msg.body.bsp_id, verdicts=verdicts))
 
         @dso.on(MeritOrderList)
         async def validate(msg: Received[MeritOrderList]) -> None:
-            results = [BidValidation(bid_id=b.bid_id, status=BidStatus.ACCEPTED, upper_bound_mw=b.upper_bound_mw)
-                       for b in msg.body.bids]  # fmt: skip
-            await dso.reply(msg, MolValidation(mol_id=msg.body.mol_id, iteration=msg.body.iteration,
-                                               dso_id=DSO.id, results=results))  # fmt: skip
+            results = [
+                BidValidation(bid_id=b.bid_id, status=BidStatus.ACCEPTED, upper_bound_mw=b.upper_bound_mw)
+                for b in msg.body.bids
+            ]
+            await dso.reply(
+                msg, MolValidation(mol_id=msg.body.mol_id, iteration=msg.body.iteration, dso_id=DSO.id, results=results)
+            )
 
         @bsp.on(DeltaSetpoint)
         async def follow(msg: Received[DeltaSetpoint]) -> None:
             sp = msg.body
             await bsp.publish(
-                Telemetry(source_id=BSP.id, instant=sp.instant, cycle=sp.cycle, delivered_delta_mw=sp.delta_mw,
-                          measurements=[Measurement(resource_id="plant", p_mw=sp.reference_mw + sp.delta_mw)]),
-                TSO, causation_id=msg.envelope.message_id, correlation_id=msg.envelope.correlation_id,
-            )  # fmt: skip
+                Telemetry(
+                    source_id=BSP.id,
+                    instant=sp.instant,
+                    cycle=sp.cycle,
+                    delivered_delta_mw=sp.delta_mw,
+                    measurements=[Measurement(resource_id="plant", p_mw=sp.reference_mw + sp.delta_mw)],
+                ),
+                TSO,
+                causation_id=msg.envelope.message_id,
+                correlation_id=msg.envelope.correlation_id,
+            )
 
         @tso.on(Telemetry)
         async def watch(msg: Received[Telemetry]) -> None:
             await telemetry_seen.put(msg)
 
-        plant = AssetData(asset_id="plant", connection=Connection.TN, product=ProcessType.AFRR,
-                          capacity_up_mw=10, capacity_down_mw=10, ramp_rate_mw_per_min=2)  # fmt: skip
-        der = AssetData(asset_id="der-park", connection=Connection.DN, dso_id=DSO.id, connection_bus="bus7",
-                        product=ProcessType.AFRR, capacity_up_mw=10, capacity_down_mw=10, ramp_rate_mw_per_min=2)  # fmt: skip
+        plant = AssetData(
+            asset_id="plant",
+            connection=Connection.TN,
+            product=ProcessType.AFRR,
+            capacity_up_mw=10,
+            capacity_down_mw=10,
+            ramp_rate_mw_per_min=2,
+        )
+        der = AssetData(
+            asset_id="der-park",
+            connection=Connection.DN,
+            dso_id=DSO.id,
+            connection_bus="bus7",
+            product=ProcessType.AFRR,
+            capacity_up_mw=10,
+            capacity_down_mw=10,
+            ramp_rate_mw_per_min=2,
+        )
         result = await bsp.request(PrequalificationRequest(bsp_id=BSP.id, assets=[plant, der]), TSO, timeout=5)
         assert all(v.qualified for v in result.body.verdicts), result.body
 
         bid = EnergyBid(
-            bid_id="bid-up-1", bsp_id=BSP.id, process=ProcessType.AFRR, direction=Direction.UP, isp_start=ISP,
-            quantity_mw=20, price_eur_per_mwh=85, reference_mw=200, ramp_rate_mw_per_min=2,
-            assets=[BidAsset(asset_id="plant", connection=Connection.TN, share_mw=10),
-                    BidAsset(asset_id="der-park", connection=Connection.DN, dso_id=DSO.id, connection_bus="bus7",
-                             share_mw=10)],
-        )  # fmt: skip
+            bid_id="bid-up-1",
+            bsp_id=BSP.id,
+            process=ProcessType.AFRR,
+            direction=Direction.UP,
+            isp_start=ISP,
+            quantity_mw=20,
+            price_eur_per_mwh=85,
+            reference_mw=200,
+            ramp_rate_mw_per_min=2,
+            assets=[
+                BidAsset(asset_id="plant", connection=Connection.TN, share_mw=10),
+                BidAsset(
+                    asset_id="der-park", connection=Connection.DN, dso_id=DSO.id, connection_bus="bus7", share_mw=10
+                ),
+            ],
+        )
         await bsp.publish(bid, TSO)
         mol = MeritOrderList(
-            mol_id="mol-1000", process=ProcessType.AFRR, isp_start=ISP,
-            bids=[MolEntry(rank=1, bid_id=bid.bid_id, bsp_id=BSP.id, direction=bid.direction,
-                           price_eur_per_mwh=bid.price_eur_per_mwh, quantity_mw=bid.quantity_mw,
-                           upper_bound_mw=bid.quantity_mw, assets=bid.assets)],
-        )  # fmt: skip
+            mol_id="mol-1000",
+            process=ProcessType.AFRR,
+            isp_start=ISP,
+            bids=[
+                MolEntry(
+                    rank=1,
+                    bid_id=bid.bid_id,
+                    bsp_id=BSP.id,
+                    direction=bid.direction,
+                    price_eur_per_mwh=bid.price_eur_per_mwh,
+                    quantity_mw=bid.quantity_mw,
+                    upper_bound_mw=bid.quantity_mw,
+                    assets=bid.assets,
+                )
+            ],
+        )
         validation = await tso.request(mol, DSO, timeout=5)
         bounds = {r.bid_id: r for r in validation.body.results}
         await tso.publish(
-            OfferAcceptance(isp_start=ISP, accepted=[
-                AcceptedOffer(bid_id=b, direction=Direction.UP, upper_bound_mw=r.upper_bound_mw)
-                for b, r in bounds.items()]),
-            BSP, correlation_id=validation.envelope.correlation_id,
-        )  # fmt: skip
+            OfferAcceptance(
+                isp_start=ISP,
+                accepted=[
+                    AcceptedOffer(bid_id=b, direction=Direction.UP, upper_bound_mw=r.upper_bound_mw)
+                    for b, r in bounds.items()
+                ],
+            ),
+            BSP,
+            correlation_id=validation.envelope.correlation_id,
+        )
         start = time.monotonic()
         for cycle in range(cycles):
             await asyncio.sleep(max(0.0, start + cycle * period_s - time.monotonic()))
             await tso.publish(
-                DeltaSetpoint(bsp_id=BSP.id, cycle=cycle, instant=ISP + timedelta(seconds=4 * cycle),
-                              reference_mw=200, delta_mw=float(cycle)),
-                BSP, valid_for_s=4,
-            )  # fmt: skip
+                DeltaSetpoint(
+                    bsp_id=BSP.id,
+                    cycle=cycle,
+                    instant=ISP + timedelta(seconds=4 * cycle),
+                    reference_mw=200,
+                    delta_mw=float(cycle),
+                ),
+                BSP,
+                valid_for_s=4,
+            )
         for _ in range(cycles):
             await asyncio.wait_for(telemetry_seen.get(), 5)
 
@@ -158,8 +226,9 @@ def print_exchange(db_path: Path, console: Console) -> dict[str, Any]:
         table.add_column(col, justify="right" if col in ("t [ms]", "bytes", "QoS", "latency [ms]") else "left")
     per_type: dict[str, list[float]] = {}
     for received, sender, receiver, type_name, size, qos, lat_us, _ in rows:
-        table.add_row(f"{(received - t0) / 1000:.1f}", sender, receiver, type_name, str(size), str(qos),
-                      f"{lat_us / 1000:.2f}")  # fmt: skip
+        table.add_row(
+            f"{(received - t0) / 1000:.1f}", sender, receiver, type_name, str(size), str(qos), f"{lat_us / 1000:.2f}"
+        )
         per_type.setdefault(type_name, []).append(lat_us / 1000)
     console.print(table)
     stats = Table(title="One-way latency per message type [ms]")

@@ -30,8 +30,15 @@ def actors_of(scenario: Any) -> list[tuple[str, str]]:
     return scenario.actors()
 
 
-def up(scenario_file: Path, out: Path, *, speed: float = 25.0, tls: bool = False, coordination: str | None = None,
-       timeout_s: float = 3600.0) -> dict[str, Any]:  # fmt: skip
+def up(
+    scenario_file: Path,
+    out: Path,
+    *,
+    speed: float = 25.0,
+    tls: bool = False,
+    coordination: str | None = None,
+    timeout_s: float = 3600.0,
+) -> dict[str, Any]:
     scenario = load_scenario(scenario_file, coordination=coordination)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / "run", ignore_errors=True)  # a new run: nothing of the last one in its log
@@ -43,16 +50,35 @@ def up(scenario_file: Path, out: Path, *, speed: float = 25.0, tls: bool = False
         url = broker.url.replace("mqtt://", "mqtts://") if tls else broker.url
         procs = {}
         for role, ident in actors_of(scenario):
-            argv = [sys.executable, "-m", "testbed", "actor", role, "--id", ident, "--scenario", str(scenario_file),
-                    "--broker", url, "--secrets", str(secrets), "--speed", str(speed), "--out", str(out / "run"),
-                    *(["--coordination", coordination] if coordination else [])]  # fmt: skip
+            argv = [
+                sys.executable,
+                "-m",
+                "testbed",
+                "actor",
+                role,
+                "--id",
+                ident,
+                "--scenario",
+                str(scenario_file),
+                "--broker",
+                url,
+                "--secrets",
+                str(secrets),
+                "--speed",
+                str(speed),
+                "--out",
+                str(out / "run"),
+                *(["--coordination", coordination] if coordination else []),
+            ]
             log = out / f"{role}-{ident}.log"
             procs[(role, ident)] = (subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT), log)
         try:
             for (role, ident), (proc, log) in procs.items():
                 if proc.wait(timeout_s) != 0:
                     tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-                    raise DeployError(f"{role}/{ident} exited with {proc.returncode}: {' | '.join(tail)} (all of it: {log})")
+                    raise DeployError(
+                        f"{role}/{ident} exited with {proc.returncode}: {' | '.join(tail)} (all of it: {log})"
+                    )
         finally:
             for proc, _ in procs.values():
                 if proc.poll() is None:

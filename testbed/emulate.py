@@ -45,10 +45,14 @@ from testbed.standalone import LEAD_S, announce_run_start, is_run_start, track_p
 
 FAULTS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
     "bsp": {
-        "bad-schema": ("after its first message, sends a copy with a field the schema does not know",
-                       frozenset({"BSP-EN-010"})),
-        "no-correlation": ("answers (telemetry, heartbeats) without causation and correlation ids",
-                           frozenset({"BSP-RR-010"})),
+        "bad-schema": (
+            "after its first message, sends a copy with a field the schema does not know",
+            frozenset({"BSP-EN-010"}),
+        ),
+        "no-correlation": (
+            "answers (telemetry, heartbeats) without causation and correlation ids",
+            frozenset({"BSP-RR-010"}),
+        ),
         "slow-ramp": ("raises its output at a quarter of its bid's declared ramp rate", frozenset({"BSP-SP-010"})),
         "ignore-limit": ("ignores activation limits, terminations included", frozenset({"BSP-SP-030", "BSP-SP-040"})),
         "stale-telemetry": ("reports only every third setpoint cycle", frozenset({"BSP-TM-010"})),
@@ -57,27 +61,39 @@ FAULTS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
         "no-will": ("connects without an MQTT will: killed, it leaves no 'offline' state", frozenset({"BSP-PR-020"})),
     },
     "dso": {
-        "bad-schema": ("after its first message, sends a copy with a field the schema does not know",
-                       frozenset({"DSO-EN-010"})),
+        "bad-schema": (
+            "after its first message, sends a copy with a field the schema does not know",
+            frozenset({"DSO-EN-010"}),
+        ),
         "no-correlation": ("answers requests without causation and correlation ids", frozenset({"DSO-RR-010"})),
         "slow-validation": ("answers a merit order list after 3 s", frozenset({"DSO-MV-010"})),
-        "bad-bounds": ("validates bids with an upper bound 1000 MW above the offered quantity",
-                       frozenset({"DSO-MV-030"})),
+        "bad-bounds": (
+            "validates bids with an upper bound 1000 MW above the offered quantity",
+            frozenset({"DSO-MV-030"}),
+        ),
         "no-will": ("connects without an MQTT will: killed, it leaves no 'offline' state", frozenset({"DSO-PR-020"})),
     },
     "mo": {
-        "bad-schema": ("after its first message, sends a copy with a field the schema does not know",
-                       frozenset({"MO-EN-010"})),
-        "ignore-validation": ("clears with the offered quantities, not the bounds its DSOs validated",
-                              frozenset({"MO-MK-010"})),
+        "bad-schema": (
+            "after its first message, sends a copy with a field the schema does not know",
+            frozenset({"MO-EN-010"}),
+        ),
+        "ignore-validation": (
+            "clears with the offered quantities, not the bounds its DSOs validated",
+            frozenset({"MO-MK-010"}),
+        ),
         "greedy": ("serves the least willing need first", frozenset({"MO-MK-030"})),
-        "late-result": ("sends the buyers their market results half a setpoint period after the ISP starts",
-                        frozenset({"MO-MK-040"})),
+        "late-result": (
+            "sends the buyers their market results half a setpoint period after the ISP starts",
+            frozenset({"MO-MK-040"}),
+        ),
         "no-will": ("connects without an MQTT will: killed, it leaves no 'offline' state", frozenset({"MO-PR-020"})),
     },
     "tso": {
-        "uncoordinated": ("runs with coordination off: DER bids activated without asking their DSO",
-                          frozenset({"TSO-PQ-010", "TSO-MV-010", "TSO-MV-020"})),
+        "uncoordinated": (
+            "runs with coordination off: DER bids activated without asking their DSO",
+            frozenset({"TSO-PQ-010", "TSO-MV-010", "TSO-MV-020"}),
+        ),
         "no-will": ("connects without an MQTT will: killed, it leaves no 'offline' state", frozenset({"TSO-PR-020"})),
     },
 }
@@ -104,8 +120,11 @@ class FaultyGateway(Gateway):
             env, _ = self._build(body, to)  # counted, never sent
             return env
         if self.fault == "bad-bounds" and isinstance(body, MolValidation):
-            body = body.model_copy(update={"results": [
-                r.model_copy(update={"upper_bound_mw": r.upper_bound_mw + 1000}) for r in body.results]})  # fmt: skip
+            body = body.model_copy(
+                update={
+                    "results": [r.model_copy(update={"upper_bound_mw": r.upper_bound_mw + 1000}) for r in body.results]
+                }
+            )
         env = await super().publish(body, to, **kw)
         if self.fault == "bad-schema" and not self._bad_sent and body.type_name != "actor_state":
             self._bad_sent = True
@@ -113,9 +132,11 @@ class FaultyGateway(Gateway):
             doc = json.loads(signing.split(payload)[0])
             doc["body"]["colour"] = "blue"  # extra fields are refused by every body schema
             bad = json.dumps(doc).encode()
-            await self.publish_bytes(topic_for(self.me, body.type_name, to),
-                                     signing.sign(bad, self.signing_key) if self.signing_key else bad,
-                                     qos=self.policy[body.type_name].qos)  # fmt: skip
+            await self.publish_bytes(
+                topic_for(self.me, body.type_name, to),
+                signing.sign(bad, self.signing_key) if self.signing_key else bad,
+                qos=self.policy[body.type_name].qos,
+            )
         return env
 
 
@@ -158,7 +179,7 @@ class EmulatedMO(MarketOperator):
 
     fault: str | None = None
 
-    async def validate(self, dso, isp, conversation, entries):  # noqa: ANN001, ANN201
+    async def validate(self, dso, isp, conversation, entries):
         needs = await super().validate(dso, isp, conversation, entries)
         if self.fault == "ignore-validation":
             for bid_id, e in list(entries.items()):
@@ -170,7 +191,7 @@ class EmulatedMO(MarketOperator):
             return market.clear_in_order(sorted(needs, key=lambda n: n.max_price_eur_per_mwh), offers)
         return super().clearing(needs, offers)
 
-    async def send_results(self, result, buyers, conversation) -> None:  # noqa: ANN001
+    async def send_results(self, result, buyers, conversation) -> None:
         if self.fault != "late-result":
             return await super().send_results(result, buyers, conversation)
 
@@ -190,8 +211,17 @@ def bsp_profile(scenario: Scenario, device_id: str) -> Scenario:
     return Scenario.model_validate(data)
 
 
-async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *, fault: str | None = None,
-                  speed: float = 1.0, stop: asyncio.Event | None = None, signing_key: Any = None) -> None:  # fmt: skip
+async def emulate(
+    role: str,
+    device_id: str,
+    broker: str,
+    scenario: Scenario,
+    *,
+    fault: str | None = None,
+    speed: float = 1.0,
+    stop: asyncio.Event | None = None,
+    signing_key: Any = None,
+) -> None:
     """Run one emulated device until ``stop`` is set (or SIGINT / SIGTERM); with ``signing_key`` it
     signs what it sends (``schemas.signing``)."""
     if role not in FAULTS:
@@ -204,14 +234,18 @@ async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     if role == "tso":
-        return await _emulate_tso(device_id, broker, scenario, fault=fault, speed=speed, stop=stop, signing_key=signing_key)
+        return await _emulate_tso(
+            device_id, broker, scenario, fault=fault, speed=speed, stop=stop, signing_key=signing_key
+        )
     profiles = {"dso": dso_profile, "bsp": bsp_profile}
     profile = profiles[role](scenario, device_id) if role in profiles else scenario
     clock = Clock(profile.start, speed, wall_origin=float("inf"))
-    async with FaultyGateway(Party(role=role, id=device_id), broker, fault=fault, signing_key=signing_key) as gw:
+    async with FaultyGateway(Party.of(role, device_id), broker, fault=fault, signing_key=signing_key) as gw:
         connected_at = time.time()
         if role == "dso":
-            config = profile.dsos[0].model_copy(update={"validation_delay_s": 3.0} if fault == "slow-validation" else {})
+            config = profile.dsos[0].model_copy(
+                update={"validation_delay_s": 3.0} if fault == "slow-validation" else {}
+            )
             actor: Any = DSO(gw, clock, profile, config)
         elif role == "mo":
             actor = EmulatedMO(gw, clock, profile)
@@ -238,7 +272,9 @@ async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *,
             since = got.result().since
             isp0 = isp_of(since) + ISP  # the first ISP whose bids are not late
             # a market operator clears ISP0 before it starts, so its run starts with the session
-            actor.scenario = profile.model_copy(update={"start": since if role == "mo" else isp0, "end": isp0 + 4 * ISP})
+            actor.scenario = profile.model_copy(
+                update={"start": since if role == "mo" else isp0, "end": isp0 + 4 * ISP}
+            )
             gw.log.info("session", since=since.isoformat(), isp0=isp0.isoformat())
             task = asyncio.ensure_future(actor.publish_forecast() if role == "dso" else actor.run())
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -247,9 +283,16 @@ async def emulate(role: str, device_id: str, broker: str, scenario: Scenario, *,
         waiter.cancel()
 
 
-
-async def _emulate_tso(device_id: str, broker: str, scenario: Scenario, *, fault: str | None, speed: float,
-                       stop: asyncio.Event, signing_key: Any = None) -> None:  # fmt: skip
+async def _emulate_tso(
+    device_id: str,
+    broker: str,
+    scenario: Scenario,
+    *,
+    fault: str | None,
+    speed: float,
+    stop: asyncio.Event,
+    signing_key: Any = None,
+) -> None:
     """The testbed's TSO running ``scenario`` once: it waits until the scenario's DSOs and BSPs are
     online, announces the run start and runs the scenario (as ``tsodso actor tso``), then serves
     until stopped."""

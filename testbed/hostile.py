@@ -40,32 +40,50 @@ KINDS = ("garbage", "deep", "long_int", "nan", "long_type", "crowd", "future", "
 
 def _envelope(type_name: str, sender: Party, to: Party, *, valid_s: float = 3.0, **extra: object) -> dict:
     now = datetime.now(UTC)
-    return {"message_id": str(uuid.uuid4()), "type": type_name, "schema_version": "1.0",
-            "sender": {"role": sender.role, "id": sender.id}, "recipients": [{"role": to.role, "id": to.id}],
-            "sequence": 1, "created_at": now.isoformat(), "valid_until": (now + timedelta(seconds=valid_s)).isoformat(),
-            **extra}  # fmt: skip
+    return {
+        "message_id": str(uuid.uuid4()),
+        "type": type_name,
+        "schema_version": "1.0",
+        "sender": {"role": sender.role, "id": sender.id},
+        "recipients": [{"role": to.role, "id": to.id}],
+        "sequence": 1,
+        "created_at": now.isoformat(),
+        "valid_until": (now + timedelta(seconds=valid_s)).isoformat(),
+        **extra,
+    }
 
 
 def _topic(sender: Party, type_name: str, to: Party) -> str:
     return f"{PREFIX}/{sender.role}/{sender.id}/{type_name}/{to.role}/{to.id}"
 
 
-def hostile_message(kind: str, to: Party, *, tso: Party, dso: Party, seen: list[tuple[str, bytes]],
-                    rng: random.Random) -> tuple[str, bytes]:  # fmt: skip
+def hostile_message(
+    kind: str, to: Party, *, tso: Party, dso: Party, seen: list[tuple[str, bytes]], rng: random.Random
+) -> tuple[str, bytes]:
     """One hostile (topic, payload) of ``kind`` for ``to``."""
     now = datetime.now(UTC).isoformat()
-    setpoint = {"bsp_id": to.id, "cycle": rng.randrange(10**6), "instant": now, "reference_mw": 200.0,
-                "delta_mw": 20.0, "bid_deltas_mw": {f"{to.id}-up": 20.0}}  # fmt: skip
+    setpoint = {
+        "bsp_id": to.id,
+        "cycle": rng.randrange(10**6),
+        "instant": now,
+        "reference_mw": 200.0,
+        "delta_mw": 20.0,
+        "bid_deltas_mw": {f"{to.id}-up": 20.0},
+    }
     if kind == "garbage":
         return _topic(tso, "delta_setpoint", to), rng.randbytes(rng.randrange(1, 300))
     if kind == "deep":
         return _topic(tso, "telemetry", to), b'{"envelope":' + b"[" * 5000 + b"]" * 5000 + b',"body":{}}'
     if kind == "long_int":
-        env = json.dumps(_envelope("delta_setpoint", tso, to)).replace('"sequence": 1', '"sequence": ' + "9" * 5000)
-        return _topic(tso, "delta_setpoint", to), f'{{"envelope": {env}, "body": {json.dumps(setpoint)}}}'.encode()
+        env_text = json.dumps(_envelope("delta_setpoint", tso, to)).replace(
+            '"sequence": 1', '"sequence": ' + "9" * 5000
+        )
+        return _topic(tso, "delta_setpoint", to), f'{{"envelope": {env_text}, "body": {json.dumps(setpoint)}}}'.encode()
     if kind == "nan":
-        body = json.dumps(setpoint).replace("20.0,", "NaN,").replace("200.0", "Infinity")
-        return _topic(tso, "delta_setpoint", to), f'{{"envelope": {json.dumps(_envelope("delta_setpoint", tso, to))}, "body": {body}}}'.encode()
+        text = json.dumps(setpoint).replace("20.0,", "NaN,").replace("200.0", "Infinity")
+        return _topic(
+            tso, "delta_setpoint", to
+        ), f'{{"envelope": {json.dumps(_envelope("delta_setpoint", tso, to))}, "body": {text}}}'.encode()
     if kind == "long_type":
         return _topic(tso, "t" * 200, to), json.dumps({"envelope": _envelope("t" * 200, tso, to), "body": {}}).encode()
     if kind == "crowd":
@@ -79,19 +97,28 @@ def hostile_message(kind: str, to: Party, *, tso: Party, dso: Party, seen: list[
     if kind == "forged":
         if to.role == "bsp" and rng.random() < 0.5:
             return _topic(tso, "delta_setpoint", to), json.dumps(
-                {"envelope": _envelope("delta_setpoint", tso, to), "body": setpoint}).encode()  # fmt: skip
+                {"envelope": _envelope("delta_setpoint", tso, to), "body": setpoint}
+            ).encode()
         if to.role == "bsp":
-            body = {"bsp_id": to.id, "bid_id": f"{to.id}-up", "direction": "A01", "max_mw": rng.choice([0.0, 1e9]),
-                    "valid_from": now}  # fmt: skip
+            body = {
+                "bsp_id": to.id,
+                "bid_id": f"{to.id}-up",
+                "direction": "A01",
+                "max_mw": rng.choice([0.0, 1e9]),
+                "valid_from": now,
+            }
             return _topic(tso, "activation_limit", to), json.dumps(
-                {"envelope": _envelope("activation_limit", tso, to), "body": body}).encode()  # fmt: skip
+                {"envelope": _envelope("activation_limit", tso, to), "body": body}
+            ).encode()
         if to.role == "tso":
             body = {"dso_id": dso.id, "bid_id": "bsp1-up", "action": "terminate", "max_mw": 0.0}
             return _topic(dso, "termination_signal", to), json.dumps(
-                {"envelope": _envelope("termination_signal", dso, to), "body": body}).encode()  # fmt: skip
+                {"envelope": _envelope("termination_signal", dso, to), "body": body}
+            ).encode()
         body = {"bid_id": "x", "rank": 1}
         return _topic(tso, "merit_order_list", to), json.dumps(
-            {"envelope": _envelope("merit_order_list", tso, to), "body": body}).encode()  # fmt: skip
+            {"envelope": _envelope("merit_order_list", tso, to), "body": body}
+        ).encode()
     if kind == "replay":
         if seen:
             return rng.choice(seen)
@@ -99,8 +126,17 @@ def hostile_message(kind: str, to: Party, *, tso: Party, dso: Party, seen: list[
     raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
 
 
-async def flood(broker_url: str, targets: list[Party], *, rate: float, duration_s: float, tso: Party | None = None,
-                dso: Party | None = None, kinds: tuple[str, ...] = KINDS, seed: int = 1) -> Counter[str]:  # fmt: skip
+async def flood(
+    broker_url: str,
+    targets: list[Party],
+    *,
+    rate: float,
+    duration_s: float,
+    tso: Party | None = None,
+    dso: Party | None = None,
+    kinds: tuple[str, ...] = KINDS,
+    seed: int = 1,
+) -> Counter[str]:
     """Send ``rate`` hostile messages per second (QoS 0, round robin over targets and kinds) for
     ``duration_s``; returns how many of each kind were sent."""
     spec = BrokerSpec.parse(broker_url)
@@ -111,8 +147,15 @@ async def flood(broker_url: str, targets: list[Party], *, rate: float, duration_
     sent: Counter[str] = Counter()
     seen: list[tuple[str, bytes]] = []
     version = aiomqtt.ProtocolVersion.V5 if spec.protocol == 5 else aiomqtt.ProtocolVersion.V311
-    async with aiomqtt.Client(spec.host, spec.port, identifier=ident, username=spec.username or ident,
-                              password=spec.password, protocol=version, tls_context=spec.tls_context()) as client:  # fmt: skip
+    async with aiomqtt.Client(
+        spec.host,
+        spec.port,
+        identifier=ident,
+        username=spec.username or ident,
+        password=spec.password,
+        protocol=version,
+        tls_context=spec.tls_context(),
+    ) as client:
         await client.subscribe(f"{PREFIX}/#", qos=0)
 
         async def listen() -> None:
@@ -148,8 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kinds", default=",".join(KINDS))
     args = parser.parse_args(argv)
     targets = [Party(role=t.split("/")[0], id=t.split("/")[1]) for t in args.targets.split(",")]
-    sent = asyncio.run(flood(args.broker, targets, rate=args.rate, duration_s=args.duration,
-                             kinds=tuple(args.kinds.split(","))))  # fmt: skip
+    sent = asyncio.run(
+        flood(args.broker, targets, rate=args.rate, duration_s=args.duration, kinds=tuple(args.kinds.split(",")))
+    )
     print(json.dumps({"sent": sum(sent.values()), "by_kind": dict(sent)}), flush=True)
 
 

@@ -20,11 +20,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 from actors import rules
-from testbed.stats import summary as percentiles  # noqa: E402
-from testbed.summary import setpoints_text  # noqa: E402
+from testbed.stats import summary as percentiles
+from testbed.summary import setpoints_text
 
 PLOTS = ("delivery", "loading", "sequence", "latency_by_type", "latency_by_link", "traffic_by_link")
 
@@ -42,7 +42,7 @@ def _label(r: dict) -> str:
     return f"coordination {r['summary']['coordination']}"
 
 
-def plot_delivery(runs: list[dict], ax_rows) -> None:  # noqa: ANN001
+def plot_delivery(runs: list[dict], ax_rows) -> None:
     for ax, r in zip(ax_rows, runs):
         s = r["series"]
         start = datetime.fromisoformat(s["start"])
@@ -53,12 +53,23 @@ def plot_delivery(runs: list[dict], ax_rows) -> None:  # noqa: ANN001
             sp = [points[str(k)] for k in cycles]
             ax.step(t, sp, where="post", label=f"{bsp} delta setpoint")
             low, high = (100 * x for x in rules.DELIVERY_BAND)
-            ax.fill_between(t, [rules.band_mw(v)[0] for v in sp], [rules.band_mw(v)[1] for v in sp], step="post",
-                            alpha=0.15, label=f"tolerance [{low:+.0f} %, {high:+.0f} %]")  # fmt: skip
+            ax.fill_between(
+                t,
+                [rules.band_mw(v)[0] for v in sp],
+                [rules.band_mw(v)[1] for v in sp],
+                step="post",
+                alpha=0.15,
+                label=f"tolerance [{low:+.0f} %, {high:+.0f} %]",
+            )
             got = s["delivered"].get(bsp, {})
             dk = sorted(int(k) for k in got)
-            ax.plot([start + timedelta(seconds=period * k) for k in dk], [got[str(k)] for k in dk], ".", ms=2,
-                    label=f"{bsp} delivered (telemetry)")  # fmt: skip
+            ax.plot(
+                [start + timedelta(seconds=period * k) for k in dk],
+                [got[str(k)] for k in dk],
+                ".",
+                ms=2,
+                label=f"{bsp} delivered (telemetry)",
+            )
         for bid, mw in s.get("limits_mw", {}).items():
             ax.axhline(mw, color="red", lw=0.8, ls="--", label=f"limit {bid} {mw:.2f} MW")
         ax.set_title(f"Setpoint vs delivered ({_label(r)})" + ("" if s["setpoints"] else ": nothing activated"))
@@ -67,7 +78,7 @@ def plot_delivery(runs: list[dict], ax_rows) -> None:  # noqa: ANN001
             ax.legend(fontsize=7, loc="upper left")
 
 
-def plot_loading(runs: list[dict], ax) -> None:  # noqa: ANN001
+def plot_loading(runs: list[dict], ax) -> None:
     for r in runs:
         for dso, rows in r["series"]["loading"].items():
             if not rows:
@@ -83,15 +94,23 @@ def plot_loading(runs: list[dict], ax) -> None:  # noqa: ANN001
     ax.legend(fontsize=7)
 
 
-def plot_sequence(run: dict, ax, limit: int = 40) -> None:  # noqa: ANN001
+def plot_sequence(run: dict, ax, limit: int = 40) -> None:
     """The first ``limit`` messages of the run between actors, as a sequence chart (Fig. 4 view)."""
-    rows = run["db"].execute(
-        "SELECT created_us, received_us, sender, receiver, type FROM exchange WHERE direction='in' "
-        "AND outcome='delivered' AND type NOT IN ('actor_state','heartbeat') ORDER BY created_us LIMIT ?",
-        (limit,),
-    ).fetchall()
-    actors = sorted({a for r in rows for a in (r[2], r[3])}, key=lambda a: ("bsp", "tso", "dso", "mo").index(a.split("/")[0])
-                    if a.split("/")[0] in ("bsp", "tso", "dso", "mo") else 9)  # fmt: skip
+    rows = (
+        run["db"]
+        .execute(
+            "SELECT created_us, received_us, sender, receiver, type FROM exchange WHERE direction='in' "
+            "AND outcome='delivered' AND type NOT IN ('actor_state','heartbeat') ORDER BY created_us LIMIT ?",
+            (limit,),
+        )
+        .fetchall()
+    )
+    actors = sorted(
+        {a for r in rows for a in (r[2], r[3])},
+        key=lambda a: (
+            ("bsp", "tso", "dso", "mo").index(a.split("/")[0]) if a.split("/")[0] in ("bsp", "tso", "dso", "mo") else 9
+        ),
+    )
     x = {a: i for i, a in enumerate(actors)}
     for a, i in x.items():
         ax.axvline(i, color="grey", lw=0.8)
@@ -117,7 +136,7 @@ def _latencies(run: dict) -> tuple[dict[str, list[float]], dict[str, list[float]
     return by_type, by_link
 
 
-def plot_latency(data: dict[str, list[float]], ax, title: str) -> None:  # noqa: ANN001
+def plot_latency(data: dict[str, list[float]], ax, title: str) -> None:
     names = sorted(data)
     ax.boxplot([data[n] for n in names], orientation="horizontal", showfliers=True, flierprops={"markersize": 2})
     ax.set_yticks(range(1, len(names) + 1), [f"{n} (n={len(data[n])})" for n in names], fontsize=7)
@@ -126,11 +145,15 @@ def plot_latency(data: dict[str, list[float]], ax, title: str) -> None:  # noqa:
     ax.set_title(title)
 
 
-def plot_traffic(run: dict, ax) -> None:  # noqa: ANN001
-    rows = run["db"].execute(
-        "SELECT sender, receiver, COUNT(*), SUM(bytes) FROM exchange WHERE direction='out' AND outcome='sent' "
-        "GROUP BY sender, receiver"
-    ).fetchall()
+def plot_traffic(run: dict, ax) -> None:
+    rows = (
+        run["db"]
+        .execute(
+            "SELECT sender, receiver, COUNT(*), SUM(bytes) FROM exchange WHERE direction='out' AND outcome='sent' "
+            "GROUP BY sender, receiver"
+        )
+        .fetchall()
+    )
     links: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for sender, receiver, count, size in rows:
         key = f"{sender.split('/')[0].upper()}→{receiver.split('/')[0].upper()}"
@@ -153,17 +176,24 @@ SUMMARY_ROWS = [
     ("setpoints sent / missed", setpoints_text),
     ("delivery within tolerance", lambda s: str(s["delivery_within_tolerance_ratio"])),
     ("non-compliant BSPs", lambda s: ", ".join(s["non_compliant_bsps"]) or "none"),
-    ("MOL → validation p50 / p99 [ms]", lambda s: f"{s['mol_validation_round_trip_ms'].get('p50', '-')} / "
-                                                   f"{s['mol_validation_round_trip_ms'].get('p99', '-')}"),
+    (
+        "MOL → validation p50 / p99 [ms]",
+        lambda s: (
+            f"{s['mol_validation_round_trip_ms'].get('p50', '-')} / {s['mol_validation_round_trip_ms'].get('p99', '-')}"
+        ),
+    ),
     ("real-time limits", lambda s: str(len(s["real_time_limits"]))),
     ("total activation cost [EUR]", lambda s: f"{s['schemes']['total_cost_eur']:.2f}" if "schemes" in s else "-"),
-    ("balancing need covered [%]", lambda s: f"{s['schemes']['balancing_covered_percent']:.1f}" if "schemes" in s else "-"),
+    (
+        "balancing need covered [%]",
+        lambda s: f"{s['schemes']['balancing_covered_percent']:.1f}" if "schemes" in s else "-",
+    ),
     ("messages sent", lambda s: str(sum(s["messages"].values()))),
     ("rejected messages", lambda s: str(s["rejected_messages"])),
 ]
 
 
-def _png(fig) -> bytes:  # noqa: ANN001
+def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -206,7 +236,10 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
 
     head = "".join(f"<th>{html.escape(_label(r))}</th>" for r in runs)
     body = "".join(
-        "<tr><td>" + html.escape(label) + "</td>" + "".join(f"<td>{html.escape(fn(r['summary']))}</td>" for r in runs)
+        "<tr><td>"
+        + html.escape(label)
+        + "</td>"
+        + "".join(f"<td>{html.escape(fn(r['summary']))}</td>" for r in runs)
         + "</tr>"
         for label, fn in SUMMARY_ROWS
     )

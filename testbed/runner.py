@@ -46,16 +46,26 @@ async def run_scenario(
         async with AsyncExitStack() as stack:
 
             async def gateway(role: str, actor_id: str) -> Gateway:
-                party = Party(role=role, id=actor_id)
-                return await stack.enter_async_context(Gateway(
-                    party, broker_url, log=log, signing_key=keys[str(party)], trust=trust,
-                    max_clock_skew_s=scenario.security.max_clock_skew_s))  # fmt: skip
+                party = Party.of(role, actor_id)
+                return await stack.enter_async_context(
+                    Gateway(
+                        party,
+                        broker_url,
+                        log=log,
+                        signing_key=keys[str(party)],
+                        trust=trust,
+                        max_clock_skew_s=scenario.security.max_clock_skew_s,
+                    )
+                )
 
             tso = TSO(await gateway("tso", scenario.tso.id), clock, scenario, scenario.tso)
             dsos = [DSO(await gateway("dso", d.id), clock, scenario, d, out) for d in scenario.dsos]
             bsps = [BSP(await gateway("bsp", b.id), clock, scenario, b) for b in scenario.bsps]
-            markets = ([MarketOperator(await gateway("mo", scenario.market_operator), clock, scenario)]
-                       if scenario.scheme.market_operator else [])  # fmt: skip
+            markets = (
+                [MarketOperator(await gateway("mo", scenario.market_operator), clock, scenario)]
+                if scenario.scheme.market_operator
+                else []
+            )
             # The grids, pandas and pydantic leave a large heap; a full garbage collection walking it
             # stalls the loop for ~100 ms, longer than an accelerated setpoint lives. Freeze it.
             gc.collect()
@@ -64,8 +74,10 @@ async def run_scenario(
             conditions = link_conditions(scenario, clock)
             for actor in (tso, *dsos, *bsps, *markets):
                 actor.gw.links = conditions
-            tasks = [asyncio.create_task(a.gw.guard(a.run()), name=f"{type(a).__name__}")
-                     for a in (tso, *dsos, *bsps, *markets)]  # fmt: skip
+            tasks = [
+                asyncio.create_task(a.gw.guard(a.run()), name=f"{type(a).__name__}")
+                for a in (tso, *dsos, *bsps, *markets)
+            ]
             shown = asyncio.create_task(progress(clock, scenario)) if progress is not None else None
             watch = LoopWatch(clock)
             watching = asyncio.create_task(watch.run())
@@ -77,8 +89,16 @@ async def run_scenario(
             await asyncio.sleep(clock.wall_seconds(scenario.setpoint_period_s))  # last answers arrive
     for dso in dsos:
         dso.write_results()
-    write_outputs(scenario, out, tso.results(), [d.results() for d in dsos], wall_start=wall_start, speed=speed,
-                  market=markets[0].results() if markets else None, loop_stalls={"runner": watch.results()})  # fmt: skip
+    write_outputs(
+        scenario,
+        out,
+        tso.results(),
+        [d.results() for d in dsos],
+        wall_start=wall_start,
+        speed=speed,
+        market=markets[0].results() if markets else None,
+        loop_stalls={"runner": watch.results()},
+    )
     return json.loads((out / "summary.json").read_text())
 
 
@@ -88,15 +108,28 @@ def link_conditions(scenario: Scenario, clock: Clock) -> LinkConditions:
     for link in scenario.links:
         jitter_s = link.jitter_ms if link.jitter == "lognormal" else link.jitter_ms / 1000
         links[link.between] = LinkImpairment(
-            delay_s=link.delay_ms / 1000, jitter=link.jitter, jitter_s=jitter_s, drop_probability=link.drop_probability,
+            delay_s=link.delay_ms / 1000,
+            jitter=link.jitter,
+            jitter_s=jitter_s,
+            drop_probability=link.drop_probability,
             outages=tuple((clock.wall(a), clock.wall(b)) for a, b in link.outages),
-        )  # fmt: skip
+        )
     return LinkConditions(links)
 
 
-def write_outputs(scenario: Scenario, out: Path, tso: dict, dsos: list[dict], *, wall_start: float, speed: float,
-                  clock_offsets: dict | None = None, market: dict | None = None,
-                  loop_stalls: dict | None = None, rejoins: list[dict] | None = None) -> None:  # fmt: skip
+def write_outputs(
+    scenario: Scenario,
+    out: Path,
+    tso: dict,
+    dsos: list[dict],
+    *,
+    wall_start: float,
+    speed: float,
+    clock_offsets: dict | None = None,
+    market: dict | None = None,
+    loop_stalls: dict | None = None,
+    rejoins: list[dict] | None = None,
+) -> None:
     """``summary.json`` and ``timeseries.json`` into the run directory."""
     summary = summarize(scenario, out / "exchange.sqlite", tso, dsos, clock_offsets, market, rejoins)
     if loop_stalls is not None:
@@ -105,4 +138,3 @@ def write_outputs(scenario: Scenario, out: Path, tso: dict, dsos: list[dict], *,
     summary["speed"] = speed
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "timeseries.json").write_text(json.dumps(timeseries(scenario, tso, dsos)) + "\n")
-

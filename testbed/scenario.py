@@ -39,8 +39,12 @@ def load_scenario(path: str | Path, *, coordination: bool | str | None = None) -
 
 def actor_in(scenario: Scenario, role: str, actor_id: str, path: str | Path) -> None:
     """ScenarioError unless ``role/actor_id`` is an actor of the scenario (naming the ones it has)."""
-    ids = {"tso": [scenario.tso.id], "dso": [d.id for d in scenario.dsos], "bsp": [b.id for b in scenario.bsps],
-           "mo": [scenario.market_operator]}.get(role, [])  # fmt: skip
+    ids = {
+        "tso": [scenario.tso.id],
+        "dso": [d.id for d in scenario.dsos],
+        "bsp": [b.id for b in scenario.bsps],
+        "mo": [scenario.market_operator],
+    }.get(role, [])
     if actor_id not in ids:
         raise ScenarioError(f"scenario {path} has no {role} {actor_id!r}; its {role}s: {', '.join(ids) or 'none'}")
 

@@ -43,8 +43,12 @@ class SecretsError(ValueError):
 
 def parties(scenario: Scenario) -> list[Party]:
     """Every actor of the scenario (the market operator too: any scheme may be chosen at run time)."""
-    return [Party(role="tso", id=scenario.tso.id), *(Party(role="dso", id=d.id) for d in scenario.dsos),
-            *(Party(role="bsp", id=b.id) for b in scenario.bsps), Party(role="mo", id=scenario.market_operator)]  # fmt: skip
+    return [
+        Party(role="tso", id=scenario.tso.id),
+        *(Party(role="dso", id=d.id) for d in scenario.dsos),
+        *(Party(role="bsp", id=b.id) for b in scenario.bsps),
+        Party(role="mo", id=scenario.market_operator),
+    ]
 
 
 def secret_path(directory: Path, party: Party | str) -> Path:
@@ -64,11 +68,23 @@ def init(directory: Path, scenario: Scenario, hosts: list[str] | None = None) ->
     }
     (directory / "public-keys.json").write_text(signing.public_keys_json(signing.public_keys(keys)))
     for p in actors:
-        signing.write_private(secret_path(directory, p), json.dumps(
-            {"party": str(p), "username": username(p), "broker_password": passwords[username(p)],
-             "signing_key": signing.seed_text(keys[str(p)])}, indent=2) + "\n")  # fmt: skip
-    signing.write_private(secret_path(directory, OBSERVER), json.dumps(
-        {"party": None, "username": OBSERVER, "broker_password": passwords[OBSERVER]}, indent=2) + "\n")  # fmt: skip
+        signing.write_private(
+            secret_path(directory, p),
+            json.dumps(
+                {
+                    "party": str(p),
+                    "username": username(p),
+                    "broker_password": passwords[username(p)],
+                    "signing_key": signing.seed_text(keys[str(p)]),
+                },
+                indent=2,
+            )
+            + "\n",
+        )
+    signing.write_private(
+        secret_path(directory, OBSERVER),
+        json.dumps({"party": None, "username": OBSERVER, "broker_password": passwords[OBSERVER]}, indent=2) + "\n",
+    )
     write_auth(directory / "mosquitto", actors, passwords, observer=OBSERVER)
     nats_auth = directory / "nats" / "authorization.conf"
     nats_auth.parent.mkdir(exist_ok=True)
@@ -92,30 +108,57 @@ def write_tls(directory: Path, clients: list[str], hosts: list[str], *, days: in
     now = dt.datetime.now(dt.UTC)
 
     def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tsodso testbed"),
-                          x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # fmt: skip
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tsodso testbed"),
+                x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            ]
+        )
 
     def save(stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
-        signing.write_private(directory / f"{stem}.key", key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())  # fmt: skip
+        signing.write_private(
+            directory / f"{stem}.key",
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode(),
+        )
         (directory / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(subject: str, key: ec.EllipticCurvePrivateKey, *, ca: bool = False, server: bool = False) -> x509.Certificate:
-        builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name("tsodso testbed CA"))
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
+    def issue(
+        subject: str, key: ec.EllipticCurvePrivateKey, *, ca: bool = False, server: bool = False
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name("tsodso testbed CA"))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if server:
             sans = [x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h) for h in hosts]
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False).add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)  # fmt: skip
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
         elif not ca:
             builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         else:
-            builder = builder.add_extension(x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
-                critical=True)  # fmt: skip
+            builder = builder.add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
         return builder.sign(ca_key, hashes.SHA256())
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -160,7 +203,9 @@ class Identity:
 def load_identity(directory: Path, party: Party) -> Identity:
     path = secret_path(directory, party)
     if not path.exists():
-        raise SecretsError(f"{path}: no secret for {party} in {directory} (tsodso secure init --scenario ... --out {directory})")
+        raise SecretsError(
+            f"{path}: no secret for {party} in {directory} (tsodso secure init --scenario ... --out {directory})"
+        )
     try:
         doc = json.loads(path.read_text())
         return Identity(party, signing.key_from_seed(doc["signing_key"]), doc["username"], doc["broker_password"])

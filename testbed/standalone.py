@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from actors.base import Actor
 from actors.bsp import BSP
 from actors.config import Scenario
 from actors.dso import DSO
@@ -47,8 +48,11 @@ LEAD_S = 1.0
 
 def is_run_start(msg: Received[SystemStateNotice], connected_at: float) -> bool:
     """A TSO's run start sent since this actor connected (an older, retained one is stale)."""
-    return (msg.sender.role == "tso" and msg.body.reason == RUN_START
-            and msg.envelope.created_at.timestamp() >= connected_at - 1)  # fmt: skip
+    return (
+        msg.sender.role == "tso"
+        and msg.body.reason == RUN_START
+        and msg.envelope.created_at.timestamp() >= connected_at - 1
+    )
 
 
 def track_presence(gw: Gateway) -> set[str]:
@@ -64,29 +68,44 @@ def track_presence(gw: Gateway) -> set[str]:
 
 async def announce_run_start(gw: Gateway, scenario: Scenario, clock: Clock) -> None:
     """The TSO starts the run: 'run start' to everyone; scenario time begins LEAD_S after it."""
-    env = await gw.publish(SystemStateNotice(state=SystemState.NORMAL, area=scenario.tso.area, since=scenario.start,
-                                             reason=RUN_START), ALL)  # fmt: skip
+    env = await gw.publish(
+        SystemStateNotice(state=SystemState.NORMAL, area=scenario.tso.area, since=scenario.start, reason=RUN_START), ALL
+    )
     clock.wall_origin = env.created_at.timestamp() + LEAD_S
 
 
-async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: str, out: Path, *, speed: float,
-                    start_timeout_s: float = 60.0, secrets: Path | None = None) -> None:  # fmt: skip
+async def run_actor(
+    role: str,
+    actor_id: str,
+    scenario: Scenario,
+    broker_url: str,
+    out: Path,
+    *,
+    speed: float,
+    start_timeout_s: float = 60.0,
+    secrets: Path | None = None,
+) -> None:
     """One actor of ``scenario`` in this process. With ``secrets`` (``tsodso secure init``) it logs in
     with its own broker password, signs what it sends and checks every sender's signature; without,
     it runs open (anyone on the broker may speak as anyone)."""
     out.mkdir(parents=True, exist_ok=True)
     configure_logging(out / f"events-{role}-{actor_id}.jsonl")
-    me = Party(role=role, id=actor_id)
+    me = Party.of(role, actor_id)
     broker = BrokerSpec.parse(broker_url)
     security: dict = {}
     if secrets is not None:
         identity = load_identity(secrets, me)
         if broker.tls and broker.cert_file is None and (secrets / "tls").exists():
-            broker = broker.with_certificate(*tls_files(secrets, identity.username))  # mutual TLS: the certificate names it
+            broker = broker.with_certificate(
+                *tls_files(secrets, identity.username)
+            )  # mutual TLS: the certificate names it
         elif broker.username is None:
             broker = broker.with_credentials(identity.username, identity.password)
-        security = {"signing_key": identity.signing_key, "trust": load_trust(secrets, scenario),
-                    "max_clock_skew_s": scenario.security.max_clock_skew_s}  # fmt: skip
+        security = {
+            "signing_key": identity.signing_key,
+            "trust": load_trust(secrets, scenario),
+            "max_clock_skew_s": scenario.security.max_clock_skew_s,
+        }
     clock = Clock(scenario.start, speed, wall_origin=float("inf"))
     started: asyncio.Future[float] = asyncio.get_running_loop().create_future()
     wall_start = time.time()
@@ -102,6 +121,7 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
                 if is_run_start(msg, connected_at) and not started.done():
                     started.set_result(msg.envelope.created_at.timestamp() + LEAD_S)
 
+            actor: Actor
             if role == "tso":
                 actor = TSO(gw, clock, scenario, scenario.tso)
             elif role == "dso":
@@ -125,15 +145,25 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
                 clock.wall_origin = await asyncio.wait_for(started, start_timeout_s)
                 # this host's clock against the TSO's, so the summary can correct one-way latencies
                 offset = await measure_offset(gw, Party(role="tso", id=scenario.tso.id), probes=10)
-                (out / f"clock-{role}-{actor_id}.json").write_text(json.dumps(
-                    {"actor": f"{role}/{actor_id}", "offset_ms": -offset.offset_ms,
-                     "uncertainty_ms": offset.uncertainty_ms, "rtt_min_ms": offset.rtt_min_ms}) + "\n")  # fmt: skip
+                (out / f"clock-{role}-{actor_id}.json").write_text(
+                    json.dumps(
+                        {
+                            "actor": f"{role}/{actor_id}",
+                            "offset_ms": -offset.offset_ms,
+                            "uncertainty_ms": offset.uncertainty_ms,
+                            "rtt_min_ms": offset.rtt_min_ms,
+                        }
+                    )
+                    + "\n"
+                )
             gc.collect()
             gc.freeze()  # see testbed.runner: no full collection over the grid's heap mid-run
             watch = LoopWatch(clock)
             watching = asyncio.create_task(watch.run())
-            run_file.write_text(json.dumps({"wall_origin": clock.wall_origin, "speed": speed,
-                                            "wall_end": clock.wall(scenario.end)}) + "\n")  # fmt: skip
+            run_file.write_text(
+                json.dumps({"wall_origin": clock.wall_origin, "speed": speed, "wall_end": clock.wall(scenario.end)})
+                + "\n"
+            )
             snapshots = asyncio.create_task(keep_snapshots(actor, clock, state_file))
             await gw.guard(actor.run())
             await gw.guard(clock.sleep_until(scenario.end))
@@ -143,7 +173,7 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
             run_file.unlink(missing_ok=True)  # the run is over: the same command starts a new one
             state_file.unlink(missing_ok=True)
             (out / f"stalls-{role}-{actor_id}.json").write_text(json.dumps({f"{role}/{actor_id}": watch.results()}))
-    if role == "dso":
+    if isinstance(actor, DSO):
         actor.write_results()
     if role in ("tso", "dso", "mo"):
         (out / f"{role}-{actor_id}.json").write_text(json.dumps(actor.results()) + "\n")
@@ -160,11 +190,21 @@ async def run_actor(role: str, actor_id: str, scenario: Scenario, broker_url: st
         stalls = {}
         for path in sorted(out.glob("stalls-*.json")):
             stalls.update(json.loads(path.read_text()))
-        rejoins = [json.loads(line) for path in sorted(out.glob("rejoins-*.jsonl")) for line in path.read_text().splitlines()]
-        write_outputs(scenario, out, actor.results(), [json.loads(p.read_text()) for p in paths],
-                      wall_start=wall_start, speed=speed, clock_offsets=offsets,
-                      market=json.loads(market.read_text()) if market and market.exists() else None,
-                      loop_stalls=stalls, rejoins=rejoins)  # fmt: skip
+        rejoins = [
+            json.loads(line) for path in sorted(out.glob("rejoins-*.jsonl")) for line in path.read_text().splitlines()
+        ]
+        write_outputs(
+            scenario,
+            out,
+            actor.results(),
+            [json.loads(p.read_text()) for p in paths],
+            wall_start=wall_start,
+            speed=speed,
+            clock_offsets=offsets,
+            market=json.loads(market.read_text()) if market and market.exists() else None,
+            loop_stalls=stalls,
+            rejoins=rejoins,
+        )
 
 
 def running_run(run_file: Path, state_file: Path, speed: float) -> dict[str, Any] | None:
@@ -182,12 +222,17 @@ def running_run(run_file: Path, state_file: Path, speed: float) -> dict[str, Any
 def rejoin(actor: Any, state_file: Path, clock: Clock, out: Path) -> None:
     """Take the actor's last snapshot back and note how long it was away (``rejoins-<role>-<id>.jsonl``).
     The snapshot is the actor's own, written by this same command into its own run directory."""
-    snapshot = pickle.loads(state_file.read_bytes())  # noqa: S301
+    snapshot = pickle.loads(state_file.read_bytes())
     back = clock.now()
     actor.restore(snapshot["state"], back)
-    record = {"actor": str(actor.me), "away_from": snapshot["at"], "back_at": back.isoformat(),
-              "away_from_us": round(snapshot["wall"] * 1e6), "back_us": round(time.time() * 1e6),
-              "away_s": round((back - datetime.fromisoformat(snapshot["at"])).total_seconds(), 3)}  # fmt: skip
+    record = {
+        "actor": str(actor.me),
+        "away_from": snapshot["at"],
+        "back_at": back.isoformat(),
+        "away_from_us": round(snapshot["wall"] * 1e6),
+        "back_us": round(time.time() * 1e6),
+        "away_s": round((back - datetime.fromisoformat(snapshot["at"])).total_seconds(), 3),
+    }
     with (out / f"rejoins-{actor.me.role}-{actor.me.id}.jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")
     actor.log.warning("rejoined the run after a restart", **record)

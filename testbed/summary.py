@@ -24,8 +24,10 @@ def chain(db: sqlite3.Connection) -> dict[str, Any] | None:
     """The first ISP's coordination chain, followed by its correlation id through the log: MOL sent
     -> last validation back -> acceptance sent -> first setpoint sent -> first telemetry back (wall
     clock of the TSO, ms), with each step's share of the whole."""
-    row = db.execute("SELECT correlation_id, created_us FROM exchange WHERE direction='out' AND type='merit_order_list'"
-                     " ORDER BY created_us LIMIT 1").fetchone()  # fmt: skip
+    row = db.execute(
+        "SELECT correlation_id, created_us FROM exchange WHERE direction='out' AND type='merit_order_list'"
+        " ORDER BY created_us LIMIT 1"
+    ).fetchone()
     if row is None:
         return None
     conv, t_mol = row
@@ -34,20 +36,35 @@ def chain(db: sqlite3.Connection) -> dict[str, Any] | None:
         r = db.execute(sql, (conv,)).fetchone()
         return r[0] if r and r[0] is not None else None
 
-    t_val = first("SELECT MAX(received_us) FROM exchange WHERE direction='in' AND type='mol_validation' AND correlation_id=?")
-    t_acc = first("SELECT MIN(created_us) FROM exchange WHERE direction='out' AND type='offer_acceptance' AND correlation_id=?")
-    t_sp = first("SELECT MIN(created_us) FROM exchange WHERE direction='out' AND type='delta_setpoint' AND correlation_id=?")
-    t_tel = first("SELECT MIN(received_us) FROM exchange WHERE direction='in' AND type='telemetry' AND "
-                  "correlation_id=? AND actor LIKE 'tso/%'")  # fmt: skip
-    points = [("mol_to_last_validation", t_mol, t_val), ("validation_to_acceptance", t_val, t_acc),
-              ("acceptance_to_first_setpoint", t_acc, t_sp), ("setpoint_to_telemetry", t_sp, t_tel)]  # fmt: skip
+    t_val = first(
+        "SELECT MAX(received_us) FROM exchange WHERE direction='in' AND type='mol_validation' AND correlation_id=?"
+    )
+    t_acc = first(
+        "SELECT MIN(created_us) FROM exchange WHERE direction='out' AND type='offer_acceptance' AND correlation_id=?"
+    )
+    t_sp = first(
+        "SELECT MIN(created_us) FROM exchange WHERE direction='out' AND type='delta_setpoint' AND correlation_id=?"
+    )
+    t_tel = first(
+        "SELECT MIN(received_us) FROM exchange WHERE direction='in' AND type='telemetry' AND "
+        "correlation_id=? AND actor LIKE 'tso/%'"
+    )
+    points = [
+        ("mol_to_last_validation", t_mol, t_val),
+        ("validation_to_acceptance", t_val, t_acc),
+        ("acceptance_to_first_setpoint", t_acc, t_sp),
+        ("setpoint_to_telemetry", t_sp, t_tel),
+    ]
     steps = {name: round((b - a) / 1000, 3) for name, a, b in points if a is not None and b is not None}
     total = sum(steps.values())
-    return {"steps": steps, "total_ms": round(total, 3),
-            "share": {k: round(v / total, 4) if total else 0.0 for k, v in steps.items()}}  # fmt: skip
+    return {
+        "steps": steps,
+        "total_ms": round(total, 3),
+        "share": {k: round(v / total, 4) if total else 0.0 for k, v in steps.items()},
+    }
 
 
-def _hours_in_run(scenario, isp: datetime) -> float:  # noqa: ANN001
+def _hours_in_run(scenario, isp: datetime) -> float:
     """Hours of an ISP inside the run (a block activation lasts its ISP)."""
     start, end = max(isp, scenario.start), min(isp + ISP, scenario.end)
     return max(0.0, (end - start).total_seconds() / 3600)
@@ -58,14 +75,15 @@ def _share_dn(assets: list[dict]) -> float:
     return sum(a["share_mw"] for a in assets if a["connection"] == "DN") / total if total else 0.0
 
 
-def scheme_metrics(scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: list[dict[str, Any]],  # noqa: ANN001
-                   market: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+def scheme_metrics(
+    scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: list[dict[str, Any]], market: dict[str, Any] | None
+) -> dict[str, Any]:
     """What the comparison of coordination schemes reports for one run (testbed.compare): cost,
     system balance, DSO congestion, DER energy by buyer, TSO-DSO activations in opposite
     directions, traffic per link, coordination latency and the operators' computation time."""
     flex_cost = 0.0
-    der_by = defaultdict(float)  # buyer role -> DER energy [MWh]
-    bought = defaultdict(float)  # buyer role -> block energy [MWh]
+    der_by: dict[str, float] = defaultdict(float)  # buyer role -> DER energy [MWh]
+    bought: dict[str, float] = defaultdict(float)  # buyer role -> block energy [MWh]
     flex_by_isp_dso: dict[tuple[str, str], float] = defaultdict(float)  # (ISP, DSO) -> net MWh (up +)
     for f in tso.get("flex_activations", []):
         isp = datetime.fromisoformat(f["isp_start"])
@@ -76,11 +94,18 @@ def scheme_metrics(scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: 
         if f["buyer_role"] == "dso":
             flex_by_isp_dso[(isp.isoformat(), f["buyer_id"])] += mwh * (1 if f["direction"] == "A01" else -1)
     opposite = []
-    for (isp, dso), dso_mwh in sorted(flex_by_isp_dso.items()):
-        tso_mwh = tso.get("afrr_energy_by_isp_mwh", {}).get(isp, 0.0)
+    for (isp_key, dso), dso_mwh in sorted(flex_by_isp_dso.items()):
+        tso_mwh = tso.get("afrr_energy_by_isp_mwh", {}).get(isp_key, 0.0)
         if abs(tso_mwh) > 1e-6 and abs(dso_mwh) > 1e-6 and (tso_mwh > 0) != (dso_mwh > 0):
-            opposite.append({"isp": isp, "dso": dso, "tso_mwh": round(tso_mwh, 4), "dso_mwh": round(dso_mwh, 4),
-                             "opposed_mwh": round(min(abs(tso_mwh), abs(dso_mwh)), 4)})  # fmt: skip
+            opposite.append(
+                {
+                    "isp": isp_key,
+                    "dso": dso,
+                    "tso_mwh": round(tso_mwh, 4),
+                    "dso_mwh": round(dso_mwh, 4),
+                    "opposed_mwh": round(min(abs(tso_mwh), abs(dso_mwh)), 4),
+                }
+            )
     balance = tso.get("balance_mwh", {"need_mwh": 0.0, "residual_mwh": 0.0})
     covered = max(0.0, balance["need_mwh"] - balance["residual_mwh"])
     links: dict[str, dict[str, int]] = {}
@@ -93,21 +118,27 @@ def scheme_metrics(scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: 
         row["messages"] += n
         row["bytes"] += size
     mol_to_accepted = [
-        (acc - mol) / 1000 for mol, acc in db.execute(
+        (acc - mol) / 1000
+        for mol, acc in db.execute(
             "SELECT MIN(m.created_us), MAX(a.created_us) FROM exchange m JOIN exchange a ON a.correlation_id = m.correlation_id "
             "WHERE m.direction='out' AND m.type='merit_order_list' AND a.direction='out' AND a.type='offer_acceptance' "
-            "GROUP BY m.correlation_id")
-    ]  # fmt: skip
+            "GROUP BY m.correlation_id"
+        )
+    ]
     # the minutes before the first whole ISP have no market in any scheme: not counted
     first = isp_of(scenario.start)
     if first < scenario.start:
         first += ISP
     cleared = {d["dso_id"]: [x for x in d["loading"] if datetime.fromisoformat(x[0]) >= first] for d in dsos}
-    congestion = {d["dso_id"]: {"seconds_above_100": scenario.setpoint_period_s * sum(1 for x in cleared[d["dso_id"]]
-                                                                                      if x[2] > 100.0 + 1e-6),
-                                "peak_loading_percent": round(max((x[2] for x in cleared[d["dso_id"]]), default=0.0), 2),
-                                "needs": d.get("congestion_needs", [])}
-                  for d in dsos}  # fmt: skip
+    congestion = {
+        d["dso_id"]: {
+            "seconds_above_100": scenario.setpoint_period_s
+            * sum(1 for x in cleared[d["dso_id"]] if x[2] > 100.0 + 1e-6),
+            "peak_loading_percent": round(max((x[2] for x in cleared[d["dso_id"]]), default=0.0), 2),
+            "needs": d.get("congestion_needs", []),
+        }
+        for d in dsos
+    }
     compute = {"tso": tso.get("clearing_ms", []), **{f"dso/{d['dso_id']}": d.get("compute_ms", []) for d in dsos}}
     if market is not None:
         compute["mo"] = market["clearing_ms"]
@@ -132,19 +163,35 @@ def scheme_metrics(scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: 
         "messages": sum(v["messages"] for v in links.values()),
         "bytes": sum(v["bytes"] for v in links.values()),
         "mol_to_accepted_ms": _full(mol_to_accepted) if mol_to_accepted else None,
-        "compute_ms": {k: {"count": len(v), "total": round(sum(v), 3), "max": round(max(v), 3)} if v else {"count": 0}
-                       for k, v in compute.items()},  # fmt: skip
-        "flex_activations": [{"buyer": f"{f['buyer_role']}/{f['buyer_id']}", "purpose": f["purpose"], "bid_id": f["bid_id"],
-                              "direction": "up" if f["direction"] == "A01" else "down", "isp": f["isp_start"],
-                              "mw": f["activated_mw"], "price_eur_per_mwh": f["price_eur_per_mwh"]}
-                             for f in tso.get("flex_activations", [])],  # fmt: skip
+        "compute_ms": {
+            k: {"count": len(v), "total": round(sum(v), 3), "max": round(max(v), 3)} if v else {"count": 0}
+            for k, v in compute.items()
+        },
+        "flex_activations": [
+            {
+                "buyer": f"{f['buyer_role']}/{f['buyer_id']}",
+                "purpose": f["purpose"],
+                "bid_id": f["bid_id"],
+                "direction": "up" if f["direction"] == "A01" else "down",
+                "isp": f["isp_start"],
+                "mw": f["activated_mw"],
+                "price_eur_per_mwh": f["price_eur_per_mwh"],
+            }
+            for f in tso.get("flex_activations", [])
+        ],
         "market_results": market["market_results"] if market else None,
     }
 
 
-def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str, Any]],  # noqa: ANN001
-              clock_offsets: dict[str, dict] | None = None, market: dict[str, Any] | None = None,
-              rejoins: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+def summarize(
+    scenario,
+    db_path: Path,
+    tso: dict[str, Any],
+    dsos: list[dict[str, Any]],
+    clock_offsets: dict[str, dict] | None = None,
+    market: dict[str, Any] | None = None,
+    rejoins: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Merge the TSO's and DSOs' results (``results()``) with what the exchange log shows.
 
     ``clock_offsets``: actor -> {offset_ms (its clock minus the TSO's), uncertainty_ms}, measured
@@ -155,7 +202,9 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
     a setpoint lost on its way to a BSP created while that BSP was away is counted apart
     (``setpoints_lost_while_away``): the BSP was down, not the transport."""
     db = sqlite3.connect(db_path)
-    messages = dict(db.execute("SELECT type, COUNT(*) FROM exchange WHERE direction='out' AND outcome='sent' GROUP BY type"))
+    messages = dict(
+        db.execute("SELECT type, COUNT(*) FROM exchange WHERE direction='out' AND outcome='sent' GROUP BY type")
+    )
     latency: dict[str, list[float]] = defaultdict(list)
     by_link: dict[str, list[float]] = defaultdict(list)
     corrected: dict[str, list[float]] = defaultdict(list)
@@ -172,26 +221,41 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
                 o_s, o_r = offsets[sender], offsets[receiver]
                 corrected[link].append(lat_us / 1000 - (o_r["offset_ms"] - o_s["offset_ms"]))
                 uncertainty[link] = max(uncertainty.get(link, 0.0), o_r["uncertainty_ms"] + o_s["uncertainty_ms"])
-    sent_ids = {r[0] for r in db.execute(
-        "SELECT message_id FROM exchange WHERE direction='out' AND type='delta_setpoint' AND actor LIKE 'tso/%'")}
-    got_ids = {r[0] for r in db.execute(
-        "SELECT message_id FROM exchange WHERE direction='in' AND type='delta_setpoint' AND outcome='delivered'")}  # fmt: skip
-    expired = dict(db.execute(  # message id -> its age (ms) when it was refused or dropped as expired
-        "SELECT message_id, (COALESCE(received_us, sent_us) - created_us) / 1000.0 FROM exchange WHERE type='delta_setpoint'"
-        " AND ((direction='in' AND outcome='rejected' AND reason LIKE 'expired:%')"
-        " OR (direction='out' AND outcome='dropped' AND reason LIKE 'expired%'))"))  # fmt: skip
+    sent_ids = {
+        r[0]
+        for r in db.execute(
+            "SELECT message_id FROM exchange WHERE direction='out' AND type='delta_setpoint' AND actor LIKE 'tso/%'"
+        )
+    }
+    got_ids = {
+        r[0]
+        for r in db.execute(
+            "SELECT message_id FROM exchange WHERE direction='in' AND type='delta_setpoint' AND outcome='delivered'"
+        )
+    }
+    expired = dict(
+        db.execute(  # message id -> its age (ms) when it was refused or dropped as expired
+            "SELECT message_id, (COALESCE(received_us, sent_us) - created_us) / 1000.0 FROM exchange WHERE type='delta_setpoint'"
+            " AND ((direction='in' AND outcome='rejected' AND reason LIKE 'expired:%')"
+            " OR (direction='out' AND outcome='dropped' AND reason LIKE 'expired%'))"
+        )
+    )
     # only setpoints the TSO really sent count (a forged one refused as expired is not the TSO's); a
     # setpoint its sender dropped unsent has no age
     expired = {k: v for k, v in expired.items() if k in sent_ids and k not in got_ids}
     ages = [v for v in expired.values() if v is not None]
     lost = sent_ids - got_ids - set(expired)
     # from its last snapshot (less the exchange log's flush interval, which a kill loses) to its return
-    away = [(r["actor"], r["away_from_us"] - 500_000, r["back_us"]) for r in rejoins or [] if r["actor"].startswith("bsp/")]
+    away = [
+        (r["actor"], r["away_from_us"] - 500_000, r["back_us"]) for r in rejoins or [] if r["actor"].startswith("bsp/")
+    ]
     lost_while_away = sum(
-        1 for mid, receiver, created in db.execute(
-            "SELECT message_id, receiver, created_us FROM exchange WHERE direction='out' AND type='delta_setpoint'")
+        1
+        for mid, receiver, created in db.execute(
+            "SELECT message_id, receiver, created_us FROM exchange WHERE direction='out' AND type='delta_setpoint'"
+        )
         if mid in lost and any(receiver == a and t0 <= created <= t1 for a, t0, t1 in away)
-    )  # fmt: skip
+    )
     rejected = db.execute("SELECT COUNT(*) FROM exchange WHERE outcome='rejected'").fetchone()[0]
     refused = db.execute("SELECT COUNT(*) FROM exchange WHERE outcome='refused'").fetchone()[0]
     loading = [row for d in dsos for row in d["loading"]]
@@ -234,8 +298,9 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
         "latency_ms": {t: _p(v) for t, v in sorted(latency.items())},
         "latency_by_link_ms": {k: _full(v) for k, v in sorted(by_link.items())},
         "clock_offsets_ms": offsets,
-        "latency_by_link_corrected_ms": {k: {**_full(v), "uncertainty_ms": round(uncertainty[k], 3)}
-                                         for k, v in sorted(corrected.items())},  # fmt: skip
+        "latency_by_link_corrected_ms": {
+            k: {**_full(v), "uncertainty_ms": round(uncertainty[k], 3)} for k, v in sorted(corrected.items())
+        },
         "coordination_chain_ms": chain(db),
         "mol_validation_round_trip_ms": _p(tso["mol_round_trip_ms"]),
         "dso_validation_compute_ms": _p([ms for d in dsos for ms in d["validation_ms"]]),
@@ -243,7 +308,7 @@ def summarize(scenario, db_path: Path, tso: dict[str, Any], dsos: list[dict[str,
     }
 
 
-def timeseries(scenario, tso: dict[str, Any], dsos: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: ANN001
+def timeseries(scenario, tso: dict[str, Any], dsos: list[dict[str, Any]]) -> dict[str, Any]:
     """Setpoints, telemetered delivery, limits and grid loading over time (for reports)."""
     return {
         "setpoint_period_s": scenario.setpoint_period_s,

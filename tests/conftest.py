@@ -101,9 +101,18 @@ def run_processes(commands: dict[str, list[str]], cwd: Path, timeout_s: float = 
     procs = []
     try:
         for name, argv in commands.items():
-            procs.append((name, subprocess.Popen([sys.executable, "-m", "testbed", *argv], cwd=cwd,
-                                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})))  # fmt: skip
+            procs.append(
+                (
+                    name,
+                    subprocess.Popen(
+                        [sys.executable, "-m", "testbed", *argv],
+                        cwd=cwd,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    ),
+                )
+            )
         for name, proc in procs:
             output, _ = proc.communicate(timeout=timeout_s)
             assert proc.returncode == 0, f"{name} failed:\n{output.decode()[-3000:]}"

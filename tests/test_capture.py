@@ -18,14 +18,14 @@ GAPS_S = [0.05, 0.2, 0.1, 0.3, 0.05, 0.15, 0.25, 0.1, 0.05, 0.2]
 TOLERANCE_S = 0.05
 
 
-async def _record(url: str, out, flt: str, n: int):  # noqa: ANN001, ANN202
+async def _record(url: str, out, flt: str, n: int):
     ready = asyncio.Event()
     task = asyncio.create_task(capture(url, out, count=n, duration_s=30, filters=[flt], ready=ready))
     await ready.wait()
     return task
 
 
-def _gaps(rows) -> list[float]:  # noqa: ANN001
+def _gaps(rows) -> list[float]:
     return [(b.t_us - a.t_us) / 1e6 for a, b in zip(rows, rows[1:])]
 
 
@@ -37,8 +37,9 @@ async def test_capture_replay_capture_reproduces_sequence_and_timing(broker, uid
     async with Gateway(tso, broker.url) as gw:
         task = await _record(broker.url, first, flt, n)
         for k, gap in enumerate(GAPS_S + [0.1]):
-            await gw.publish(DeltaSetpoint(bsp_id=bsp.id, cycle=k, instant=datetime.now(UTC), reference_mw=200,
-                                           delta_mw=k / 10), bsp)  # fmt: skip
+            await gw.publish(
+                DeltaSetpoint(bsp_id=bsp.id, cycle=k, instant=datetime.now(UTC), reference_mw=200, delta_mw=k / 10), bsp
+            )
             await asyncio.sleep(gap)
         await gw.publish_bytes(topic_for(tso, "delta_setpoint", bsp), b'{"envelope": {}, "body": {}}')
         assert await task == n
@@ -51,8 +52,9 @@ async def test_capture_replay_capture_reproduces_sequence_and_timing(broker, uid
     for speed in (1.0, 2.0):
         again = tmp_path / f"again-{speed:g}.jsonl"
         task = await _record(broker.url, again, flt, n)
-        result = await asyncio.to_thread(CliRunner().invoke, app, ["replay", str(first), "--broker", broker.url,
-                                                                   "--speed", str(speed)])  # fmt: skip
+        result = await asyncio.to_thread(
+            CliRunner().invoke, app, ["replay", str(first), "--broker", broker.url, "--speed", str(speed)]
+        )
         assert result.exit_code == 0, result.output
         assert f"replayed {n} messages" in result.output
         assert await task == n

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -15,16 +16,26 @@ from testbed.cli import app
 def test_exchange_prints_what_crossed_the_bus(tmp_path):
     result = CliRunner().invoke(app, ["exchange", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
-    for type_name in ("prequalification_request", "prequalification_forward", "merit_order_list",
-                      "mol_validation", "offer_acceptance", "delta_setpoint", "telemetry"):  # fmt: skip
+    for type_name in (
+        "prequalification_request",
+        "prequalification_forward",
+        "merit_order_list",
+        "mol_validation",
+        "offer_acceptance",
+        "delta_setpoint",
+        "telemetry",
+    ):
         assert type_name in result.output
     assert "rejected messages: 0" in result.output
     db = sqlite3.connect(tmp_path / "demo" / "exchange.sqlite")
-    delivered = dict(db.execute(
-        "SELECT type, COUNT(*) FROM exchange WHERE direction='in' AND outcome='delivered' GROUP BY type"))  # fmt: skip
+    delivered = dict(
+        db.execute("SELECT type, COUNT(*) FROM exchange WHERE direction='in' AND outcome='delivered' GROUP BY type")
+    )
     assert delivered["delta_setpoint"] == 5 and delivered["telemetry"] == 5
     # every message sent was received: the log has both ends of each
-    out_ids = {r[0] for r in db.execute("SELECT message_id FROM exchange WHERE direction='out' AND type!='actor_state'")}
+    out_ids = {
+        r[0] for r in db.execute("SELECT message_id FROM exchange WHERE direction='out' AND type!='actor_state'")
+    }
     in_ids = {r[0] for r in db.execute("SELECT message_id FROM exchange WHERE direction='in' AND type!='actor_state'")}
     assert out_ids == in_ids
     events = (tmp_path / "demo" / "events.jsonl").read_text().splitlines()
@@ -34,8 +45,21 @@ def test_exchange_prints_what_crossed_the_bus(tmp_path):
 def test_rtt_benchmark_reports_both_paths_from_one_run():
     with start_broker("embedded") as running:
         result = asyncio.run(run_rtt(running.url, n=60, block=20, warmup=10))
-    for key in ("gateway_p50_ms", "gateway_p99_ms", "raw_p50_ms", "raw_p99_ms", "ratio_p50", "benchmark", "metric",
-                "value", "unit", "goal", "baseline", "baseline_value", "ratio"):  # fmt: skip
+    for key in (
+        "gateway_p50_ms",
+        "gateway_p99_ms",
+        "raw_p50_ms",
+        "raw_p99_ms",
+        "ratio_p50",
+        "benchmark",
+        "metric",
+        "value",
+        "unit",
+        "goal",
+        "baseline",
+        "baseline_value",
+        "ratio",
+    ):
         assert key in result
     assert result["ratio_p50"] == pytest.approx(result["gateway_p50_ms"] / result["raw_p50_ms"], abs=0.002)
     assert result["protocol"] == "3.1.1" and result["request_bytes"] > 500
@@ -51,15 +75,54 @@ def test_day_benchmark_runs_the_reference_scenario_and_reports_against_the_paced
     assert result["ratio"] == pytest.approx(result["value"] / result["baseline_value"], abs=0.05)
 
 
-@pytest.mark.parametrize("argv, line", [
-    (["actor", "bsp", "--id", "bsp9", "--scenario", "scenarios/nl-afrr-congestion.yaml", "--broker",
-      "mqtt://127.0.0.1:1", "--insecure"], "tsodso: scenario scenarios/nl-afrr-congestion.yaml has no bsp 'bsp9'; its bsps: bsp1"),
-    (["actor", "bsp", "--id", "bsp1", "--scenario", "scenarios/nl-afrr-congestion.yaml", "--broker",
-      "mqtt://127.0.0.1:1", "--secrets", "no-such-dir"], "no secret for bsp/bsp1 in no-such-dir"),
-    (["actor", "bsp", "--id", "bsp1", "--scenario", "scenarios/nl-afrr-congestion.yaml", "--broker",
-      "mqtt://127.0.0.1:1"], "give --secrets DIR"),
-    (["run", "no-such-scenario.yaml"], "tsodso: scenario no-such-scenario.yaml: no such file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (
+            [
+                "actor",
+                "bsp",
+                "--id",
+                "bsp9",
+                "--scenario",
+                "scenarios/nl-afrr-congestion.yaml",
+                "--broker",
+                "mqtt://127.0.0.1:1",
+                "--insecure",
+            ],
+            "tsodso: scenario scenarios/nl-afrr-congestion.yaml has no bsp 'bsp9'; its bsps: bsp1",
+        ),
+        (
+            [
+                "actor",
+                "bsp",
+                "--id",
+                "bsp1",
+                "--scenario",
+                "scenarios/nl-afrr-congestion.yaml",
+                "--broker",
+                "mqtt://127.0.0.1:1",
+                "--secrets",
+                "no-such-dir",
+            ],
+            "no secret for bsp/bsp1 in no-such-dir",
+        ),
+        (
+            [
+                "actor",
+                "bsp",
+                "--id",
+                "bsp1",
+                "--scenario",
+                "scenarios/nl-afrr-congestion.yaml",
+                "--broker",
+                "mqtt://127.0.0.1:1",
+            ],
+            "give --secrets DIR",
+        ),
+        (["run", "no-such-scenario.yaml"], "tsodso: scenario no-such-scenario.yaml: no such file"),
+    ],
+)
 def test_a_users_mistake_is_one_line_naming_it_not_a_traceback(argv, line):
     import subprocess
     import sys
@@ -72,7 +135,7 @@ def test_a_users_mistake_is_one_line_naming_it_not_a_traceback(argv, line):
 def test_a_typo_in_the_security_section_names_the_key_and_what_is_valid(tmp_path):
     from testbed.scenario import ScenarioError, load_scenario
 
-    text = open("scenarios/nl-afrr-congestion.yaml").read() + "\nsecurity:\n  unsigned: [bsp1]\n"
+    text = Path("scenarios/nl-afrr-congestion.yaml").read_text() + "\nsecurity:\n  unsigned: [bsp1]\n"
     (tmp_path / "s.yaml").write_text(text)
     with pytest.raises(ScenarioError, match=r"security.unsigned: .*'bsp1' is not 'role/id' or 'role/\*'"):
         load_scenario(tmp_path / "s.yaml")

@@ -29,8 +29,9 @@ def test_compose_services_as_processes_on_mosquitto_give_the_same_outcome(tmp_pa
     secrets = tmp_path / "secrets"
     init[init.index("--out") + 1] = str(secrets)
     run_processes({"secrets": init[1:]}, ROOT)
-    assert {"/mosquitto/secrets/passwd", "/mosquitto/secrets/acl"} <= {line.split()[1] for line in conf.splitlines()
-                                                                       if line.startswith(("password_file", "acl_file"))}
+    assert {"/mosquitto/secrets/passwd", "/mosquitto/secrets/acl"} <= {
+        line.split()[1] for line in conf.splitlines() if line.startswith(("password_file", "acl_file"))
+    }
     broker = start_broker("mosquitto", data_dir=tmp_path / "mosquitto", auth=auth_lines(secrets / "mosquitto"))
     actors = {name: svc for name, svc in services.items() if name not in ("mosquitto", "secrets")}
     assert set(actors) == {"tso", "dso1", "bsp1"}

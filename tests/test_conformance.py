@@ -33,8 +33,13 @@ ALWAYS_SKIPPED = {"PR-020"}  # the device's death is judged only when it leaves 
 @contextmanager
 def device(*argv: str):
     """A device in its own OS process, stopped (SIGTERM) at the end."""
-    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         yield proc
     finally:
@@ -45,14 +50,25 @@ def device(*argv: str):
             proc.kill()
 
 
-def emulator(role: str, device_id: str, url: str, fault: str | None = None, speed: float = SPEED,
-             scenario: Path | None = None, public_key_out: Path | None = None):  # noqa: ANN201
+def emulator(
+    role: str,
+    device_id: str,
+    url: str,
+    fault: str | None = None,
+    speed: float = SPEED,
+    scenario: Path | None = None,
+    public_key_out: Path | None = None,
+):
     argv = ["-m", "testbed", "emulate", role, "--device-id", device_id, "--broker", url, "--speed", str(speed)]
-    return device(*argv, *(["--fault", fault] if fault else []), *(["--scenario", str(scenario)] if scenario else []),
-                  *(["--public-key-out", str(public_key_out)] if public_key_out else []))
+    return device(
+        *argv,
+        *(["--fault", fault] if fault else []),
+        *(["--scenario", str(scenario)] if scenario else []),
+        *(["--public-key-out", str(public_key_out)] if public_key_out else []),
+    )
 
 
-def device_key(path: Path, party: str):  # noqa: ANN201
+def device_key(path: Path, party: str):
     """The device's public key, once the device has written it."""
     from schemas.signing import load_public_keys
 
@@ -81,8 +97,9 @@ def own_peers(tmp_path: Path, suffix: str) -> tuple[Scenario, Path]:
 def test_document_rules_checks_and_faults_agree():
     ids = [r.id for r in RULES]
     assert len(ids) == len(set(ids)), "a rule ID is used twice"
-    assert set(CHECKS) == set(ids), f"rules without a check: {set(ids) - set(CHECKS)}; checks without a rule: " \
-                                    f"{set(CHECKS) - set(ids)}"  # fmt: skip
+    assert set(CHECKS) == set(ids), (
+        f"rules without a check: {set(ids) - set(CHECKS)}; checks without a rule: {set(CHECKS) - set(ids)}"
+    )
     doc = (ROOT / "docs" / "conformance.md").read_text()
     assert doc == markdown(), "docs/conformance.md is stale: tsodso conformance --doc > docs/conformance.md"
     for role, faults in FAULTS.items():
@@ -90,9 +107,12 @@ def test_document_rules_checks_and_faults_agree():
             assert breaks and all(b in ids and b.startswith(role.upper()) for b in breaks), (role, name)
 
 
-def _not_passed(report) -> dict[str, str]:  # noqa: ANN001
-    return {r.id: f"{r.status}: {r.evidence}" for r in report.results
-            if r.status != "pass" and r.id.split("-", 1)[1] not in ALWAYS_SKIPPED}  # fmt: skip
+def _not_passed(report) -> dict[str, str]:
+    return {
+        r.id: f"{r.status}: {r.evidence}"
+        for r in report.results
+        if r.status != "pass" and r.id.split("-", 1)[1] not in ALWAYS_SKIPPED
+    }
 
 
 @pytest.mark.parametrize("role", ["bsp", "dso", "tso", "mo"])
@@ -104,9 +124,17 @@ async def test_reference_emulator_passes_its_suite(broker, role, uid, tmp_path):
     with emulator(role, device_id, broker.url, speed=speed, scenario=path, public_key_out=keys) as proc:
         # after the script the process is killed: the broker publishes its will (PR-020 is judged);
         # every message the device sent is signed, and the signature verifies with its key (EN-060)
-        report = await run_suite(role, device_id, broker.url, scenario, speed=speed, timeout_s=60,
-                                 report_dir=tmp_path, leave=(10.0, proc.kill),
-                                 device_key=device_key(keys, f"{role}/{device_id}"))  # fmt: skip
+        report = await run_suite(
+            role,
+            device_id,
+            broker.url,
+            scenario,
+            speed=speed,
+            timeout_s=60,
+            report_dir=tmp_path,
+            leave=(10.0, proc.kill),
+            device_key=device_key(keys, f"{role}/{device_id}"),
+        )
     assert report.aborted is None
     assert {r.id: r.evidence for r in report.results if r.status != "pass"} == {}
     assert report.passed
@@ -123,22 +151,29 @@ async def test_each_fault_mode_fails_exactly_its_rules(own_mosquitto, uid, tmp_p
     for role, faults in FAULTS.items():
         for n, fault in enumerate(faults):
             scenario, path = own_peers(tmp_path, f"{uid}-{role}{n}")
-            cases.append((role, fault, f"{role}-{fault}-{uid}", TSO_SPEED if role == "tso" else SPEED / 2, scenario, path))
+            cases.append(
+                (role, fault, f"{role}-{fault}-{uid}", TSO_SPEED if role == "tso" else SPEED / 2, scenario, path)
+            )
     with _all(emulator(role, dev, url, fault, speed, path) for role, fault, dev, speed, _, path in cases) as procs:
-        reports = await asyncio.gather(*(
-            run_suite(role, dev, url, scenario, speed=speed, timeout_s=90, leave=(10.0, proc.kill))
-            for (role, _, dev, speed, scenario, _), proc in zip(cases, procs)))  # fmt: skip
+        reports = await asyncio.gather(
+            *(
+                run_suite(role, dev, url, scenario, speed=speed, timeout_s=90, leave=(10.0, proc.kill))
+                for (role, _, dev, speed, scenario, _), proc in zip(cases, procs)
+            )
+        )
     for (role, fault, *_), report in zip(cases, reports):
         expected = FAULTS[role][fault][1]
         got = report.failed_ids()
-        assert got == expected, f"{role} --fault {fault}: failed {sorted(got)}, expected {sorted(expected)}: " \
-                                f"{[(r.id, r.evidence) for r in report.results if r.status == 'fail']}"  # fmt: skip
+        assert got == expected, (
+            f"{role} --fault {fault}: failed {sorted(got)}, expected {sorted(expected)}: "
+            f"{[(r.id, r.evidence) for r in report.results if r.status == 'fail']}"
+        )
         skipped = {r.id.split("-", 1)[1] for r in report.results if r.status == "skip"}
         assert skipped <= {"SP-020"}, (fault, skipped)  # stale telemetry may leave no sample there
 
 
 @contextmanager
-def _all(managers):  # noqa: ANN001, ANN202
+def _all(managers):
     from contextlib import ExitStack
 
     with ExitStack() as stack:
@@ -155,26 +190,66 @@ async def test_plain_paho_device_passes_the_bsp_suite(broker, uid, protocol):
     spec = BrokerSpec.parse(broker.url)
     device_id = f"acme-{uid}"
     key = signing.generate([f"bsp/{device_id}"])[f"bsp/{device_id}"]  # signed from docs/security.md alone
-    with device("tests/devices/paho_bsp.py", "--host", spec.host, "--port", str(spec.port), "--device-id", device_id,
-                "--protocol", protocol, "--signing-key", signing.seed_text(key)):  # fmt: skip
-        report = await run_suite("bsp", device_id, broker.url, SCENARIO, speed=SPEED, timeout_s=30,
-                                 device_key=key.verify_key)  # fmt: skip
+    with device(
+        "tests/devices/paho_bsp.py",
+        "--host",
+        spec.host,
+        "--port",
+        str(spec.port),
+        "--device-id",
+        device_id,
+        "--protocol",
+        protocol,
+        "--signing-key",
+        signing.seed_text(key),
+    ):
+        report = await run_suite(
+            "bsp", device_id, broker.url, SCENARIO, speed=SPEED, timeout_s=30, device_key=key.verify_key
+        )
     assert report.aborted is None
     assert _not_passed(report) == {}
     assert "signature verified" in next(r.evidence for r in report.results if r.id == "BSP-EN-060")
 
 
 def test_cli_says_why_when_no_device_answers(broker, uid, tmp_path):
-    result = CliRunner().invoke(app, ["conformance", "--role", "bsp", "--device-id", f"nobody-{uid}", "--broker",
-                                      broker.url, "--timeout", "1", "--report", str(tmp_path)])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "conformance",
+            "--role",
+            "bsp",
+            "--device-id",
+            f"nobody-{uid}",
+            "--broker",
+            broker.url,
+            "--timeout",
+            "1",
+            "--report",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 1
     assert f"no retained actor_state 'online' from bsp/nobody-{uid} within 1 s" in result.output
     assert (tmp_path / "conformance.json").exists()
 
 
 def test_cli_rules_pattern_selects_rules(broker, uid):
-    result = CliRunner().invoke(app, ["conformance", "--role", "dso", "--device-id", f"nobody-{uid}", "--broker",
-                                      broker.url, "--timeout", "1", "--rules", "DSO-MV-*"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "conformance",
+            "--role",
+            "dso",
+            "--device-id",
+            f"nobody-{uid}",
+            "--broker",
+            broker.url,
+            "--timeout",
+            "1",
+            "--rules",
+            "DSO-MV-*",
+        ],
+    )
     lines = [line for line in result.output.splitlines() if line[:4] in ("PASS", "FAIL", "SKIP")]
     assert [line.split()[1] for line in lines] == ["DSO-MV-010", "DSO-MV-020", "DSO-MV-030"]
 
@@ -194,27 +269,56 @@ async def test_suite_over_tls_with_credentials_and_access_lists(tmp_path, uid):
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed: no certificate for the TLS listener")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
-                    "-out", str(cert), "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     device_id = f"tls-{uid}"
     actors = [Party(role="tso", id="tso"), Party(role="bsp", id=device_id)]
-    auth = write_auth(tmp_path / "auth", actors, {username(a): "s3cret" for a in actors} | {"observer": "watch"},
-                      observer="observer")  # fmt: skip
+    auth = write_auth(
+        tmp_path / "auth", actors, {username(a): "s3cret" for a in actors} | {"observer": "watch"}, observer="observer"
+    )
     auth += f"\ncafile {cert}\ncertfile {cert}\nkeyfile {key}\n"
     with start_broker("mosquitto", data_dir=tmp_path / "mq", auth=auth) as running:
         spec = BrokerSpec.parse(running.url)
         url = f"mqtts://{{}}:s3cret@{spec.host}:{spec.port}?ca={cert}"
         with emulator("bsp", device_id, url.format(f"bsp-{device_id}")) as proc:
-            report = await run_suite("bsp", device_id, url.format("tso-tso") + "&protocol=3.1.1", SCENARIO,
-                                     speed=SPEED, timeout_s=60, leave=(10.0, proc.kill),
-                                     observer=f"mqtts://observer:watch@{spec.host}:{spec.port}?ca={cert}")  # fmt: skip
+            report = await run_suite(
+                "bsp",
+                device_id,
+                url.format("tso-tso") + "&protocol=3.1.1",
+                SCENARIO,
+                speed=SPEED,
+                timeout_s=60,
+                leave=(10.0, proc.kill),
+                observer=f"mqtts://observer:watch@{spec.host}:{spec.port}?ca={cert}",
+            )
     assert report.aborted is None
     # the access list lets the suite's TSO account speak only as the TSO: no block activation as a market
     # operator, and the suite says so instead of judging a block that never reached the device
     not_passed = {r.id: r.evidence for r in report.results if r.status != "pass"}
-    assert not_passed == {"BSP-FX-010": f"the broker did not pass the suite's block activation as mo/conformance on "
-                                        f"tsodso/v1/mo/conformance/flex_activation/bsp/{device_id}"}
+    assert not_passed == {
+        "BSP-FX-010": f"the broker did not pass the suite's block activation as mo/conformance on "
+        f"tsodso/v1/mo/conformance/flex_activation/bsp/{device_id}"
+    }
 
 
 def test_emulate_lists_every_fault_with_the_rules_it_breaks():

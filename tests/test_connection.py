@@ -21,8 +21,11 @@ from tests.test_gateway import parties, sample, wait_until
 
 
 def schedule(i: int) -> Schedule:
-    return Schedule(kind="final", start=datetime(2026, 11, 23, tzinfo=UTC),
-                    series=[ScheduleSeries(asset_id=f"der{i}", dso_id="dso1", p_mw=[float(i)])])  # fmt: skip
+    return Schedule(
+        kind="final",
+        start=datetime(2026, 11, 23, tzinfo=UTC),
+        series=[ScheduleSeries(asset_id=f"der{i}", dso_id="dso1", p_mw=[float(i)])],
+    )
 
 
 async def collect(gw, into, body_type=None):
@@ -53,8 +56,11 @@ async def test_qos1_messages_sent_while_the_broker_restarts_are_delivered_once(o
     assert sorted(m.body.series[0].p_mw[0] for m in got) == [float(i) for i in range(20)]
     assert len(got) == 20  # each exactly once to the actor
     assert tso.connections >= 2 and dso.connections >= 2
-    sent = sqlite3.connect(log.path).execute(
-        "SELECT COUNT(*) FROM exchange WHERE direction='out' AND type='schedule' AND outcome='sent'").fetchone()[0]
+    sent = (
+        sqlite3.connect(log.path)
+        .execute("SELECT COUNT(*) FROM exchange WHERE direction='out' AND type='schedule' AND outcome='sent'")
+        .fetchone()[0]
+    )
     assert sent == 20
 
 
@@ -118,7 +124,11 @@ async def test_mqtt5_properties_follow_the_delivery_policy(own_mosquitto, uid):
     assert setpoint.MessageExpiryInterval <= 4 and seen["delta_setpoint"].qos == 1
     request = seen["merit_order_list"]
     request_env = json.loads(request.payload)["envelope"]
-    assert request.properties.ResponseTopic == request_env["reply_to"] == f"tsodso/v1/dso/{p['dso'].id}/mol_validation/tso/{p['tso'].id}"
+    assert (
+        request.properties.ResponseTopic
+        == request_env["reply_to"]
+        == f"tsodso/v1/dso/{p['dso'].id}/mol_validation/tso/{p['tso'].id}"
+    )
     assert uuid.UUID(bytes=request.properties.CorrelationData) == uuid.UUID(request_env["message_id"])
     assert uuid.UUID(bytes=seen["mol_validation"].properties.CorrelationData) == answer.envelope.causation_id
 
@@ -178,11 +188,17 @@ async def test_access_list_and_passwords_from_the_rights_table(tmp_path, uid):
 def test_broker_url_parsing():
     spec = BrokerSpec.parse("mqtts://bsp-1:s%40cret@broker.example:8884?protocol=3.1.1&ca=/etc/ca.pem")
     assert (spec.host, spec.port, spec.tls, spec.protocol, spec.username, spec.password, spec.ca_file) == (
-        "broker.example", 8884, True, 4, "bsp-1", "s@cret", "/etc/ca.pem")
+        "broker.example",
+        8884,
+        True,
+        4,
+        "bsp-1",
+        "s@cret",
+        "/etc/ca.pem",
+    )
     assert "s@cret" not in spec.url and "s@cret" not in repr(spec)
     assert BrokerSpec.parse("mqtt://h").port == 1883 and BrokerSpec.parse("mqtts://h").port == 8883
     with pytest.raises(ValueError, match="scheme must be mqtt"):
         BrokerSpec.parse("http://h:1883")
     with pytest.raises(ValueError, match="protocol must be 5 or 3.1.1"):
         BrokerSpec.parse("mqtt://h?protocol=6")
-

@@ -27,10 +27,14 @@ CONTRACT = ROOT / "contract"
 
 def wire(body, sender="tso", recipient="dso", **env_overrides) -> dict:
     env = Envelope(
-        message_id=uuid.uuid4(), type=body.type_name, schema_version="1.0",
-        sender=Party(role=sender, id=f"{sender}1"), recipients=[Party(role=recipient, id=f"{recipient}1")],
-        sequence=1, created_at=datetime.now(UTC),
-    )  # fmt: skip
+        message_id=uuid.uuid4(),
+        type=body.type_name,
+        schema_version="1.0",
+        sender=Party(role=sender, id=f"{sender}1"),
+        recipients=[Party(role=recipient, id=f"{recipient}1")],
+        sequence=1,
+        created_at=datetime.now(UTC),
+    )
     doc = json.loads(encode(env, body))
     doc["envelope"].update(env_overrides)
     return doc
@@ -108,7 +112,8 @@ def test_asyncapi_document_has_bindings_from_the_policy_and_the_rights():
     op = doc["operations"]["tso_sends_delta_setpoint_to_bsp"]
     assert op["bindings"]["mqtt"] == {"qos": 1, "retain": False, "bindingVersion": "0.2.0", "messageExpiryInterval": 4}
     assert doc["operations"]["tso_sends_merit_order_list_to_dso"]["reply"]["channel"] == {
-        "$ref": "#/channels/mol_validation"}
+        "$ref": "#/channels/mol_validation"
+    }
     state = doc["operations"]["dso_sends_actor_state_to_all"]["bindings"]["mqtt"]
     assert state["retain"] is True and state["qos"] == 1
     assert "bsp_sends_merit_order_list_to_dso" not in doc["operations"]

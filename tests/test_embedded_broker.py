@@ -19,7 +19,7 @@ class RawClient:
     def __init__(self, url: str):
         self.spec = BrokerSpec.parse(url)
 
-    async def connect(self, client_id: str, **kw) -> bool:  # noqa: ANN003
+    async def connect(self, client_id: str, **kw) -> bool:
         self.reader, self.writer = await asyncio.open_connection(self.spec.host, self.spec.port)
         self.writer.write(m.connect(client_id, username=client_id, **kw))
         kind, _, body = await self.read()

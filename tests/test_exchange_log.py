@@ -9,8 +9,26 @@ from gateway.exchange_log import COLUMNS, ExchangeLog, LogRow, connect
 
 
 def row(i: int, actor: str = "tso/tso") -> LogRow:
-    return LogRow("run", actor, "out", "sent", None, f"id-{i}", "delta_setpoint", "t/x", actor, "bsp/bsp1",
-                  None, None, i, 400, 1, i, i + 1, None)  # fmt: skip
+    return LogRow(
+        "run",
+        actor,
+        "out",
+        "sent",
+        None,
+        f"id-{i}",
+        "delta_setpoint",
+        "t/x",
+        actor,
+        "bsp/bsp1",
+        None,
+        None,
+        i,
+        400,
+        1,
+        i,
+        i + 1,
+        None,
+    )
 
 
 def test_every_row_from_many_threads_is_written_by_close(tmp_path):

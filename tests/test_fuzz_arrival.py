@@ -27,8 +27,16 @@ NOW = datetime.now(UTC)
 
 
 def valid_message(body, sender: Party = TSO, **env) -> dict:
-    envelope = Envelope(message_id=uuid.uuid4(), type=body.type_name, schema_version="1.0", sender=sender,
-                        recipients=[ME], sequence=1, created_at=NOW, **env)  # fmt: skip
+    envelope = Envelope(
+        message_id=uuid.uuid4(),
+        type=body.type_name,
+        schema_version="1.0",
+        sender=sender,
+        recipients=[ME],
+        sequence=1,
+        created_at=NOW,
+        **env,
+    )
     return json.loads(encode(envelope, body))
 
 
@@ -36,11 +44,20 @@ TEMPLATES = [valid_message(b) for b, s, r in SAMPLES if s == "tso" and r == "bsp
 
 # hostile values to put anywhere in a message
 nasty_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=40), st.just("x" * 5000), st.just(10**80), st.just(-1e308 * 10),
-)  # fmt: skip
-nasty_json = st.recursive(nasty_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-    st.text(max_size=8), inner, max_size=4), max_leaves=12)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.just("x" * 5000),
+    st.just(10**80),
+    st.just(-1e308 * 10),
+)
+nasty_json = st.recursive(
+    nasty_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def mutate(doc, path: list, value):
@@ -52,7 +69,7 @@ def mutate(doc, path: list, value):
         key = keys[path[0] % len(keys)]
         return {**doc, key: mutate(doc[key], path[1:], value)}
     i = path[0] % len(doc)
-    return [*doc[:i], mutate(doc[i], path[1:], value), *doc[i + 1:]]
+    return [*doc[:i], mutate(doc[i], path[1:], value), *doc[i + 1 :]]
 
 
 @st.composite
@@ -68,8 +85,21 @@ def hostile_payloads(draw) -> bytes:
         depth = draw(st.integers(1, 200_000))
         return b'{"envelope":' + b"[" * depth + b"]" * depth + b',"body":{}}'
     if kind == 3:  # an integer literal thousands of digits long, or NaN/Infinity literals
-        literal = draw(st.sampled_from([b"9" * 5000, b"NaN", b"Infinity", b"-Infinity", b"1e999", b"1" * 33, b"1" * 70,
-                                    b"0." + b"1" * 200, b"9" * 17]))
+        literal = draw(
+            st.sampled_from(
+                [
+                    b"9" * 5000,
+                    b"NaN",
+                    b"Infinity",
+                    b"-Infinity",
+                    b"1e999",
+                    b"1" * 33,
+                    b"1" * 70,
+                    b"0." + b"1" * 200,
+                    b"9" * 17,
+                ]
+            )
+        )
         text = json.dumps(template).encode()
         field = draw(st.sampled_from([rb'"delta_mw": [-0-9.e]+', rb'"sequence": [0-9]+', rb'"cycle": [0-9]+']))
         return re.sub(field, field.split(b":")[0] + b": " + literal, text, count=1)
@@ -85,17 +115,25 @@ def hostile_payloads(draw) -> bytes:
         return json.dumps(doc).encode()
     if kind == 6:  # a signature in the wrong place, or one that does not verify
         text = json.dumps(template, separators=(",", ":")).encode()
-        return draw(st.sampled_from([
-            text[:-1] + b',"signature":"' + b"A" * 86 + b'"}', text[:-1] + b',"signature":"short"}',
-            b'{"signature":"x",' + text[1:], signing.sign(text, signing.generate(["x"])["x"]),
-        ]))  # fmt: skip
+        return draw(
+            st.sampled_from(
+                [
+                    text[:-1] + b',"signature":"' + b"A" * 86 + b'"}',
+                    text[:-1] + b',"signature":"short"}',
+                    b'{"signature":"x",' + text[1:],
+                    signing.sign(text, signing.generate(["x"])["x"]),
+                ]
+            )
+        )
     return json.dumps(template).encode()[: draw(st.integers(0, 400))]  # truncated
 
 
 topics = st.one_of(
     st.text(max_size=80),
-    st.builds(lambda t: topic_for(TSO, "delta_setpoint", ME).replace("delta_setpoint", t),
-              st.sampled_from(["x" * 300, "delta_setpoint", "DELTA", "rejection", "a/b", "", "pizza"])),  # fmt: skip
+    st.builds(
+        lambda t: topic_for(TSO, "delta_setpoint", ME).replace("delta_setpoint", t),
+        st.sampled_from(["x" * 300, "delta_setpoint", "DELTA", "rejection", "a/b", "", "pizza"]),
+    ),
     st.sampled_from([topic_for(TSO, t, ME) for t in MESSAGE_TYPES]),
 )
 
@@ -107,8 +145,12 @@ def outcome(check: ArrivalCheck, topic: str, payload: bytes) -> Received | Rejec
         return rej
 
 
-@settings(max_examples=10_000, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])  # fmt: skip
+@settings(
+    max_examples=10_000,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
 @given(topic=topics, payload=hostile_payloads(), signed=st.booleans())
 def test_no_payload_escapes_the_checks_and_every_notice_fits_its_schema(topic, payload, signed):
     trust = Trust({"tso/tso": KEYS["tso/tso"].verify_key}) if signed else None
@@ -140,7 +182,12 @@ def test_the_reported_killers_are_refused_with_their_reason():
         (topic, deep, "malformed", "nested too deeply"),
         (topic, long_int, "malformed", "a number of 5000 digits (at most 64)"),
         (topic, nan, "malformed", "NaN is not a number JSON allows"),
-        (topic.replace("delta_setpoint", "t" * 200), json.dumps(setpoint).encode(), "unknown_type", "unknown message type"),
+        (
+            topic.replace("delta_setpoint", "t" * 200),
+            json.dumps(setpoint).encode(),
+            "unknown_type",
+            "unknown message type",
+        ),
         (topic, json.dumps(crowd).encode(), "envelope", "envelope.recipients: List should have at most 16 items"),
         (topic, json.dumps(future).encode(), "time_bounds", "a delta_setpoint may be valid for at most 4 s"),
     ]
@@ -156,8 +203,16 @@ def test_signatures_decide_who_is_heard():
     check = ArrivalCheck(ME, default_rights(), trust=trust)
     topic = topic_for(TSO, "delta_setpoint", ME)
     setpoint = next(b for b, s, r in SAMPLES if b.type_name == "delta_setpoint")
-    env = Envelope(message_id=uuid.uuid4(), type="delta_setpoint", schema_version="1.0", sender=TSO, recipients=[ME],
-                   sequence=1, created_at=NOW, valid_until=NOW + timedelta(seconds=4))  # fmt: skip
+    env = Envelope(
+        message_id=uuid.uuid4(),
+        type="delta_setpoint",
+        schema_version="1.0",
+        sender=TSO,
+        recipients=[ME],
+        sequence=1,
+        created_at=NOW,
+        valid_until=NOW + timedelta(seconds=4),
+    )
     message = encode(env, setpoint)
     forged = outcome(check, topic, message)
     assert isinstance(forged, Rejected) and forged.code.value == "unauthenticated"

@@ -32,10 +32,15 @@ def raw_client(broker, ident: str) -> aiomqtt.Client:
 
 def wire(body, sender: Party, recipient: Party, **env) -> bytes:
     envelope = Envelope(
-        message_id=env.pop("message_id", uuid.uuid4()), type=body.type_name, schema_version="1.0", sender=sender,
-        recipients=[recipient], sequence=env.pop("sequence", 1), created_at=env.pop("created_at", datetime.now(UTC)),
+        message_id=env.pop("message_id", uuid.uuid4()),
+        type=body.type_name,
+        schema_version="1.0",
+        sender=sender,
+        recipients=[recipient],
+        sequence=env.pop("sequence", 1),
+        created_at=env.pop("created_at", datetime.now(UTC)),
         **env,
-    )  # fmt: skip
+    )
     return encode(envelope, body)
 
 
@@ -132,8 +137,13 @@ async def test_bad_input_is_rejected_with_its_own_reason_and_the_actor_keeps_ser
     tso_id, dso = p["tso"], p["dso"]
     mol = sample("merit_order_list")
     ok = wire(mol, tso_id, dso)
-    expired = wire(mol, tso_id, dso, created_at=datetime.now(UTC) - timedelta(seconds=10),
-                   valid_until=datetime.now(UTC) - timedelta(seconds=5))  # fmt: skip
+    expired = wire(
+        mol,
+        tso_id,
+        dso,
+        created_at=datetime.now(UTC) - timedelta(seconds=10),
+        valid_until=datetime.now(UTC) - timedelta(seconds=5),
+    )
     bad_body = json.loads(ok)
     bad_body["envelope"]["message_id"] = str(uuid.uuid4())
     bad_body["body"]["bids"][0]["quantity_mw"] = -5
@@ -146,24 +156,48 @@ async def test_bad_input_is_rejected_with_its_own_reason_and_the_actor_keeps_ser
     bsp = p["bsp"]
     cases = [  # (topic, payload, expected code, text the reason must contain)
         (topic_for(tso_id, "merit_order_list", dso), b"{not json", "malformed", "not UTF-8 JSON"),
-        (topic_for(tso_id, "merit_order_list", dso), json.dumps(no_id).encode(), "envelope",
-         "envelope.message_id: Field required"),
-        (topic_for(tso_id, "pizza_order", dso), json.dumps(unknown).encode(), "unknown_type",
-         "unknown message type 'pizza_order'"),
-        (topic_for(bsp, "merit_order_list", dso), wire(mol, bsp, dso), "unauthorised",
-         "a bsp may not send merit_order_list to dso/"),
+        (
+            topic_for(tso_id, "merit_order_list", dso),
+            json.dumps(no_id).encode(),
+            "envelope",
+            "envelope.message_id: Field required",
+        ),
+        (
+            topic_for(tso_id, "pizza_order", dso),
+            json.dumps(unknown).encode(),
+            "unknown_type",
+            "unknown message type 'pizza_order'",
+        ),
+        (
+            topic_for(bsp, "merit_order_list", dso),
+            wire(mol, bsp, dso),
+            "unauthorised",
+            "a bsp may not send merit_order_list to dso/",
+        ),
         (topic_for(tso_id, "merit_order_list", dso), expired, "expired", "ms later"),
         (topic_for(tso_id, "heartbeat", dso), wire(heartbeat, tso_id, dso, message_id=dup_id, sequence=1), None, None),
         # a copy of a message already taken: logged, never acted on twice, no notice (a QoS 1 resend
         # or a replay: the sender has nothing to correct, and a flood of copies gets no flood back)
         (topic_for(tso_id, "heartbeat", dso), wire(heartbeat, tso_id, dso, message_id=dup_id, sequence=2), None, None),
-        (topic_for(tso_id, "merit_order_list", dso), json.dumps(bad_body).encode(), "schema",
-         "body.bids[0].quantity_mw: Input should be greater than 0"),
-        (topic_for(tso_id, "merit_order_list", dso), wire(mol, tso_id, dso) + b" " * 70_000, "oversize",
-         "exceeds the limit of 65536 bytes"),
-        (topic_for(Party(role="tso", id=f"other-{uid}"), "merit_order_list", dso), wire(mol, tso_id, dso),
-         "topic_mismatch", "envelope says"),
-    ]  # fmt: skip
+        (
+            topic_for(tso_id, "merit_order_list", dso),
+            json.dumps(bad_body).encode(),
+            "schema",
+            "body.bids[0].quantity_mw: Input should be greater than 0",
+        ),
+        (
+            topic_for(tso_id, "merit_order_list", dso),
+            wire(mol, tso_id, dso) + b" " * 70_000,
+            "oversize",
+            "exceeds the limit of 65536 bytes",
+        ),
+        (
+            topic_for(Party(role="tso", id=f"other-{uid}"), "merit_order_list", dso),
+            wire(mol, tso_id, dso),
+            "topic_mismatch",
+            "envelope says",
+        ),
+    ]
     rejections: list = []
     with ExchangeLog(tmp_path / "x.sqlite", run_id=uid) as log:
         async with (
@@ -209,8 +243,9 @@ async def test_bad_input_is_rejected_with_its_own_reason_and_the_actor_keeps_ser
         assert by_code[code].rejected_topic == topic
     assert dso_gw.stats["rejected"] == len(expected)
     db = sqlite3.connect(log.path)
-    reasons = [r[0] for r in db.execute("SELECT reason FROM exchange WHERE outcome='rejected' AND actor=?",
-                                        (str(dso),))]  # fmt: skip
+    reasons = [
+        r[0] for r in db.execute("SELECT reason FROM exchange WHERE outcome='rejected' AND actor=?", (str(dso),))
+    ]
     assert sorted(r.split(":")[0] for r in reasons) == sorted(c[2] for c in expected)
     ignored = [r[0] for r in db.execute("SELECT reason FROM exchange WHERE outcome='ignored' AND actor=?", (str(dso),))]
     assert ignored == [f"duplicate: message {dup_id} already received" + ignored[0].split("already received")[1]]
@@ -225,7 +260,7 @@ async def test_sequence_gaps_are_noted_in_the_log(broker, uid, tmp_path):
             heard = []
 
             @dso.on(Heartbeat)
-            async def hear(msg) -> None:  # noqa: ANN001
+            async def hear(msg) -> None:
                 heard.append(msg)
 
             async with raw_client(broker, f"raw-{uid}") as raw:
@@ -233,8 +268,12 @@ async def test_sequence_gaps_are_noted_in_the_log(broker, uid, tmp_path):
                     await raw.publish(topic, wire(hb, p["tso"], p["dso"], sequence=seq), qos=1)
             # the heartbeats themselves: retained presence of earlier tests is delivered too
             await wait_until(lambda: len(heard) >= 4)
-    notes = [r[0] for r in sqlite3.connect(log.path).execute(
-        "SELECT reason FROM exchange WHERE topic=? ORDER BY sequence", (topic,))]  # fmt: skip
+    notes = [
+        r[0]
+        for r in sqlite3.connect(log.path).execute(
+            "SELECT reason FROM exchange WHERE topic=? ORDER BY sequence", (topic,)
+        )
+    ]
     assert notes == [None, None, "sequence gap: expected 3, got 5 (2 missing)", None]
 
 

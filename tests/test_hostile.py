@@ -83,17 +83,28 @@ async def test_no_hostile_message_stops_an_actor_and_retained_poison_does_not_st
             async with raw_client(broker, f"raw2-{uid}") as raw:  # clean up the retained poison
                 await raw.publish(poison_topic, b"", qos=1, retain=True)
     db = sqlite3.connect(log.path)
-    rows = db.execute("SELECT outcome, reason FROM exchange WHERE actor=? AND direction='in' AND outcome != 'delivered'",
-                      (str(p["bsp"]),)).fetchall()  # fmt: skip
+    rows = db.execute(
+        "SELECT outcome, reason FROM exchange WHERE actor=? AND direction='in' AND outcome != 'delivered'",
+        (str(p["bsp"]),),
+    ).fetchall()
     reasons = " | ".join(r for _, r in rows)
-    for expected in ("not UTF-8 JSON", "nested too deeply", "a number of 5000 digits", "is not a number JSON allows",
-                     "unknown message type 'tttt", "at most 16 items", "ahead of this clock"):
+    for expected in (
+        "not UTF-8 JSON",
+        "nested too deeply",
+        "a number of 5000 digits",
+        "is not a number JSON allows",
+        "unknown message type 'tttt",
+        "at most 16 items",
+        "ahead of this clock",
+    ):
         assert expected in reasons, (expected, reasons)
-    poisoned = db.execute("SELECT reason FROM exchange WHERE actor=? AND topic=?", (str(p["tso"]), poison_topic)).fetchone()
+    poisoned = db.execute(
+        "SELECT reason FROM exchange WHERE actor=? AND topic=?", (str(p["tso"]), poison_topic)
+    ).fetchone()
     assert poisoned and "nested too deeply" in poisoned[0]
 
 
-def _bsp(gw: Gateway, scenario, tso: Party) -> BSP:  # noqa: ANN001
+def _bsp(gw: Gateway, scenario, tso: Party) -> BSP:
     """The scenario's BSP under this test's ids, its scenario time beginning now."""
     cfg = scenario.bsps[0].model_copy(update={"id": gw.me.id})
     scenario = scenario.model_copy(update={"tso": scenario.tso.model_copy(update={"id": tso.id})})
@@ -101,14 +112,23 @@ def _bsp(gw: Gateway, scenario, tso: Party) -> BSP:  # noqa: ANN001
 
 
 def _setpoint(bsp: Party, cycle: int, instant: datetime, delta: float) -> DeltaSetpoint:
-    return DeltaSetpoint(bsp_id=bsp.id, cycle=cycle, instant=instant, reference_mw=200, delta_mw=delta,
-                         bid_deltas_mw={"bsp1-up": delta})  # fmt: skip
+    return DeltaSetpoint(
+        bsp_id=bsp.id, cycle=cycle, instant=instant, reference_mw=200, delta_mw=delta, bid_deltas_mw={"bsp1-up": delta}
+    )
 
 
 def _forged(tso: Party, bsp: Party, body: DeltaSetpoint) -> bytes:
     now = datetime.now(UTC)
-    env = Envelope(message_id=uuid.uuid4(), type=body.type_name, schema_version="1.0", sender=tso, recipients=[bsp],
-                   sequence=99, created_at=now, valid_until=now + timedelta(seconds=4))  # fmt: skip
+    env = Envelope(
+        message_id=uuid.uuid4(),
+        type=body.type_name,
+        schema_version="1.0",
+        sender=tso,
+        recipients=[bsp],
+        sequence=99,
+        created_at=now,
+        valid_until=now + timedelta(seconds=4),
+    )
     return encode(env, body)
 
 
@@ -124,27 +144,41 @@ async def test_a_forged_setpoint_is_refused_and_the_refusal_says_why(broker, uid
     trust = Trust(signing.public_keys(keys)) if signed else None
     sec = lambda party: {"signing_key": keys[str(party)], "trust": trust} if signed else {}  # noqa: E731
     with ExchangeLog(tmp_path / "x.sqlite", run_id=uid) as log:
-        async with Gateway(p["tso"], broker.url, log=log, **sec(p["tso"])) as tso, \
-                Gateway(p["bsp"], broker.url, log=log, **sec(p["bsp"])) as bsp_gw:  # fmt: skip
+        async with (
+            Gateway(p["tso"], broker.url, log=log, **sec(p["tso"])) as tso,
+            Gateway(p["bsp"], broker.url, log=log, **sec(p["bsp"])) as bsp_gw,
+        ):
             bsp = _bsp(bsp_gw, scenario, p["tso"])
             isp = scenario.isps()[0]
-            await tso.publish(OfferAcceptance(isp_start=isp, accepted=[
-                AcceptedOffer(bid_id="bsp1-up", direction=Direction.UP, upper_bound_mw=15.0)]), p["bsp"])  # fmt: skip
+            await tso.publish(
+                OfferAcceptance(
+                    isp_start=isp,
+                    accepted=[AcceptedOffer(bid_id="bsp1-up", direction=Direction.UP, upper_bound_mw=15.0)],
+                ),
+                p["bsp"],
+            )
             await wait_until(lambda: isp in bsp.accepted)
             await tso.publish(_setpoint(p["bsp"], 0, scenario.start, 5.0), p["bsp"])  # the real TSO
             await wait_until(lambda: bsp.last_cycle == 0)
             assert sum(bsp.targets.values()) == pytest.approx(5.0)
             async with raw_client(broker, f"forger-{uid}") as forger:
                 topic = topic_for(p["tso"], "delta_setpoint", p["bsp"])
-                await forger.publish(topic, _forged(p["tso"], p["bsp"], _setpoint(p["bsp"], 1, scenario.start + timedelta(seconds=4), 20.0)), qos=1)
+                await forger.publish(
+                    topic,
+                    _forged(p["tso"], p["bsp"], _setpoint(p["bsp"], 1, scenario.start + timedelta(seconds=4), 20.0)),
+                    qos=1,
+                )
                 other = _setpoint(p["bsp"], 2, scenario.start + timedelta(seconds=8), 3.0)
                 other.bid_deltas_mw = {"bsp1-down": 3.0}
                 await forger.publish(topic, _forged(p["tso"], p["bsp"], other), qos=1)
             await wait_until(lambda: bsp_gw.stats["rejected"] + bsp_gw.stats["refused"] >= 2 or bsp.last_cycle == 2)
             await asyncio.sleep(0.2)  # both handled
     db = sqlite3.connect(log.path)
-    rows = db.execute("SELECT outcome, reason FROM exchange WHERE actor=? AND type='delta_setpoint' AND "
-                      "outcome IN ('rejected','refused') ORDER BY id", (str(p["bsp"]),)).fetchall()  # fmt: skip
+    rows = db.execute(
+        "SELECT outcome, reason FROM exchange WHERE actor=? AND type='delta_setpoint' AND "
+        "outcome IN ('rejected','refused') ORDER BY id",
+        (str(p["bsp"]),),
+    ).fetchall()
     if signed:
         assert rows == [("rejected", f"unauthenticated: unsigned: every message from {p['tso']} must be signed")] * 2
         assert sum(bsp.targets.values()) == pytest.approx(5.0)  # still the real TSO's 5 MW
@@ -188,8 +222,16 @@ async def test_the_replay_window_survives_a_restart(broker, uid, tmp_path):
     ids), where an actor with only memory would take it twice."""
     p = parties(uid)
     now = datetime.now(UTC)
-    env = Envelope(message_id=uuid.uuid4(), type="mol_validation", schema_version="1.0", sender=p["dso"],
-                   recipients=[p["tso"]], sequence=1, created_at=now, valid_until=now + timedelta(seconds=600))  # fmt: skip
+    env = Envelope(
+        message_id=uuid.uuid4(),
+        type="mol_validation",
+        schema_version="1.0",
+        sender=p["dso"],
+        recipients=[p["tso"]],
+        sequence=1,
+        created_at=now,
+        valid_until=now + timedelta(seconds=600),
+    )
     payload = encode(env, sample("mol_validation"))
     topic = topic_for(p["dso"], "mol_validation", p["tso"])
     with ExchangeLog(tmp_path / "x.sqlite", run_id=uid) as log:
@@ -198,17 +240,22 @@ async def test_the_replay_window_survives_a_restart(broker, uid, tmp_path):
                 got: list = []
 
                 @tso.on(MolValidation)
-                async def take(msg):
+                async def take(msg, got: list = got):
                     got.append(msg)
 
                 async with raw_client(broker, f"replayer-{uid}") as raw:
                     await raw.publish(topic, payload, qos=1)
-                await wait_until(lambda: got or tso.stats["ignored"])
+                await wait_until(lambda got=got: got or tso.stats["ignored"])
                 await asyncio.sleep(0.2)
                 assert len(got) == (1 if attempt == 0 else 0)
             log.flush()
-    outcomes = [r for (r,) in sqlite3.connect(log.path).execute(
-        "SELECT outcome FROM exchange WHERE actor=? AND message_id=? ORDER BY id", (str(p["tso"]), str(env.message_id)))]
+    outcomes = [
+        r
+        for (r,) in sqlite3.connect(log.path).execute(
+            "SELECT outcome FROM exchange WHERE actor=? AND message_id=? ORDER BY id",
+            (str(p["tso"]), str(env.message_id)),
+        )
+    ]
     assert outcomes == ["delivered", "ignored"]
 
 
@@ -219,8 +266,11 @@ def test_the_reference_run_under_a_hostile_flood_ends_as_a_clean_run(tmp_path):
     is refused."""
     scenario = load_scenario(SCENARIO, coordination=True)
     with start_broker("embedded", data_dir=tmp_path / "broker") as running:
-        flood = subprocess.Popen([sys.executable, "-m", "testbed.hostile", "--broker", running.url, "--rate", "1000",
-                                  "--duration", "25"], cwd=ROOT, stdout=subprocess.PIPE)  # fmt: skip
+        flood = subprocess.Popen(
+            [sys.executable, "-m", "testbed.hostile", "--broker", running.url, "--rate", "1000", "--duration", "25"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
         try:
             summary = asyncio.run(run_scenario(scenario, running.url, tmp_path / "run", speed=50))
         finally:
@@ -264,8 +314,9 @@ async def test_mutual_tls_lets_in_only_the_deployments_certificates_and_the_acce
     secrets, other = tmp_path / "secrets", tmp_path / "other"
     init(secrets, scenario)
     init(other, scenario)  # another deployment's CA
-    with start_broker("mosquitto", data_dir=tmp_path / "mosquitto",
-                      auth=tls_auth_lines(secrets / "mosquitto", secrets / "tls")) as running:  # fmt: skip
+    with start_broker(
+        "mosquitto", data_dir=tmp_path / "mosquitto", auth=tls_auth_lines(secrets / "mosquitto", secrets / "tls")
+    ) as running:
         plain = BrokerSpec.parse(running.url.replace("mqtt://", "mqtts://"))
         tso, bsp = Party(role="tso", id="tso"), Party(role="bsp", id="bsp1")
         as_tso = plain.with_certificate(*tls_files(secrets, "tso-tso"))
@@ -280,8 +331,9 @@ async def test_mutual_tls_lets_in_only_the_deployments_certificates_and_the_acce
             await tso_gw.publish(_setpoint(bsp, 0, datetime.now(UTC), 1.0), bsp)
             await wait_until(lambda: len(got) == 1)
             # the BSP's certificate publishing a setpoint 'from the TSO': the broker's access list drops it
-            await bsp_gw.publish_bytes(topic_for(tso, "delta_setpoint", bsp),
-                                       _forged(tso, bsp, _setpoint(bsp, 1, datetime.now(UTC), 20.0)))  # fmt: skip
+            await bsp_gw.publish_bytes(
+                topic_for(tso, "delta_setpoint", bsp), _forged(tso, bsp, _setpoint(bsp, 1, datetime.now(UTC), 20.0))
+            )
             await tso_gw.publish(_setpoint(bsp, 2, datetime.now(UTC), 2.0), bsp)
             await wait_until(lambda: len(got) == 2)
             assert [m.body.cycle for m in got] == [0, 2]
@@ -328,8 +380,11 @@ async def test_nats_gets_the_same_per_actor_users_and_permissions_from_the_right
             await tso_gw.publish(_setpoint(bsp, 0, datetime.now(UTC), 1.0), bsp)
             await wait_until(lambda: len(got) == 1, timeout=10)
             # the BSP's login publishing a setpoint 'from the TSO': NATS refuses the publish
-            await bsp_gw.publish_bytes(topic_for(tso, "delta_setpoint", bsp),
-                                       _forged(tso, bsp, _setpoint(bsp, 1, datetime.now(UTC), 20.0)), qos=0)  # fmt: skip
+            await bsp_gw.publish_bytes(
+                topic_for(tso, "delta_setpoint", bsp),
+                _forged(tso, bsp, _setpoint(bsp, 1, datetime.now(UTC), 20.0)),
+                qos=0,
+            )
             await tso_gw.publish(_setpoint(bsp, 2, datetime.now(UTC), 2.0), bsp)
             await wait_until(lambda: len(got) == 2, timeout=10)
             assert [m.body.cycle for m in got] == [0, 2]

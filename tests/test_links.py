@@ -15,7 +15,10 @@ async def test_a_known_delay_appears_in_the_measured_latency(broker, uid, tmp_pa
     p = parties(uid)
     links = LinkConditions({f"tso/*->dso/{p['dso'].id}": LinkImpairment(delay_s=0.05)})
     with ExchangeLog(tmp_path / "x.sqlite", run_id=uid) as log:
-        async with Gateway(p["tso"], broker.url, log=log, links=links) as tso, Gateway(p["dso"], broker.url, log=log) as dso:
+        async with (
+            Gateway(p["tso"], broker.url, log=log, links=links) as tso,
+            Gateway(p["dso"], broker.url, log=log) as dso,
+        ):
             beats = {"tso": 0, "dso": 0}
             tso.on(Heartbeat, lambda m: asyncio.sleep(0, beats.__setitem__("tso", beats["tso"] + 1)))
             dso.on(Heartbeat, lambda m: asyncio.sleep(0, beats.__setitem__("dso", beats["dso"] + 1)))
@@ -27,9 +30,13 @@ async def test_a_known_delay_appears_in_the_measured_latency(broker, uid, tmp_pa
     db = sqlite3.connect(log.path)
 
     def latencies(sender):
-        return [r[0] / 1000 for r in db.execute(
-            "SELECT received_us - created_us FROM exchange WHERE direction='in' AND type='heartbeat' AND sender=?",
-            (str(sender),))]  # fmt: skip
+        return [
+            r[0] / 1000
+            for r in db.execute(
+                "SELECT received_us - created_us FROM exchange WHERE direction='in' AND type='heartbeat' AND sender=?",
+                (str(sender),),
+            )
+        ]
 
     slow, fast = summary(latencies(p["tso"])), summary(latencies(p["dso"]))
     assert slow["count"] == fast["count"] == 30
@@ -57,11 +64,14 @@ async def test_an_outage_window_stops_delivery_exactly_then(broker, uid, tmp_pat
     start = time.time() + 0.3
     links = LinkConditions({"tso/*->dso/*": LinkImpairment(outages=((start, start + 0.4),))})
     with ExchangeLog(tmp_path / "x.sqlite", run_id=uid) as log:
-        async with Gateway(p["tso"], broker.url, links=links, log=log) as tso, Gateway(p["dso"], broker.url, log=log) as dso:
+        async with (
+            Gateway(p["tso"], broker.url, links=links, log=log) as tso,
+            Gateway(p["dso"], broker.url, log=log) as dso,
+        ):
             heard = set()
 
             @dso.on(Heartbeat)
-            async def hear(msg) -> None:  # noqa: ANN001
+            async def hear(msg) -> None:
                 heard.add(msg.envelope.message_id)
 
             while time.time() < start + 0.8:
@@ -71,8 +81,10 @@ async def test_an_outage_window_stops_delivery_exactly_then(broker, uid, tmp_pat
             while last.message_id not in heard and time.time() < deadline:
                 await asyncio.sleep(0.01)
     db = sqlite3.connect(log.path)
-    sent = db.execute("SELECT created_us, message_id, outcome FROM exchange WHERE direction='out' AND type='heartbeat'"
-                      " AND sender=?", (str(p["tso"]),)).fetchall()  # fmt: skip
+    sent = db.execute(
+        "SELECT created_us, message_id, outcome FROM exchange WHERE direction='out' AND type='heartbeat' AND sender=?",
+        (str(p["tso"]),),
+    ).fetchall()
     got = {r[0] for r in db.execute("SELECT message_id FROM exchange WHERE direction='in' AND type='heartbeat'")}
     inside = [r for r in sent if start * 1e6 <= r[0] < (start + 0.4) * 1e6]
     outside = [r for r in sent if not start * 1e6 <= r[0] < (start + 0.4) * 1e6]
@@ -97,6 +109,7 @@ async def test_a_lost_mol_validation_is_asked_for_again(broker, uid, tmp_path):
             assert answer.body.mol_id == "mol1"
     db = sqlite3.connect(log.path)
     asked = db.execute("SELECT COUNT(*) FROM exchange WHERE direction='out' AND type='merit_order_list'").fetchone()[0]
-    lost = db.execute("SELECT COUNT(*) FROM exchange WHERE direction='out' AND type='mol_validation' "
-                      "AND outcome='dropped'").fetchone()[0]  # fmt: skip
+    lost = db.execute(
+        "SELECT COUNT(*) FROM exchange WHERE direction='out' AND type='mol_validation' AND outcome='dropped'"
+    ).fetchone()[0]
     assert lost >= 1 and asked == lost + 1

@@ -25,8 +25,25 @@ SPEED = 25.0
 
 
 def actor_command(role: str, ident: str, url: str, out: Path, secrets: Path) -> list[str]:
-    return [sys.executable, "-m", "testbed", "actor", role, "--id", ident, "--scenario", SCENARIO, "--broker", url,
-            "--speed", str(SPEED), "--out", str(out), "--secrets", str(secrets)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "testbed",
+        "actor",
+        role,
+        "--id",
+        ident,
+        "--scenario",
+        SCENARIO,
+        "--broker",
+        url,
+        "--speed",
+        str(SPEED),
+        "--out",
+        str(out),
+        "--secrets",
+        str(secrets),
+    ]
 
 
 def wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -54,18 +71,25 @@ def test_an_actor_killed_mid_run_rejoins_with_the_same_command_and_the_summary_c
     broker, secrets = secured_mosquitto
     out = tmp_path / "run"
     ids = {"tso": "tso", "dso": "dso1", "bsp": "bsp1"}
-    logs = {role: open(tmp_path / f"{role}.log", "ab") for role in ids}
-    procs = {role: subprocess.Popen(actor_command(role, ident, broker.url, out, secrets), cwd=ROOT,
-                                    stdout=logs[role], stderr=subprocess.STDOUT)
-             for role, ident in ids.items()}  # fmt: skip
+    logs = {role: open(tmp_path / f"{role}.log", "ab") for role in ids}  # noqa: SIM115 (the actor processes hold them)
+    procs = {
+        role: subprocess.Popen(
+            actor_command(role, ident, broker.url, out, secrets), cwd=ROOT, stdout=logs[role], stderr=subprocess.STDOUT
+        )
+        for role, ident in ids.items()
+    }
     try:
         kill_at = datetime.fromisoformat("2026-11-23T10:02:00+00:00")  # mid-ramp, the DER bid activated
         wait_for(lambda: (now := scenario_now(out)) is not None and now >= kill_at, 60, "the run reaching 10:02")
         procs[victim].send_signal(signal.SIGKILL)
         procs[victim].wait(10)
         time.sleep(2.0)  # 50 s of scenario time away
-        procs[victim] = subprocess.Popen(actor_command(victim, ids[victim], broker.url, out, secrets), cwd=ROOT,
-                                         stdout=logs[victim], stderr=subprocess.STDOUT)  # fmt: skip
+        procs[victim] = subprocess.Popen(
+            actor_command(victim, ids[victim], broker.url, out, secrets),
+            cwd=ROOT,
+            stdout=logs[victim],
+            stderr=subprocess.STDOUT,
+        )
         for role, proc in procs.items():
             assert proc.wait(120) == 0, (tmp_path / f"{role}.log").read_text()[-3000:]
     finally:
@@ -74,7 +98,9 @@ def test_an_actor_killed_mid_run_rejoins_with_the_same_command_and_the_summary_c
                 proc.kill()
     summary = json.loads((out / "summary.json").read_text())
     (rejoined,) = summary["rejoins"]
-    assert rejoined["actor"] == f"{victim}/{ids[victim]}" and rejoined["away_s"] >= 40, rejoined  # 2 s at 25x, and its start
+    assert rejoined["actor"] == f"{victim}/{ids[victim]}" and rejoined["away_s"] >= 40, (
+        rejoined
+    )  # 2 s at 25x, and its start
     # what the victim did before the kill and after its return is one run: the DSO's limit holds,
     # nothing congests, and setpoints were lost only where the BSP was away
     assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.01, abs=0.01)
@@ -85,8 +111,11 @@ def test_an_actor_killed_mid_run_rejoins_with_the_same_command_and_the_summary_c
         assert summary["setpoints_lost"] == 0
     back = datetime.fromisoformat(rejoined["back_at"])
     start = load_scenario(SCENARIO).start
-    after = [int(c) for c in json.loads((out / "timeseries.json").read_text())["delivered"]["bsp1"]
-             if start + timedelta(seconds=4 * int(c)) > back + timedelta(seconds=8)]
+    after = [
+        int(c)
+        for c in json.loads((out / "timeseries.json").read_text())["delivered"]["bsp1"]
+        if start + timedelta(seconds=4 * int(c)) > back + timedelta(seconds=8)
+    ]
     assert len(after) > 50  # the BSP reports (and the TSO hears it) after the return, to the end
 
 
@@ -105,7 +134,7 @@ def test_a_broker_killed_and_restarted_mid_run_ends_in_a_complete_summary(tmp_pa
     killed_at = datetime.fromisoformat("2026-11-23T10:01:30+00:00")
     with start_broker(kind, data_dir=tmp_path / "broker") as running:
 
-        async def kill(clock, _scenario):  # noqa: ANN001
+        async def kill(clock, _scenario):
             await clock.sleep_until(killed_at)
             os.kill(running.proc.pid, signal.SIGKILL)
             await asyncio.sleep(2.0)

@@ -4,6 +4,7 @@ market operator over a real broker."""
 
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -26,9 +27,18 @@ ISP0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 @pytest.mark.parametrize(
     ("setpoint", "delivered", "inside"),
-    [(10, 9.0, True), (10, 12.0, True), (10, 8.99, False), (10, 12.01, False),
-     (-10, -9.0, True), (-10, -12.0, True), (-10, -8.9, False), (-10, -12.1, False), (10, -10, False)],
-)  # fmt: skip
+    [
+        (10, 9.0, True),
+        (10, 12.0, True),
+        (10, 8.99, False),
+        (10, 12.01, False),
+        (-10, -9.0, True),
+        (-10, -12.0, True),
+        (-10, -8.9, False),
+        (-10, -12.1, False),
+        (10, -10, False),
+    ],
+)
 def test_the_delivery_band_is_minus_10_to_plus_20_percent_of_the_setpoint_for_either_sign(setpoint, delivered, inside):
     assert rules.within_band(setpoint, delivered) is inside
 
@@ -62,7 +72,7 @@ def test_gate_closure_takes_bids_until_the_isp_starts_and_the_markets_close_earl
 
 
 def test_a_scenario_cannot_ask_for_setpoints_faster_than_the_4_s_resolution(tmp_path):
-    text = open(SCENARIO).read().replace("setpoint_period_s: 4", "setpoint_period_s: 2")
+    text = Path(SCENARIO).read_text().replace("setpoint_period_s: 4", "setpoint_period_s: 2")
     (tmp_path / "fast.yaml").write_text(text)
     with pytest.raises(ScenarioError, match="setpoint_period_s: Input should be greater than or equal to 4"):
         load_scenario(tmp_path / "fast.yaml")
@@ -73,8 +83,14 @@ def test_a_scenario_cannot_ask_for_setpoints_faster_than_the_4_s_resolution(tmp_
 
 def test_each_scheme_says_where_a_der_bid_goes():
     where = {name: bid_destination(s, {"dso1"}, "mo", "tso")[0] for name, s in SCHEMES.items()}
-    assert where == {"tso_managed": "tso", "dso_managed": "dso", "fragmented": "dso", "hybrid": "tso",
-                     "common_market": "tso", "integrated_market": "mo"}  # fmt: skip
+    assert where == {
+        "tso_managed": "tso",
+        "dso_managed": "dso",
+        "fragmented": "dso",
+        "hybrid": "tso",
+        "common_market": "tso",
+        "integrated_market": "mo",
+    }
     # a bid with DERs in two grids (or none) cannot go to one DSO's local market
     assert bid_destination(scheme("dso_managed"), {"dso1", "dso2"}, "mo", "tso") == ("tso", "tso")
     assert bid_destination(scheme("fragmented"), set(), "mo", "tso") == ("tso", "tso")
@@ -110,9 +126,17 @@ def test_an_unknown_scheme_is_one_line_naming_the_known_ones():
 
 
 def _bid(bsp: str, isp: datetime) -> EnergyBid:
-    return EnergyBid(bid_id=f"{bsp}-up", bsp_id=bsp, process=ProcessType.AFRR, direction=Direction.UP, isp_start=isp,
-                     quantity_mw=5, price_eur_per_mwh=50, ramp_rate_mw_per_min=2,
-                     assets=[BidAsset(asset_id="plant", connection=Connection.TN, share_mw=5)])  # fmt: skip
+    return EnergyBid(
+        bid_id=f"{bsp}-up",
+        bsp_id=bsp,
+        process=ProcessType.AFRR,
+        direction=Direction.UP,
+        isp_start=isp,
+        quantity_mw=5,
+        price_eur_per_mwh=50,
+        ramp_rate_mw_per_min=2,
+        assets=[BidAsset(asset_id="plant", connection=Connection.TN, share_mw=5)],
+    )
 
 
 @pytest.mark.parametrize("role", ["tso", "mo"])

@@ -115,9 +115,13 @@ def test_emergency_path_round_trips(coordinated):
     assert summary["faults_reported"][0]["element_id"] == "line:south-pv"
     assert summary["curtailments"] == [{"dso_id": "dso1", "accepted_mw": 3.0, "status": "accepted", "reason": None}]
     db = sqlite3.connect(run_dir / "exchange.sqlite")
-    delivered = dict(db.execute("SELECT type, COUNT(*) FROM exchange WHERE direction='in' AND outcome='delivered' "
-                                "AND type IN ('system_state','curtailment_request','curtailment_response','fault_report') "
-                                "GROUP BY type"))  # fmt: skip
+    delivered = dict(
+        db.execute(
+            "SELECT type, COUNT(*) FROM exchange WHERE direction='in' AND outcome='delivered' "
+            "AND type IN ('system_state','curtailment_request','curtailment_response','fault_report') "
+            "GROUP BY type"
+        )
+    )
     assert delivered == {"system_state": 1, "curtailment_request": 1, "curtailment_response": 1, "fault_report": 1}
 
 
@@ -149,8 +153,9 @@ def test_a_failed_prequalification_keeps_the_asset_out_of_the_mol(tmp_path_facto
     def misplaced(s):
         s = short(s)
         s.bsps[0].assets[1].connection_bus = "nowhere"
-        s.bsps[0].bids.append(s.bsps[0].bids[0].model_copy(update={"bid_id": "bsp1-plant", "quantity_mw": 10,
-                                                                     "assets": {"plant": 10}}))  # fmt: skip
+        s.bsps[0].bids.append(
+            s.bsps[0].bids[0].model_copy(update={"bid_id": "bsp1-plant", "quantity_mw": 10, "assets": {"plant": 10}})
+        )
         return s
 
     summary, run_dir = run(tmp_path_factory, "prequal", edit=misplaced)
@@ -195,8 +200,9 @@ def test_an_unforecast_change_makes_the_dso_limit_the_activation_in_real_time(tm
 
     def load_drop(s):
         s = short(s, 12)
-        s.dsos[0].unforecast = [GridChange(at=datetime.fromisoformat("2026-11-23T10:02:00+00:00"),
-                                           element="load:north-load", delta_mw=-2.0)]  # fmt: skip
+        s.dsos[0].unforecast = [
+            GridChange(at=datetime.fromisoformat("2026-11-23T10:02:00+00:00"), element="load:north-load", delta_mw=-2.0)
+        ]
         return s
 
     summary, run_dir = run(tmp_path_factory, "unforecast", edit=load_drop)
@@ -205,11 +211,19 @@ def test_an_unforecast_change_makes_the_dso_limit_the_activation_in_real_time(tm
     real_time_limit = limits[0]["max_mw"]
     assert 5.0 < real_time_limit < summary["dso_limits_mw"]["bsp1-up"]
     db = sqlite3.connect(run_dir / "exchange.sqlite")
-    delivered = dict(db.execute("SELECT type, COUNT(*) FROM exchange WHERE direction='in' AND outcome='delivered' "
-                                "AND type IN ('termination_signal', 'activation_limit') GROUP BY type"))  # fmt: skip
+    delivered = dict(
+        db.execute(
+            "SELECT type, COUNT(*) FROM exchange WHERE direction='in' AND outcome='delivered' "
+            "AND type IN ('termination_signal', 'activation_limit') GROUP BY type"
+        )
+    )
     assert delivered == {"termination_signal": 1, "activation_limit": 1}
-    trace = [v for _, v in sorted((int(k), v) for k, v in
-                                  json.loads((run_dir / "timeseries.json").read_text())["setpoints"]["bsp1"].items())]
+    trace = [
+        v
+        for _, v in sorted(
+            (int(k), v) for k, v in json.loads((run_dir / "timeseries.json").read_text())["setpoints"]["bsp1"].items()
+        )
+    ]
     assert trace[-1] == pytest.approx(real_time_limit)  # held at the limit to the end
     # the reaction takes a few 4-s cycles (BSP follows, telemetry, DSO power flow, limit to TSO, setpoint)
     above = [v for v in trace if v > real_time_limit + 1e-9]
@@ -255,8 +269,12 @@ def test_a_slow_tso_dso_link_makes_the_mol_validation_miss_its_window(tmp_path_f
 def test_the_coordination_chain_and_latency_per_link_are_reported(coordinated):
     summary, _ = coordinated
     chain = summary["coordination_chain_ms"]
-    assert list(chain["steps"]) == ["mol_to_last_validation", "validation_to_acceptance",
-                                    "acceptance_to_first_setpoint", "setpoint_to_telemetry"]  # fmt: skip
+    assert list(chain["steps"]) == [
+        "mol_to_last_validation",
+        "validation_to_acceptance",
+        "acceptance_to_first_setpoint",
+        "setpoint_to_telemetry",
+    ]
     assert all(v >= 0 for v in chain["steps"].values()) and chain["total_ms"] > 0
     assert sum(chain["share"].values()) == pytest.approx(1.0, abs=0.001)
     links = summary["latency_by_link_ms"]
@@ -296,7 +314,7 @@ def test_a_frozen_broker_makes_setpoints_expire_and_the_summary_says_why(tmp_pat
     frozen_at = datetime.fromisoformat("2026-11-23T10:01:02+00:00")
     with start_broker("embedded", data_dir=tmp_path / "broker") as running:
 
-        async def freeze(clock, _scenario):  # noqa: ANN001
+        async def freeze(clock, _scenario):
             await clock.sleep_until(frozen_at)
             os.kill(running.proc.pid, signal.SIGSTOP)
             try:
@@ -310,10 +328,17 @@ def test_a_frozen_broker_makes_setpoints_expire_and_the_summary_says_why(tmp_pat
     assert summary["setpoints_missed"] == summary["setpoints_expired"]
     assert f"{summary['setpoints_expired']} expired" in setpoints_text(summary)
     db = sqlite3.connect(tmp_path / "run" / "exchange.sqlite")
-    reasons = [r for (r,) in db.execute(
-        "SELECT reason FROM exchange WHERE type='delta_setpoint' AND outcome IN ('rejected', 'dropped')")]  # fmt: skip
+    reasons = [
+        r
+        for (r,) in db.execute(
+            "SELECT reason FROM exchange WHERE type='delta_setpoint' AND outcome IN ('rejected', 'dropped')"
+        )
+    ]
     assert reasons and all("expired" in r for r in reasons), reasons
-    last = db.execute("SELECT message_id FROM exchange WHERE direction='out' AND type='delta_setpoint' "
-                      "ORDER BY created_us DESC LIMIT 1").fetchone()[0]  # fmt: skip
+    last = db.execute(
+        "SELECT message_id FROM exchange WHERE direction='out' AND type='delta_setpoint' "
+        "ORDER BY created_us DESC LIMIT 1"
+    ).fetchone()[0]
     assert db.execute("SELECT outcome FROM exchange WHERE direction='in' AND message_id=?", (last,)).fetchone() == (
-        "delivered",)  # the BSP goes on following
+        "delivered",
+    )  # the BSP goes on following

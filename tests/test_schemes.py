@@ -30,10 +30,20 @@ UP, DOWN = Direction.UP, Direction.DOWN
 
 # --- clearing rules (actors.market) ------------------------------------------------------------
 
-OFFERS = [Offer("home-up", "agg-home", UP, 60, 6), Offer("ev-up", "agg-ev", UP, 110, 4), Offer("tn-up", "bsp-tn", UP, 95, 30)]
+OFFERS = [
+    Offer("home-up", "agg-home", UP, 60, 6),
+    Offer("ev-up", "agg-ev", UP, 110, 4),
+    Offer("tn-up", "bsp-tn", UP, 95, 30),
+]
 TSO_NEED = Need("tso-bal", "tso/tso", "balancing", 10, max_price_eur_per_mwh=150, direction=UP)
-DSO_NEED = Need("dso2-village", "dso/dso2", "congestion", 20, max_price_eur_per_mwh=200,
-                effectiveness={"home-up": 9.0, "ev-up": 9.0})  # fmt: skip
+DSO_NEED = Need(
+    "dso2-village",
+    "dso/dso2",
+    "congestion",
+    20,
+    max_price_eur_per_mwh=200,
+    effectiveness={"home-up": 9.0, "ev-up": 9.0},
+)
 
 
 def _by(awards, buyer):
@@ -55,7 +65,8 @@ def test_by_willingness_the_highest_payer_goes_first_and_never_pays_above_its_pr
     # the TSO (90 EUR/MWh) gets the rest of home-up (60), not tn-up (95) nor ev-up (110): short by the rest
     assert _by(awards, "tso/tso") == {"home-up": pytest.approx(6 - 20 / 9, abs=1e-3)}
     assert unserved([cheap_tso], OFFERS, [a for a in awards if a.buyer == "tso/tso"])["tso-bal"] == pytest.approx(
-        10 - (6 - 20 / 9), abs=1e-3)
+        10 - (6 - 20 / 9), abs=1e-3
+    )
 
 
 def _system_cost(needs, offers, awards) -> float:
@@ -69,9 +80,19 @@ def test_joint_dispatch_never_costs_more_than_serving_the_needs_one_after_the_ot
     has a balancing side effect, it is never beaten by either priority order."""
     rng = np.random.default_rng(7)
     for _ in range(300):
-        offers = [Offer(f"b{i}", "bsp", UP if rng.random() < 0.5 else DOWN, float(rng.uniform(10, 120)),
-                        float(rng.uniform(1, 10))) for i in range(8)]  # fmt: skip
-        needs = [Need("tso", "tso/tso", "balancing", float(rng.uniform(1, 25)), direction=UP if rng.random() < 0.5 else DOWN)]
+        offers = [
+            Offer(
+                f"b{i}",
+                "bsp",
+                UP if rng.random() < 0.5 else DOWN,
+                float(rng.uniform(10, 120)),
+                float(rng.uniform(1, 10)),
+            )
+            for i in range(8)
+        ]
+        needs = [
+            Need("tso", "tso/tso", "balancing", float(rng.uniform(1, 25)), direction=UP if rng.random() < 0.5 else DOWN)
+        ]
         for d in range(2):
             eff = {o.bid_id: float(rng.uniform(1, 10)) for o in offers if rng.random() < 0.3}
             if eff:
@@ -97,7 +118,9 @@ def test_the_scheme_is_one_setting_and_on_off_still_work():
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("compare")
-    result = CliRunner().invoke(app, ["compare", SCENARIO, "--schemes", "all", "--out", str(out), "--broker", "embedded"])
+    result = CliRunner().invoke(
+        app, ["compare", SCENARIO, "--schemes", "all", "--out", str(out), "--broker", "embedded"]
+    )
     assert result.exit_code == 0, result.output
     return json.loads((out / "comparison.json").read_text()), out
 
@@ -114,9 +137,21 @@ def test_compare_writes_one_row_per_scheme_a_table_and_plots(comparison):
     result, out = comparison
     assert list(result["schemes"]) == list(SCHEMES)
     table = (out / "comparison.md").read_text()
-    for label in ("TSO-managed", "DSO-managed", "fragmented", "hybrid", "common market", "integrated market",
-                  "total activation cost", "balancing need covered", "DSO congestion", "opposite directions",
-                  "MOL -> accepted", "operators' computation", "| tso->dso |"):  # fmt: skip
+    for label in (
+        "TSO-managed",
+        "DSO-managed",
+        "fragmented",
+        "hybrid",
+        "common market",
+        "integrated market",
+        "total activation cost",
+        "balancing need covered",
+        "DSO congestion",
+        "opposite directions",
+        "MOL -> accepted",
+        "operators' computation",
+        "| tso->dso |",
+    ):
         assert label in table, label
     assert (out / "comparison.png").read_bytes().startswith(b"\x89PNG")
     assert "data:image/png;base64," in (out / "comparison.html").read_text()
@@ -139,10 +174,16 @@ def test_tso_managed_congests_the_dsos_where_hybrid_validation_prevents_it(compa
 def test_fragmented_never_activates_a_der_for_the_tso(comparison):
     result, out = comparison
     assert result["schemes"]["fragmented"]["der_mwh_tso"] == 0
-    bids = _log(out, "fragmented", "SELECT receiver, COUNT(*) FROM exchange WHERE direction='out' AND type='energy_bid' "
-                                   "AND sender IN ('bsp/agg-pv', 'bsp/agg-home', 'bsp/agg-ev') GROUP BY receiver")  # fmt: skip
+    bids = _log(
+        out,
+        "fragmented",
+        "SELECT receiver, COUNT(*) FROM exchange WHERE direction='out' AND type='energy_bid' "
+        "AND sender IN ('bsp/agg-pv', 'bsp/agg-home', 'bsp/agg-ev') GROUP BY receiver",
+    )
     assert bids and all(receiver.startswith("dso/") for receiver, _ in bids)  # DER bids go to their DSO only
-    setpoints = _log(out, "fragmented", "SELECT DISTINCT receiver FROM exchange WHERE direction='out' AND type='delta_setpoint'")
+    setpoints = _log(
+        out, "fragmented", "SELECT DISTINCT receiver FROM exchange WHERE direction='out' AND type='delta_setpoint'"
+    )
     assert {r for (r,) in setpoints} <= {"bsp/bsp-tn", "bsp/bsp1"}
     # the DSOs balanced their own areas with DER blocks instead
     assert result["schemes"]["fragmented"]["der_mwh_dso"] > 0
@@ -166,14 +207,21 @@ def test_dso_managed_serves_the_dso_first(comparison):
     rows = result["schemes"]
     assert rows["dso_managed"]["congestion_seconds"] == 0  # bought before the ISP starts
     # the DSO's blocks of each ISP are sent before the TSO accepts that ISP's offers
-    order = _log(out, "dso_managed", "SELECT type, MIN(created_us) FROM exchange WHERE direction='out' AND "
-                                     "type IN ('flex_activation', 'offer_acceptance') GROUP BY type")  # fmt: skip
+    order = _log(
+        out,
+        "dso_managed",
+        "SELECT type, MIN(created_us) FROM exchange WHERE direction='out' AND "
+        "type IN ('flex_activation', 'offer_acceptance') GROUP BY type",
+    )
     first = dict(order)
     assert first["flex_activation"] < first["offer_acceptance"]
 
     def home_up_for_dso2(scheme: str, isp: str) -> float:
-        return sum(f["mw"] for f in rows[scheme]["flex_activations"]
-                   if f["bid_id"] == "home-up" and f["buyer"] == "dso/dso2" and f["isp"].startswith(isp))  # fmt: skip
+        return sum(
+            f["mw"]
+            for f in rows[scheme]["flex_activations"]
+            if f["bid_id"] == "home-up" and f["buyer"] == "dso/dso2" and f["isp"].startswith(isp)
+        )
 
     # the cheap village batteries both want while the system is short: the DSO gets them when it
     # comes first, the TSO when it does (hybrid)
@@ -185,9 +233,14 @@ def test_dso_managed_serves_the_dso_first(comparison):
 def test_integrated_market_clears_through_the_market_operator_on_the_bus(comparison):
     result, out = comparison
     links = result["schemes"]["integrated_market"]["traffic_by_link"]
-    flows = dict(_log(out, "integrated_market",
-                      "SELECT sender || '>' || receiver || ':' || type, COUNT(*) FROM exchange WHERE direction='out' "
-                      "AND outcome='sent' GROUP BY sender, receiver, type"))  # fmt: skip
+    flows = dict(
+        _log(
+            out,
+            "integrated_market",
+            "SELECT sender || '>' || receiver || ':' || type, COUNT(*) FROM exchange WHERE direction='out' "
+            "AND outcome='sent' GROUP BY sender, receiver, type",
+        )
+    )
     assert flows.get("tso/tso>mo/mo:flexibility_need") == 2  # one balancing need per ISP
     assert flows.get("bsp/bsp-tn>mo/mo:flexibility_need") == 1  # the commercial party's need
     assert all(k.endswith("mo/mo:energy_bid") for k in flows if k.endswith(":energy_bid"))  # every bid to the operator
@@ -217,11 +270,30 @@ def test_the_market_operator_runs_as_its_own_process_like_every_actor(secured_mo
     own OS process on Mosquitto: the TSO waits for the operator, the operator clears, the DSO's
     validation limits the DER bid as in one process."""
     out = tmp_path / "procs"
-    run_processes({role: ["actor", role, "--id", ident, "--scenario", "scenarios/nl-afrr-congestion.yaml",
-                          "--coordination", "integrated_market", "--broker", secured_mosquitto[0].url, "--speed", "50",
-                          "--out", str(out), "--secrets", str(secured_mosquitto[1])]
-                   for role, ident in (("tso", "tso"), ("dso", "dso1"), ("bsp", "bsp1"), ("mo", "mo"))},
-                  Path(__file__).resolve().parents[1])  # fmt: skip
+    run_processes(
+        {
+            role: [
+                "actor",
+                role,
+                "--id",
+                ident,
+                "--scenario",
+                "scenarios/nl-afrr-congestion.yaml",
+                "--coordination",
+                "integrated_market",
+                "--broker",
+                secured_mosquitto[0].url,
+                "--speed",
+                "50",
+                "--out",
+                str(out),
+                "--secrets",
+                str(secured_mosquitto[1]),
+            ]
+            for role, ident in (("tso", "tso"), ("dso", "dso1"), ("bsp", "bsp1"), ("mo", "mo"))
+        },
+        Path(__file__).resolve().parents[1],
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["coordination"] == "integrated_market" and summary["rejected_messages"] == 0
     results = summary["schemes"]["market_results"]

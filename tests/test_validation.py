@@ -13,12 +13,21 @@ DSO = "dso1"
 
 
 def entry(bid_id: str, rank: int, quantity: float, der_share: float, bus: str = "der-park", direction=Direction.UP):
-    assets = [BidAsset(asset_id=f"{bid_id}-der", connection=Connection.DN, dso_id=DSO, connection_bus=bus,
-                       share_mw=der_share)]  # fmt: skip
+    assets = [
+        BidAsset(asset_id=f"{bid_id}-der", connection=Connection.DN, dso_id=DSO, connection_bus=bus, share_mw=der_share)
+    ]
     if quantity > der_share:
         assets.append(BidAsset(asset_id=f"{bid_id}-plant", connection=Connection.TN, share_mw=quantity - der_share))
-    return MolEntry(rank=rank, bid_id=bid_id, bsp_id="bsp1", direction=direction, price_eur_per_mwh=50 + rank,
-                    quantity_mw=quantity, upper_bound_mw=quantity, assets=assets)  # fmt: skip
+    return MolEntry(
+        rank=rank,
+        bid_id=bid_id,
+        bsp_id="bsp1",
+        direction=direction,
+        price_eur_per_mwh=50 + rank,
+        quantity_mw=quantity,
+        upper_bound_mw=quantity,
+        assets=assets,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +35,10 @@ def grid():
     net = nl_afrr_congestion()
     fast = FastAC(net, net.bus.index)
     # the DSO's own redispatch for the ISP: PV south -5 MW, CHP north +5 MW
-    redispatch = {int(net.sgen.bus.at[element_index(net, "sgen", "pv-park")]): -5.0,
-                  int(net.sgen.bus.at[element_index(net, "sgen", "chp")]): 5.0}  # fmt: skip
+    redispatch = {
+        int(net.sgen.bus.at[element_index(net, "sgen", "pv-park")]): -5.0,
+        int(net.sgen.bus.at[element_index(net, "sgen", "chp")]): 5.0,
+    }
     return net, fast, redispatch
 
 

@@ -31,8 +31,13 @@ async def _paced(cycles: int, period_s: float, speed: float) -> float:
     return time.perf_counter() - t0
 
 
-def run_day(broker_url: str, *, speed: float = 1440.0, hours: float = 24.0,
-            scenario_file: str = "scenarios/nl-afrr-congestion.yaml") -> dict[str, Any]:  # fmt: skip
+def run_day(
+    broker_url: str,
+    *,
+    speed: float = 1440.0,
+    hours: float = 24.0,
+    scenario_file: str = "scenarios/nl-afrr-congestion.yaml",
+) -> dict[str, Any]:
     scenario = load_scenario(scenario_file, coordination=True)
     scenario.end = scenario.start + timedelta(hours=hours)
     scenario.tso.emergencies = []

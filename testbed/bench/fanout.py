@@ -39,7 +39,7 @@ def endpoint_topic(i: int) -> str:
     return f"bench/fanout/raw/{i}"
 
 
-async def _endpoints(url: str, ids: list[int], ready, results, stop) -> None:  # noqa: ANN001
+async def _endpoints(url: str, ids: list[int], ready, results, stop) -> None:
     spec = BrokerSpec.parse(url)
     version = aiomqtt.ProtocolVersion.V5 if spec.protocol == 5 else aiomqtt.ProtocolVersion.V311
     arrivals: list[tuple[str, int, int, int, int]] = []  # (path, endpoint, cycle, arrival ns, published ns)
@@ -49,8 +49,16 @@ async def _endpoints(url: str, ids: list[int], ready, results, stop) -> None:  #
     async def connect(i: int) -> None:
         async with sem:
             ident = f"bsp-fanout-{i}"
-            c = aiomqtt.Client(spec.host, spec.port, identifier=ident, username=ident, protocol=version,
-                               socket_options=NODELAY, keepalive=120, timeout=60)  # fmt: skip
+            c = aiomqtt.Client(
+                spec.host,
+                spec.port,
+                identifier=ident,
+                username=ident,
+                protocol=version,
+                socket_options=NODELAY,
+                keepalive=120,
+                timeout=60,
+            )
             await c.__aenter__()
             await c.subscribe(f"tsodso/v1/tso/{TSO.id}/delta_setpoint/bsp/fanout-{i}", qos=1)
             await c.subscribe(endpoint_topic(i), qos=1)
@@ -82,11 +90,11 @@ async def _endpoints(url: str, ids: list[int], ready, results, stop) -> None:  #
     for c in clients:
         try:
             await asyncio.wait_for(c.__aexit__(None, None, None), 1)
-        except Exception:  # noqa: BLE001, S110 - closing thousands of clients: best effort
+        except Exception:
             pass
 
 
-def _worker(url: str, ids: list[int], ready, results, stop) -> None:  # noqa: ANN001
+def _worker(url: str, ids: list[int], ready, results, stop) -> None:
     asyncio.run(_endpoints(url, ids, ready, results, stop))
 
 
@@ -99,11 +107,21 @@ async def _send(url: str, n: int, cycles: int, period_s: float, log_dir: Path) -
     with ExchangeLog(log_dir / "fanout.sqlite", run_id="bench-fanout") as log:
         async with (
             Gateway(TSO, spec, log=log) as tso,
-            aiomqtt.Client(spec.host, spec.port, identifier="fanout-raw", username="fanout-raw", protocol=version,
-                           socket_options=NODELAY, max_inflight_messages=1000, timeout=60) as raw,
-        ):  # fmt: skip
+            aiomqtt.Client(
+                spec.host,
+                spec.port,
+                identifier="fanout-raw",
+                username="fanout-raw",
+                protocol=version,
+                socket_options=NODELAY,
+                max_inflight_messages=1000,
+                timeout=60,
+            ) as raw,
+        ):
             raw.pending_calls_threshold = 10**9
-            sample = DeltaSetpoint(bsp_id="fanout-0", cycle=0, instant=datetime.now(UTC), reference_mw=200, delta_mw=1.0)
+            sample = DeltaSetpoint(
+                bsp_id="fanout-0", cycle=0, instant=datetime.now(UTC), reference_mw=200, delta_mw=1.0
+            )
             size = len(tso._build(sample, bsps[0])[1])
             t0 = time.time() + 0.5
             for path in ("gateway", "raw"):
@@ -113,15 +131,22 @@ async def _send(url: str, n: int, cycles: int, period_s: float, log_dir: Path) -
                     starts[path].append(time.time_ns())
                     if path == "gateway":
                         instant = datetime.now(UTC)
-                        await asyncio.gather(*(
-                            tso.publish(DeltaSetpoint(bsp_id=b.id, cycle=k, instant=instant, reference_mw=200,
-                                                      delta_mw=float(k)), b, valid_for_s=period_s)
-                            for b in bsps
-                        ))  # fmt: skip
+                        await asyncio.gather(
+                            *(
+                                tso.publish(
+                                    DeltaSetpoint(
+                                        bsp_id=b.id, cycle=k, instant=instant, reference_mw=200, delta_mw=float(k)
+                                    ),
+                                    b,
+                                    valid_for_s=period_s,
+                                )
+                                for b in bsps
+                            )
+                        )
                     else:
                         pad = b"x" * (size - 28)
 
-                        async def one(i: int, k: int = k) -> None:
+                        async def one(i: int, k: int = k, pad: bytes = pad) -> None:
                             payload = f"{k:08d}{time.time_ns():020d}".encode() + pad  # cycle, publish time
                             await raw.publish(endpoint_topic(i), payload, qos=1)
 
@@ -130,12 +155,16 @@ async def _send(url: str, n: int, cycles: int, period_s: float, log_dir: Path) -
     return starts
 
 
-def run_fanout(broker_url: str, endpoints: int = 1000, cycles: int = 5, period_s: float = 4.0, workers: int = 2) -> dict[str, Any]:
+def run_fanout(
+    broker_url: str, endpoints: int = 1000, cycles: int = 5, period_s: float = 4.0, workers: int = 2
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
     ids = list(range(endpoints))
-    procs = [ctx.Process(target=_worker, args=(broker_url, ids[w::workers], ready, results, stop), daemon=True)
-             for w in range(workers)]  # fmt: skip
+    procs = [
+        ctx.Process(target=_worker, args=(broker_url, ids[w::workers], ready, results, stop), daemon=True)
+        for w in range(workers)
+    ]
     t_connect = time.time()
     for p in procs:
         p.start()
@@ -163,8 +192,14 @@ def run_fanout(broker_url: str, endpoints: int = 1000, cycles: int = 5, period_s
                 if t is not None:
                     lat.append((t - sent) / 1e6)
         s = summary(lat)
-        out[path] = {"p50_ms": round(s["p50"], 3), "p99_ms": round(s["p99"], 3), "max_ms": round(s["max"], 3),
-                     "deliveries": len(lat), "missed_deliveries": missed, "missed_cycles": len(missed_cycles)}  # fmt: skip
+        out[path] = {
+            "p50_ms": round(s["p50"], 3),
+            "p99_ms": round(s["p99"], 3),
+            "max_ms": round(s["max"], 3),
+            "deliveries": len(lat),
+            "missed_deliveries": missed,
+            "missed_cycles": len(missed_cycles),
+        }
     g, r = out["gateway"], out["raw"]
     return {
         "benchmark": "fanout",

@@ -24,8 +24,13 @@ from testbed.scenario import load_scenario
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_hostile(broker_url: str, rates: list[float], *, speed: float = 50.0,
-                scenario_file: str = "scenarios/nl-afrr-congestion.yaml") -> dict[str, Any]:  # fmt: skip
+def run_hostile(
+    broker_url: str,
+    rates: list[float],
+    *,
+    speed: float = 50.0,
+    scenario_file: str = "scenarios/nl-afrr-congestion.yaml",
+) -> dict[str, Any]:
     rows = []
     for rate in rates:
         scenario = load_scenario(scenario_file, coordination=True)
@@ -33,30 +38,57 @@ def run_hostile(broker_url: str, rates: list[float], *, speed: float = 50.0,
             flood = None
             duration = (scenario.end - scenario.start).total_seconds() / speed + 5  # the whole run, and then some
             if rate > 0:
-                flood = subprocess.Popen([sys.executable, "-m", "testbed.hostile", "--broker", broker_url, "--rate",
-                                          str(rate), "--duration", str(duration)], cwd=ROOT, stdout=subprocess.PIPE)  # fmt: skip
+                flood = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "testbed.hostile",
+                        "--broker",
+                        broker_url,
+                        "--rate",
+                        str(rate),
+                        "--duration",
+                        str(duration),
+                    ],
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                )
             try:
                 summary = asyncio.run(run_scenario(scenario, broker_url, Path(tmp) / "run", speed=speed))
             finally:
                 sent = json.loads(flood.communicate(timeout=120)[0])["sent"] if flood else 0
         limit = summary["dso_limits_mw"].get("bsp1-up")
-        clean = (limit is not None and abs(limit - 15.01) < 0.02 and summary["congestion_seconds"] == 0
-                 and summary["setpoints_lost"] == 0)  # fmt: skip
+        clean = (
+            limit is not None
+            and abs(limit - 15.01) < 0.02
+            and summary["congestion_seconds"] == 0
+            and summary["setpoints_lost"] == 0
+        )
         stall = max((s["max_ms"] for s in summary.get("loop_stalls", {}).values()), default=0.0)
         wall = summary["wall_clock_s"]
-        rows.append({
-            "rate_per_s": rate, "sent": sent, "sent_per_s": round(sent / duration, 1),
-            "refused": summary["rejected_messages"], "outcome_as_clean_run": clean, "dso_limit_mw": limit,
-            "congestion_s": summary["congestion_seconds"], "setpoints_sent": summary["setpoints_sent"],
-            "setpoints_lost": summary["setpoints_lost"], "setpoints_expired": summary["setpoints_expired"],
-            "setpoint_latency_p99_ms": summary["latency_ms"].get("delta_setpoint", {}).get("p99"),
-            "loop_stall_max_ms": stall, "wall_clock_s": wall,
-        })  # fmt: skip
+        rows.append(
+            {
+                "rate_per_s": rate,
+                "sent": sent,
+                "sent_per_s": round(sent / duration, 1),
+                "refused": summary["rejected_messages"],
+                "outcome_as_clean_run": clean,
+                "dso_limit_mw": limit,
+                "congestion_s": summary["congestion_seconds"],
+                "setpoints_sent": summary["setpoints_sent"],
+                "setpoints_lost": summary["setpoints_lost"],
+                "setpoints_expired": summary["setpoints_expired"],
+                "setpoint_latency_p99_ms": summary["latency_ms"].get("delta_setpoint", {}).get("p99"),
+                "loop_stall_max_ms": stall,
+                "wall_clock_s": wall,
+            }
+        )
     return {
         "benchmark": "hostile",
         "metric": "hostile messages/s refused with the reference outcome unchanged",
-        "value": max((r["sent_per_s"] or 0 for r in rows if r["outcome_as_clean_run"] and r["setpoints_expired"] == 0),
-                     default=0),  # fmt: skip
+        "value": max(
+            (r["sent_per_s"] or 0 for r in rows if r["outcome_as_clean_run"] and r["setpoints_expired"] == 0), default=0
+        ),
         "unit": "messages/s",
         "goal": "1 000 messages/s from one peer change nothing",
         "speed": speed,

@@ -18,11 +18,28 @@ from gateway.exchange_log import _INSERT, ExchangeLog, LogRow, connect
 
 def rows(n: int) -> list[LogRow]:
     return [
-        LogRow("bench", "tso/tso", "out", "sent", None, f"00000000-0000-4000-8000-{i:012d}", "delta_setpoint",
-               f"tsodso/v1/tso/tso/delta_setpoint/bsp/bsp{i % 1000}", "tso/tso", f"bsp/bsp{i % 1000}", None, None,
-               i, 450, 1, 1_700_000_000_000_000 + i, 1_700_000_000_000_010 + i, None)
+        LogRow(
+            "bench",
+            "tso/tso",
+            "out",
+            "sent",
+            None,
+            f"00000000-0000-4000-8000-{i:012d}",
+            "delta_setpoint",
+            f"tsodso/v1/tso/tso/delta_setpoint/bsp/bsp{i % 1000}",
+            "tso/tso",
+            f"bsp/bsp{i % 1000}",
+            None,
+            None,
+            i,
+            450,
+            1,
+            1_700_000_000_000_000 + i,
+            1_700_000_000_000_010 + i,
+            None,
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def run_log(n: int = 500_000) -> dict[str, Any]:

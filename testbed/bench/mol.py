@@ -25,26 +25,42 @@ from schemas.codes import BidStatus, Connection, Direction
 from schemas.messages import BidAsset, MolEntry
 
 
-def random_mol(net: pp.pandapowerNet, n: int, seed: int = 1, low_mw: float = 0.02, high_mw: float = 0.3) -> list[MolEntry]:
+def random_mol(
+    net: pp.pandapowerNet, n: int, seed: int = 1, low_mw: float = 0.02, high_mw: float = 0.3
+) -> list[MolEntry]:
     rng = random.Random(seed)
     mv = [str(name) for name, vn in zip(net.bus.name, net.bus.vn_kv) if 1.0 < vn < 70.0]
     entries = []
     for i in range(n):
         direction = Direction.UP if i % 2 == 0 else Direction.DOWN
         quantity = round(rng.uniform(low_mw, high_mw), 2)
-        entries.append(MolEntry(
-            rank=i // 2 + 1, bid_id=f"bid{i}", bsp_id=f"bsp{i % 7}", direction=direction,
-            price_eur_per_mwh=50 + i // 2, quantity_mw=quantity, upper_bound_mw=quantity,
-            assets=[BidAsset(asset_id=f"der{i}", connection=Connection.DN, dso_id="dso", connection_bus=rng.choice(mv),
-                             share_mw=quantity)],
-        ))  # fmt: skip
+        entries.append(
+            MolEntry(
+                rank=i // 2 + 1,
+                bid_id=f"bid{i}",
+                bsp_id=f"bsp{i % 7}",
+                direction=direction,
+                price_eur_per_mwh=50 + i // 2,
+                quantity_mw=quantity,
+                upper_bound_mw=quantity,
+                assets=[
+                    BidAsset(
+                        asset_id=f"der{i}",
+                        connection=Connection.DN,
+                        dso_id="dso",
+                        connection_bus=rng.choice(mv),
+                        share_mw=quantity,
+                    )
+                ],
+            )
+        )
     return entries
 
 
 class RunppAC(FastAC):
     """The baseline: the same interface, every power flow a ``pp.runpp``."""
 
-    def solve(self, injections):  # noqa: ANN001, D102
+    def solve(self, injections):
         from actors.powerflow import GridState
 
         net = self.net
@@ -54,13 +70,19 @@ class RunppAC(FastAC):
         try:
             pp.runpp(net, numba=False)
         except pp.LoadflowNotConverged:
-            return GridState(np.full(len(net.line), np.inf), np.full(len(net.trafo), np.inf), np.zeros(len(net.bus)),
-                             converged=False)  # fmt: skip
-        return GridState(net.res_line.loading_percent.fillna(0).values, net.res_trafo.loading_percent.fillna(0).values,
-                         net.res_bus.vm_pu.values)  # fmt: skip
+            return GridState(
+                np.full(len(net.line), np.inf), np.full(len(net.trafo), np.inf), np.zeros(len(net.bus)), converged=False
+            )
+        return GridState(
+            net.res_line.loading_percent.fillna(0).values,
+            net.res_trafo.loading_percent.fillna(0).values,
+            net.res_bus.vm_pu.values,
+        )
 
 
-def run_mol(grid: str = "simbench:1-MV-semiurb--0-sw", n: int = 1000, baseline_n: int = 6, repeat: int = 5) -> dict[str, Any]:
+def run_mol(
+    grid: str = "simbench:1-MV-semiurb--0-sw", n: int = 1000, baseline_n: int = 6, repeat: int = 5
+) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = grids.build(grid)
@@ -82,12 +104,13 @@ def run_mol(grid: str = "simbench:1-MV-semiurb--0-sw", n: int = 1000, baseline_n
         # audit: the final state of each direction in pandapower
         disagreement = 0.0
         worst_audit = 0.0
-        for direction, injections in validated.injections.items():
+        for _direction, injections in validated.injections.items():
             audited = fast.audit(injections)
             engine = fast.solve(injections)
-            disagreement = max(disagreement, float(np.nanmax(np.abs(audited.res_line.loading_percent.values
-                                                                    - engine.line_loading))))  # fmt: skip
-            worst_audit = max(worst_audit, float(np.nanmax(fast.violations(engine) and [1e9] or [0.0])))
+            disagreement = max(
+                disagreement, float(np.nanmax(np.abs(audited.res_line.loading_percent.values - engine.line_loading)))
+            )
+            worst_audit = max(worst_audit, 1e9 if fast.violations(engine) else 0.0)
         # real-time check: one power flow of the telemetered state and its violations
         rt = []
         inj = validated.injections[Direction.UP]

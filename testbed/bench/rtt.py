@@ -45,30 +45,50 @@ DSO = Party(role="dso", id="bench-dso")
 
 def sample_mol(n_bids: int = 1) -> MeritOrderList:
     return MeritOrderList(
-        mol_id="bench", process=ProcessType.AFRR, isp_start=datetime(2026, 1, 1, 10, tzinfo=UTC),
+        mol_id="bench",
+        process=ProcessType.AFRR,
+        isp_start=datetime(2026, 1, 1, 10, tzinfo=UTC),
         bids=[
             MolEntry(
-                rank=i + 1, bid_id=f"bid{i}", bsp_id="bsp1", direction=Direction.UP, price_eur_per_mwh=50 + i,
-                quantity_mw=20, upper_bound_mw=20,
-                assets=[BidAsset(asset_id=f"der{i}", connection=Connection.DN, dso_id=DSO.id, connection_bus="bus7",
-                                 share_mw=10)],
+                rank=i + 1,
+                bid_id=f"bid{i}",
+                bsp_id="bsp1",
+                direction=Direction.UP,
+                price_eur_per_mwh=50 + i,
+                quantity_mw=20,
+                upper_bound_mw=20,
+                assets=[
+                    BidAsset(
+                        asset_id=f"der{i}", connection=Connection.DN, dso_id=DSO.id, connection_bus="bus7", share_mw=10
+                    )
+                ],
             )
             for i in range(n_bids)
         ],
-    )  # fmt: skip
+    )
 
 
 def sample_validation(mol: MeritOrderList) -> MolValidation:
     return MolValidation(
-        mol_id=mol.mol_id, iteration=1, dso_id=DSO.id,
-        results=[BidValidation(bid_id=b.bid_id, status=BidStatus.ACCEPTED, upper_bound_mw=b.quantity_mw)
-                 for b in mol.bids],
-    )  # fmt: skip
+        mol_id=mol.mol_id,
+        iteration=1,
+        dso_id=DSO.id,
+        results=[
+            BidValidation(bid_id=b.bid_id, status=BidStatus.ACCEPTED, upper_bound_mw=b.quantity_mw) for b in mol.bids
+        ],
+    )
 
 
 def _raw(spec: BrokerSpec, protocol: aiomqtt.ProtocolVersion, ident: str) -> aiomqtt.Client:
-    return aiomqtt.Client(spec.host, spec.port, username=spec.username or ident, password=spec.password,
-                          protocol=protocol, socket_options=NODELAY, identifier=ident)  # fmt: skip
+    return aiomqtt.Client(
+        spec.host,
+        spec.port,
+        username=spec.username or ident,
+        password=spec.password,
+        protocol=protocol,
+        socket_options=NODELAY,
+        identifier=ident,
+    )
 
 
 async def _gateway_block(tso: Gateway, mol: MeritOrderList, n: int) -> list[float]:
@@ -92,8 +112,9 @@ async def _raw_block(req: aiomqtt.Client, it: Any, payload: bytes, qos: int, n: 
     return out
 
 
-async def run_rtt(broker_url: str, *, n: int = 1000, qos: int = 1, block: int = 100, warmup: int = 50,
-                  signed: bool = False) -> dict[str, Any]:  # fmt: skip
+async def run_rtt(
+    broker_url: str, *, n: int = 1000, qos: int = 1, block: int = 100, warmup: int = 50, signed: bool = False
+) -> dict[str, Any]:
     """``signed``: both gateways sign what they send (Ed25519) and check every signature, as a secured
     deployment does (``schemas.signing``)."""
     spec = BrokerSpec.parse(broker_url)
@@ -102,8 +123,11 @@ async def run_rtt(broker_url: str, *, n: int = 1000, qos: int = 1, block: int = 
         keys = signing.generate([str(TSO), str(DSO)])
         trust = Trust(signing.public_keys(keys))
         security = {p: {"signing_key": keys[str(p)], "trust": trust} for p in (TSO, DSO)}
-    policy = {**DELIVERY_POLICY, "merit_order_list": DeliveryPolicy(qos=qos, expiry_s=900),
-              "mol_validation": DeliveryPolicy(qos=qos, expiry_s=900)}  # fmt: skip
+    policy = {
+        **DELIVERY_POLICY,
+        "merit_order_list": DeliveryPolicy(qos=qos, expiry_s=900),
+        "mol_validation": DeliveryPolicy(qos=qos, expiry_s=900),
+    }
     mol = sample_mol()
     answer = sample_validation(mol)
     v5 = spec.protocol == 5
@@ -115,7 +139,7 @@ async def run_rtt(broker_url: str, *, n: int = 1000, qos: int = 1, block: int = 
             Gateway(DSO, spec, log=log, policy=policy, **security[DSO]) as dso,
             _raw(spec, protocol, "bench-raw-req") as raw_req,
             _raw(spec, protocol, "bench-raw-rep") as raw_rep,
-        ):  # fmt: skip
+        ):
 
             @dso.on(MeritOrderList)
             async def validate(msg: Any) -> None:
@@ -131,7 +155,7 @@ async def run_rtt(broker_url: str, *, n: int = 1000, qos: int = 1, block: int = 
 
             async def echo() -> None:
                 async for m in raw_rep.messages:
-                    props = PublishProperties(900, None, m.properties.CorrelationData) if v5 else None
+                    props = PublishProperties(900, None, getattr(m.properties, "CorrelationData", None)) if v5 else None
                     await raw_rep.publish("bench/raw/rep", rep_payload, qos=qos, properties=props)
 
             echo_task = asyncio.create_task(echo())

@@ -14,7 +14,7 @@ from schemas.codes import BidStatus, Connection, Direction
 from schemas.envelope import Party
 from schemas.rights import default_rights
 from testbed.capture import Captured
-from testbed.conformance.session import Trace
+from testbed.conformance.session import Probe, Trace
 
 
 @dataclass
@@ -140,25 +140,33 @@ def unique_ids(t: Trace) -> Outcome:
 @check("BSP-EN-060", "DSO-EN-060", "TSO-EN-060", "MO-EN-060")
 def signatures(t: Trace) -> Outcome:
     mine = [m for m in _mine(t) if not _stored(t, m)]
-    signed, unsigned = [], []
+    signed: list[tuple[Captured, bytes, bytes]] = []
+    unsigned: list[tuple[Captured, bytes, None]] = []
     for m in mine:
         try:
             message, signature = signing.split(m.payload)
         except ValueError as exc:
             return fail(f"malformed signature ({exc}): {show(m, 120)}")
-        (signed if signature is not None else unsigned).append((m, message, signature))
+        if signature is not None:
+            signed.append((m, message, signature))
+        else:
+            unsigned.append((m, message, None))
     if not mine:
         return skip("the device published nothing to judge")
     if not signed:
-        return skip(f"the device does not sign ({len(unsigned)} messages unsigned): receivers that hold keys refuse it "
-                    "unless the scenario lets it send unsigned (security.unsigned)")  # fmt: skip
+        return skip(
+            f"the device does not sign ({len(unsigned)} messages unsigned): receivers that hold keys refuse it "
+            "unless the scenario lets it send unsigned (security.unsigned)"
+        )
     if unsigned:
         m = unsigned[0][0]
-        return fail(f"{len(unsigned)} of {len(mine)} messages unsigned, e.g. {show(m, 120)}", f"{len(unsigned)} unsigned", "0")
+        return fail(
+            f"{len(unsigned)} of {len(mine)} messages unsigned, e.g. {show(m, 120)}", f"{len(unsigned)} unsigned", "0"
+        )
     if t.device_key is None:
         return ok(f"{len(signed)} messages signed (not verified: give --public-keys to verify them)")
-    for m, message, signature in signed:
-        if not signing.verify(message, signature, t.device_key):
+    for m, signed_bytes, sig in signed:
+        if not signing.verify(signed_bytes, sig, t.device_key):
             return fail(f"signature does not verify with the device's public key: {show(m, 120)}")
     return ok(f"{len(signed)} messages signed, every signature verified with the device's public key")
 
@@ -171,8 +179,11 @@ def delivery_policy(t: Trace) -> Outcome:
         if m.qos != policy.qos and (t.qos0_faithful or policy.qos == 1):
             return fail(f"{m.envelope.type} sent with QoS {m.qos}: {show(m, 120)}", f"QoS {m.qos}", f"QoS {policy.qos}")
         if retain_seen and m.retain != policy.retain and m.envelope.type != "actor_state":
-            return fail(f"{m.envelope.type} sent with retain={m.retain}: {show(m, 120)}", f"retain {m.retain}",
-                        f"retain {policy.retain}")  # fmt: skip
+            return fail(
+                f"{m.envelope.type} sent with retain={m.retain}: {show(m, 120)}",
+                f"retain {m.retain}",
+                f"retain {policy.retain}",
+            )
     how = "QoS and retain (MQTT 5 observer)" if retain_seen else "QoS (retain not visible on MQTT 3.1.1)"
     if not t.qos0_faithful:
         how += "; this broker delivers QoS 0 as QoS 1, so only QoS 1 types were judged"
@@ -188,8 +199,11 @@ def expiry(t: Trace) -> Outcome:
         n += 1
         env = m.envelope
         if env.valid_until is None or env.valid_until <= env.created_at:
-            return fail(f"{env.type} without a valid_until after created_at: {show(m, 200)}",
-                        str(env.valid_until), f"> {env.created_at.isoformat()}")  # fmt: skip
+            return fail(
+                f"{env.type} without a valid_until after created_at: {show(m, 200)}",
+                str(env.valid_until),
+                f"> {env.created_at.isoformat()}",
+            )
     return ok(f"{n} expiring messages carry valid_until") if n else skip("no message of an expiring type")
 
 
@@ -200,8 +214,9 @@ def birth(t: Trace) -> Outcome:
         return fail(f"no actor_state 'online' from {t.device} (looked for the retained copy on subscribe)")
     m = births[0]
     if not (m.retain or t.birth_retained):
-        return fail(f"the broker holds no retained birth for a new subscriber: {show(m, 160)}", "not retained",
-                    "retained")  # fmt: skip
+        return fail(
+            f"the broker holds no retained birth for a new subscriber: {show(m, 160)}", "not retained", "retained"
+        )
     if Party(role="all", id="all") not in m.envelope.recipients:
         return fail(f"the birth is not addressed to all/all: {show(m, 160)}")
     return ok(f"retained birth on {m.topic}")
@@ -211,8 +226,13 @@ def birth(t: Trace) -> Outcome:
 def death(t: Trace) -> Outcome:
     # an 'offline' after the suite made the device leave is its death, even in the recording's first
     # second (a short session); before that, a retained copy from earlier is not
-    deaths = [m for m in _mine(t) if m.envelope.type == "actor_state" and m.body.status == "offline"
-              and ((t.left_at_us is not None and m.t_us >= t.left_at_us) or not _stored(t, m))]  # fmt: skip
+    deaths = [
+        m
+        for m in _mine(t)
+        if m.envelope.type == "actor_state"
+        and m.body.status == "offline"
+        and ((t.left_at_us is not None and m.t_us >= t.left_at_us) or not _stored(t, m))
+    ]
     if not deaths:
         if t.watched_leaving:
             return fail(f"no actor_state 'offline' within {t.watched_leaving:g} s of the device leaving")
@@ -233,18 +253,25 @@ def correlation(t: Trace) -> Outcome:
     for k, tele in sorted(t.telemetry(t.tso).items()):
         sp = t.setpoints.get(k)
         if sp is not None and not sp.expired:
-            pairs.append((sp.envelope.message_id, sp.envelope.correlation_id or sp.envelope.message_id, tele,
-                          f"setpoint {k}"))  # fmt: skip
+            pairs.append(
+                (sp.envelope.message_id, sp.envelope.correlation_id or sp.envelope.message_id, tele, f"setpoint {k}")
+            )
     if not pairs:
         return skip("no answer to judge")
     for req_id, corr, a, name in pairs:
         env = a.envelope
         if env.causation_id != req_id:
-            return fail(f"answer to {name} has causation_id {env.causation_id}: {show(a, 200)}",
-                        str(env.causation_id), str(req_id))  # fmt: skip
+            return fail(
+                f"answer to {name} has causation_id {env.causation_id}: {show(a, 200)}",
+                str(env.causation_id),
+                str(req_id),
+            )
         if env.correlation_id != corr:
-            return fail(f"answer to {name} has correlation_id {env.correlation_id}: {show(a, 200)}",
-                        str(env.correlation_id), str(corr))  # fmt: skip
+            return fail(
+                f"answer to {name} has correlation_id {env.correlation_id}: {show(a, 200)}",
+                str(env.correlation_id),
+                str(corr),
+            )
     return ok(f"{len(pairs)} answers carry causation and correlation", str(len(pairs)))
 
 
@@ -296,8 +323,11 @@ def bids_within_qualification(t: Trace) -> Outcome:
                 return fail(f"bid {b.body.bid_id} uses {x.asset_id}, not qualified")
             cap = a.capacity_up_mw if b.body.direction == Direction.UP else a.capacity_down_mw
             if x.share_mw > cap + 1e-6:
-                return fail(f"bid {b.body.bid_id}: {x.asset_id} offers {x.share_mw} MW, qualified for {cap} MW",
-                            f"{x.share_mw} MW", f"<= {cap} MW")  # fmt: skip
+                return fail(
+                    f"bid {b.body.bid_id}: {x.asset_id} offers {x.share_mw} MW, qualified for {cap} MW",
+                    f"{x.share_mw} MW",
+                    f"<= {cap} MW",
+                )
     return ok(f"{len(t.bids)} bids within the qualified assets and capacities")
 
 
@@ -321,7 +351,7 @@ def schedule(t: Trace) -> Outcome:
     return ok(f"day_ahead schedule from {s.body.start:%H:%M} covers {len(covered)} assets")
 
 
-def _isp_wall(t: Trace, isp) -> float:  # noqa: ANN001
+def _isp_wall(t: Trace, isp) -> float:
     """Wall-clock epoch seconds at which the scenario instant ``isp`` happened in the session."""
     return t.run_wall_origin + (isp - t.run_start).total_seconds() / t.speed
 
@@ -334,8 +364,12 @@ def gate_closure(t: Trace) -> Outcome:
     if late:
         b = late[0]
         after = b.received_us / 1e6 - _isp_wall(t, b.body.isp_start)
-        return fail(f"bid {b.body.bid_id} for ISP {b.body.isp_start:%H:%M} arrived {after * t.speed:.1f} s "
-                    f"(scenario) after the ISP started", f"+{after * t.speed:.1f} s", "<= 0 s")  # fmt: skip
+        return fail(
+            f"bid {b.body.bid_id} for ISP {b.body.isp_start:%H:%M} arrived {after * t.speed:.1f} s "
+            f"(scenario) after the ISP started",
+            f"+{after * t.speed:.1f} s",
+            "<= 0 s",
+        )
     return ok(f"{len(t.bids)} bids before their ISP")
 
 
@@ -346,8 +380,11 @@ def bid_consistency(t: Trace) -> Outcome:
     for b in t.bids:
         total = sum(x.share_mw for x in b.body.assets)
         if abs(total - b.body.quantity_mw) > 1e-3:
-            return fail(f"bid {b.body.bid_id}: shares add up to {total} MW, quantity {b.body.quantity_mw} MW",
-                        f"{total} MW", f"{b.body.quantity_mw} MW")  # fmt: skip
+            return fail(
+                f"bid {b.body.bid_id}: shares add up to {total} MW, quantity {b.body.quantity_mw} MW",
+                f"{total} MW",
+                f"{b.body.quantity_mw} MW",
+            )
         s = b.body.isp_start
         if isp_of(s) != s:
             return fail(f"bid {b.body.bid_id}: ISP start {s.isoformat()} is not on the 15-min grid")
@@ -355,7 +392,9 @@ def bid_consistency(t: Trace) -> Outcome:
 
 
 def _delivered(t: Trace) -> dict[int, float]:
-    return {k: m.body.delivered_delta_mw for k, m in t.telemetry(t.tso).items() if m.body.delivered_delta_mw is not None}
+    return {
+        k: m.body.delivered_delta_mw for k, m in t.telemetry(t.tso).items() if m.body.delivered_delta_mw is not None
+    }
 
 
 def _activation(t: Trace) -> str | None:
@@ -380,14 +419,19 @@ def follows_setpoints(t: Trace) -> Outcome:
         checked += 1
         lo, hi = rules.band_mw(sp)
         if not rules.within_band(sp, got[k], slack_mw=1e-9):
-            return fail(f"cycle {k}: delivered {got[k]:.3f} MW for a setpoint of {sp:.3f} MW: {show(t.telemetry(t.tso)[k], 160)}",
-                        f"{got[k]:.3f} MW", f"[{lo:.3f}, {hi:.3f}] MW")  # fmt: skip
+            return fail(
+                f"cycle {k}: delivered {got[k]:.3f} MW for a setpoint of {sp:.3f} MW: {show(t.telemetry(t.tso)[k], 160)}",
+                f"{got[k]:.3f} MW",
+                f"[{lo:.3f}, {hi:.3f}] MW",
+            )
         dev = got[k] / sp - 1
         worst = dev if worst is None or abs(dev) > abs(worst) else worst
-    if not checked:
+    if not checked or worst is None:
         return skip("no steady cycle with telemetry")
     low, high = (100 * x for x in rules.DELIVERY_BAND)
-    return ok(f"{checked} steady cycles within the band", f"worst {worst * 100:+.1f} %", f"[{low:+.0f} %, {high:+.0f} %]")
+    return ok(
+        f"{checked} steady cycles within the band", f"worst {worst * 100:+.1f} %", f"[{low:+.0f} %, {high:+.0f} %]"
+    )
 
 
 @check("BSP-SP-020")
@@ -404,12 +448,19 @@ def ignores_expired(t: Trace) -> Outcome:
     bound = rules.band_mw(t.hold_target_mw)[1] + 0.05
     for k in window:
         if got[k] > bound:
-            return fail(f"cycle {k}: delivered {got[k]:.3f} MW after an expired setpoint of {expired.target_mw} MW "
-                        f"(in force: {t.hold_target_mw:.3f} MW)", f"{got[k]:.3f} MW", f"<= {bound:.3f} MW")  # fmt: skip
+            return fail(
+                f"cycle {k}: delivered {got[k]:.3f} MW after an expired setpoint of {expired.target_mw} MW "
+                f"(in force: {t.hold_target_mw:.3f} MW)",
+                f"{got[k]:.3f} MW",
+                f"<= {bound:.3f} MW",
+            )
     refused = [r for r in t.rejections if r.body.rejected_message_id == str(expired.envelope.message_id)]
     note = f"; the device answered with a rejection ({refused[0].body.code})" if refused else ""
-    return ok(f"cycles {window[0]}..{window[-1]} stayed at the setpoint in force{note}",
-              f"max {max(got[k] for k in window):.3f} MW", f"<= {bound:.3f} MW")  # fmt: skip
+    return ok(
+        f"cycles {window[0]}..{window[-1]} stayed at the setpoint in force{note}",
+        f"max {max(got[k] for k in window):.3f} MW",
+        f"<= {bound:.3f} MW",
+    )
 
 
 def _limited(t: Trace, cycles: range, bound: float, what: str) -> Outcome:
@@ -419,10 +470,14 @@ def _limited(t: Trace, cycles: range, bound: float, what: str) -> Outcome:
         return skip(f"no telemetry in cycles {cycles.start}..{cycles.stop - 1} (see BSP-TM-010)")
     for k in window:
         if abs(got[k]) > bound:
-            return fail(f"cycle {k}: delivered {got[k]:.3f} MW after the {what}", f"{got[k]:.3f} MW",
-                        f"<= {bound:.3f} MW")  # fmt: skip
-    return ok(f"cycles {window[0]}..{window[-1]} within the {what}", f"max {max(abs(got[k]) for k in window):.3f} MW",
-              f"<= {bound:.3f} MW")  # fmt: skip
+            return fail(
+                f"cycle {k}: delivered {got[k]:.3f} MW after the {what}", f"{got[k]:.3f} MW", f"<= {bound:.3f} MW"
+            )
+    return ok(
+        f"cycles {window[0]}..{window[-1]} within the {what}",
+        f"max {max(abs(got[k]) for k in window):.3f} MW",
+        f"<= {bound:.3f} MW",
+    )
 
 
 @check("BSP-SP-030")
@@ -461,8 +516,11 @@ def telemetry_every_cycle(t: Trace) -> Outcome:
                 return fail(f"no telemetry of cycle {k} to {party}", "missing", "every cycle")
             late = (m.t_us - sp.sent_us) / 1e6
             if late > wall_period:
-                return fail(f"telemetry of cycle {k} to {party} came {late:.3f} s after its setpoint",
-                            f"{late:.3f} s", f"<= {wall_period:.3f} s")  # fmt: skip
+                return fail(
+                    f"telemetry of cycle {k} to {party} came {late:.3f} s after its setpoint",
+                    f"{late:.3f} s",
+                    f"<= {wall_period:.3f} s",
+                )
     return ok(f"{checked} cycle reports to {', '.join(map(str, parties))}", str(checked))
 
 
@@ -502,7 +560,7 @@ def follows_block(t: Trace) -> Outcome:
     for m in schedules:
         step = round((block.isp_start - m.body.start).total_seconds() / ISP.total_seconds())
         for x in m.body.series:
-            if 0 <= step:
+            if step >= 0:
                 planned[x.asset_id] = x.p_mw[min(step, len(x.p_mw) - 1)]
     want = schemes.sign(block.direction) * block.activated_mw
     tol = max(0.05, 0.05 * block.activated_mw)
@@ -513,9 +571,12 @@ def follows_block(t: Trace) -> Outcome:
         n += 1
         moved = sum(x.p_mw - planned.get(x.resource_id, 0.0) for x in m.body.measurements) - m.body.delivered_delta_mw
         if abs(moved - want) > tol:
-            return fail(f"cycle {k}: measurements - schedule - delivered delta = {moved:+.3f} MW, the block of "
-                        f"{block.bid_id} is {want:+.3f} MW: {show(m, 200)}", f"{moved:+.3f} MW",
-                        f"{want:+.3f} ± {tol:.2f} MW")  # fmt: skip
+            return fail(
+                f"cycle {k}: measurements - schedule - delivered delta = {moved:+.3f} MW, the block of "
+                f"{block.bid_id} is {want:+.3f} MW: {show(m, 200)}",
+                f"{moved:+.3f} MW",
+                f"{want:+.3f} ± {tol:.2f} MW",
+            )
     if not n:
         return fail(f"no telemetry to the TSO after the block activation of {block.bid_id}")
     return ok(f"{n} telemetry cycles show the {want:+.2f} MW block of {block.bid_id}", str(n))
@@ -524,8 +585,15 @@ def follows_block(t: Trace) -> Outcome:
 # --- DSO ---------------------------------------------------------------------------------------
 
 
-def _probe(t: Trace, name: str):  # noqa: ANN202
+def _probe(t: Trace, name: str) -> Probe | None:
     return next((p for p in t.probes if p.name == name), None)
+
+
+def _probe_sent(t: Trace, name: str) -> Probe:
+    """The probe ``name``, once ``_answered`` has found its answer (so it was sent)."""
+    p = _probe(t, name)
+    assert p is not None, name
+    return p
 
 
 def _answered(t: Trace, name: str) -> tuple[Outcome | None, Captured | None]:
@@ -543,12 +611,13 @@ def _answered(t: Trace, name: str) -> tuple[Outcome | None, Captured | None]:
     return None, a
 
 
-def _prequalification_verdicts(t: Trace, verb: str):  # noqa: ANN202
+def _prequalification_verdicts(t: Trace, verb: str):
     """(failure or None, the answer, assets asked by id, verdicts by asset id): one verdict per asset."""
     out, a = _answered(t, "prequalification")
     if out:
         return out, a, {}, {}
-    asked = {x.asset_id: x for x in _probe(t, "prequalification").body.assets}
+    assert a is not None  # answered
+    asked = {x.asset_id: x for x in _probe_sent(t, "prequalification").body.assets}
     verdicts = {v.asset_id: v for v in a.body.verdicts}
     if set(verdicts) != set(asked):
         return fail(f"verdicts for {sorted(verdicts)}, {verb} {sorted(asked)}"), a, asked, verdicts
@@ -564,13 +633,18 @@ def prequalification_answer(t: Trace) -> Outcome:
         x = asked[v.asset_id]
         if v.checked_by != "dso":
             return fail(f"{v.asset_id}: checked_by {v.checked_by!r}", v.checked_by, "dso")
-        if v.validated_capacity_up_mw > x.capacity_up_mw + 1e-6 or v.validated_capacity_down_mw > x.capacity_down_mw + 1e-6:
+        if (
+            v.validated_capacity_up_mw > x.capacity_up_mw + 1e-6
+            or v.validated_capacity_down_mw > x.capacity_down_mw + 1e-6
+        ):
             return fail(f"{v.asset_id}: validated above what was asked")
-        reduced = (v.validated_capacity_up_mw < x.capacity_up_mw - 1e-6
-                   or v.validated_capacity_down_mw < x.capacity_down_mw - 1e-6)  # fmt: skip
+        reduced = (
+            v.validated_capacity_up_mw < x.capacity_up_mw - 1e-6
+            or v.validated_capacity_down_mw < x.capacity_down_mw - 1e-6
+        )
         if (not v.qualified or reduced) and not v.reason:
             return fail(f"{v.asset_id}: not qualified or reduced without a reason")
-    took = (a.t_us - _probe(t, "prequalification").sent_us) / 1000
+    took = (a.t_us - _probe_sent(t, "prequalification").sent_us) / 1000
     return ok(f"{len(verdicts)} verdicts in {took:.1f} ms", f"{took:.1f} ms", "<= 5 s")
 
 
@@ -590,8 +664,10 @@ def forecast(t: Trace) -> Outcome:
 
 
 def _touching(t: Trace) -> set[str]:
-    return {e.bid_id for e in t.mol.bids
-            if any(a.connection == Connection.DN and a.dso_id == t.device.id for a in e.assets)}  # fmt: skip
+    assert t.mol is not None  # the session sent one
+    return {
+        e.bid_id for e in t.mol.bids if any(a.connection == Connection.DN and a.dso_id == t.device.id for a in e.assets)
+    }
 
 
 @check("DSO-MV-010")
@@ -599,7 +675,8 @@ def mol_answered(t: Trace) -> Outcome:
     out, a = _answered(t, "mol")
     if out:
         return out
-    took = (a.t_us - _probe(t, "mol").sent_us) / 1000
+    assert a is not None  # answered
+    took = (a.t_us - _probe_sent(t, "mol").sent_us) / 1000
     return ok(f"mol_validation in {took:.1f} ms", f"{took:.1f} ms", "<= 2 s")
 
 
@@ -609,6 +686,7 @@ def mol_covers(t: Trace) -> Outcome:
     a = t.answer(p) if p else None
     if a is None:
         return skip("no mol_validation to judge (see DSO-MV-010)")
+    assert t.mol is not None  # answered, so sent
     named = {r.bid_id for r in a.body.results}
     listed = {e.bid_id for e in t.mol.bids}
     if missing := _touching(t) - named:
@@ -624,14 +702,18 @@ def mol_bounds(t: Trace) -> Outcome:
     a = t.answer(p) if p else None
     if a is None:
         return skip("no mol_validation to judge (see DSO-MV-010)")
+    assert t.mol is not None  # answered, so sent
     quantity = {e.bid_id: e.quantity_mw for e in t.mol.bids}
     for r in a.body.results:
         q = quantity.get(r.bid_id)
         if q is None:
             continue
         if not 0 <= r.lower_bound_mw <= r.upper_bound_mw + 1e-9 or r.upper_bound_mw > q + 1e-6:
-            return fail(f"{r.bid_id}: bounds [{r.lower_bound_mw}, {r.upper_bound_mw}] MW for {q} MW offered",
-                        f"[{r.lower_bound_mw}, {r.upper_bound_mw}] MW", f"0 <= lower <= upper <= {q} MW")  # fmt: skip
+            return fail(
+                f"{r.bid_id}: bounds [{r.lower_bound_mw}, {r.upper_bound_mw}] MW for {q} MW offered",
+                f"[{r.lower_bound_mw}, {r.upper_bound_mw}] MW",
+                f"0 <= lower <= upper <= {q} MW",
+            )
         if r.status == BidStatus.REJECTED and r.upper_bound_mw > 1e-9:
             return fail(f"{r.bid_id}: rejected with upper bound {r.upper_bound_mw} MW", f"{r.upper_bound_mw}", "0")
         if r.status == BidStatus.LIMITED and not r.limiting_element:
@@ -644,7 +726,8 @@ def curtailment(t: Trace) -> Outcome:
     out, a = _answered(t, "curtailment")
     if out:
         return out
-    asked = _probe(t, "curtailment").body.amount_mw
+    assert a is not None  # answered
+    asked = _probe_sent(t, "curtailment").body.amount_mw
     b = a.body
     want = "accepted" if b.accepted_mw >= asked - 1e-6 else ("partial" if b.accepted_mw > 1e-9 else "refused")
     if b.status != want:
@@ -652,7 +735,6 @@ def curtailment(t: Trace) -> Outcome:
     if b.status != "accepted" and not b.reason:
         return fail(f"{b.status} without a reason")
     return ok(f"{b.status}: {b.accepted_mw} of {asked} MW")
-
 
 
 # --- TSO ---------------------------------------------------------------------------------------
@@ -668,8 +750,12 @@ def _dn_bids(t: Trace) -> dict[str, str]:
     """Bid -> DSO, for the suite BSP's bids with an asset in a DSO's grid."""
     bsp = t.scenario.bsps[0]
     by_asset = {a.asset_id: a for a in bsp.assets}
-    return {b.bid_id: by_asset[a].dso_id for b in bsp.bids for a in b.assets
-            if by_asset[a].connection == Connection.DN and by_asset[a].dso_id}  # fmt: skip
+    return {
+        b.bid_id: str(by_asset[a].dso_id)
+        for b in bsp.bids
+        for a in b.assets
+        if by_asset[a].connection == Connection.DN and by_asset[a].dso_id
+    }
 
 
 def _started(t: Trace) -> Outcome | None:
@@ -691,12 +777,17 @@ def tso_prequalification(t: Trace) -> Outcome:
         if f.body.dso_id != asset.dso_id or f.received_us > a.t_us:
             return fail(f"DN asset {asset.asset_id}: forwarded to {f.body.dso_id}, or after the answer")
         mine, theirs = verdicts[asset.asset_id], t.dso_verdicts[asset.asset_id]
-        if mine.qualified and (mine.validated_capacity_up_mw > theirs.validated_capacity_up_mw + 1e-6
-                               or mine.validated_capacity_down_mw > theirs.validated_capacity_down_mw + 1e-6):  # fmt: skip
-            return fail(f"{asset.asset_id}: the TSO qualified +{mine.validated_capacity_up_mw} MW, its DSO "
-                        f"+{theirs.validated_capacity_up_mw} MW", f"{mine.validated_capacity_up_mw} MW",
-                        f"<= {theirs.validated_capacity_up_mw} MW")  # fmt: skip
-    took = (a.t_us - _probe(t, "prequalification").sent_us) / 1000
+        if mine.qualified and (
+            mine.validated_capacity_up_mw > theirs.validated_capacity_up_mw + 1e-6
+            or mine.validated_capacity_down_mw > theirs.validated_capacity_down_mw + 1e-6
+        ):
+            return fail(
+                f"{asset.asset_id}: the TSO qualified +{mine.validated_capacity_up_mw} MW, its DSO "
+                f"+{theirs.validated_capacity_up_mw} MW",
+                f"{mine.validated_capacity_up_mw} MW",
+                f"<= {theirs.validated_capacity_up_mw} MW",
+            )
+    took = (a.t_us - _probe_sent(t, "prequalification").sent_us) / 1000
     return ok(f"{len(verdicts)} verdicts in {took:.1f} ms, DN assets via their DSO", f"{took:.1f} ms", "<= 10 s")
 
 
@@ -704,13 +795,15 @@ def tso_prequalification(t: Trace) -> Outcome:
 def tso_final_schedules(t: Trace) -> Outcome:
     if why := _started(t):
         return why
-    dn = {a.asset_id: a.dso_id for a in t.scenario.bsps[0].assets if a.connection == Connection.DN}
+    dn = {a.asset_id: a.dso_id for a in t.scenario.bsps[0].assets if a.connection == Connection.DN and a.dso_id}
     if not dn:
         return skip("the suite's BSP has no DN asset")
     finals = [m for m in t.of_type("schedule", "dso") if m.body.kind == "final"]
     for asset, dso_id in dn.items():
-        if not any(Party(role="dso", id=dso_id) in m.envelope.recipients and asset in {x.asset_id for x in m.body.series}
-                   for m in finals):  # fmt: skip
+        if not any(
+            Party(role="dso", id=dso_id) in m.envelope.recipients and asset in {x.asset_id for x in m.body.series}
+            for m in finals
+        ):
             return fail(f"no final schedule with {asset} to dso/{dso_id}")
     return ok(f"final schedules of {len(dn)} DN assets passed to their DSO")
 
@@ -734,11 +827,18 @@ def tso_mol_before_acceptance(t: Trace) -> Outcome:
         return skip("no bid with a DN asset was accepted")
     mols = t.of_type("merit_order_list", "dso")
     for bid, acc in accepted.items():
-        sent = [m for m in mols if Party(role="dso", id=dn[bid]) in m.envelope.recipients
-                and any(e.bid_id == bid for e in m.body.bids) and m.t_us <= acc.t_us]  # fmt: skip
+        sent = [
+            m
+            for m in mols
+            if Party(role="dso", id=dn[bid]) in m.envelope.recipients
+            and any(e.bid_id == bid for e in m.body.bids)
+            and m.t_us <= acc.t_us
+        ]
         if not sent:
-            return fail(f"{bid} accepted at {acc.envelope.created_at:%H:%M:%S} without a merit order list to "
-                        f"dso/{dn[bid]} before")  # fmt: skip
+            return fail(
+                f"{bid} accepted at {acc.envelope.created_at:%H:%M:%S} without a merit order list to "
+                f"dso/{dn[bid]} before"
+            )
         if not sent[0].envelope.reply_to:
             return fail(f"the merit order list to dso/{dn[bid]} has no reply_to: {show(sent[0], 160)}")
     return ok(f"{len(accepted)} DN bids validated before acceptance")
@@ -758,8 +858,11 @@ def tso_within_validation(t: Trace) -> Outcome:
             worst = max(worst, abs(delta))
             if abs(delta) > bound + 1e-6:
                 what = "validated" if bid in t.validated else "never validated (bound 0)"
-                return fail(f"cycle {m.body.cycle}: {bid} at {abs(delta):.3f} MW, {what} to {bound:.3f} MW",
-                            f"{abs(delta):.3f} MW", f"<= {bound:.3f} MW")  # fmt: skip
+                return fail(
+                    f"cycle {m.body.cycle}: {bid} at {abs(delta):.3f} MW, {what} to {bound:.3f} MW",
+                    f"{abs(delta):.3f} MW",
+                    f"<= {bound:.3f} MW",
+                )
     return ok(f"DN bids at most {worst:.3f} MW, within their validation", f"{worst:.3f} MW")
 
 
@@ -789,8 +892,12 @@ def tso_setpoint_cadence(t: Trace) -> Outcome:
     for a, b in zip(sps, sps[1:]):
         gap = (b.body.instant - a.body.instant).total_seconds()
         if b.body.cycle != a.body.cycle + 1 or abs(gap - t.period_s) > 1e-6:
-            return fail(f"cycle {a.body.cycle} at {a.body.instant:%H:%M:%S} followed by cycle {b.body.cycle} at "
-                        f"{b.body.instant:%H:%M:%S}", f"{gap:g} s", f"{t.period_s:g} s")  # fmt: skip
+            return fail(
+                f"cycle {a.body.cycle} at {a.body.instant:%H:%M:%S} followed by cycle {b.body.cycle} at "
+                f"{b.body.instant:%H:%M:%S}",
+                f"{gap:g} s",
+                f"{t.period_s:g} s",
+            )
     for m in sps:
         if abs(m.body.delta_mw - sum(m.body.bid_deltas_mw.values())) > 1e-4:
             return fail(f"cycle {m.body.cycle}: delta_mw {m.body.delta_mw} is not the sum of bid_deltas_mw")
@@ -830,8 +937,11 @@ def tso_ramp(t: Trace) -> Outcome:
         for ts, v in points[1:]:  # the largest rise from any earlier point (the running minimum) to this one
             allowed = ramp * (ts - low_t + step_s) / 60
             if v - low > allowed + 1e-6:
-                return fail(f"{bid} rose {v - low:.3f} MW in {ts - low_t:.0f} s", f"{v - low:.3f} MW",
-                            f"<= {allowed:.3f} MW ({ramp:g} MW/min)")  # fmt: skip
+                return fail(
+                    f"{bid} rose {v - low:.3f} MW in {ts - low_t:.0f} s",
+                    f"{v - low:.3f} MW",
+                    f"<= {allowed:.3f} MW ({ramp:g} MW/min)",
+                )
             if v < low:
                 low_t, low = ts, v
     return ok(f"{len(series)} bids within their ramp rates (+ one {step_s:g}-s step)")
@@ -856,10 +966,16 @@ def tso_limit(t: Trace) -> Outcome:
     after = [m for m in _tso_setpoints(t) if m.t_us > lim.t_us and bid in m.body.bid_deltas_mw]
     for m in after:
         if abs(m.body.bid_deltas_mw[bid]) > max_mw + 1e-6:
-            return fail(f"cycle {m.body.cycle}: {bid} at {abs(m.body.bid_deltas_mw[bid]):.3f} MW after the limit",
-                        f"{abs(m.body.bid_deltas_mw[bid]):.3f} MW", f"<= {max_mw:.3f} MW")  # fmt: skip
-    return ok(f"limit {lim.body.max_mw} MW sent {took * 1000:.1f} ms after the signal; {len(after)} setpoints within",
-              f"{took * 1000:.1f} ms", f"<= {t.period_s / t.speed * 1000:.0f} ms")  # fmt: skip
+            return fail(
+                f"cycle {m.body.cycle}: {bid} at {abs(m.body.bid_deltas_mw[bid]):.3f} MW after the limit",
+                f"{abs(m.body.bid_deltas_mw[bid]):.3f} MW",
+                f"<= {max_mw:.3f} MW",
+            )
+    return ok(
+        f"limit {lim.body.max_mw} MW sent {took * 1000:.1f} ms after the signal; {len(after)} setpoints within",
+        f"{took * 1000:.1f} ms",
+        f"<= {t.period_s / t.speed * 1000:.0f} ms",
+    )
 
 
 @check("TSO-ST-010")
@@ -883,8 +999,11 @@ def tso_settlement(t: Trace) -> Outcome:
         if line is None:
             return fail(f"settlement of ISP {isp:%H:%M} has no line for {bid}")
         if abs(line.activated_energy_mwh - mwh) > max(0.02 * mwh, 1e-4):
-            return fail(f"{bid} in ISP {isp:%H:%M}: settled {line.activated_energy_mwh:.4f} MWh, setpoints make "
-                        f"{mwh:.4f} MWh", f"{line.activated_energy_mwh:.4f} MWh", f"{mwh:.4f} MWh ± 2 %")  # fmt: skip
+            return fail(
+                f"{bid} in ISP {isp:%H:%M}: settled {line.activated_energy_mwh:.4f} MWh, setpoints make {mwh:.4f} MWh",
+                f"{line.activated_energy_mwh:.4f} MWh",
+                f"{mwh:.4f} MWh ± 2 %",
+            )
     return ok(f"{len(active)} bid-ISPs settled as activated")
 
 
@@ -893,8 +1012,11 @@ def tso_settlement(t: Trace) -> Outcome:
 
 def _sent(t: Trace, type_name: str) -> list[Captured]:
     """The device's messages of ``type_name`` for the session's ISP, in order."""
-    return [m for m in _mine(t) if m.envelope.type == type_name and not _stored(t, m)
-            and getattr(m.body, "isp_start", None) == t.isp0]  # fmt: skip
+    return [
+        m
+        for m in _mine(t)
+        if m.envelope.type == type_name and not _stored(t, m) and getattr(m.body, "isp_start", None) == t.isp0
+    ]
 
 
 def _awards(t: Trace) -> list:  # list[schemas.messages.Award]
@@ -945,14 +1067,20 @@ def mo_mol(t: Trace) -> Outcome:
             return fail(f"no merit_order_list for ISP {t.isp0:%H:%M} to dso/{dso}")
         m = mols[0]
         if _late(t, m) > 0:
-            return fail(f"the list reached dso/{dso} {_late(t, m):.2f} s after the ISP started: {show(m, 160)}",
-                        f"+{_late(t, m):.2f} s", "before the ISP")  # fmt: skip
+            return fail(
+                f"the list reached dso/{dso} {_late(t, m):.2f} s after the ISP started: {show(m, 160)}",
+                f"+{_late(t, m):.2f} s",
+                "before the ISP",
+            )
         if m.envelope.reply_to is None:
             return fail(f"the list to dso/{dso} has no reply_to: {show(m, 160)}")
         got = {e.bid_id for e in m.body.bids}
         if got != want:
-            return fail(f"the list to dso/{dso} holds {sorted(got)}, the bids in its grid are {sorted(want)}",
-                        str(sorted(got)), str(sorted(want)))  # fmt: skip
+            return fail(
+                f"the list to dso/{dso} holds {sorted(got)}, the bids in its grid are {sorted(want)}",
+                str(sorted(got)),
+                str(sorted(want)),
+            )
     return ok(f"{len(grids)} DSO(s) got their bids to validate before the ISP")
 
 
@@ -967,8 +1095,9 @@ def mo_bounds(t: Trace) -> Outcome:
         bound = _bound(t, bid)
         if mw > bound + 1e-3:
             how = "validated by its DSO" if bid in t.validated else "offered"
-            return fail(f"{bid} awarded {mw:.3f} MW over all buyers, {bound:g} MW {how}", f"{mw:.3f} MW",
-                        f"<= {bound:g} MW")  # fmt: skip
+            return fail(
+                f"{bid} awarded {mw:.3f} MW over all buyers, {bound:g} MW {how}", f"{mw:.3f} MW", f"<= {bound:g} MW"
+            )
     return ok(f"{len(per_bid)} bids awarded within their bounds", str(len(per_bid)))
 
 
@@ -989,8 +1118,11 @@ def mo_needs(t: Trace) -> Outcome:
         if need.direction is not None and bid.direction != need.direction:
             return fail(f"need {a.need_id} ({need.direction.name}) served by {a.bid_id} ({bid.direction.name})")
         if bid.price_eur_per_mwh > need.max_price_eur_per_mwh + 1e-9:
-            return fail(f"need {a.need_id} served by {a.bid_id} at {bid.price_eur_per_mwh:g} EUR/MWh",
-                        f"{bid.price_eur_per_mwh:g} EUR/MWh", f"<= {need.max_price_eur_per_mwh:g} EUR/MWh")  # fmt: skip
+            return fail(
+                f"need {a.need_id} served by {a.bid_id} at {bid.price_eur_per_mwh:g} EUR/MWh",
+                f"{bid.price_eur_per_mwh:g} EUR/MWh",
+                f"<= {need.max_price_eur_per_mwh:g} EUR/MWh",
+            )
     for need_id, mw in _per(awards, "need_id").items():
         quantity = t.market_needs[need_id][1].quantity
         if mw > quantity + 1e-3:
@@ -1008,25 +1140,35 @@ def mo_willingness(t: Trace) -> Outcome:
     for need_id, (_, need) in sorted(t.market_needs.items()):
         pays = need.max_price_eur_per_mwh
         same = [a for a in awards if a.bid_id in price and t.market_bids[a.bid_id].direction == need.direction]
-        less_willing = [a for a in same if a.need_id in t.market_needs
-                        and t.market_needs[a.need_id][1].max_price_eur_per_mwh < pays]  # fmt: skip
+        less_willing = [
+            a for a in same if a.need_id in t.market_needs and t.market_needs[a.need_id][1].max_price_eur_per_mwh < pays
+        ]
         short = need.quantity - served.get(need_id, 0.0)
         if short > 1e-3:
             for bid_id, bid in sorted(t.market_bids.items()):
                 left = _bound(t, bid_id) - used.get(bid_id, 0.0)
                 if bid.direction == need.direction and price[bid_id] <= pays and left > 1e-3:
-                    return fail(f"need {need_id} is {short:.3f} MW short while {bid_id} at {price[bid_id]:g} EUR/MWh "
-                                f"has {left:.3f} MW unused", f"{short:.3f} MW short", "0 MW")  # fmt: skip
+                    return fail(
+                        f"need {need_id} is {short:.3f} MW short while {bid_id} at {price[bid_id]:g} EUR/MWh "
+                        f"has {left:.3f} MW unused",
+                        f"{short:.3f} MW short",
+                        "0 MW",
+                    )
             for a in less_willing:
                 if price[a.bid_id] <= pays:
-                    return fail(f"need {need_id} (pays up to {pays:g}) is {short:.3f} MW short while {a.bid_id} "
-                                f"went to {a.need_id}, which pays less")  # fmt: skip
+                    return fail(
+                        f"need {need_id} (pays up to {pays:g}) is {short:.3f} MW short while {a.bid_id} "
+                        f"went to {a.need_id}, which pays less"
+                    )
         paid = max((price[a.bid_id] for a in same if a.need_id == need_id), default=None)
         for a in less_willing:
             if paid is not None and price[a.bid_id] < paid - 1e-9:
-                return fail(f"need {need_id} (pays up to {pays:g}) paid {paid:g} EUR/MWh while the less willing "
-                            f"{a.need_id} got {a.bid_id} at {price[a.bid_id]:g}", f"{paid:g} EUR/MWh",
-                            f"<= {price[a.bid_id]:g} EUR/MWh")  # fmt: skip
+                return fail(
+                    f"need {need_id} (pays up to {pays:g}) paid {paid:g} EUR/MWh while the less willing "
+                    f"{a.need_id} got {a.bid_id} at {price[a.bid_id]:g}",
+                    f"{paid:g} EUR/MWh",
+                    f"<= {price[a.bid_id]:g} EUR/MWh",
+                )
     return ok(f"{len(t.market_needs)} needs served in order of willingness to pay")
 
 
@@ -1042,8 +1184,11 @@ def mo_results(t: Trace) -> Outcome:
             return fail(f"no market_result for ISP {t.isp0:%H:%M} to {party}")
         m = results[0]
         if _late(t, m) > 0:
-            return fail(f"the market_result reached {party} {_late(t, m):.2f} s after the ISP started",
-                        f"+{_late(t, m):.2f} s", "before the ISP")  # fmt: skip
+            return fail(
+                f"the market_result reached {party} {_late(t, m):.2f} s after the ISP started",
+                f"+{_late(t, m):.2f} s",
+                "before the ISP",
+            )
         foreign = [a for a in m.body.awards if (a.buyer_role, a.buyer_id) != (party.role, party.id)]
         if foreign:
             return fail(f"the market_result to {party} carries {foreign[0].buyer_role}/{foreign[0].buyer_id}'s award")
@@ -1065,16 +1210,22 @@ def mo_acceptances(t: Trace) -> Outcome:
             return fail(f"no offer_acceptance for ISP {t.isp0:%H:%M} to bsp/{bsp}")
         m = got[0]
         if _late(t, m) > 0:
-            return fail(f"the offer_acceptance reached bsp/{bsp} {_late(t, m):.2f} s after the ISP started",
-                        f"+{_late(t, m):.2f} s", "before the ISP")  # fmt: skip
+            return fail(
+                f"the offer_acceptance reached bsp/{bsp} {_late(t, m):.2f} s after the ISP started",
+                f"+{_late(t, m):.2f} s",
+                "before the ISP",
+            )
         accepted = {a.bid_id: a.upper_bound_mw for a in m.body.accepted}
         for bid_id, bid in sorted(t.market_bids.items()):
             if bid.bsp_id != bsp:
                 continue
             mw = per_bid.get(bid_id, 0.0)
             if mw > 1e-3 and abs(accepted.get(bid_id, -1.0) - mw) > 1e-3:
-                return fail(f"{bid_id} awarded {mw:.3f} MW, accepted with {accepted.get(bid_id)}: {show(m, 200)}",
-                            str(accepted.get(bid_id)), f"{mw:.3f} MW")  # fmt: skip
+                return fail(
+                    f"{bid_id} awarded {mw:.3f} MW, accepted with {accepted.get(bid_id)}: {show(m, 200)}",
+                    str(accepted.get(bid_id)),
+                    f"{mw:.3f} MW",
+                )
             if mw <= 1e-3 and (bid_id in accepted or bid_id not in m.body.rejected_bid_ids):
                 return fail(f"{bid_id} got no award but is not rejected: {show(m, 200)}")
     return ok(f"{len(bsps)} BSPs got acceptances matching the awards", str(len(bsps)))
@@ -1091,10 +1242,16 @@ def mo_commercial(t: Trace) -> Outcome:
     for a in commercial:
         bid = t.market_bids[a.bid_id]
         to = [Party(role="bsp", id=bid.bsp_id), t.tso] + sorted(
-            {Party(role="dso", id=x.dso_id) for x in bid.assets if x.connection == Connection.DN and x.dso_id}, key=str)
+            {Party(role="dso", id=x.dso_id) for x in bid.assets if x.connection == Connection.DN and x.dso_id}, key=str
+        )
         for party in to:
-            if not any(party in m.envelope.recipients and m.body.bid_id == a.bid_id and m.body.buyer_id == a.buyer_id
-                       and abs(m.body.activated_mw - a.awarded_mw) <= 1e-3
-                       and abs(m.body.price_eur_per_mwh - a.price_eur_per_mwh) <= 1e-9 for m in flex):  # fmt: skip
+            if not any(
+                party in m.envelope.recipients
+                and m.body.bid_id == a.bid_id
+                and m.body.buyer_id == a.buyer_id
+                and abs(m.body.activated_mw - a.awarded_mw) <= 1e-3
+                and abs(m.body.price_eur_per_mwh - a.price_eur_per_mwh) <= 1e-9
+                for m in flex
+            ):
                 return fail(f"no flex_activation of {a.bid_id} for {a.buyer_id} ({a.awarded_mw:g} MW) to {party}")
     return ok(f"{len(commercial)} commercial award(s) activated to BSP, TSO and DSO", str(len(commercial)))

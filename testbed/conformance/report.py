@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nacl.signing import VerifyKey
+
 from actors.config import Scenario
 from gateway import BrokerSpec
 from testbed.conformance.checks import CHECKS
@@ -80,7 +82,7 @@ class Report:
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}
 table{{border-collapse:collapse}}</style></head><body>
 <h1>Conformance of {self.role}/{html.escape(self.device)}: {verdict}</h1>
-<p>{c['pass']} passed, {c['fail']} failed, {c['skip']} skipped. Broker {html.escape(self.broker)}, started
+<p>{c["pass"]} passed, {c["fail"]} failed, {c["skip"]} skipped. Broker {html.escape(self.broker)}, started
 {self.started}, {self.duration_s:.1f} s at speed {self.speed:g}, {self.messages_seen} messages from the device.
 Rules: docs/conformance.md.</p>{aborted}
 <table><tr><th>Rule</th><th>Result</th><th>Rule text</th><th>Evidence</th><th>Value</th><th>Bound</th></tr>
@@ -93,7 +95,9 @@ def judge(trace: Trace, rules: list[Rule]) -> list[RuleResult]:
     for rule in rules:
         if trace.isp0 is None:  # the session never started: nothing to judge but the missing birth
             status = "fail" if rule.id.endswith("-PR-010") else "skip"
-            out.append(RuleResult(rule.id, rule.title, status, trace.aborted or "the session did not start", None, None))
+            out.append(
+                RuleResult(rule.id, rule.title, status, trace.aborted or "the session did not start", None, None)
+            )
             continue
         try:
             o = CHECKS[rule.id](trace)
@@ -104,10 +108,20 @@ def judge(trace: Trace, rules: list[Rule]) -> list[RuleResult]:
     return out
 
 
-async def run_suite(role: str, device_id: str, broker: BrokerSpec | str, scenario: Scenario, *, rules: str = "*",
-                    speed: float = 1.0, timeout_s: float = 20.0, report_dir: Path | None = None,
-                    leave: Leave | None = None, observer: BrokerSpec | str | None = None,
-                    device_key: object | None = None) -> Report:  # fmt: skip
+async def run_suite(
+    role: str,
+    device_id: str,
+    broker: BrokerSpec | str,
+    scenario: Scenario,
+    *,
+    rules: str = "*",
+    speed: float = 1.0,
+    timeout_s: float = 20.0,
+    report_dir: Path | None = None,
+    leave: Leave | None = None,
+    observer: BrokerSpec | str | None = None,
+    device_key: VerifyKey | None = None,
+) -> Report:
     """Play ``role``'s session script against the device, judge the rules matching ``rules``. With
     ``leave`` = (seconds, callable or None) the suite then calls the callable (e.g. stops the device)
     and waits that long for its 'offline' state, to judge PR-020."""
@@ -122,8 +136,17 @@ async def run_suite(role: str, device_id: str, broker: BrokerSpec | str, scenari
     watch = BrokerSpec.parse(observer) if isinstance(observer, str) else observer
     trace = await PLAYS[role](device_id, spec, scenario, speed=speed, timeout_s=timeout_s, leave=leave, observer=watch)
     trace.device_key = device_key
-    report = Report(role, device_id, spec.url, started.isoformat(timespec="seconds"), time.monotonic() - t0, speed,
-                    trace.aborted, judge(trace, chosen), len(trace.messages))  # fmt: skip
+    report = Report(
+        role,
+        device_id,
+        spec.url,
+        started.isoformat(timespec="seconds"),
+        time.monotonic() - t0,
+        speed,
+        trace.aborted,
+        judge(trace, chosen),
+        len(trace.messages),
+    )
     if report_dir is not None:
         report.write(report_dir)
     return report

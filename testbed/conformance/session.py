@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from nacl.signing import VerifyKey
+
 from actors import rules
 from actors.bsp import asset_data, bid_assets
 from actors.config import Scenario
@@ -107,7 +109,7 @@ class Probe:
 
     name: str
     envelope: Envelope
-    body: Body
+    body: Any  # the request's Body model (which one follows ``name``)
     sent_us: int
     answer_type: str
     within_s: float
@@ -115,9 +117,14 @@ class Probe:
 
     def is_answer(self, msg: Captured) -> bool:
         env = msg.envelope
-        return (msg.valid and env is not None and env.type == self.answer_type
-                and self.envelope.sender in env.recipients and msg.t_us >= self.sent_us
-                and (self.matches is None or self.matches(msg)))  # fmt: skip
+        return (
+            msg.valid
+            and env is not None
+            and env.type == self.answer_type
+            and self.envelope.sender in env.recipients
+            and msg.t_us >= self.sent_us
+            and (self.matches is None or self.matches(msg))
+        )
 
 
 @dataclass
@@ -140,10 +147,13 @@ class Trace:
     broker: BrokerSpec
     speed: float
     period_s: float
+    scenario: Scenario  # the session's scenario (a DSO session: its profile for the device)
     observer: BrokerSpec | None = None  # where the recorder connects (an observer account on an ACL broker)
-    device_key: object | None = None  # the device's Ed25519 public key (nacl VerifyKey), to verify its signatures
+    device_key: VerifyKey | None = None  # the device's Ed25519 public key (nacl VerifyKey), to verify its signatures
     messages: list[Captured] = field(default_factory=list)  # everything the device published, in order
-    recording_since: float = field(default_factory=time.time)  # epoch s: older messages are the broker's retained copies
+    recording_since: float = field(
+        default_factory=time.time
+    )  # epoch s: older messages are the broker's retained copies
     probes: list[Probe] = field(default_factory=list)
     aborted: str | None = None  # why the session stopped before its script ended
     isp0: datetime | None = None
@@ -170,7 +180,6 @@ class Trace:
     rejections: list[Received[Rejection]] = field(default_factory=list)  # what the device refused
     mol: MeritOrderList | None = None
     # TSO sessions: what the suite's DSO and BSP saw and said
-    scenario: Scenario | None = None
     forwards: list[Received[PrequalificationForward]] = field(default_factory=list)
     dso_verdicts: dict[str, AssetVerdict] = field(default_factory=dict)  # asset -> the suite DSO's verdict
     validated: dict[str, float] = field(default_factory=dict)  # bid -> upper bound the suite DSO validated
@@ -178,6 +187,17 @@ class Trace:
     # market-operator sessions: what the suite's BSPs offered and its parties needed
     market_bids: dict[str, EnergyBid] = field(default_factory=dict)
     market_needs: dict[str, tuple[Party, FlexibilityNeed]] = field(default_factory=dict)  # need id -> (buyer, need)
+
+    @property
+    def watch(self) -> BrokerSpec:
+        """Where the recorder connects: the observer account, or the session's broker."""
+        return self.observer or self.broker
+
+    @property
+    def first_isp(self) -> datetime:
+        """ISP0, once the session has started (``isp0`` is None before)."""
+        assert self.isp0 is not None, "the session has not started"
+        return self.isp0
 
     @property
     def dn_dsos(self) -> set[str]:
@@ -189,8 +209,12 @@ class Trace:
         return [m for m in self.messages if m.valid]
 
     def of_type(self, type_name: str, to_role: str | None = None) -> list[Captured]:
-        return [m for m in self.valid if m.envelope.type == type_name
-                and (to_role is None or any(r.role == to_role for r in m.envelope.recipients))]  # fmt: skip
+        return [
+            m
+            for m in self.valid
+            if m.envelope.type == type_name
+            and (to_role is None or any(r.role == to_role for r in m.envelope.recipients))
+        ]
 
     def answer(self, probe: Probe) -> Captured | None:
         return next((m for m in self.messages if probe.is_answer(m)), None)
@@ -212,9 +236,10 @@ class Trace:
         return None
 
 
-def is_birth(device: Party):  # noqa: ANN201
-    return lambda m: (m.valid and m.envelope.type == "actor_state" and m.envelope.sender == device
-                      and m.body.status == "online")  # fmt: skip
+def is_birth(device: Party):
+    return lambda m: (
+        m.valid and m.envelope.type == "actor_state" and m.envelope.sender == device and m.body.status == "online"
+    )
 
 
 async def retained_copy(broker: BrokerSpec, topic: str, timeout_s: float = 2.0) -> bool:
@@ -248,26 +273,37 @@ class _Suite:
     async def start(self) -> bool:
         t = self.trace
         if await self.rec.wait_for(is_birth(t.device), self.timeout_s) is None:
-            t.aborted = (f"no retained actor_state 'online' from {t.device} within {self.timeout_s:g} s: is the "
-                         f"device connected to {t.broker.url}?")  # fmt: skip
+            t.aborted = (
+                f"no retained actor_state 'online' from {t.device} within {self.timeout_s:g} s: is the "
+                f"device connected to {t.broker.url}?"
+            )
             return False
         birth = await self.rec.wait_for(is_birth(t.device), 0)
-        t.birth_retained = await retained_copy(t.observer, birth.topic)
-        t.qos0_faithful = await qos0_delivered_as_qos0(t.observer, self.gw)
+        assert birth is not None  # seen just above
+        t.birth_retained = await retained_copy(t.watch, birth.topic)
+        t.qos0_faithful = await qos0_delivered_as_qos0(t.watch, self.gw)
         t.isp0 = isp_of(datetime.now(UTC)) + 2 * ISP
         t0 = t.isp0 - timedelta(seconds=60)
-        env = await self.gw.publish(SystemStateNotice(state=SystemState.NORMAL, area=self.scenario.tso.area,
-                                                      since=t0, reason=RUN_START), t.device)  # fmt: skip
+        env = await self.gw.publish(
+            SystemStateNotice(state=SystemState.NORMAL, area=self.scenario.tso.area, since=t0, reason=RUN_START),
+            t.device,
+        )
         self.clock = Clock(t0, t.speed, wall_origin=env.created_at.timestamp() + LEAD_S)
         t.run_start, t.run_wall_origin = t0, self.clock.wall_origin
         return True
 
-    async def probe(self, name: str, body: Body, answer_type: str, within_s: float, matches: Any = None,
-                    gw: Gateway | None = None) -> Probe:  # fmt: skip
+    async def probe(
+        self, name: str, body: Body, answer_type: str, within_s: float, matches: Any = None, gw: Gateway | None = None
+    ) -> Probe:
         gw = gw or self.gw
         msg_id = uuid.uuid4()
-        env = await gw.publish(body, self.trace.device, reply_to=topic_for(self.trace.device, answer_type, gw.me),
-                               message_id=msg_id, correlation_id=msg_id)  # fmt: skip
+        env = await gw.publish(
+            body,
+            self.trace.device,
+            reply_to=topic_for(self.trace.device, answer_type, gw.me),
+            message_id=msg_id,
+            correlation_id=msg_id,
+        )
         probe = Probe(name, env, body, int(env.created_at.timestamp() * 1e6), answer_type, within_s, matches)
         self.trace.probes.append(probe)
         return probe
@@ -289,23 +325,37 @@ class _Suite:
             result = trigger()
             if asyncio.iscoroutine(result):
                 await result
-        gone = await self.rec.wait_for(lambda m: (m.valid and m.envelope.type == "actor_state"
-                                                  and m.envelope.sender == t.device and m.body.status == "offline"),
-                                       wait_s, start)  # fmt: skip
+        gone = await self.rec.wait_for(
+            lambda m: (
+                m.valid
+                and m.envelope.type == "actor_state"
+                and m.envelope.sender == t.device
+                and m.body.status == "offline"
+            ),
+            wait_s,
+            start,
+        )
         t.watched_leaving = wait_s
         if gone is not None:
-            t.death_retained = gone.retain or await retained_copy(t.observer, gone.topic)
+            t.death_retained = gone.retain or await retained_copy(t.watch, gone.topic)
 
     async def heartbeat_probe(self) -> Probe:
         return await self.probe("heartbeat", Heartbeat(sent_at=datetime.now(UTC), interval_s=1.0), "heartbeat", 1.0)
 
 
-async def play_bsp(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
-                   timeout_s: float = 20.0, leave: Leave | None = None,
-                   observer: BrokerSpec | None = None) -> Trace:  # fmt: skip
+async def play_bsp(
+    device_id: str,
+    broker: BrokerSpec,
+    scenario: Scenario,
+    *,
+    speed: float = 1.0,
+    timeout_s: float = 20.0,
+    leave: Leave | None = None,
+    observer: BrokerSpec | None = None,
+) -> Trace:
     device, tso = Party(role="bsp", id=device_id), Party(role="tso", id=scenario.tso.id)
     period = scenario.setpoint_period_s
-    trace = Trace("bsp", device, tso, broker, speed, period)
+    trace = Trace("bsp", device, tso, broker, speed, period, scenario)
     suite = _Suite(trace, scenario, timeout_s)
     trace.observer = observer or broker
     async with Recorder(trace.observer, [f"{PREFIX}/bsp/{device_id}/#"]) as rec, _gateway(tso, device, broker) as gw:
@@ -317,10 +367,16 @@ async def play_bsp(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
             if msg.sender != device:
                 return
             trace.prequal_assets.update({a.asset_id: a for a in msg.body.assets})
-            verdicts = [AssetVerdict(asset_id=a.asset_id, qualified=True, validated_capacity_up_mw=a.capacity_up_mw,
-                                     validated_capacity_down_mw=a.capacity_down_mw,
-                                     checked_by="dso" if a.connection == Connection.DN else "tso")
-                        for a in msg.body.assets]  # fmt: skip
+            verdicts = [
+                AssetVerdict(
+                    asset_id=a.asset_id,
+                    qualified=True,
+                    validated_capacity_up_mw=a.capacity_up_mw,
+                    validated_capacity_down_mw=a.capacity_down_mw,
+                    checked_by="dso" if a.connection == Connection.DN else "tso",
+                )
+                for a in msg.body.assets
+            ]
             await gw.reply(msg, PrequalificationResult(bsp_id=msg.body.bsp_id, verdicts=verdicts))
 
         @gw.on(EnergyBid)
@@ -334,7 +390,7 @@ async def play_bsp(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
         if not await suite.start():
             return trace
         clock = suite.clock
-        await clock.sleep_until(trace.isp0)
+        await clock.sleep_until(trace.first_isp)
         ups: list[EnergyBid] = []
         deadline = asyncio.get_running_loop().time() + timeout_s
         while not ups and asyncio.get_running_loop().time() < deadline:  # late bids still let the session go on
@@ -371,13 +427,21 @@ async def _block(suite: _Suite, activated: EnergyBid) -> None:
         trace.no_block = f"no bid for ISP {trace.isp0:%H:%M} besides the activated {activated.bid_id}"
         return
     bid = others[0]
-    body = FlexActivation(activation_id=f"conformance-{uuid.uuid4().hex[:8]}", buyer_id="conformance",
-                          buyer_role="bsp", purpose="commercial", bid_id=bid.bid_id, bsp_id=bid.bsp_id,
-                          direction=bid.direction, isp_start=trace.isp0,
-                          activated_mw=round(min(BLOCK_MW, bid.quantity_mw / 4), 6),
-                          price_eur_per_mwh=bid.price_eur_per_mwh, assets=bid.assets)  # fmt: skip
+    body = FlexActivation(
+        activation_id=f"conformance-{uuid.uuid4().hex[:8]}",
+        buyer_id="conformance",
+        buyer_role="bsp",
+        purpose="commercial",
+        bid_id=bid.bid_id,
+        bsp_id=bid.bsp_id,
+        direction=bid.direction,
+        isp_start=trace.first_isp,
+        activated_mw=round(min(BLOCK_MW, bid.quantity_mw / 4), 6),
+        price_eur_per_mwh=bid.price_eur_per_mwh,
+        assets=bid.assets,
+    )
     topic = topic_for(BLOCK_BUYER, body.type_name, trace.device)
-    async with Recorder(trace.observer, [topic]) as rec, _gateway(BLOCK_BUYER, trace.device, trace.broker) as gw:
+    async with Recorder(trace.watch, [topic]) as rec, _gateway(BLOCK_BUYER, trace.device, trace.broker) as gw:
         env = await gw.publish(body, trace.device)
         passed = await rec.wait_for(lambda m: m.valid and m.envelope.message_id == env.message_id, BLOCK_WAIT_S)
     if passed is None:  # e.g. an access list that lets the suite's account speak only as the TSO
@@ -391,9 +455,16 @@ async def _activate(suite: _Suite, bid: EnergyBid) -> None:
     period = trace.period_s
     trace.activated = bid
     isp_bids = {b.body.bid_id: b.body for b in trace.bids if b.body.isp_start == trace.isp0}
-    acceptance = await gw.publish(OfferAcceptance(isp_start=trace.isp0, accepted=[
-        AcceptedOffer(bid_id=b.bid_id, direction=b.direction, upper_bound_mw=b.quantity_mw) for b in isp_bids.values()
-    ]), device)  # fmt: skip
+    acceptance = await gw.publish(
+        OfferAcceptance(
+            isp_start=trace.first_isp,
+            accepted=[
+                AcceptedOffer(bid_id=b.bid_id, direction=b.direction, upper_bound_mw=b.quantity_mw)
+                for b in isp_bids.values()
+            ],
+        ),
+        device,
+    )
     conversation = acceptance.message_id  # setpoints belong to the acceptance's conversation (as actors.tso)
     step = bid.ramp_rate_mw_per_min * period / 60  # MW per cycle at the declared ramp
     a = min(bid.quantity_mw / 2, max(rules.STEADY_MIN_MW, rules.ramp_step_mw(bid.ramp_rate_mw_per_min)))
@@ -414,17 +485,30 @@ async def _activate(suite: _Suite, bid: EnergyBid) -> None:
     for k in range(end + 1):
         instant = first + timedelta(seconds=k * period)
         await clock.sleep_until(instant)
-        if k == limit or k == termination:
-            await gw.publish(ActivationLimit(bsp_id=device.id, bid_id=bid.bid_id, direction=bid.direction,
-                                             max_mw=limit_mw if k == limit else 0.0, valid_from=instant,
-                                             reason="conformance: limit" if k == limit else "conformance: terminate"),
-                             device)  # fmt: skip
+        if k in (limit, termination):
+            await gw.publish(
+                ActivationLimit(
+                    bsp_id=device.id,
+                    bid_id=bid.bid_id,
+                    direction=bid.direction,
+                    max_mw=limit_mw if k == limit else 0.0,
+                    valid_from=instant,
+                    reason="conformance: limit" if k == limit else "conformance: terminate",
+                ),
+                device,
+            )
         target = min(a, step * (k + 1))
         is_expired = k == expired
         if is_expired:
             target = bid.quantity_mw
-        body = DeltaSetpoint(bsp_id=device.id, cycle=k, instant=instant, reference_mw=bid.reference_mw,
-                             delta_mw=target, bid_deltas_mw={bid.bid_id: target})  # fmt: skip
+        body = DeltaSetpoint(
+            bsp_id=device.id,
+            cycle=k,
+            instant=instant,
+            reference_mw=bid.reference_mw,
+            delta_mw=target,
+            bid_deltas_mw={bid.bid_id: target},
+        )
         if is_expired:  # built as if sent two periods ago: valid_until has passed on arrival
             env, payload = gw._build(body, device, valid_for_s=-2 * wall_period, correlation_id=conversation)
             await gw.publish_bytes(topic_for(gw.me, body.type_name, device), payload, qos=1)
@@ -453,12 +537,19 @@ def dso_profile(scenario: Scenario, device_id: str) -> Scenario:
     return Scenario.model_validate(data)
 
 
-async def play_dso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
-                   timeout_s: float = 20.0, leave: Leave | None = None,
-                   observer: BrokerSpec | None = None) -> Trace:  # fmt: skip
+async def play_dso(
+    device_id: str,
+    broker: BrokerSpec,
+    scenario: Scenario,
+    *,
+    speed: float = 1.0,
+    timeout_s: float = 20.0,
+    leave: Leave | None = None,
+    observer: BrokerSpec | None = None,
+) -> Trace:
     device, tso = Party(role="dso", id=device_id), Party(role="tso", id=scenario.tso.id)
     profile = dso_profile(scenario, device_id)
-    trace = Trace("dso", device, tso, broker, speed, scenario.setpoint_period_s)
+    trace = Trace("dso", device, tso, broker, speed, scenario.setpoint_period_s, profile)
     suite = _Suite(trace, profile, timeout_s)
     trace.observer = observer or broker
     async with Recorder(trace.observer, [f"{PREFIX}/dso/{device_id}/#"]) as rec, _gateway(tso, device, broker) as gw:
@@ -471,26 +562,50 @@ async def play_dso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
         if not await suite.start():
             return trace
         await rec.wait_for(lambda m: m.type == "forecast", suite.timeout_s)
-        assets = [asset_data(a) for b in profile.bsps for a in b.assets
-                  if a.connection == Connection.DN and a.dso_id == device_id]  # fmt: skip
+        assets = [
+            asset_data(a)
+            for b in profile.bsps
+            for a in b.assets
+            if a.connection == Connection.DN and a.dso_id == device_id
+        ]
         if not assets:
             trace.aborted = f"the scenario has no DN asset in the grid of {device_id}: pass --scenario with one"
             return trace
         bsp_id = next(b.id for b in profile.bsps if any(a.dso_id == device_id for a in b.assets))
-        p = await suite.probe("prequalification", PrequalificationForward(bsp_id=bsp_id, dso_id=device_id,
-                              assets=assets), "prequalification_result", 5.0)  # fmt: skip
+        p = await suite.probe(
+            "prequalification",
+            PrequalificationForward(bsp_id=bsp_id, dso_id=device_id, assets=assets),
+            "prequalification_result",
+            5.0,
+        )
         await suite.answered(p)
-        trace.mol = mol = _mol(profile, trace.isp0)
-        p = await suite.probe("mol", mol, "mol_validation", 2.0,
-                              lambda m: m.body.mol_id == mol.mol_id and m.body.iteration == mol.iteration)
+        trace.mol = mol = _mol(profile, trace.first_isp)
+        p = await suite.probe(
+            "mol",
+            mol,
+            "mol_validation",
+            2.0,
+            lambda m: m.body.mol_id == mol.mol_id and m.body.iteration == mol.iteration,
+        )
         await suite.answered(p)
         again = mol.model_copy(update={"iteration": 2})  # the TSO re-sends until the list is accepted
-        p = await suite.probe("mol-2", again, "mol_validation", 2.0,
-                              lambda m: m.body.mol_id == again.mol_id and m.body.iteration == 2)
+        p = await suite.probe(
+            "mol-2", again, "mol_validation", 2.0, lambda m: m.body.mol_id == again.mol_id and m.body.iteration == 2
+        )
         await suite.answered(p)
-        p = await suite.probe("curtailment", CurtailmentRequest(dso_id=device_id, target="load", amount_mw=3,
-                              start=suite.clock.now(), duration_s=600, state=SystemState.ALERT),
-                              "curtailment_response", 5.0)  # fmt: skip
+        p = await suite.probe(
+            "curtailment",
+            CurtailmentRequest(
+                dso_id=device_id,
+                target="load",
+                amount_mw=3,
+                start=suite.clock.now(),
+                duration_s=600,
+                state=SystemState.ALERT,
+            ),
+            "curtailment_response",
+            5.0,
+        )
         await suite.answered(p)
         p = await suite.heartbeat_probe()
         await suite.answered(p)
@@ -519,24 +634,49 @@ def _consume_inbox(gw: Gateway) -> None:
 
 
 def _mol(profile: Scenario, isp: datetime) -> MeritOrderList:
-    entries: list[tuple[Direction, float, MolEntry]] = []
+    entries: list[tuple[Direction, float, dict[str, Any]]] = []
     for b in profile.bsps:
         assets = {a.asset_id: a for a in b.assets}
         for bid in b.bids:
-            entries.append((bid.code, bid.price_eur_per_mwh, dict(
-                bid_id=bid.bid_id, bsp_id=b.id, direction=bid.code, price_eur_per_mwh=bid.price_eur_per_mwh,
-                quantity_mw=bid.quantity_mw, upper_bound_mw=bid.quantity_mw, assets=bid_assets(bid, assets))))
-    entries.append((Direction.UP, 999.0, dict(
-        bid_id="conformance-tn-up", bsp_id="conformance", direction=Direction.UP, price_eur_per_mwh=999.0,
-        quantity_mw=5.0, upper_bound_mw=5.0,
-        assets=[BidAsset(asset_id="conformance-tn", connection=Connection.TN, share_mw=5.0)])))  # fmt: skip
+            entries.append(
+                (
+                    bid.code,
+                    bid.price_eur_per_mwh,
+                    dict(
+                        bid_id=bid.bid_id,
+                        bsp_id=b.id,
+                        direction=bid.code,
+                        price_eur_per_mwh=bid.price_eur_per_mwh,
+                        quantity_mw=bid.quantity_mw,
+                        upper_bound_mw=bid.quantity_mw,
+                        assets=bid_assets(bid, assets),
+                    ),
+                )
+            )
+    entries.append(
+        (
+            Direction.UP,
+            999.0,
+            dict(
+                bid_id="conformance-tn-up",
+                bsp_id="conformance",
+                direction=Direction.UP,
+                price_eur_per_mwh=999.0,
+                quantity_mw=5.0,
+                upper_bound_mw=5.0,
+                assets=[BidAsset(asset_id="conformance-tn", connection=Connection.TN, share_mw=5.0)],
+            ),
+        )
+    )
     entries.sort(key=lambda e: (e[0], e[1]))
-    out, rank = [], {}
+    out: list[MolEntry] = []
+    rank: dict[Direction, int] = {}
     for direction, _, entry in entries:
         rank[direction] = rank.get(direction, 0) + 1
         out.append(MolEntry(rank=rank[direction], **entry))
-    return MeritOrderList(mol_id=f"conformance-{uuid.uuid4().hex[:8]}", process=ProcessType.AFRR, isp_start=isp,
-                          iteration=1, bids=out)  # fmt: skip
+    return MeritOrderList(
+        mol_id=f"conformance-{uuid.uuid4().hex[:8]}", process=ProcessType.AFRR, isp_start=isp, iteration=1, bids=out
+    )
 
 
 TSO_SCRIPT = """
@@ -560,9 +700,16 @@ QUALIFIED_SHARE = 0.8  # ... and qualifies DN assets for this share of their upw
 LIMIT_SHARE = 0.25  # ... and limits the most activated one to this share in real time
 
 
-async def play_tso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
-                   timeout_s: float = 20.0, leave: Leave | None = None,
-                   observer: BrokerSpec | None = None) -> Trace:  # fmt: skip
+async def play_tso(
+    device_id: str,
+    broker: BrokerSpec,
+    scenario: Scenario,
+    *,
+    speed: float = 1.0,
+    timeout_s: float = 20.0,
+    leave: Leave | None = None,
+    observer: BrokerSpec | None = None,
+) -> Trace:
     from actors.bsp import (
         BSP,  # the suite's BSP is the testbed's own (imported here: the others need not)
     )
@@ -571,7 +718,7 @@ async def play_tso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
     scenario = scenario.model_copy(update={"tso": scenario.tso.model_copy(update={"id": device_id})})
     dso_cfg, bsp_cfg = scenario.dsos[0], scenario.bsps[0]
     dso, bsp = Party(role="dso", id=dso_cfg.id), Party(role="bsp", id=bsp_cfg.id)
-    trace = Trace("tso", device, device, broker, speed, scenario.setpoint_period_s, scenario=scenario)
+    trace = Trace("tso", device, device, broker, speed, scenario.setpoint_period_s, scenario)
     trace.observer = observer or broker
     quantity = {b.bid_id: b.quantity_mw for b in bsp_cfg.bids}
     loop = asyncio.get_running_loop()
@@ -589,11 +736,17 @@ async def play_tso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
     @gw_dso.on(PrequalificationForward)
     async def forward(msg: Received[PrequalificationForward]) -> None:
         trace.forwards.append(msg)
-        verdicts = [AssetVerdict(asset_id=a.asset_id, qualified=True, checked_by="dso",
-                                 validated_capacity_up_mw=round(QUALIFIED_SHARE * a.capacity_up_mw, 6),
-                                 validated_capacity_down_mw=a.capacity_down_mw,
-                                 reason=f"conformance: hosting capacity {QUALIFIED_SHARE:.0%} of the asked")
-                    for a in msg.body.assets]  # fmt: skip
+        verdicts = [
+            AssetVerdict(
+                asset_id=a.asset_id,
+                qualified=True,
+                checked_by="dso",
+                validated_capacity_up_mw=round(QUALIFIED_SHARE * a.capacity_up_mw, 6),
+                validated_capacity_down_mw=a.capacity_down_mw,
+                reason=f"conformance: hosting capacity {QUALIFIED_SHARE:.0%} of the asked",
+            )
+            for a in msg.body.assets
+        ]
         trace.dso_verdicts.update({v.asset_id: v for v in verdicts})
         await gw_dso.reply(msg, PrequalificationResult(bsp_id=msg.body.bsp_id, verdicts=verdicts))
 
@@ -604,11 +757,18 @@ async def play_tso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
             if any(a.connection == Connection.DN and a.dso_id == dso.id for a in e.assets):
                 upper = min(e.upper_bound_mw, round(VALIDATED_SHARE * e.quantity_mw, 6))
                 trace.validated[e.bid_id] = min(trace.validated.get(e.bid_id, upper), upper)
-                results.append(BidValidation(bid_id=e.bid_id, status=BidStatus.LIMITED, upper_bound_mw=upper,
-                                             limiting_element="line:conformance",
-                                             reason="conformance: the suite's DSO limit"))  # fmt: skip
-        await gw_dso.reply(msg, MolValidation(mol_id=msg.body.mol_id, iteration=msg.body.iteration,
-                                              dso_id=dso.id, results=results))  # fmt: skip
+                results.append(
+                    BidValidation(
+                        bid_id=e.bid_id,
+                        status=BidStatus.LIMITED,
+                        upper_bound_mw=upper,
+                        limiting_element="line:conformance",
+                        reason="conformance: the suite's DSO limit",
+                    )
+                )
+        await gw_dso.reply(
+            msg, MolValidation(mol_id=msg.body.mol_id, iteration=msg.body.iteration, dso_id=dso.id, results=results)
+        )
 
     @gw_dso.on(CurtailmentRequest)
     async def curtail(msg: Received[CurtailmentRequest]) -> None:
@@ -625,18 +785,26 @@ async def play_tso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
         try:
             since, origin = await asyncio.wait_for(started, timeout_s)
         except TimeoutError:
-            trace.aborted = f"no 'run start' system_state from {device} within {timeout_s:g} s of its peers going online"
+            trace.aborted = (
+                f"no 'run start' system_state from {device} within {timeout_s:g} s of its peers going online"
+            )
             return trace
         birth = await rec.wait_for(is_birth(device), 0)
-        trace.birth_retained = await retained_copy(trace.observer, birth.topic)
-        trace.qos0_faithful = await qos0_delivered_as_qos0(trace.observer, gw_dso)
+        assert birth is not None  # the peers went online before the run start
+        trace.birth_retained = await retained_copy(trace.watch, birth.topic)
+        trace.qos0_faithful = await qos0_delivered_as_qos0(trace.watch, gw_dso)
         suite.clock = clock = Clock(since, speed, wall_origin=origin)
         trace.run_start, trace.run_wall_origin, trace.isp0 = since, origin, scenario.isps()[0]
         bsp_actor = BSP(gw_bsp, clock, scenario, bsp_cfg)
         _consume_inbox(gw_bsp)
         assets = [asset_data(a) for a in bsp_cfg.assets]
-        p = await suite.probe("prequalification", PrequalificationRequest(bsp_id=bsp.id, assets=assets),
-                              "prequalification_result", 10.0, gw=gw_bsp)  # fmt: skip
+        p = await suite.probe(
+            "prequalification",
+            PrequalificationRequest(bsp_id=bsp.id, assets=assets),
+            "prequalification_result",
+            10.0,
+            gw=gw_bsp,
+        )
         answer = await suite.answered(p)
         if answer is None:
             trace.aborted = f"no prequalification_result from {device} within {timeout_s:g} s"
@@ -656,9 +824,17 @@ async def play_tso(device_id: str, broker: BrokerSpec, scenario: Scenario, *, sp
         if dn_bids:
             bid = dn_bids[0]
             max_mw = round(LIMIT_SHARE * quantity[bid], 6)
-            env = await gw_dso.publish(TerminationSignal(dso_id=dso.id, bid_id=bid, action="limit", max_mw=max_mw,
-                                                         limiting_element="line:conformance",
-                                                         reason="conformance: real-time limit"), device)  # fmt: skip
+            env = await gw_dso.publish(
+                TerminationSignal(
+                    dso_id=dso.id,
+                    bid_id=bid,
+                    action="limit",
+                    max_mw=max_mw,
+                    limiting_element="line:conformance",
+                    reason="conformance: real-time limit",
+                ),
+                device,
+            )
             trace.termination = (bid, max_mw, int(env.created_at.timestamp() * 1e6))
         await clock.sleep_until(scenario.end + timedelta(seconds=2 * scenario.setpoint_period_s))
         await asyncio.sleep(0.5)
@@ -688,36 +864,75 @@ SESSION_SCRIPTS["mo"] = MO_SCRIPT
 MO_DN_BOUND_MW = 6.0  # the suite DSO limits the DN up bid to this
 
 
-def mo_market(device_id: str, dso_id: str, tso_id: str, isp: datetime) -> tuple[list[EnergyBid], list[tuple[Party, FlexibilityNeed]]]:
+def mo_market(
+    device_id: str, dso_id: str, tso_id: str, isp: datetime
+) -> tuple[list[EnergyBid], list[tuple[Party, FlexibilityNeed]]]:
     """The bids and needs a market-operator session offers (MO_SCRIPT step 3)."""
     tn, dn, commercial = f"{device_id}-tn"[:64], f"{device_id}-dn"[:64], f"{device_id}-c"[:64]
 
     def bid(bsp: str, name: str, direction: Direction, mw: float, price: float, asset: BidAsset) -> EnergyBid:
-        return EnergyBid(bid_id=f"{bsp}-{name}"[:64], bsp_id=bsp, process=ProcessType.AFRR, direction=direction,
-                         isp_start=isp, quantity_mw=mw, price_eur_per_mwh=price, ramp_rate_mw_per_min=2.0,
-                         assets=[asset.model_copy(update={"share_mw": mw})])  # fmt: skip
+        return EnergyBid(
+            bid_id=f"{bsp}-{name}"[:64],
+            bsp_id=bsp,
+            process=ProcessType.AFRR,
+            direction=direction,
+            isp_start=isp,
+            quantity_mw=mw,
+            price_eur_per_mwh=price,
+            ramp_rate_mw_per_min=2.0,
+            assets=[asset.model_copy(update={"share_mw": mw})],
+        )
 
     tn_asset = BidAsset(asset_id=f"{tn}-plant"[:64], connection=Connection.TN, share_mw=1.0)
     dn_asset = BidAsset(asset_id=f"{dn}-park"[:64], connection=Connection.DN, dso_id=dso_id, share_mw=1.0)
-    bids = [bid(tn, "up40", Direction.UP, 3.0, 40.0, tn_asset), bid(tn, "up80", Direction.UP, 10.0, 80.0, tn_asset),
-            bid(dn, "up50", Direction.UP, 10.0, 50.0, dn_asset), bid(dn, "down30", Direction.DOWN, 4.0, 30.0, dn_asset)]
+    bids = [
+        bid(tn, "up40", Direction.UP, 3.0, 40.0, tn_asset),
+        bid(tn, "up80", Direction.UP, 10.0, 80.0, tn_asset),
+        bid(dn, "up50", Direction.UP, 10.0, 50.0, dn_asset),
+        bid(dn, "down30", Direction.DOWN, 4.0, 30.0, dn_asset),
+    ]
     needs = [
-        (Party(role="tso", id=tso_id), FlexibilityNeed(need_id=f"{tso_id}-balancing"[:64], buyer_id=tso_id,
-                                                        kind="balancing", isp_start=isp, direction=Direction.UP,
-                                                        quantity=8.0, max_price_eur_per_mwh=200.0)),
-        (Party(role="bsp", id=commercial), FlexibilityNeed(need_id=f"{commercial}-need"[:64], buyer_id=commercial,
-                                                           kind="commercial", isp_start=isp, direction=Direction.UP,
-                                                           quantity=2.0, max_price_eur_per_mwh=60.0)),
-    ]  # fmt: skip
+        (
+            Party(role="tso", id=tso_id),
+            FlexibilityNeed(
+                need_id=f"{tso_id}-balancing"[:64],
+                buyer_id=tso_id,
+                kind="balancing",
+                isp_start=isp,
+                direction=Direction.UP,
+                quantity=8.0,
+                max_price_eur_per_mwh=200.0,
+            ),
+        ),
+        (
+            Party(role="bsp", id=commercial),
+            FlexibilityNeed(
+                need_id=f"{commercial}-need"[:64],
+                buyer_id=commercial,
+                kind="commercial",
+                isp_start=isp,
+                direction=Direction.UP,
+                quantity=2.0,
+                max_price_eur_per_mwh=60.0,
+            ),
+        ),
+    ]
     return bids, needs
 
 
-async def play_mo(device_id: str, broker: BrokerSpec, scenario: Scenario, *, speed: float = 1.0,
-                  timeout_s: float = 20.0, leave: Leave | None = None,
-                  observer: BrokerSpec | None = None) -> Trace:  # fmt: skip
+async def play_mo(
+    device_id: str,
+    broker: BrokerSpec,
+    scenario: Scenario,
+    *,
+    speed: float = 1.0,
+    timeout_s: float = 20.0,
+    leave: Leave | None = None,
+    observer: BrokerSpec | None = None,
+) -> Trace:
     device, tso = Party(role="mo", id=device_id), Party(role="tso", id=scenario.tso.id)
     dso = Party(role="dso", id=scenario.dsos[0].id)
-    trace = Trace("mo", device, tso, broker, speed, scenario.setpoint_period_s, scenario=scenario)
+    trace = Trace("mo", device, tso, broker, speed, scenario.setpoint_period_s, scenario)
     suite = _Suite(trace, scenario, timeout_s)
     trace.observer = observer or broker
     gw_dso = _gateway(dso, device, broker)
@@ -730,17 +945,28 @@ async def play_mo(device_id: str, broker: BrokerSpec, scenario: Scenario, *, spe
         for e in msg.body.bids:
             if e.direction == Direction.UP and any(a.connection == Connection.DN for a in e.assets):
                 upper = min(e.upper_bound_mw, MO_DN_BOUND_MW)
-                results.append(BidValidation(bid_id=e.bid_id, status=BidStatus.LIMITED, upper_bound_mw=upper,
-                                             limiting_element="line:conformance",
-                                             reason="conformance: the suite's DSO limit"))  # fmt: skip
+                results.append(
+                    BidValidation(
+                        bid_id=e.bid_id,
+                        status=BidStatus.LIMITED,
+                        upper_bound_mw=upper,
+                        limiting_element="line:conformance",
+                        reason="conformance: the suite's DSO limit",
+                    )
+                )
             else:
                 upper = e.upper_bound_mw
                 results.append(BidValidation(bid_id=e.bid_id, status=BidStatus.ACCEPTED, upper_bound_mw=upper))
             trace.validated[e.bid_id] = upper
-        await gw_dso.reply(msg, MolValidation(mol_id=msg.body.mol_id, iteration=msg.body.iteration, dso_id=dso.id,
-                                              results=results))  # fmt: skip
+        await gw_dso.reply(
+            msg, MolValidation(mol_id=msg.body.mol_id, iteration=msg.body.iteration, dso_id=dso.id, results=results)
+        )
 
-    async with Recorder(trace.observer, [f"{PREFIX}/mo/{device_id}/#"]) as rec, _gateway(tso, device, broker) as gw, gw_dso:
+    async with (
+        Recorder(trace.observer, [f"{PREFIX}/mo/{device_id}/#"]) as rec,
+        _gateway(tso, device, broker) as gw,
+        gw_dso,
+    ):
         suite.rec, suite.gw = rec, gw
         trace.messages = rec.messages
         _collect_rejections(gw, trace)
@@ -750,12 +976,16 @@ async def play_mo(device_id: str, broker: BrokerSpec, scenario: Scenario, *, spe
         if not await suite.start():
             return trace
         p = await suite.heartbeat_probe()
-        bids, needs = mo_market(device_id, dso.id, tso.id, trace.isp0)
+        bids, needs = mo_market(device_id, dso.id, tso.id, trace.first_isp)
         trace.market_bids = {b.bid_id: b for b in bids}
         trace.market_needs = {n.need_id: (party, n) for party, n in needs}
-        parties = {b.bsp_id: Party(role="bsp", id=b.bsp_id) for b in bids} | {p.id: p for p, _ in needs if p.role == "bsp"}
+        parties = {b.bsp_id: Party(role="bsp", id=b.bsp_id) for b in bids} | {
+            p.id: p for p, _ in needs if p.role == "bsp"
+        }
         async with contextlib.AsyncExitStack() as stack:
-            gws = {pid: await stack.enter_async_context(_gateway(party, device, broker)) for pid, party in parties.items()}
+            gws = {
+                pid: await stack.enter_async_context(_gateway(party, device, broker)) for pid, party in parties.items()
+            }
             for g in gws.values():
                 _collect_rejections(g, trace)
                 _consume_inbox(g)
@@ -764,7 +994,7 @@ async def play_mo(device_id: str, broker: BrokerSpec, scenario: Scenario, *, spe
             for party, n in needs:
                 await (gw if party.role == "tso" else gws[party.id]).publish(n, device)
             await suite.answered(p)
-            await suite.clock.sleep_until(trace.isp0 + timedelta(seconds=trace.period_s))
+            await suite.clock.sleep_until(trace.first_isp + timedelta(seconds=trace.period_s))
             p = await suite.probe("heartbeat-2", Heartbeat(sent_at=datetime.now(UTC), interval_s=1.0), "heartbeat", 1.0)
             await suite.answered(p)
             await asyncio.sleep(0.3)
