@@ -202,13 +202,14 @@ class BSP(Actor):
         ]
         await self.gw.publish(Schedule(kind="day_ahead", start=start, series=series), self.tso)
 
-    async def send_bids(self) -> None:
-        """One bid per configured bid and ISP whose gate has not closed (an ISP already begun is
-        skipped: ``actors.rules.GATE_CLOSURE``), with qualified assets only."""
+    async def send_bids(self, isps: list[datetime] | None = None) -> None:
+        """One bid per configured bid and ISP, with qualified assets only: for ``isps``, by default
+        the scenario's ISPs whose gate has not closed (one already begun is skipped:
+        ``actors.rules.GATE_CLOSURE``)."""
         by_id = {a.asset_id: a for a in self.config.assets}
-        for isp in self.scenario.isps():
-            if not rules.bid_in_time(isp, self.clock.now()):
-                continue
+        if isps is None:
+            isps = [isp for isp in self.scenario.isps() if rules.bid_in_time(isp, self.clock.now())]
+        for isp in isps:
             for bid in self.config.bids:
                 if not set(bid.assets) <= self.qualified:
                     self.log.warning("bid not sent: an asset is not prequalified", bid=bid.bid_id)

@@ -95,6 +95,7 @@ class DSO(Actor):
         self.asset_bids: dict[str, dict[str, tuple[float, float, Direction]]] = {}  # asset -> bid -> (share, q, dir)
         self.validated: dict[str, float] = {}  # bid id -> upper bound from the last validation
         self.limited_in_real_time: dict[str, float] = {}
+        self._element_buses: dict[str, tuple[int, float]] = {}  # element -> (bus, sign)
         self.over_delivery: dict[str, tuple[datetime, float]] = {}  # bid -> last measured over-delivery (when, MW)
         self.loading: list[tuple[datetime, str, float]] = []  # (instant, most loaded element, %)
         self.congestion_s = 0.0
@@ -125,10 +126,14 @@ class DSO(Actor):
     # --- grid state -------------------------------------------------------------------------
 
     def _element_bus(self, element: str) -> tuple[int, float]:
-        """Bus of 'sgen:<name>' / 'load:<name>' and the sign of a +1 MW change as an injection."""
-        table, name = element.split(":", 1)
-        idx = grids.element_index(self.net, table, name)
-        return int(self.net[table].bus.at[idx]), (1.0 if table == "sgen" else -1.0)
+        """Bus of 'sgen:<name>' / 'load:<name>' and the sign of a +1 MW change as an injection (the
+        grid's topology does not change in a run: looked up once per element)."""
+        found = self._element_buses.get(element)
+        if found is None:
+            table, name = element.split(":", 1)
+            idx = grids.element_index(self.net, table, name)
+            found = self._element_buses[element] = (int(self.net[table].bus.at[idx]), 1.0 if table == "sgen" else -1.0)
+        return found
 
     def event_injections(self, t: datetime, *, forecast: bool) -> dict[int, float]:
         """Conditions and redispatch active at ``t`` (and, in real time, the changes nobody

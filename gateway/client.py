@@ -50,6 +50,7 @@ from gateway.connection import BrokerSpec
 from gateway.exchange_log import ExchangeLog, LogRow, now_us
 from gateway.links import LinkConditions
 from gateway.policy import DELIVERY_POLICY, DeliveryPolicy
+from gateway.traffic import Traffic
 from schemas import signing
 from schemas.codes import RejectReason
 from schemas.envelope import SCHEMA_VERSION, Envelope, Party
@@ -226,6 +227,7 @@ class Gateway:
         signing_key: SigningKey | None = None,
         trust: Trust | None = None,
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+        traffic: Traffic | None = None,
     ):
         self.me = me
         self.broker = BrokerSpec.parse(broker) if isinstance(broker, str) else broker
@@ -278,6 +280,10 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_topic = topic_for(me, ActorState.type_name, ALL)
         self._expiry_properties: dict[int, PublishProperties] = {}
+        # who watches the messages in flight in this process (a virtual clock), and the handler tasks
+        # the arrival being handled has started
+        self.traffic = traffic
+        self._started: list[asyncio.Task[Any]] | None = None
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -534,7 +540,16 @@ class Gateway:
             if delay > 0:  # in transit on a slow link: sent later, the sender goes on
                 self._spawn(self._send_later(delay, env, topic, payload, policy, props))
                 return env
-        sent_us, dropped = await self._send(topic, payload, policy, props, valid_until_us)
+        if self.traffic is not None:
+            self.traffic.expect(str(env.message_id), to, self.me)
+        try:
+            sent_us, dropped = await self._send(topic, payload, policy, props, valid_until_us)
+        except BaseException:
+            if self.traffic is not None:
+                self.traffic.cancel(str(env.message_id))
+            raise
+        if dropped and self.traffic is not None:
+            self.traffic.cancel(str(env.message_id))
         self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
         return env
 
@@ -725,6 +740,8 @@ class Gateway:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        if self._started is not None:
+            self._started.append(task)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -735,18 +752,44 @@ class Gateway:
     def _on_message(self, message: aiomqtt.Message) -> None:
         """One message, in isolation: nothing it contains may stop the loop that receives the next."""
         received_us = self.now_us()
+        message_id: str | None = None
+        started: list[asyncio.Task[Any]] = []
+        self._started = started
         try:
             topic = message.topic.value
             payload = message.payload if isinstance(message.payload, bytes) else bytes(str(message.payload), "utf-8")
             try:
                 msg = self.check.check(topic, payload, received_us, retained=bool(message.retain))
             except Rejected as rej:
+                message_id = str(rej.envelope.message_id) if rej.envelope is not None else None
                 self._on_rejected(rej, len(payload), message.qos, received_us)
                 return
+            message_id = str(msg.envelope.message_id)
             self._deliver(msg, message.qos)
         except Exception as exc:
             self.stats["failed"] += 1
             self.log.error("message handling failed", error=repr(exc)[:300], exc_info=exc)
+        finally:
+            self._started = None
+            if self.traffic is not None and message_id is not None and not message.retain:
+                self._handled_when_done(message_id, started)
+
+    def _handled_when_done(self, message_id: str, tasks: list[asyncio.Task[Any]]) -> None:
+        """Tell ``traffic`` the arrival is handled once every handler task it started has returned."""
+        traffic = self.traffic
+        assert traffic is not None
+        if not tasks:
+            traffic.handled(message_id)
+            return
+        left = [len(tasks)]
+
+        def one_done(_: asyncio.Task[Any]) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                traffic.handled(message_id)
+
+        for task in tasks:
+            task.add_done_callback(one_done)
 
     def _deliver(self, msg: Received[Any], qos: int) -> None:
         topic = msg.topic

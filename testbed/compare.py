@@ -150,7 +150,7 @@ def write_report(comparison: dict[str, Any], out: Path) -> Path:
 <style>body{{font-family:sans-serif;max-width:1300px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}</style>
 </head><body><h1>{html.escape(comparison["scenario"])}: the six coordination schemes (CS review Table I)</h1>
-<p>Broker: {html.escape(comparison["broker"])}; speed {comparison["speed"]}x; run directories under {html.escape(str(out))}.</p>
+<p>Broker: {html.escape(comparison["broker"])}; speed {comparison["speed"]}{"" if comparison["speed"] == "virtual" else "x"}; run directories under {html.escape(str(out))}.</p>
 <table><tr><th></th>{head}</tr>{body}</table>
 <img alt="comparison" src="data:image/png;base64,{base64.b64encode(png).decode()}"/></body></html>"""
     path = out / "comparison.html"
@@ -165,6 +165,7 @@ async def compare(
     *,
     schemes: Sequence[str] = SCHEMES,
     speed: float = 50.0,
+    virtual: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario`` once per scheme, each on a fresh broker of kind ``broker`` (or the URL),
@@ -180,7 +181,7 @@ async def compare(
         t0 = time.time()
         with start_broker(broker, data_dir=run_dir / "broker") as running:
             summary = await run_scenario(
-                scenario.model_copy(update={"coordination": scheme}), running.url, run_dir, speed=speed
+                scenario.model_copy(update={"coordination": scheme}), running.url, run_dir, speed=speed, virtual=virtual
             )
         wall[scheme] = round(time.time() - t0, 1)
         row = {k: v for k, v in summary["schemes"].items() if k != "market_results"}
@@ -189,7 +190,13 @@ async def compare(
         for key in ("setpoints_missed", "setpoints_expired", "setpoints_lost"):
             row[key] = summary[key]
         rows[scheme] = row
-    comparison = {"scenario": scenario.name, "broker": broker, "speed": speed, "wall_clock_s": wall, "schemes": rows}
+    comparison = {
+        "scenario": scenario.name,
+        "broker": broker,
+        "speed": "virtual" if virtual else speed,
+        "wall_clock_s": wall,
+        "schemes": rows,
+    }
     (out / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
     write_report(comparison, out)
     return comparison

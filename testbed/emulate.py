@@ -151,7 +151,7 @@ class EmulatedBSP(BSP):
         await self.prequalify()
         await self.send_schedule()
         await self.clock.sleep_until(self.scenario.isps()[0] + timedelta(seconds=self.scenario.setpoint_period_s))
-        await self.send_bids()
+        await self.send_bids(self.scenario.isps())  # the first ISP's too, after its gate closed
 
     async def on_limit(self, msg: Received[ActivationLimit]) -> None:
         if self.fault != "ignore-limit":

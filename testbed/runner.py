@@ -22,24 +22,40 @@ from actors.tso import TSO
 from gateway import ExchangeLog, Gateway, LinkConditions, LinkImpairment
 from gateway.logs import configure_logging
 from schemas.envelope import Party
-from testbed.clock import Clock
-from testbed.scenario import dump_scenario
+from testbed.clock import Clock, VirtualClock
+from testbed.scenario import ScenarioError, dump_scenario
 from testbed.security import ephemeral
 from testbed.stalls import LoopWatch
 from testbed.summary import summarize, timeseries
 
 
 async def run_scenario(
-    scenario: Scenario, broker_url: str, out: Path, *, speed: float = 50.0, progress: Any = None
+    scenario: Scenario,
+    broker_url: str,
+    out: Path,
+    *,
+    speed: float = 50.0,
+    virtual: bool = False,
+    progress: Any = None,
 ) -> dict[str, Any]:
-    """Run ``scenario`` to its end and return the summary (also written to ``out/summary.json``)."""
+    """Run ``scenario`` to its end and return the summary (also written to ``out/summary.json``).
+
+    Paced (``speed`` scenario seconds per wall second), or ``virtual``: scenario time advances when
+    every actor has finished and every message is handled (``testbed.clock.VirtualClock``), as fast
+    as the actors compute, with the same outcome every time."""
+    if virtual and scenario.links:
+        raise ScenarioError(
+            "link conditions (delay, jitter, drop, outages) are wall-clock impairments: run them paced "
+            "(--speed), not in virtual time"
+        )
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("exchange.sqlite", "exchange.sqlite-wal", "exchange.sqlite-shm", "events.jsonl"):
         (out / stale).unlink(missing_ok=True)
     dump_scenario(scenario, out / "scenario.yaml")
     configure_logging(out / "events.jsonl")
     run_id = f"{scenario.name}-{scenario.coordination}-{uuid.uuid4().hex[:6]}"
-    clock = Clock(scenario.start, speed)
+    clock: Clock | VirtualClock = VirtualClock(scenario.start) if virtual else Clock(scenario.start, speed)
+    traffic = clock if isinstance(clock, VirtualClock) else None
     wall_start = time.time()
     keys, trust = ephemeral(scenario)  # every actor signs with its own key and checks everyone's
     with ExchangeLog(out / "exchange.sqlite", run_id=run_id) as log:
@@ -47,6 +63,8 @@ async def run_scenario(
 
             async def gateway(role: str, actor_id: str) -> Gateway:
                 party = Party.of(role, actor_id)
+                if traffic is not None:
+                    traffic.join(party)
                 return await stack.enter_async_context(
                     Gateway(
                         party,
@@ -55,6 +73,7 @@ async def run_scenario(
                         signing_key=keys[str(party)],
                         trust=trust,
                         max_clock_skew_s=scenario.security.max_clock_skew_s,
+                        traffic=traffic,
                     )
                 )
 
@@ -70,23 +89,33 @@ async def run_scenario(
             # stalls the loop for ~100 ms, longer than an accelerated setpoint lives. Freeze it.
             gc.collect()
             gc.freeze()
-            clock.wall_origin = time.time() + 0.2  # every actor is connected: scenario time starts now
-            conditions = link_conditions(scenario, clock)
-            for actor in (tso, *dsos, *bsps, *markets):
-                actor.gw.links = conditions
-            tasks = [
-                asyncio.create_task(a.gw.guard(a.run()), name=f"{type(a).__name__}")
-                for a in (tso, *dsos, *bsps, *markets)
-            ]
+            actors = (tso, *dsos, *bsps, *markets)
+            if isinstance(clock, Clock):
+                clock.wall_origin = time.time() + 0.2  # every actor is connected: scenario time starts now
+                conditions = link_conditions(scenario, clock)
+                for actor in actors:
+                    actor.gw.links = conditions
+            else:
+                await clock.settled()  # the actors' presence is handled before time starts
+            tasks = []
+            for a in actors:
+                work = asyncio.ensure_future(a.run())
+                if isinstance(clock, VirtualClock):
+                    clock.attach(work)  # time waits for each actor's run until it asks for time
+                tasks.append(asyncio.create_task(a.gw.guard(work), name=f"{type(a).__name__}"))
+            coordinator = asyncio.create_task(clock.run()) if isinstance(clock, VirtualClock) else None
             shown = asyncio.create_task(progress(clock, scenario)) if progress is not None else None
             watch = LoopWatch(clock)
             watching = asyncio.create_task(watch.run())
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in [*pending, watching, *([shown] if shown else [])]:
+            for task in [*pending, watching, *([shown] if shown else []), *([coordinator] if coordinator else [])]:
                 task.cancel()
             for task in done:
                 task.result()  # an actor that failed fails the run, loudly
-            await asyncio.sleep(clock.wall_seconds(scenario.setpoint_period_s))  # last answers arrive
+            if isinstance(clock, VirtualClock):
+                await clock.settled()  # last answers handled
+            else:
+                await asyncio.sleep(clock.wall_seconds(scenario.setpoint_period_s))  # last answers arrive
     for dso in dsos:
         dso.write_results()
     write_outputs(
@@ -95,7 +124,7 @@ async def run_scenario(
         tso.results(),
         [d.results() for d in dsos],
         wall_start=wall_start,
-        speed=speed,
+        speed="virtual" if virtual else speed,
         market=markets[0].results() if markets else None,
         loop_stalls={"runner": watch.results()},
     )
@@ -124,7 +153,7 @@ def write_outputs(
     dsos: list[dict],
     *,
     wall_start: float,
-    speed: float,
+    speed: float | str,
     clock_offsets: dict | None = None,
     market: dict | None = None,
     loop_stalls: dict | None = None,

@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from testbed.clock import Clock
+from actors.base import Clock
 
 
 class LoopWatch:

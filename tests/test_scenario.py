@@ -18,13 +18,17 @@ SCENARIO = "scenarios/nl-afrr-congestion.yaml"
 SPEED = 50.0
 
 
-def run(tmp_path_factory, name: str, broker: str = "embedded", speed: float = SPEED, **changes):
+def run(tmp_path_factory, name: str, broker: str = "embedded", speed: float | None = None, **changes):
+    """The reference scenario (edited) on a fresh broker: in virtual time (the outcome does not depend
+    on how busy the host is), or paced at ``speed`` where the test is about wall-clock behaviour."""
     scenario = load_scenario(SCENARIO, coordination=changes.pop("coordination", None))
     if changes:
         scenario = changes.pop("edit")(scenario)
     out = tmp_path_factory.mktemp(name)
     with start_broker(broker, data_dir=out / "broker") as running:
-        summary = asyncio.run(run_scenario(scenario, running.url, out / "run", speed=speed))
+        summary = asyncio.run(
+            run_scenario(scenario, running.url, out / "run", speed=speed or SPEED, virtual=speed is None)
+        )
     return summary, out / "run"
 
 
@@ -185,7 +189,7 @@ def test_a_dso_that_misses_the_validation_window_triggers_the_fallback(tmp_path_
 
 def test_same_outcome_on_mosquitto(tmp_path_factory):
     mosquitto_or_skip()
-    summary, _ = run(tmp_path_factory, "mosquitto", broker="mosquitto", coordination=True)
+    summary, _ = run(tmp_path_factory, "mosquitto", broker="mosquitto", speed=SPEED, coordination=True)
     assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.0, abs=0.1)
     assert summary["congestion_seconds"] == 0
     assert_no_setpoint_lost(summary)
@@ -259,7 +263,7 @@ def test_a_slow_tso_dso_link_makes_the_mol_validation_miss_its_window(tmp_path_f
         s.tso.mol_retries = 1
         return s
 
-    summary, run_dir = run(tmp_path_factory, "slowlink", edit=slow_link)
+    summary, run_dir = run(tmp_path_factory, "slowlink", speed=SPEED, edit=slow_link)
     assert summary["mol_fallbacks"] == ["dso1:mol-202611231000:exclude_dn"]
     assert summary["max_delta_setpoint_mw"] == {}  # the DN bids were left out: nothing activated
     lat = summary["latency_ms"]["merit_order_list"]

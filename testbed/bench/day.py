@@ -1,13 +1,15 @@
-"""`tsodso bench day`: 24 h of the reference scenario (21 600 setpoint cycles of 4 s), accelerated.
+"""`tsodso bench day`: 24 h of the reference scenario (21 600 setpoint cycles of 4 s), in virtual time
+(``testbed.clock.VirtualClock``: as fast as the actors compute) or paced at a speed.
 
 The reference scenario with its end moved to 24 h after its start (the system stays short, so the
 bid is activated at its limit all day; the emergency and fault events are left out). Every actor
 runs in this process on the broker given. Reported: wall-clock time, setpoints sent and missed,
-cycles the TSO started late. Baseline, same run: the same number of cycles paced by the same clock
-with no actors (the floor set by the speed alone).
+cycles the TSO started late. Paced runs also report their floor: the same number of cycles paced by
+the same clock with no actors (set by the speed alone).
 """
 
 import asyncio
+import os
 import platform
 import tempfile
 import time
@@ -34,36 +36,47 @@ async def _paced(cycles: int, period_s: float, speed: float) -> float:
 def run_day(
     broker_url: str,
     *,
-    speed: float = 1440.0,
+    speed: float | None = None,
     hours: float = 24.0,
     scenario_file: str = "scenarios/nl-afrr-congestion.yaml",
 ) -> dict[str, Any]:
+    """``speed`` None: virtual time (as fast as the actors compute); else paced at ``speed``."""
     scenario = load_scenario(scenario_file, coordination=True)
     scenario.end = scenario.start + timedelta(hours=hours)
     scenario.tso.emergencies = []
     scenario.dsos[0].faults = []
     cycles = int((scenario.end - scenario.start).total_seconds() / scenario.setpoint_period_s)
+    virtual = speed is None
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        summary = asyncio.run(run_scenario(scenario, broker_url, Path(tmp) / "day", speed=speed))
+        summary = asyncio.run(
+            run_scenario(scenario, broker_url, Path(tmp) / "day", speed=speed or 1.0, virtual=virtual)
+        )
         wall = time.perf_counter() - t0
-    floor = asyncio.run(_paced(cycles, scenario.setpoint_period_s, speed))
-    return {
+    result: dict[str, Any] = {
         "benchmark": "day",
         "metric": "wall_clock",
         "value": round(wall, 1),
         "unit": "s",
-        "goal": f"<= 60 s for 24 h (here {hours} h)",
-        "baseline": "the same cycles paced by the same clock, no actors",
-        "baseline_value": round(floor, 1),
-        "ratio": round(wall / floor, 3),
+        "time": "virtual" if virtual else f"paced at {speed:g}x",
         "hours": hours,
-        "speed": speed,
         "cycles": cycles,
+        "cycles_per_s": round(cycles / wall, 1),
         "setpoints_sent": summary["setpoints_sent"],
         "setpoints_missed": summary["setpoints_missed"],
         "late_cycles": summary["late_cycles"],
         "delta_setpoint_latency_ms": summary["latency_ms"].get("delta_setpoint"),
         "congestion_seconds": summary["congestion_seconds"],
-        "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}",
+        "dso_limits_mw": summary["dso_limits_mw"],
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.python_implementation()} {platform.python_version()}",
     }
+    if virtual:
+        result["goal"] = f"<= 30 s for 24 h over a real broker (here {hours:g} h)"
+    else:
+        result["goal"] = f"<= 60 s for 24 h (here {hours:g} h)"
+        result["baseline"] = "the same cycles paced by the same clock, no actors"
+        floor = asyncio.run(_paced(cycles, scenario.setpoint_period_s, speed or 1.0))
+        result["baseline_value"] = round(floor, 1)
+        result["ratio"] = round(wall / floor, 3)
+    return result

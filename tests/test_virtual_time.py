@@ -1,0 +1,130 @@
+"""Virtual time (testbed.clock.VirtualClock): the coordinator's decisions without a broker, and the
+reference scenario over real brokers, as fast as the actors compute and the same every time."""
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from broker import start_broker
+from schemas import Party
+from testbed.clock import VirtualClock
+from testbed.runner import run_scenario
+from testbed.scenario import ScenarioError, load_scenario
+from tests.conftest import mosquitto_or_skip
+
+SCENARIO = "scenarios/nl-afrr-congestion.yaml"
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+WALL_FIELDS = ("latency", "_ms", "wall_clock_s", "loop_stalls", "bytes")  # wall-clock measurements
+
+
+async def _with_clock(clock: VirtualClock, *actors) -> None:
+    coordinator = asyncio.create_task(clock.run())
+    tasks = [asyncio.ensure_future(a) for a in actors]
+    for task in tasks:
+        clock.attach(task)
+    try:
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    finally:
+        coordinator.cancel()
+
+
+async def test_time_requests_are_granted_in_scenario_order_whatever_the_wall_clock():
+    clock = VirtualClock(T0)
+    seen: list[tuple[str, datetime]] = []
+
+    async def actor(name: str, every_s: float, until_s: float) -> None:
+        t = T0
+        while t < T0 + timedelta(seconds=until_s):
+            t += timedelta(seconds=every_s)
+            await clock.sleep_until(t)
+            seen.append((name, clock.now()))
+
+    await _with_clock(clock, actor("a", 4, 12), actor("b", 6, 12))
+    # the same instant: granted one at a time, in the order the actors joined
+    assert [(n, int((at - T0).total_seconds())) for n, at in seen] == [
+        ("a", 4),
+        ("b", 6),
+        ("a", 8),
+        ("a", 12),
+        ("b", 12),
+    ]
+
+
+async def test_time_waits_until_every_message_sent_is_handled_and_every_actor_has_finished_its_step():
+    clock = VirtualClock(T0)
+    bsp = Party(role="bsp", id="b1")
+    clock.join(bsp)
+    log: list[str] = []
+
+    async def sender() -> None:
+        clock.expect("m1", bsp, Party(role="tso", id="t"))
+        log.append("sent")
+        await clock.sleep_until(T0 + timedelta(seconds=4))
+        log.append(f"woke with the message handled: {'handled' in log}")
+
+    async def receiver() -> None:
+        await asyncio.sleep(0.2)  # the broker and the handler take their (wall) time
+        log.append("handled")
+        clock.handled("m1")
+
+    await _with_clock(clock, sender(), receiver())
+    assert log == ["sent", "handled", "woke with the message handled: True"]
+
+
+async def test_a_message_nobody_handles_is_given_up_after_the_stall_limit_and_time_goes_on():
+    clock = VirtualClock(T0, stall_s=0.2)
+    dso = Party(role="dso", id="d1")
+    clock.join(dso)
+
+    async def sender() -> None:
+        clock.expect("lost", dso, Party(role="tso", id="t"))  # the receiver is gone: never handled
+        await clock.sleep_until(T0 + timedelta(seconds=4))
+
+    await _with_clock(clock, sender())
+    assert clock.given_up == 1 and clock.now() == T0 + timedelta(seconds=4)
+
+
+def _run(broker: str, tmp_path, name: str, coordination=True) -> dict:
+    scenario = load_scenario(SCENARIO, coordination=coordination)
+    with start_broker(broker, data_dir=tmp_path / f"{name}-broker") as running:
+        return asyncio.run(run_scenario(scenario, running.url, tmp_path / name, virtual=True))
+
+
+def _without_wall_fields(value, path=""):
+    if isinstance(value, dict):
+        return {
+            k: _without_wall_fields(v, f"{path}.{k}") for k, v in value.items() if not any(w in k for w in WALL_FIELDS)
+        }
+    if isinstance(value, list):
+        return [_without_wall_fields(v, path) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("broker", ["embedded", "mosquitto"])
+def test_the_reference_scenario_in_virtual_time_gives_the_reference_outcome_the_same_every_time(broker, tmp_path):
+    """Two runs on fresh brokers: the DSO's computed limit, no congestion, every setpoint delivered,
+    and identical summaries but for the wall-clock measurements (latencies, computation times)."""
+    if broker == "mosquitto":
+        mosquitto_or_skip()
+    first, second = (_run(broker, tmp_path, f"run{i}") for i in (1, 2))
+    assert first["speed"] == "virtual" and first["late_cycles"] == 0
+    assert first["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.0, abs=0.1)
+    assert first["congestion_seconds"] == 0
+    assert first["setpoints_sent"] == 225 and first["setpoints_missed"] == 0
+    assert _without_wall_fields(first) == _without_wall_fields(second)
+
+
+def test_without_coordination_the_line_congests_in_virtual_time_too(tmp_path):
+    summary = _run("embedded", tmp_path, "off", coordination=False)
+    assert summary["congestion_seconds"] > 0 and summary["max_line_loading_percent"] > 100
+    assert summary["setpoints_missed"] == 0
+
+
+def test_link_conditions_are_refused_in_virtual_time_with_one_line(tmp_path):
+    from actors.config import LinkConfig
+
+    scenario = load_scenario(SCENARIO)
+    scenario.links.append(LinkConfig(between="tso/*->dso/*", delay_ms=50))
+    with pytest.raises(ScenarioError, match="link conditions .* are wall-clock impairments: run them paced"):
+        asyncio.run(run_scenario(scenario, "mqtt://127.0.0.1:1?protocol=3.1.1", tmp_path / "r", virtual=True))
