@@ -119,7 +119,7 @@ def test_the_scheme_is_one_setting_and_on_off_still_work():
 def comparison(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("compare")
     result = CliRunner().invoke(
-        app, ["compare", SCENARIO, "--schemes", "all", "--out", str(out), "--broker", "embedded"]
+        app, ["compare", SCENARIO, "--schemes", "all", "--out", str(out), "--broker", "embedded", "--virtual"]
     )
     assert result.exit_code == 0, result.output
     return json.loads((out / "comparison.json").read_text()), out
