@@ -63,7 +63,6 @@ class DSO(Actor):
         "validated_mols",
         "faults_reported",
         "curtailments",
-        "states_seen",
         "local_bids",
         "entries",
         "flex_mw",
@@ -104,7 +103,6 @@ class DSO(Actor):
         self.validated_mols: list = []
         self.faults_reported = 0
         self.curtailments: list[CurtailmentResponse] = []
-        self.states_seen: list[SystemStateNotice] = []
         # the coordination schemes (actors.schemes)
         self.local_bids: dict[datetime, dict[str, EnergyBid]] = {}  # DER bids to its local market, per ISP
         self.entries: dict[datetime, dict[str, MolEntry]] = {}  # the bids it has seen per ISP, validated bounds
@@ -670,7 +668,9 @@ class DSO(Actor):
     # --- emergencies (Birk et al. 2017 §3) -----------------------------------------------------------
 
     async def on_system_state(self, msg: Received[SystemStateNotice]) -> None:
-        self.states_seen.append(msg.body)
+        """The TSO's system state (normal, alert, emergency, blackout, restoration: NC ER): logged; the
+        DSO acts on the curtailment requests that come with it."""
+        self.log.info("system state", state=msg.body.state, since=msg.body.since.isoformat(), reason=msg.body.reason)
 
     async def on_curtailment(self, msg: Received[CurtailmentRequest]) -> None:
         req = msg.body

@@ -122,10 +122,6 @@ class FastAC:
         self._line_in_service = line.in_service.values.astype(bool)
         self.base = self.solve({})
 
-    def bus(self, bus: int) -> int:
-        """The bus of the prepared net that ``bus`` of the original net became."""
-        return self.fused.get(bus, bus)
-
     def vector(self, injections: Mapping[int, float]) -> np.ndarray:
         """Flex injections (bus of the original net -> MW) as a vector aligned with ``flex_order``."""
         vec = np.zeros(len(self.flex_order))

@@ -89,7 +89,6 @@ class TSO(Actor):
         "faults",
         "curtailments",
         "terminations",
-        "setpoints_sent",
         "schedule_changes",
         "conversation",
         "late_cycles",
@@ -127,7 +126,6 @@ class TSO(Actor):
         self.faults: list[FaultReport] = []
         self.curtailments: list[CurtailmentResponse] = []
         self.terminations: list[TerminationSignal] = []
-        self.setpoints_sent = 0
         self.schedule_changes: list[dict] = []
         self.conversation: uuid.UUID | None = None
         self.late_cycles = 0
@@ -493,7 +491,6 @@ class TSO(Actor):
             rec = self.records[bsp]
             rec.setpoints[cycle] = delta
             rec.instants[cycle] = t
-            self.setpoints_sent += 1
             await self.gw.publish(
                 DeltaSetpoint(
                     bsp_id=bsp,

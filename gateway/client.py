@@ -9,7 +9,7 @@
         async for msg in gw.messages():   # everything no handler took
             ...
 
-What it does for every message is in ../DESIGN.md "How one message travels": envelope, topic,
+What it does for every message is in docs/architecture.md "How one message travels": envelope, topic,
 delivery policy (``gateway.policy``), exchange-log row, checks on arrival (``gateway.arrival``),
 rejections to the sender's error topic. Connection: TCP_NODELAY on the socket, a persistent session
 (QoS 1 messages queued while the actor is away arrive when it returns), reconnect with exponential
@@ -228,6 +228,7 @@ class Gateway:
         trust: Trust | None = None,
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         traffic: Traffic | None = None,
+        will: bool = True,
     ):
         self.me = me
         self.broker = BrokerSpec.parse(broker) if isinstance(broker, str) else broker
@@ -283,6 +284,7 @@ class Gateway:
         # who watches the messages in flight in this process (a virtual clock), and the handler tasks
         # the arrival being handled has started
         self.traffic = traffic
+        self.will = will  # the retained 'offline' state as the MQTT will (off: a device emulator's fault)
         self._started: list[asyncio.Task[Any]] | None = None
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -361,7 +363,7 @@ class Gateway:
         return ActorState(status=status, since=datetime.now(UTC), software=SOFTWARE)
 
     def _make_client(self, clean: bool) -> _Client:
-        will_env, will_payload = self._build(self._state("offline"), ALL, sequence=0)
+        will_env, will_payload = self.build(self._state("offline"), ALL, sequence=0)
         props = None
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
@@ -376,7 +378,7 @@ class Gateway:
             clean_session=None if self._v5 else clean,
             clean_start=clean if self._v5 else aiomqtt.client.mqtt.MQTT_CLEAN_START_FIRST_ONLY,
             properties=props,
-            will=aiomqtt.Will(self._state_topic, will_payload, qos=1, retain=True),
+            will=aiomqtt.Will(self._state_topic, will_payload, qos=1, retain=True) if self.will else None,
             keepalive=self.keepalive_s,
             tls_context=self.broker.tls_context(),
             socket_options=[NODELAY] if self.tcp_nodelay else None,
@@ -448,7 +450,7 @@ class Gateway:
         self.failed = exc
         self.log.error("gateway loop died", error=repr(exc), exc_info=exc)
         if client is not None and not client.lost:
-            _, payload = self._build(self._state("offline"), ALL)
+            _, payload = self.build(self._state("offline"), ALL)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.publish(self._state_topic, payload, qos=1, retain=True), 2.0)
         self._closing = True
@@ -463,7 +465,7 @@ class Gateway:
 
     # --- sending ------------------------------------------------------------------------------
 
-    def _build(
+    def build(
         self,
         body: Body,
         to: Party,
@@ -475,6 +477,9 @@ class Gateway:
         reply_to: str | None = None,
         message_id: uuid.UUID | None = None,
     ) -> tuple[Envelope, bytes]:
+        """The envelope and the (signed) bytes ``publish`` would send for ``body`` to ``to``, without
+        sending them: for tools that must send them late, altered or not at all (emulators' faults,
+        the conformance suite's expired setpoint, benchmarks)."""
         type_name = body.type_name
         topic = topic_for(self.me, type_name, to)
         if sequence is None:
@@ -516,7 +521,7 @@ class Gateway:
         QoS 0 messages and messages that expire while waiting are dropped (and logged)."""
         type_name = body.type_name
         policy = self.policy[type_name]
-        env, payload = self._build(
+        env, payload = self.build(
             body,
             to,
             correlation_id=correlation_id,
@@ -538,7 +543,7 @@ class Gateway:
                 self._record_out(env, topic, len(payload), policy.qos, None, lost)
                 return env
             if delay > 0:  # in transit on a slow link: sent later, the sender goes on
-                self._spawn(self._send_later(delay, env, topic, payload, policy, props))
+                self.spawn(self._send_later(delay, env, topic, payload, policy, props))
                 return env
         if self.traffic is not None:
             self.traffic.expect(str(env.message_id), to, self.me)
@@ -570,7 +575,11 @@ class Gateway:
         self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
 
     def _properties(self, env: Envelope, policy: DeliveryPolicy) -> Properties | None:
-        expiry = max(1, math.ceil(policy.expiry_s)) if policy.expiry_s is not None and env.valid_until else None
+        # the broker drops the message when the envelope says it expires (a paced run's setpoint lives
+        # its scenario period over the speed), never later by the policy's default
+        expiry = (
+            max(1, math.ceil((env.valid_until - env.created_at).total_seconds() - 1e-9)) if env.valid_until else None
+        )
         if env.reply_to is not None:
             return PublishProperties(expiry, env.reply_to, env.message_id.bytes)
         if env.causation_id is not None:
@@ -736,7 +745,8 @@ class Gateway:
             "refused",
         )
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` as one of the gateway's tasks: cancelled when it closes, a failure logged."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -824,7 +834,7 @@ class Gateway:
             self.log.warning("my message was rejected", by=str(env.sender), code=msg.body.code, reason=msg.body.reason)
         if env.type == Heartbeat.type_name and env.reply_to is not None and env.causation_id is None:
             # a clock probe: answer at once with this host's time (see gateway.clocksync)
-            self._spawn(self.reply(msg, Heartbeat(sent_at=_dt(msg.received_us), interval_s=msg.body.interval_s)))
+            self.spawn(self.reply(msg, Heartbeat(sent_at=_dt(msg.received_us), interval_s=msg.body.interval_s)))
             return
         if env.causation_id is not None:
             waiter = self._pending.get(env.causation_id)
@@ -835,7 +845,7 @@ class Gateway:
         handlers = self._handlers.get(env.type)
         if handlers:
             for handler in handlers:
-                self._spawn(handler(msg))
+                self.spawn(handler(msg))
         elif self._inbox is None:
             self.stats["unhandled"] += 1
         else:
@@ -887,4 +897,4 @@ class Gateway:
             return
         if not self.notices.take(str(rej.sender), now_s):
             return
-        self._spawn(self.publish(rejection_notice(rej), rej.sender, causation_id=env.message_id if env else None))
+        self.spawn(self.publish(rejection_notice(rej), rej.sender, causation_id=env.message_id if env else None))

@@ -61,7 +61,3 @@ DELIVERY_POLICY: dict[str, DeliveryPolicy] = {
     "monitoring_report": DeliveryPolicy(qos=1),
     "rejection": DeliveryPolicy(qos=1, expiry_s=300),
 }
-
-
-def policy_for(type_name: str) -> DeliveryPolicy:
-    return DELIVERY_POLICY[type_name]

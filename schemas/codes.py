@@ -5,15 +5,6 @@ from enum import StrEnum
 from typing import Literal
 
 
-class Role(StrEnum):
-    """Who an actor is on the bus."""
-
-    TSO = "tso"
-    DSO = "dso"
-    BSP = "bsp"
-    MO = "mo"  # independent market operator (CS review Table I, integrated flexibility market)
-
-
 class ProcessType(StrEnum):
     """ENTSO-E ProcessType: the balancing product."""
 

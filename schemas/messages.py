@@ -1,4 +1,4 @@
-"""The message bodies: one pydantic model per message family of DOMAIN.md.
+"""The message bodies: one pydantic model per message the operators exchange (docs/domain.md).
 
 Every field carries a description with its unit in brackets and, for JSON Schema readers, an
 ``x-unit`` keyword (MW, Mvar, MWh, EUR/MWh, EUR, s, %, p.u., UTC). Code values follow ENTSO-E where

@@ -103,21 +103,15 @@ class FaultyGateway(Gateway):
     """The gateway, with the message-level faults of :data:`FAULTS` (none when ``fault`` is None)."""
 
     def __init__(self, *args: Any, fault: str | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, will=fault != "no-will", **kwargs)
         self.fault = fault
         self._bad_sent = False
-
-    def _make_client(self, clean: bool) -> Any:
-        client = super()._make_client(clean)
-        if self.fault == "no-will":
-            client._client.will_clear()
-        return client
 
     async def publish(self, body: Body, to: Party, **kw: Any) -> Envelope:
         if self.fault == "no-correlation" and kw.get("causation_id") is not None:
             kw["causation_id"] = kw["correlation_id"] = None
         if self.fault == "stale-telemetry" and isinstance(body, Telemetry) and (body.cycle or 0) % 3:
-            env, _ = self._build(body, to)  # counted, never sent
+            env, _ = self.build(body, to)  # counted, never sent
             return env
         if self.fault == "bad-bounds" and isinstance(body, MolValidation):
             body = body.model_copy(
@@ -128,7 +122,7 @@ class FaultyGateway(Gateway):
         env = await super().publish(body, to, **kw)
         if self.fault == "bad-schema" and not self._bad_sent and body.type_name != "actor_state":
             self._bad_sent = True
-            _, payload = self._build(body, to)
+            _, payload = self.build(body, to)
             doc = json.loads(signing.split(payload)[0])
             doc["body"]["colour"] = "blue"  # extra fields are refused by every body schema
             bad = json.dumps(doc).encode()
@@ -199,7 +193,7 @@ class EmulatedMO(MarketOperator):
             await self.clock.sleep_until(result.isp_start + timedelta(seconds=self.scenario.setpoint_period_s / 2))
             await MarketOperator.send_results(self, result, buyers, conversation)
 
-        self.gw._spawn(late())
+        self.gw.spawn(late())
 
 
 def bsp_profile(scenario: Scenario, device_id: str) -> Scenario:

@@ -122,7 +122,7 @@ async def _send(url: str, n: int, cycles: int, period_s: float, log_dir: Path) -
             sample = DeltaSetpoint(
                 bsp_id="fanout-0", cycle=0, instant=datetime.now(UTC), reference_mw=200, delta_mw=1.0
             )
-            size = len(tso._build(sample, bsps[0])[1])
+            size = len(tso.build(sample, bsps[0])[1])
             t0 = time.time() + 0.5
             for path in ("gateway", "raw"):
                 for k in range(cycles):

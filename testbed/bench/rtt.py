@@ -146,8 +146,8 @@ async def run_rtt(
                 await dso.reply(msg, answer)
 
             # raw payloads of the same sizes as the gateway's wire messages
-            req_env, req_bytes = tso._build(mol, DSO)
-            _, rep_bytes = dso._build(answer, TSO)
+            req_env, req_bytes = tso.build(mol, DSO)
+            _, rep_bytes = dso.build(answer, TSO)
             req_payload = b"x" * len(req_bytes)
             rep_payload = b"y" * len(rep_bytes)
             await raw_req.subscribe("bench/raw/rep", qos=qos)

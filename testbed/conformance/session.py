@@ -510,7 +510,7 @@ async def _activate(suite: _Suite, bid: EnergyBid) -> None:
             bid_deltas_mw={bid.bid_id: target},
         )
         if is_expired:  # built as if sent two periods ago: valid_until has passed on arrival
-            env, payload = gw._build(body, device, valid_for_s=-2 * wall_period, correlation_id=conversation)
+            env, payload = gw.build(body, device, valid_for_s=-2 * wall_period, correlation_id=conversation)
             await gw.publish_bytes(topic_for(gw.me, body.type_name, device), payload, qos=1)
         else:
             env = await gw.publish(body, device, valid_for_s=wall_period, correlation_id=conversation)
@@ -630,7 +630,7 @@ def _consume_inbox(gw: Gateway) -> None:
         async for _ in gw.messages():
             pass
 
-    gw._spawn(consume())
+    gw.spawn(consume())
 
 
 def _mol(profile: Scenario, isp: datetime) -> MeritOrderList:
