@@ -23,8 +23,8 @@ class Clock(Protocol):
 
 class Actor:
     STATE: tuple[str, ...] = ()
-    """The attributes that make this actor's state: what a restarted actor takes back from its last
-    snapshot (``snapshot``/``restore``) to rejoin the run where it left it."""
+    """The attributes of the actor's core (its decisions' state: ``actors.tso_core``...) that a restarted
+    actor takes back from its last snapshot (``snapshot``/``restore``) to rejoin the run where it left it."""
 
     def __init__(self, gateway: Gateway, clock: Clock, scenario: Scenario):
         self.gw = gateway
@@ -42,15 +42,20 @@ class Actor:
         """What the actor did, for the run's summary (JSON-able); nothing by default."""
         return {}
 
+    @property
+    def state_holder(self) -> Any:
+        """Where the state lives: the actor's core, or the actor itself when it has none."""
+        return getattr(self, "core", self)
+
     def snapshot(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.STATE}
+        return {name: getattr(self.state_holder, name) for name in self.STATE}
 
     def restore(self, state: dict[str, Any], at: datetime) -> None:
         """Take back a snapshot's state; the run goes on from scenario instant ``at`` (what fell between
         the snapshot and ``at`` is missed, and the actor's loops skip it)."""
         for name in self.STATE:
             if name in state:
-                setattr(self, name, state[name])
+                setattr(self.state_holder, name, state[name])
         self.resumed_at = at
 
     def cycles(self, start: datetime, end: datetime):

@@ -30,7 +30,37 @@ from schemas.messages import (
 
 
 class TSO(Actor):
-    STATE = ("core",)
+    STATE = (
+        "bids",
+        "qualified",
+        "active",
+        "validations",
+        "dso_limits_mw",
+        "rt_limits",
+        "mol_round_trip_ms",
+        "mol_iterations",
+        "fallbacks",
+        "records",
+        "monitoring",
+        "settlements",
+        "forecasts",
+        "faults",
+        "curtailments",
+        "terminations",
+        "schedule_changes",
+        "conversation",
+        "late_cycles",
+        "flex",
+        "market_results",
+        "clearing_ms",
+        "balance",
+        "der_energy_mwh",
+        "energy_by_isp",
+        "cost_eur",
+        "isp_start",
+        "next_step",
+        "first_cycle_of_period",
+    )
 
     def __init__(self, gateway, clock, scenario, config: TsoConfig):
         super().__init__(gateway, clock, scenario)
@@ -46,19 +76,6 @@ class TSO(Actor):
         gateway.on(TerminationSignal, self.on_termination)
         gateway.on(FaultReport, self.on_fault)
         gateway.on(Forecast, self.on_forecast)
-
-    # the core's state, read by tests and tools as the TSO's
-    @property
-    def bids(self):
-        return self.core.bids
-
-    @property
-    def qualified(self):
-        return self.core.qualified
-
-    @property
-    def active(self):
-        return self.core.active
 
     async def send(self, messages: Iterable[Send]) -> None:
         for m in messages:

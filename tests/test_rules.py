@@ -150,7 +150,7 @@ async def test_a_late_bid_is_refused_with_its_gate_closure_and_an_early_one_is_k
         async with Gateway(me, broker.url, log=log) as gw, Gateway(bsp, broker.url, log=log) as sender:
             actor = TSO(gw, clock, scenario, scenario.tso) if role == "tso" else MarketOperator(gw, clock, scenario)
             if role == "tso":
-                actor.qualified[bsp.id] = {"plant"}
+                actor.core.qualified[bsp.id] = {"plant"}
             notices: list[Rejection] = []
 
             @sender.on(Rejection)
@@ -159,8 +159,8 @@ async def test_a_late_bid_is_refused_with_its_gate_closure_and_an_early_one_is_k
 
             await sender.publish(_bid(bsp.id, ISP0), me)
             await sender.publish(_bid(bsp.id, ISP0 + rules.ISP), me)
-            await wait_until(lambda: notices and actor.bids.get(ISP0 + rules.ISP), timeout=10)
-    assert ISP0 not in actor.bids
+            await wait_until(lambda: notices and actor.core.bids.get(ISP0 + rules.ISP), timeout=10)
+    assert ISP0 not in actor.core.bids
     assert notices[0].code == "refused" and "late: bid for the ISP of 2026-11-23 10:00Z" in notices[0].reason
     db = sqlite3.connect(log.path)
     rows = db.execute("SELECT reason FROM exchange WHERE actor=? AND outcome='refused'", (str(me),)).fetchall()

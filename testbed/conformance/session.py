@@ -809,7 +809,7 @@ async def play_tso(
         if answer is None:
             trace.aborted = f"no prequalification_result from {device} within {timeout_s:g} s"
             return trace
-        bsp_actor.qualified = {v.asset_id for v in answer.body.verdicts if v.qualified}
+        bsp_actor.core.take_prequalification(answer.body)
         await bsp_actor.send_schedule()
         await bsp_actor.send_bids()
         await suite.heartbeat_probe()
