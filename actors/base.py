@@ -29,7 +29,7 @@ class Actor:
     def __init__(self, gateway: Gateway, clock: Clock, scenario: Scenario):
         self.gw = gateway
         self.clock = clock
-        self.scenario = scenario
+        self._scenario = scenario
         self.me = gateway.me
         self.log = structlog.get_logger("actor").bind(actor=str(self.me))
         self.resumed_at: datetime | None = None  # scenario instant this actor rejoined the run, after a restart
@@ -41,6 +41,18 @@ class Actor:
     def results(self) -> dict[str, Any]:
         """What the actor did, for the run's summary (JSON-able); nothing by default."""
         return {}
+
+    @property
+    def scenario(self) -> Scenario:
+        return self._scenario
+
+    @scenario.setter
+    def scenario(self, scenario: Scenario) -> None:
+        """A new scenario for the actor and its core (a device emulator moves each session's in time)."""
+        self._scenario = scenario
+        core = self.__dict__.get("core")
+        if core is not None:
+            core.scenario = scenario
 
     @property
     def state_holder(self) -> Any:

@@ -118,7 +118,7 @@ class DSO(Actor):
     async def run(self) -> None:
         core, scenario = self.core, self.scenario
         if self.resumed_at is None:
-            await self.send([core.forecast()])
+            await self.publish_forecast()
         since = self.resumed_at or scenario.start  # after a restart: what fell while away is missed
         faults = sorted((f for f in self.config.faults if f.at >= since), key=lambda f: f.at)
         local = scenario.scheme.dso_local_market
@@ -132,6 +132,10 @@ class DSO(Actor):
                 await self.send([core.fault_report(faults.pop(0))])
             _, limits = core.watch(t)
             await self.send(limits)
+
+    async def publish_forecast(self) -> None:
+        """The interface forecast (``DsoCore.forecast``), to the TSO."""
+        await self.send([self.core.forecast()])
 
     def results(self) -> dict:
         return self.core.results()

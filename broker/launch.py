@@ -89,7 +89,12 @@ def start_broker(
     data_dir: Path | None = None,
     auth: str | None = None,
 ) -> RunningBroker:
-    """Start ``embedded`` or ``mosquitto`` on ``port`` (a free one by default), or wrap a URL."""
+    """Start ``embedded`` or ``mosquitto`` on ``port`` (a free one by default), name a fresh in-memory
+    bus (``memory``: no broker, ``gateway.memory``), or wrap a URL."""
+    if kind == "memory":
+        import uuid
+
+        return RunningBroker("memory", f"memory://run-{uuid.uuid4().hex[:8]}", host="memory", port=0)
     if "://" in kind:
         from gateway.connection import BrokerSpec
 

@@ -49,6 +49,7 @@ from gateway.arrival import (
 from gateway.connection import BrokerSpec
 from gateway.exchange_log import ExchangeLog, LogRow, now_us
 from gateway.links import LinkConditions
+from gateway.memory import MemoryClient, MemoryMessage
 from gateway.policy import DELIVERY_POLICY, DeliveryPolicy
 from gateway.traffic import Traffic
 from schemas import signing
@@ -266,7 +267,7 @@ class Gateway:
 
         self._me_str = str(me)
         self._v5 = self.broker.protocol == 5
-        self._client: _Client | None = None
+        self._client: _Client | MemoryClient | None = None
         self._connected = asyncio.Event()
         self._ready: asyncio.Future[None] | None = None
         self._closing = False
@@ -362,8 +363,12 @@ class Gateway:
     def _state(self, status: Literal["online", "offline"]) -> ActorState:
         return ActorState(status=status, since=datetime.now(UTC), software=SOFTWARE)
 
-    def _make_client(self, clean: bool) -> _Client:
+    def _make_client(self, clean: bool) -> Any:
         will_env, will_payload = self.build(self._state("offline"), ALL, sequence=0)
+        if self.broker.memory:
+            return MemoryClient(
+                self.broker.host, self.client_id, (self._state_topic, will_payload) if self.will else None
+            )
         props = None
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
@@ -444,7 +449,7 @@ class Gateway:
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.reconnect_delay_s[1])
 
-    async def _die(self, client: _Client | None, exc: BaseException) -> None:
+    async def _die(self, client: _Client | MemoryClient | None, exc: BaseException) -> None:
         """The loop cannot go on: say 'offline' (retained) on the connection if it still works, then
         fail every waiter and :meth:`guard`."""
         self.failed = exc
@@ -759,7 +764,7 @@ class Gateway:
             exc = task.exception()
             self.log.error("handler failed", error=repr(exc), exc_info=exc)
 
-    def _on_message(self, message: aiomqtt.Message) -> None:
+    def _on_message(self, message: aiomqtt.Message | MemoryMessage) -> None:
         """One message, in isolation: nothing it contains may stop the loop that receives the next."""
         received_us = self.now_us()
         message_id: str | None = None

@@ -3,6 +3,7 @@
     mqtt://[user[:password]@]host[:port][?protocol=5|3.1.1]
     mqtts://...                       TLS (system CA store, or ?ca=PATH)
     mqtts://...?ca=CA&cert=CRT&key=KEY  mutual TLS: this client's certificate (tsodso secure init)
+    memory://NAME                     the in-memory bus NAME of this process (gateway.memory)
 
 The protocol defaults to MQTT 5; ``protocol=3.1.1`` selects MQTT 3.1.1, where correlation and
 expiry travel in the envelope only.
@@ -24,12 +25,17 @@ class BrokerSpec:
     ca_file: str | None = None
     cert_file: str | None = None  # client certificate (mutual TLS)
     key_file: str | None = field(default=None, repr=False)
+    memory: bool = False  # the in-memory bus ``host`` of this process, not a broker
 
     @classmethod
     def parse(cls, url: str) -> "BrokerSpec":
         parts = urlsplit(url)
+        if parts.scheme == "memory":
+            if not parts.netloc:
+                raise ValueError(f"broker URL {url!r}: memory://NAME names the in-memory bus")
+            return cls(host=parts.netloc, port=0, protocol=4, memory=True)
         if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+            raise ValueError(f"broker URL {url!r}: scheme must be mqtt://, mqtts:// or memory://")
         if not parts.hostname:
             raise ValueError(f"broker URL {url!r} has no host")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -52,6 +58,8 @@ class BrokerSpec:
     @property
     def url(self) -> str:
         """The URL without the password."""
+        if self.memory:
+            return f"memory://{self.host}"
         scheme = "mqtts" if self.tls else "mqtt"
         user = f"{self.username}@" if self.username else ""
         query = "" if self.protocol == 5 else "?protocol=3.1.1"

@@ -250,21 +250,30 @@ async def replay(path: Path, broker: BrokerSpec | str, *, speed: float = 1.0, sk
     broker's stored presence and state, not traffic of the session) are left out unless
     ``skip_retained`` is False. Returns the number published."""
     broker = BrokerSpec.parse(broker) if isinstance(broker, str) else broker
-    rows = load_capture(path)
+    plan = replay_schedule(load_capture(path), speed=speed, skip_retained=skip_retained)
+    if not plan:
+        return 0
+    async with raw_client(broker, f"replay-{time.time_ns() % 10**12:x}") as client:
+        t0_wall = time.monotonic()
+        for offset_s, r in plan:
+            delay = t0_wall + offset_s - time.monotonic()  # absolute deadlines: lateness does not add up
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await client.publish(r.topic, r.payload, qos=r.qos, retain=r.retain)
+    return len(plan)
+
+
+def replay_schedule(
+    rows: list[Captured], *, speed: float = 1.0, skip_retained: bool = True
+) -> list[tuple[float, Captured]]:
+    """When each captured message is due in a replay [s after the first], in order: the original
+    spacing divided by ``speed``. The broker's stored copies that arrived retained at the start of the
+    capture are left out unless ``skip_retained`` is False."""
     if skip_retained:
         lead = 0  # the broker's stored copies, delivered in a burst when the capture subscribed
         while lead < len(rows) and rows[lead].retain and rows[lead].t_us - rows[0].t_us < 500_000:
             lead += 1
         rows = rows[lead:]
     if not rows:
-        return 0
-    async with raw_client(broker, f"replay-{time.time_ns() % 10**12:x}") as client:
-        t0_capture = rows[0].t_us
-        t0_wall = time.monotonic()
-        for r in rows:
-            due = t0_wall + (r.t_us - t0_capture) / 1e6 / speed
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await client.publish(r.topic, r.payload, qos=r.qos, retain=r.retain)
-    return len(rows)
+        return []
+    return [((r.t_us - rows[0].t_us) / 1e6 / speed, r) for r in rows]

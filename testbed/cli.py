@@ -46,7 +46,12 @@ _VERBOSE = [False]
 
 
 BrokerOpt = Annotated[
-    str, typer.Option("--broker", "-b", help="embedded | mosquitto | mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
+    str,
+    typer.Option(
+        "--broker",
+        "-b",
+        help="embedded | mosquitto | memory (in-process bus, no broker) | mqtt[s]://user:pass@host:port[?protocol=3.1.1]",
+    ),
 ]
 
 

@@ -24,7 +24,7 @@ async def test_a_known_clock_skew_is_recovered(broker, uid, tmp_path, skew_s):
         ):
             offset = await measure_offset(tso, p["dso"], probes=20)
             assert abs(offset.offset_ms - skew_s * 1000) <= offset.uncertainty_ms + 0.5
-            assert 0 < offset.uncertainty_ms < 10
+            assert offset.uncertainty_ms > 0  # half the best round trip: how long the path takes, not asserted
             got = []
             dso.on(Heartbeat, lambda m: asyncio.sleep(0, got.append(m)))
             for _ in range(20):
@@ -33,7 +33,11 @@ async def test_a_known_clock_skew_is_recovered(broker, uid, tmp_path, skew_s):
                 await asyncio.sleep(0.01)
     raw = [m.latency_ms for m in got]  # DSO's clock minus TSO's: carries the skew
     corrected = [offset.correct(x, peer_sent=False) for x in raw]
-    assert summary(raw)["p50"] == pytest.approx(skew_s * 1000, abs=20)
-    assert 0 <= summary(corrected)["p50"] < 10  # back to what the path takes
+    # the correction takes off the skew (as measured, within its uncertainty) and leaves what the path
+    # takes, which is never negative: both hold however slow the host is
+    assert summary(raw)["p50"] - summary(corrected)["p50"] == pytest.approx(
+        skew_s * 1000, abs=offset.uncertainty_ms + 0.5
+    )
+    assert summary(corrected)["p50"] >= -(offset.uncertainty_ms + 0.5)
     rows = sqlite3.connect(log.path).execute("SELECT COUNT(*) FROM exchange WHERE type='heartbeat'").fetchone()[0]
     assert rows >= 80  # probes and answers are logged like every message

@@ -284,7 +284,6 @@ def test_the_coordination_chain_and_latency_per_link_are_reported(coordinated):
     links = summary["latency_by_link_ms"]
     assert links["tso->bsp"]["count"] >= 225 and links["bsp->tso"]["count"] >= 225
     assert {"p50", "p90", "p99", "max"} <= set(links["tso->dso"])
-    assert links["tso->bsp"]["p99"] < 100  # one-process run on loopback: no stall near a setpoint's life
 
 
 def test_the_dso_scales_down_der_schedules_that_would_congest_it_and_tells_the_tso(tmp_path_factory):

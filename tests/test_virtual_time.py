@@ -128,3 +128,59 @@ def test_link_conditions_are_refused_in_virtual_time_with_one_line(tmp_path):
     scenario.links.append(LinkConfig(between="tso/*->dso/*", delay_ms=50))
     with pytest.raises(ScenarioError, match="link conditions .* are wall-clock impairments: run them paced"):
         asyncio.run(run_scenario(scenario, "mqtt://127.0.0.1:1?protocol=3.1.1", tmp_path / "r", virtual=True))
+
+
+# --- the in-memory bus ---------------------------------------------------------------------------
+
+
+def test_the_in_memory_bus_gives_the_same_run_as_a_real_broker(tmp_path):
+    """The same scenario in virtual time on the embedded broker and on the in-memory bus: the same
+    summary but for the wall-clock measurements (the gateway, its checks and its log are the same)."""
+    on_broker, in_memory = _run("embedded", tmp_path, "broker"), _run("memory", tmp_path, "memory")
+    assert in_memory["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.0, abs=0.1)
+    assert _without_wall_fields(on_broker) == _without_wall_fields(in_memory)
+
+
+async def test_the_in_memory_bus_checks_arrivals_keeps_retained_messages_and_sends_the_will(tmp_path):
+    import sqlite3
+
+    from gateway import ExchangeLog, Gateway
+    from gateway.memory import MemoryClient
+    from schemas.messages import ActorState
+    from schemas.topics import topic_for
+
+    url = "memory://test-bus"
+    tso, dso = Party(role="tso", id="t1"), Party(role="dso", id="d1")
+    with ExchangeLog(tmp_path / "x.sqlite", run_id="mem") as log:
+        async with Gateway(tso, url, log=log) as gw:
+            async with MemoryClient("test-bus", "stranger") as raw:
+                await raw.publish(topic_for(dso, "mol_validation", tso), b'{"envelope": 1}', qos=1)
+            for _ in range(100):
+                if gw.stats["rejected"]:
+                    break
+                await asyncio.sleep(0.01)
+            seen: list[str] = []
+            late = Gateway(dso, url)  # a newcomer gets the TSO's retained presence
+
+            @late.on(ActorState)
+            async def presence(msg):
+                seen.append(f"{msg.sender}:{msg.body.status}")
+
+            async with late:
+                for _ in range(100):
+                    if "tso/t1:online" in seen:
+                        break
+                    await asyncio.sleep(0.01)
+        assert "tso/t1:online" in seen
+        with pytest.raises(RuntimeError):
+            async with MemoryClient("test-bus", "dying", will=("tsodso/v1/bsp/b9/actor_state/all/all", b"bye")):
+                raise RuntimeError("killed")
+        async with MemoryClient("test-bus", "watcher") as watcher:
+            await watcher.subscribe("tsodso/v1/bsp/+/actor_state/all/all")
+            assert (await asyncio.wait_for(watcher.queue.get(), 1)).payload == b"bye"
+    rows = sqlite3.connect(log.path).execute(
+        "SELECT outcome, reason FROM exchange WHERE actor='tso/t1' AND direction='in'"
+    )
+    assert any(
+        o == "rejected" and (r or "").startswith("malformed: a message is an object") for o, r in rows.fetchall()
+    )
