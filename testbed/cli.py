@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -454,54 +454,65 @@ def actor(
         console.print(f"summary: {out / 'summary.json'}", highlight=False)
 
 
-def _print_outcomes(summaries: list[dict], to: Console) -> None:
+def _print_outcomes(runs: list[dict], to: Console) -> None:
+    """The runs' outcomes side by side, read through the summary's model (``testbed.results``)."""
     from rich.table import Table
 
-    table = Table(title=f"{summaries[0]['scenario']}: outcomes")
+    from actors import rules
+    from testbed.results import RunSummary
+
+    summaries = [RunSummary.model_validate(r) for r in runs]
+
+    table = Table(title=f"{summaries[0].scenario}: outcomes")
     table.add_column("")
     for s in summaries:
-        table.add_column(f"{s['coordination']}", justify="right")
+        table.add_column(f"{s.coordination}", justify="right")
 
     from rich.markup import escape
 
     from testbed.summary import setpoints_text
 
-    def row(label: str, fn) -> None:
+    def row(label: str, fn: Callable[[RunSummary], str]) -> None:
         table.add_row(escape(label), *[escape(fn(s)) for s in summaries])
 
-    row("DSO limit on bsp1-up [MW]", lambda s: ", ".join(f"{v:.2f}" for v in s["dso_limits_mw"].values()) or "none")
+    row("DSO limits [MW]", lambda s: ", ".join(f"{b} {v:.2f}" for b, v in s.dso_limits_mw.items()) or "none")
     row(
         "limiting element",
         lambda s: next(
-            (v.get("limiting_element") or "" for v in s["validations"].values() if v.get("limiting_element")), "-"
+            (v.get("limiting_element") or "" for v in s.validations.values() if v.get("limiting_element")), "-"
         ),
     )
-    row("largest delta setpoint [MW]", lambda s: ", ".join(f"{v:.2f}" for v in s["max_delta_setpoint_mw"].values()))
-    row("max line loading [%]", lambda s: f"{s['max_line_loading_percent']:.1f} ({s['max_loading_element']})")
-    row("congestion [s]", lambda s: f"{s['congestion_seconds']:.0f}")
-    row("activated energy [MWh]", lambda s: f"{s['activated_energy_mwh']:.3f}")
+    row("largest delta setpoint [MW]", lambda s: ", ".join(f"{v:.2f}" for v in s.max_delta_setpoint_mw.values()))
+    row("max line loading [%]", lambda s: f"{s.max_line_loading_percent:.1f} ({s.max_loading_element})")
+    row("congestion [s]", lambda s: f"{s.congestion_seconds:.0f}")
+    row("activated energy [MWh]", lambda s: f"{s.activated_energy_mwh:.3f}")
     row("setpoints sent / missed", setpoints_text)
-    row("delivery within [-10 %, +20 %]", lambda s: f"{s['delivery_within_tolerance_ratio']}")
+    low, high = (100 * x for x in rules.DELIVERY_BAND)
+    row(f"delivery within [{low:+.0f} %, {high:+.0f} %]", lambda s: f"{s.delivery_within_tolerance_ratio}")
     row(
         "MOL -> validation p50 / p99 [ms]",
         lambda s: (
-            (f"{s['mol_validation_round_trip_ms']['p50']} / {s['mol_validation_round_trip_ms']['p99']}")
-            if s["mol_validation_round_trip_ms"]["count"]
+            (f"{s.mol_validation_round_trip_ms.p50} / {s.mol_validation_round_trip_ms.p99}")
+            if s.mol_validation_round_trip_ms.count
             else "-"
         ),
     )
     row(
         "delta_setpoint latency p50 / p99 [ms]",
-        lambda s: f"{s['latency_ms']['delta_setpoint']['p50']} / {s['latency_ms']['delta_setpoint']['p99']}",
+        lambda s: (
+            f"{s.latency_ms['delta_setpoint'].p50} / {s.latency_ms['delta_setpoint'].p99}"
+            if "delta_setpoint" in s.latency_ms
+            else "-"
+        ),
     )
-    row("total activation cost [EUR]", lambda s: f"{s['schemes']['total_cost_eur']:.2f}")
-    row("balancing need covered [%]", lambda s: f"{s['schemes']['balancing_covered_percent']:.1f}")
+    row("total activation cost [EUR]", lambda s: f"{s.schemes.total_cost_eur:.2f}")
+    row("balancing need covered [%]", lambda s: f"{s.schemes.balancing_covered_percent:.1f}")
     row(
         "DER energy TSO / DSOs [MWh]",
-        lambda s: f"{s['schemes']['der_mwh_tso']:.2f} / {s['schemes']['der_mwh_dso']:.2f}",
+        lambda s: f"{s.schemes.der_mwh_tso:.2f} / {s.schemes.der_mwh_dso:.2f}",
     )
-    row("messages", lambda s: str(sum(s["messages"].values())))
-    row("wall clock [s]", lambda s: f"{s['wall_clock_s']:.1f}")
+    row("messages", lambda s: str(sum(s.messages.values())))
+    row("wall clock [s]", lambda s: f"{s.wall_clock_s or 0:.1f}")
     to.print(table)
 
 

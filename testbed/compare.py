@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 from actors.config import SCHEMES, Scenario
 from actors.coordination import SCHEMES as REGISTRY
 from broker import start_broker
+from testbed.results import RunSummary
 from testbed.runner import run_scenario
 
 LABELS = {name: s.label for name, s in REGISTRY.items()}
@@ -184,11 +185,15 @@ async def compare(
                 scenario.model_copy(update={"coordination": scheme}), running.url, run_dir, speed=speed, virtual=virtual
             )
         wall[scheme] = round(time.time() - t0, 1)
-        row = {k: v for k, v in summary["schemes"].items() if k != "market_results"}
-        row["late_cycles"] = summary["late_cycles"]
-        row["setpoints_sent"] = summary["setpoints_sent"]
-        for key in ("setpoints_missed", "setpoints_expired", "setpoints_lost"):
-            row[key] = summary[key]
+        run = RunSummary.model_validate(summary)  # every view reads the summary through its model
+        row = run.schemes.model_dump(mode="json", exclude={"market_results"})
+        row.update(
+            late_cycles=run.late_cycles,
+            setpoints_sent=run.setpoints_sent,
+            setpoints_missed=run.setpoints_missed,
+            setpoints_expired=run.setpoints_expired,
+            setpoints_lost=run.setpoints_lost,
+        )
         rows[scheme] = row
     comparison = {
         "scenario": scenario.name,

@@ -13,6 +13,7 @@ import io
 import json
 import sqlite3
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from actors import rules
+from testbed.results import RunSummary, load_summary
 from testbed.stats import summary as percentiles
 from testbed.summary import setpoints_text
 
@@ -32,14 +34,14 @@ PLOTS = ("delivery", "loading", "sequence", "latency_by_type", "latency_by_link"
 def _load(run: Path) -> dict[str, Any]:
     return {
         "dir": run,
-        "summary": json.loads((run / "summary.json").read_text()),
+        "summary": load_summary(run),
         "series": json.loads((run / "timeseries.json").read_text()),
         "db": sqlite3.connect(run / "exchange.sqlite"),
     }
 
 
 def _label(r: dict) -> str:
-    return f"coordination {r['summary']['coordination']}"
+    return f"coordination {r['summary'].coordination}"
 
 
 def plot_delivery(runs: list[dict], ax_rows) -> None:
@@ -167,29 +169,27 @@ def plot_traffic(run: dict, ax) -> None:
     ax.set_xlabel("messages")
 
 
-SUMMARY_ROWS = [
-    ("DSO limits [MW]", lambda s: ", ".join(f"{k}: {v:.2f}" for k, v in s["dso_limits_mw"].items()) or "none"),
-    ("max delta setpoint [MW]", lambda s: ", ".join(f"{k}: {v:.2f}" for k, v in s["max_delta_setpoint_mw"].items())),
-    ("max line loading [%]", lambda s: f"{s['max_line_loading_percent']:.2f} ({s['max_loading_element']})"),
-    ("congestion [s]", lambda s: f"{s['congestion_seconds']:.0f}"),
-    ("activated energy [MWh]", lambda s: f"{s['activated_energy_mwh']:.3f}"),
+SUMMARY_ROWS: list[tuple[str, Callable[[RunSummary], str]]] = [
+    ("DSO limits [MW]", lambda s: ", ".join(f"{k}: {v:.2f}" for k, v in s.dso_limits_mw.items()) or "none"),
+    ("max delta setpoint [MW]", lambda s: ", ".join(f"{k}: {v:.2f}" for k, v in s.max_delta_setpoint_mw.items())),
+    ("max line loading [%]", lambda s: f"{s.max_line_loading_percent:.2f} ({s.max_loading_element})"),
+    ("congestion [s]", lambda s: f"{s.congestion_seconds:.0f}"),
+    ("activated energy [MWh]", lambda s: f"{s.activated_energy_mwh:.3f}"),
     ("setpoints sent / missed", setpoints_text),
-    ("delivery within tolerance", lambda s: str(s["delivery_within_tolerance_ratio"])),
-    ("non-compliant BSPs", lambda s: ", ".join(s["non_compliant_bsps"]) or "none"),
+    ("delivery within tolerance", lambda s: str(s.delivery_within_tolerance_ratio)),
+    ("non-compliant BSPs", lambda s: ", ".join(s.non_compliant_bsps) or "none"),
     (
         "MOL → validation p50 / p99 [ms]",
-        lambda s: (
-            f"{s['mol_validation_round_trip_ms'].get('p50', '-')} / {s['mol_validation_round_trip_ms'].get('p99', '-')}"
-        ),
+        lambda s: f"{s.mol_validation_round_trip_ms.p50 or '-'} / {s.mol_validation_round_trip_ms.p99 or '-'}",
     ),
-    ("real-time limits", lambda s: str(len(s["real_time_limits"]))),
-    ("total activation cost [EUR]", lambda s: f"{s['schemes']['total_cost_eur']:.2f}" if "schemes" in s else "-"),
+    ("real-time limits", lambda s: str(len(s.real_time_limits))),
+    ("total activation cost [EUR]", lambda s: f"{s.schemes.total_cost_eur:.2f}"),
     (
         "balancing need covered [%]",
-        lambda s: f"{s['schemes']['balancing_covered_percent']:.1f}" if "schemes" in s else "-",
+        lambda s: f"{s.schemes.balancing_covered_percent:.1f}",
     ),
-    ("messages sent", lambda s: str(sum(s["messages"].values()))),
-    ("rejected messages", lambda s: str(s["rejected_messages"])),
+    ("messages sent", lambda s: str(sum(s.messages.values()))),
+    ("rejected messages", lambda s: str(s.rejected_messages)),
 ]
 
 
@@ -252,7 +252,7 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}"/></figure>'
         for name, data in images.items()
     )
-    title = html.escape(runs[0]["summary"]["scenario"])
+    title = html.escape(runs[0]["summary"].scenario)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}</style>

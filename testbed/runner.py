@@ -23,6 +23,7 @@ from gateway import ExchangeLog, Gateway, LinkConditions, LinkImpairment
 from gateway.logs import configure_logging
 from schemas.envelope import Party
 from testbed.clock import Clock, VirtualClock
+from testbed.results import RunSummary
 from testbed.scenario import ScenarioError, dump_scenario
 from testbed.security import ephemeral
 from testbed.stalls import LoopWatch
@@ -165,5 +166,5 @@ def write_outputs(
         summary["loop_stalls"] = loop_stalls  # per process, its event loop's stalls (testbed.stalls)
     summary["wall_clock_s"] = round(time.time() - wall_start, 3)
     summary["speed"] = speed
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    RunSummary.model_validate(summary).write(out / "summary.json")  # every view reads it through the model
     (out / "timeseries.json").write_text(json.dumps(timeseries(scenario, tso, dsos)) + "\n")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.rules import ISP, isp_of
+from testbed.results import RunSummary
 from testbed.stats import summary as percentiles
 
 
@@ -320,18 +321,19 @@ def timeseries(scenario, tso: dict[str, Any], dsos: list[dict[str, Any]]) -> dic
     }
 
 
-def setpoints_text(summary: dict[str, Any]) -> str:
+def setpoints_text(summary: RunSummary | dict[str, Any]) -> str:
     """'sent / missed', and why any were missed: expired (how old; the longest loop stall) or lost."""
-    text = f"{summary['setpoints_sent']} / {summary['setpoints_missed']}"
-    if not summary["setpoints_missed"]:
+    s = summary if isinstance(summary, RunSummary) else RunSummary.model_validate(summary)
+    text = f"{s.setpoints_sent} / {s.setpoints_missed}"
+    if not s.setpoints_missed:
         return text
     why = []
-    if summary.get("setpoints_expired"):
-        age = summary.get("setpoints_expired_max_age_ms")
-        why.append(f"{summary['setpoints_expired']} expired" + (f", up to {age} ms old" if age is not None else ""))
-        stall = max((s["max_ms"] for s in summary.get("loop_stalls", {}).values()), default=None)
+    if s.setpoints_expired:
+        age = s.setpoints_expired_max_age_ms
+        why.append(f"{s.setpoints_expired} expired" + (f", up to {age} ms old" if age is not None else ""))
+        stall = max((x["max_ms"] for x in (s.loop_stalls or {}).values()), default=None)
         if stall:
             why.append(f"loop stalled up to {stall} ms")
-    if summary.get("setpoints_lost"):
-        why.append(f"{summary['setpoints_lost']} lost")
+    if s.setpoints_lost:
+        why.append(f"{s.setpoints_lost} lost")
     return f"{text} ({'; '.join(why)})"

@@ -184,3 +184,19 @@ async def test_the_in_memory_bus_checks_arrivals_keeps_retained_messages_and_sen
     assert any(
         o == "rejected" and (r or "").startswith("malformed: a message is an object") for o, r in rows.fetchall()
     )
+
+
+def test_the_summary_is_written_and_read_through_one_typed_model(tmp_path):
+    """summary.json is the model's dump; the terminal, the report and the comparison read it through
+    the model, so a field that is renamed or mistyped fails where it is written, not in a view."""
+    from pydantic import ValidationError
+
+    from testbed.results import RunSummary, load_summary
+
+    summary = _run("memory", tmp_path, "typed")
+    typed = load_summary(tmp_path / "typed")
+    assert typed.model_dump(mode="json") == summary
+    assert typed.schemes.total_cost_eur == summary["schemes"]["total_cost_eur"] > 0
+    assert typed.latency_ms["delta_setpoint"].count == 225
+    with pytest.raises(ValidationError, match="congestion_s"):
+        RunSummary.model_validate({**summary, "congestion_s": 0.0})
