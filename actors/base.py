@@ -20,6 +20,8 @@ class Clock(Protocol):
 
     async def sleep_until(self, t: datetime) -> float: ...
 
+    async def settled(self, timeout_s: float = ...) -> None: ...
+
 
 class Actor:
     STATE: tuple[str, ...] = ()

@@ -230,6 +230,9 @@ class TSO(Actor):
                     await self.send(core.settlement(ended))
                 if build:
                     await self.build_mol(core.isp_start)
+                    # in virtual time, what the clearing set off (the DSOs' block activations) is handled
+                    # before the ISP's first setpoint, so that every run orders them the same way
+                    await self.clock.settled()
                 await self.send(core.cycle(k, t, valid_for))
             if core.isp_start is not None and core.active:
                 await self.send(core.settlement(core.isp_start))

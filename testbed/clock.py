@@ -46,6 +46,9 @@ class Clock:
             await asyncio.sleep(delay)
         return max(0.0, time.time() - self.wall(t))
 
+    async def settled(self, timeout_s: float = 10.0) -> None:
+        """Paced time does not wait for messages: what is on its way arrives when the network says."""
+
 
 class VirtualClock:
     """Scenario time that moves only when the run is quiet: a time coordinator for the actors of one

@@ -33,6 +33,15 @@ class CorrectedLink(LinkPercentiles):
     uncertainty_ms: float = Field(description="[ms] summed uncertainty of the two clock offsets")
 
 
+class ClockOffset(_Model):
+    """An actor's host clock against the TSO's, measured over the broker (``gateway.clocksync``)."""
+
+    actor: str | None = None
+    offset_ms: float = Field(description="[ms] the actor's clock minus the TSO's")
+    uncertainty_ms: float = Field(description="[ms] half the best round trip")
+    rtt_min_ms: float | None = None
+
+
 class CongestionOfDso(_Model):
     seconds_above_100: float = Field(description="[s, scenario] the grid's most loaded element above 100 %")
     peak_loading_percent: float = Field(description="[%] highest loading of a line or transformer")
@@ -111,7 +120,7 @@ class RunSummary(_Model):
     latency_by_link_ms: dict[str, LinkPercentiles] = Field(
         description="[ms, wall] 'sender role->receiver role' -> one-way latency, presence messages left out"
     )
-    clock_offsets_ms: dict[str, dict[str, float]] = Field(description="actor -> offset_ms, uncertainty_ms (own hosts)")
+    clock_offsets_ms: dict[str, ClockOffset] = Field(description="actor -> its clock's offset (actors on own hosts)")
     latency_by_link_corrected_ms: dict[str, CorrectedLink]
     coordination_chain_ms: dict[str, Any] | None = Field(
         description="[ms, wall] the first ISP's MOL -> validation -> acceptance -> setpoint -> telemetry"
