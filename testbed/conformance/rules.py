@@ -203,7 +203,8 @@ RULES: list[Rule] = [
     Rule(
         "BSP-TM-010",
         "For every valid setpoint the device sends telemetry of that cycle to the TSO, and to the "
-        "DSO of each DN-connected asset, within one setpoint period (4 s).",
+        "DSO of each DN-connected asset, within one setpoint period (4 s); a setpoint that reached it "
+        "after its validity and that it refused as expired (rejection notice) is owed none.",
         ("telemetry",),
         "CS review §IV.B (real-time information every 4 s)",
     ),
