@@ -40,6 +40,10 @@ def wait_for_port(host: str, port: int, timeout_s: float = 10.0, proc: subproces
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s} s")
 
 
+class BrokerError(ValueError):
+    """A broker the user named that the testbed cannot start: the message says which and what is valid."""
+
+
 @dataclass
 class RunningBroker:
     """A broker and how to reach it. ``command`` is empty for a broker the testbed did not start."""
@@ -98,7 +102,10 @@ def start_broker(
     if "://" in kind:
         from gateway.connection import BrokerSpec
 
-        spec = BrokerSpec.parse(kind)
+        try:
+            spec = BrokerSpec.parse(kind)
+        except ValueError as exc:
+            raise BrokerError(str(exc)) from None
         return RunningBroker("url", kind, spec.host, spec.port)
     port = port or free_port(host)
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix=f"tsodso-{kind}-"))
@@ -125,7 +132,9 @@ def start_broker(
         cmd = [nats.binary(), "-c", str(conf)]
         url = f"mqtt://{host}:{port}?protocol=3.1.1"
     else:
-        raise ValueError(f"unknown broker {kind!r}: use embedded, mosquitto, nats or an mqtt[s]:// URL")
+        raise BrokerError(
+            f"unknown broker {kind!r}: use embedded, mosquitto, nats, memory or an mqtt[s]://host:port URL"
+        )
     return RunningBroker(kind, url, host, port, cmd, data_dir).start()
 
 

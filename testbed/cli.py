@@ -1067,12 +1067,13 @@ def replay(
 
 def main() -> None:  # pragma: no cover - the console script; tests call ``app``
     """``tsodso``: a mistake the user can make ends in one line that names it, not a traceback."""
+    from broker.launch import BrokerError
     from testbed.scenario import ScenarioError
     from testbed.security import SecretsError
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         app()
-    except (ScenarioError, SecretsError) as exc:
-        err.print(f"tsodso: {exc}", highlight=False)
+    except (ScenarioError, SecretsError, BrokerError) as exc:
+        err.print(f"tsodso: {exc}", highlight=False, markup=False)
         sys.exit(2)
