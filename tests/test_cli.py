@@ -121,6 +121,14 @@ def test_day_benchmark_runs_the_reference_scenario_and_reports_against_the_paced
             "give --secrets DIR",
         ),
         (["run", "no-such-scenario.yaml"], "tsodso: scenario no-such-scenario.yaml: no such file"),
+        (
+            ["run", "scenarios/nl-afrr-congestion.yaml", "--virtual", "--broker", "memry"],
+            "tsodso: unknown broker 'memry': use embedded, mosquitto, nats, memory or an mqtt[s]://host:port URL",
+        ),
+        (
+            ["run", "scenarios/nl-afrr-congestion.yaml", "--virtual", "--link", "tso/*->dso/*:delay_ms=50"],
+            "link conditions (delay, jitter, drop, outages) are wall-clock impairments: run them paced",
+        ),
     ],
 )
 def test_a_users_mistake_is_one_line_naming_it_not_a_traceback(argv, line):
