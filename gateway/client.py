@@ -580,11 +580,12 @@ class Gateway:
         self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
 
     def _properties(self, env: Envelope, policy: DeliveryPolicy) -> Properties | None:
-        # the broker drops the message when the envelope says it expires (a paced run's setpoint lives
-        # its scenario period over the speed), never later by the policy's default
-        expiry = (
-            max(1, math.ceil((env.valid_until - env.created_at).total_seconds() - 1e-9)) if env.valid_until else None
-        )
+        # the broker drops the message once the envelope says it has expired (a paced run's setpoint
+        # lives its scenario period over the speed), not seconds later by the policy's default. MQTT
+        # counts whole seconds and Mosquitto's clock ticks in whole seconds, so one second is added:
+        # the broker never drops a message the receiver would still have taken (the receiver checks
+        # the envelope's validity to the microsecond)
+        expiry = math.ceil((env.valid_until - env.created_at).total_seconds() - 1e-9) + 1 if env.valid_until else None
         if env.reply_to is not None:
             return PublishProperties(expiry, env.reply_to, env.message_id.bytes)
         if env.causation_id is not None:
