@@ -25,7 +25,7 @@ from testbed.scenario import dump_scenario, load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = load_scenario(ROOT / "scenarios" / "nl-afrr-congestion.yaml")
-SPEED = 20.0  # emulators step per setpoint: a 4-s cycle every 200 ms
+SPEED = 10.0  # emulators step per setpoint: a 4-s cycle every 400 ms (a busy 2-core host answers within it)
 TSO_SPEED = 40.0  # a TSO session is the whole 16-min reference scenario: 24 s at 40x
 ALWAYS_SKIPPED = {"PR-020"}  # the device's death is judged only when it leaves mid-session
 
