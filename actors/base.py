@@ -2,12 +2,14 @@
 running scenario after a restart: a snapshot of its state and where in the run it was."""
 
 import math
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
 from actors.config import Scenario
+from actors.outbox import Send
 from gateway import Gateway
 
 
@@ -60,6 +62,13 @@ class Actor:
     def state_holder(self) -> Any:
         """Where the state lives: the actor's core, or the actor itself when it has none."""
         return getattr(self, "core", self)
+
+    async def send(self, messages: Iterable[Send]) -> None:
+        """Publish what the core decided, in order."""
+        for m in messages:
+            await self.gw.publish(
+                m.body, m.to, correlation_id=m.correlation_id, causation_id=m.causation_id, valid_for_s=m.valid_for_s
+            )
 
     def snapshot(self) -> dict[str, Any]:
         return {name: getattr(self.state_holder, name) for name in self.STATE}

@@ -2,13 +2,11 @@
 decides: at the start its prequalification request, schedule, bids and needs; then, for every delta
 setpoint, its telemetry at once (CS review Figs. 3-4, §IV.B)."""
 
-from collections.abc import Iterable
 from datetime import datetime
 
 from actors.base import Actor
 from actors.bsp_core import AssetState, BspCore, admissible_deltas, asset_data, bid_assets
 from actors.config import BspConfig
-from actors.tso_core import Send
 from gateway import Received
 from schemas.messages import (
     ActivationLimit,
@@ -72,12 +70,6 @@ class BSP(Actor):
     @property
     def targets(self) -> dict[str, float]:
         return self.core.targets
-
-    async def send(self, messages: Iterable[Send]) -> None:
-        for m in messages:
-            await self.gw.publish(
-                m.body, m.to, correlation_id=m.correlation_id, causation_id=m.causation_id, valid_for_s=m.valid_for_s
-            )
 
     # --- before the ISPs -------------------------------------------------------------------------
 

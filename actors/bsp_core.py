@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 
 from actors import rules, schemes
 from actors.config import AssetConfig, BidConfig, BspConfig, Scenario
+from actors.outbox import Send
 from actors.rules import ISP, isp_of
-from actors.tso_core import Send
 from schemas.codes import Connection, Direction, ProcessType, Quality
 from schemas.envelope import Party
 from schemas.messages import (

@@ -4,7 +4,6 @@ faults at their instants, one real-time check of its grid per setpoint period (C
 Birk et al. 2017 §3)."""
 
 import asyncio
-from collections.abc import Iterable
 from pathlib import Path
 
 import pandapower as pp
@@ -15,7 +14,6 @@ from actors.base import Actor
 from actors.config import DsoConfig
 from actors.dso_core import DsoCore
 from actors.rules import ISP
-from actors.tso_core import Send
 from actors.validation import Validated
 from gateway import Received
 from schemas.codes import Connection, Direction
@@ -71,12 +69,6 @@ class DSO(Actor):
         gateway.on(Schedule, self.on_schedule)
         gateway.on(CurtailmentRequest, self.on_curtailment)
         gateway.on(SystemStateNotice, self.on_system_state)
-
-    async def send(self, messages: Iterable[Send]) -> None:
-        for m in messages:
-            await self.gw.publish(
-                m.body, m.to, correlation_id=m.correlation_id, causation_id=m.causation_id, valid_for_s=m.valid_for_s
-            )
 
     # --- what arrives ---------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The DSO's decisions, apart from any I/O: its grid (a pandapower net and its AC power flow), its
 state and the functions of (state, input, scenario time) that change it and say which messages to
-send (``actors.tso_core.Send``). No ``await``, no gateway: the agent (``actors.dso.DSO``) feeds it
+send (``actors.outbox.Send``). No ``await``, no gateway: the agent (``actors.dso.DSO``) feeds it
 and publishes what it returns.
 
 What it decides: which DN assets its grid hosts (hosting capacity by AC power flow), whether final
@@ -19,9 +19,9 @@ from actors import grid as grids
 from actors import schemes
 from actors.config import DsoConfig, Fault, Scenario
 from actors.market import Award, Need, clear_in_order, per_bid
+from actors.outbox import Send
 from actors.powerflow import FastAC, GridState
 from actors.rules import ISP, isp_of
-from actors.tso_core import Send
 from actors.validation import Validated, largest_activation, per_mw_injection, validate_mol
 from schemas.codes import Connection, Direction
 from schemas.envelope import Party

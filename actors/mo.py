@@ -7,14 +7,12 @@ buyers.
 
 import asyncio
 import uuid
-from collections.abc import Iterable
 from datetime import datetime
 
 from actors import market, rules
 from actors.base import Actor
 from actors.market import Need, Offer
 from actors.mo_core import MoCore
-from actors.tso_core import Send
 from gateway import Received, RequestTimeout
 from schemas.envelope import Party
 from schemas.messages import EnergyBid, FlexibilityNeed, MarketResult, MolEntry
@@ -28,10 +26,6 @@ class MarketOperator(Actor):
         self.core = MoCore(scenario, gateway.me.id)
         gateway.on(EnergyBid, self.on_bid)
         gateway.on(FlexibilityNeed, self.on_need)
-
-    async def send(self, messages: Iterable[Send]) -> None:
-        for m in messages:
-            await self.gw.publish(m.body, m.to, correlation_id=m.correlation_id, valid_for_s=m.valid_for_s)
 
     async def on_bid(self, msg: Received[EnergyBid]) -> None:
         if refusal := self.core.take_bid(msg.body, msg.sender, self.clock.now()):

@@ -1,6 +1,6 @@
 """The independent market operator's decisions, apart from any I/O (CS review Table I, scheme 6): its
 state and the functions that take bids and needs, apply the DSOs' validations and clear an ISP by
-willingness to pay, returning the messages to send (``actors.tso_core.Send``). The agent
+willingness to pay, returning the messages to send (``actors.outbox.Send``). The agent
 (``actors.mo.MarketOperator``) asks the DSOs over the bus and publishes.
 """
 
@@ -14,7 +14,7 @@ from datetime import datetime
 from actors import market, rules, schemes
 from actors.config import Scenario
 from actors.market import Need, Offer, clear_by_willingness
-from actors.tso_core import Send
+from actors.outbox import Send
 from schemas.codes import BidStatus, ProcessType
 from schemas.envelope import Party
 from schemas.messages import (

@@ -5,12 +5,11 @@ of each ISP with the DSOs' validations (requests over the bus), emergencies at t
 
 import asyncio
 import time
-from collections.abc import Iterable
 
 from actors import rules
 from actors.base import Actor
 from actors.config import TsoConfig
-from actors.tso_core import Send, TsoCore
+from actors.tso_core import TsoCore
 from gateway import Received, RequestTimeout
 from schemas.envelope import Party
 from schemas.messages import (
@@ -76,12 +75,6 @@ class TSO(Actor):
         gateway.on(TerminationSignal, self.on_termination)
         gateway.on(FaultReport, self.on_fault)
         gateway.on(Forecast, self.on_forecast)
-
-    async def send(self, messages: Iterable[Send]) -> None:
-        for m in messages:
-            await self.gw.publish(
-                m.body, m.to, correlation_id=m.correlation_id, causation_id=m.causation_id, valid_for_s=m.valid_for_s
-            )
 
     # --- what arrives ---------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from actors import rules, schemes
 from actors.config import Emergency, Scenario, TsoConfig
 from actors.market import Award as Cleared
 from actors.market import clear_in_order, joint_dispatch, per_bid
+from actors.outbox import Send
 from actors.rules import isp_of
 from schemas.codes import BidStatus, Connection, Direction, ProcessType
 from schemas.envelope import Party
@@ -30,7 +31,6 @@ from schemas.messages import (
     AssetData,
     AssetVerdict,
     Award,
-    Body,
     CurtailmentRequest,
     CurtailmentResponse,
     DeltaSetpoint,
@@ -55,17 +55,6 @@ from schemas.messages import (
     Telemetry,
     TerminationSignal,
 )
-
-
-@dataclass(frozen=True)
-class Send:
-    """A message a core decided to send; the agent publishes it."""
-
-    body: Body
-    to: Party
-    correlation_id: uuid.UUID | None = None
-    causation_id: uuid.UUID | None = None
-    valid_for_s: float | None = None  # [s, wall] None: the type's delivery policy
 
 
 @dataclass

@@ -769,7 +769,8 @@ class Gateway:
         """One message, in isolation: nothing it contains may stop the loop that receives the next."""
         received_us = self.now_us()
         message_id: str | None = None
-        started: list[asyncio.Task[Any]] = []
+        # the handler tasks this arrival starts, counted only where a virtual clock waits for them
+        started: list[asyncio.Task[Any]] | None = [] if self.traffic is not None else None
         self._started = started
         try:
             topic = message.topic.value
@@ -787,7 +788,7 @@ class Gateway:
             self.log.error("message handling failed", error=repr(exc)[:300], exc_info=exc)
         finally:
             self._started = None
-            if self.traffic is not None and message_id is not None and not message.retain:
+            if started is not None and message_id is not None and not message.retain:
                 self._handled_when_done(message_id, started)
 
     def _handled_when_done(self, message_id: str, tasks: list[asyncio.Task[Any]]) -> None:
