@@ -17,8 +17,8 @@ import time
 
 import aiomqtt
 
-from broker import free_port, start_broker, wait_for_port
-from testbed.stats import summary
+from tsodso.broker import free_port, start_broker, wait_for_port
+from tsodso.testbed.stats import summary
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
@@ -51,7 +51,7 @@ async def rtt(port: int, protocol: aiomqtt.ProtocolVersion, n: int) -> dict:
 
 async def will_delay(port: int, keepalive_s: int = 2, limit_s: float = 20.0) -> float | None:
     """Seconds from a client's last packet (its CONNECT) to its will reaching a watcher, or None."""
-    from broker import mqtt311 as m
+    from tsodso.broker import mqtt311 as m
 
     async with aiomqtt.Client(
         "127.0.0.1", port, identifier="cand-watch", username="cand-watch", protocol=aiomqtt.ProtocolVersion.V311

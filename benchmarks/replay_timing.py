@@ -15,11 +15,11 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from broker import start_broker
-from gateway import Gateway
-from schemas.envelope import Party
-from schemas.messages import DeltaSetpoint
-from testbed.capture import capture, load_capture, replay
+from tsodso.broker import start_broker
+from tsodso.gateway import Gateway
+from tsodso.schemas.envelope import Party
+from tsodso.schemas.messages import DeltaSetpoint
+from tsodso.testbed.capture import capture, load_capture, replay
 
 
 async def measure(url: str, n: int, speed: float, tmp: Path) -> dict:

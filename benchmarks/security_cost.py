@@ -15,12 +15,12 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from gateway.arrival import ArrivalCheck, Rejected, Trust, encode
-from schemas import signing
-from schemas.envelope import Envelope, Party
-from schemas.messages import DeltaSetpoint
-from schemas.rights import default_rights
-from schemas.topics import topic_for
+from tsodso.gateway.arrival import ArrivalCheck, Rejected, Trust, encode
+from tsodso.schemas import signing
+from tsodso.schemas.envelope import Envelope, Party
+from tsodso.schemas.messages import DeltaSetpoint
+from tsodso.schemas.rights import default_rights
+from tsodso.schemas.topics import topic_for
 
 TSO, BSP = Party(role="tso", id="tso"), Party(role="bsp", id="bsp1")
 

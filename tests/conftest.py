@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from broker import RunningBroker, start_broker
-from broker.mosquitto import MosquittoMissing, binary
+from tsodso.broker import RunningBroker, start_broker
+from tsodso.broker.mosquitto import MosquittoMissing, binary
 
 REQUIRE_MOSQUITTO = os.environ.get("TSODSO_REQUIRE_MOSQUITTO") == "1"
 
@@ -58,9 +58,9 @@ def secured_mosquitto(tmp_path: Path) -> Iterator[tuple[RunningBroker, Path]]:
     """A Mosquitto of this test alone, secured as ``tsodso secure init`` makes a deployment: one
     identity per actor of the reference scenario (signing key, own broker password), the access list
     from the rights table. Yields the broker and the secrets directory."""
-    from broker.acl import auth_lines
-    from testbed.scenario import load_scenario
-    from testbed.security import init
+    from tsodso.broker.acl import auth_lines
+    from tsodso.testbed.scenario import load_scenario
+    from tsodso.testbed.security import init
 
     mosquitto_or_skip()
     secrets = tmp_path / "secrets"
@@ -89,7 +89,7 @@ def _logs_to_stderr():
     """Each test starts with gateway warnings going to stderr (a run may have pointed them at a file)."""
     import logging
 
-    from gateway.logs import configure_logging
+    from tsodso.gateway.logs import configure_logging
 
     configure_logging(level=logging.WARNING)
     yield
@@ -105,7 +105,7 @@ def run_processes(commands: dict[str, list[str]], cwd: Path, timeout_s: float = 
                 (
                     name,
                     subprocess.Popen(
-                        [sys.executable, "-m", "testbed", *argv],
+                        [sys.executable, "-m", "tsodso", *argv],
                         cwd=cwd,
                         stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT,
@@ -127,7 +127,7 @@ def assert_no_setpoint_lost(summary: dict) -> None:
     a setpoint lives one period of wall time (80 ms at 50x), so a stall of the host longer than that
     makes one arrive expired, refused with the reason; that is host noise, not a testbed fault, and
     must stay rare (at most 1 % of them). No timing is asserted beyond that."""
-    from testbed.summary import setpoints_text
+    from tsodso.testbed.summary import setpoints_text
 
     assert summary["setpoints_lost"] == 0, setpoints_text(summary)
     assert summary["setpoints_expired"] <= max(1, 0.01 * summary["setpoints_sent"]), setpoints_text(summary)

@@ -3,7 +3,7 @@ allows. Used by the contract and gateway tests."""
 
 from datetime import UTC, datetime
 
-from schemas.codes import (
+from tsodso.schemas.codes import (
     BidStatus,
     Connection,
     Direction,
@@ -12,7 +12,7 @@ from schemas.codes import (
     RejectReason,
     SystemState,
 )
-from schemas.messages import (
+from tsodso.schemas.messages import (
     AcceptedOffer,
     ActivationLimit,
     ActorState,

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 import pytest
 from typer.testing import CliRunner
 
-from gateway import Gateway
-from schemas.envelope import Party
-from schemas.messages import DeltaSetpoint
-from schemas.topics import topic_for
-from testbed.capture import capture, load_capture, replay_schedule
-from testbed.cli import app
+from tsodso.gateway import Gateway
+from tsodso.schemas.envelope import Party
+from tsodso.schemas.messages import DeltaSetpoint
+from tsodso.schemas.topics import topic_for
+from tsodso.testbed.capture import capture, load_capture, replay_schedule
+from tsodso.testbed.cli import app
 
 GAPS_S = [0.05, 0.2, 0.1, 0.3, 0.05, 0.15, 0.25, 0.1, 0.05, 0.2]
 

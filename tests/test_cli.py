@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from broker import start_broker
-from testbed.bench.rtt import run_rtt
-from testbed.cli import app
+from tsodso.broker import start_broker
+from tsodso.testbed.bench.rtt import run_rtt
+from tsodso.testbed.cli import app
 
 
 def test_exchange_prints_what_crossed_the_bus(tmp_path):
@@ -66,7 +66,7 @@ def test_rtt_benchmark_reports_both_paths_from_one_run():
 
 
 def test_day_benchmark_runs_the_reference_scenario_and_reports_against_the_paced_floor():
-    from testbed.bench.day import run_day
+    from tsodso.testbed.bench.day import run_day
 
     with start_broker("embedded") as running:
         result = run_day(running.url, speed=100, hours=0.1)
@@ -135,13 +135,13 @@ def test_a_users_mistake_is_one_line_naming_it_not_a_traceback(argv, line):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "testbed", *argv], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "tsodso", *argv], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert line in proc.stderr.replace("\n", " ") and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_a_typo_in_the_security_section_names_the_key_and_what_is_valid(tmp_path):
-    from testbed.scenario import ScenarioError, load_scenario
+    from tsodso.testbed.scenario import ScenarioError, load_scenario
 
     text = Path("scenarios/nl-afrr-congestion.yaml").read_text() + "\nsecurity:\n  unsigned: [bsp1]\n"
     (tmp_path / "s.yaml").write_text(text)

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway import ExchangeLog, Gateway
-from gateway.clocksync import measure_offset
-from schemas.messages import Heartbeat
-from testbed.stats import summary
 from tests.test_gateway import parties
+from tsodso.gateway import ExchangeLog, Gateway
+from tsodso.gateway.clocksync import measure_offset
+from tsodso.schemas.messages import Heartbeat
+from tsodso.testbed.stats import summary
 
 
 @pytest.mark.parametrize("skew_s", [0.25, -1.5])

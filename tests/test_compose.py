@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from broker import start_broker
-from broker.acl import auth_lines
 from tests.conftest import assert_no_setpoint_lost, mosquitto_or_skip, run_processes
+from tsodso.broker import start_broker
+from tsodso.broker.acl import auth_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from actors.config import Scenario
-from gateway import BrokerSpec
-from testbed.cli import app
-from testbed.conformance import RULES, run_suite
-from testbed.conformance.checks import CHECKS
-from testbed.conformance.rules import markdown
-from testbed.emulate import FAULTS
-from testbed.scenario import dump_scenario, load_scenario
+from tsodso.actors.config import Scenario
+from tsodso.gateway import BrokerSpec
+from tsodso.testbed.cli import app
+from tsodso.testbed.conformance import RULES, run_suite
+from tsodso.testbed.conformance.checks import CHECKS
+from tsodso.testbed.conformance.rules import markdown
+from tsodso.testbed.emulate import FAULTS
+from tsodso.testbed.scenario import dump_scenario, load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = load_scenario(ROOT / "scenarios" / "nl-afrr-congestion.yaml")
@@ -59,7 +59,7 @@ def emulator(
     scenario: Path | None = None,
     public_key_out: Path | None = None,
 ):
-    argv = ["-m", "testbed", "emulate", role, "--device-id", device_id, "--broker", url, "--speed", str(speed)]
+    argv = ["-m", "tsodso", "emulate", role, "--device-id", device_id, "--broker", url, "--speed", str(speed)]
     return device(
         *argv,
         *(["--fault", fault] if fault else []),
@@ -70,7 +70,7 @@ def emulator(
 
 def device_key(path: Path, party: str):
     """The device's public key, once the device has written it."""
-    from schemas.signing import load_public_keys
+    from tsodso.schemas.signing import load_public_keys
 
     deadline = time.monotonic() + 30
     while not path.exists() and time.monotonic() < deadline:
@@ -185,7 +185,7 @@ async def test_plain_paho_device_passes_the_bsp_suite(broker, uid, protocol):
     """The contract without the project's code: a paho-mqtt script built from the JSON Schemas."""
     if broker.kind == "embedded" and protocol == "5":
         pytest.skip("the embedded broker speaks MQTT 3.1.1 only")
-    from schemas import signing
+    from tsodso.schemas import signing
 
     spec = BrokerSpec.parse(broker.url)
     device_id = f"acme-{uid}"
@@ -260,10 +260,10 @@ async def test_suite_over_tls_with_credentials_and_access_lists(tmp_path, uid):
     the suite (MQTT 3.1.1, TSO account; recorder on an observer account) all log in over TLS."""
     import shutil
 
-    from broker import start_broker
-    from broker.acl import username, write_auth
-    from schemas.envelope import Party
     from tests.conftest import mosquitto_or_skip
+    from tsodso.broker import start_broker
+    from tsodso.broker.acl import username, write_auth
+    from tsodso.schemas.envelope import Party
 
     mosquitto_or_skip()
     if shutil.which("openssl") is None:

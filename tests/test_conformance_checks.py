@@ -4,14 +4,14 @@ busy host or a slow network did to the suite's own messages."""
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from gateway import BrokerSpec, Received
-from schemas import Envelope, Party
-from schemas.codes import RejectReason
-from schemas.messages import Rejection, Telemetry
-from testbed.capture import Captured
-from testbed.conformance.checks import CHECKS
-from testbed.conformance.session import SetpointSent, Trace
-from testbed.scenario import load_scenario
+from tsodso.gateway import BrokerSpec, Received
+from tsodso.schemas import Envelope, Party
+from tsodso.schemas.codes import RejectReason
+from tsodso.schemas.messages import Rejection, Telemetry
+from tsodso.testbed.capture import Captured
+from tsodso.testbed.conformance.checks import CHECKS
+from tsodso.testbed.conformance.session import SetpointSent, Trace
+from tsodso.testbed.scenario import load_scenario
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 TSO, DEVICE = Party(role="tso", id="tso"), Party(role="bsp", id="dev")

@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 import aiomqtt
 import pytest
 
-from broker.acl import username, write_auth
-from broker.launch import start_broker
-from gateway import ExchangeLog, Gateway
-from gateway.connection import BrokerSpec
-from schemas import Party
-from schemas.messages import MeritOrderList, Schedule, ScheduleSeries
 from tests.conftest import mosquitto_or_skip
 from tests.test_gateway import parties, sample, wait_until
+from tsodso.broker.acl import username, write_auth
+from tsodso.broker.launch import start_broker
+from tsodso.gateway import ExchangeLog, Gateway
+from tsodso.gateway.connection import BrokerSpec
+from tsodso.schemas import Party
+from tsodso.schemas.messages import MeritOrderList, Schedule, ScheduleSeries
 
 
 def schedule(i: int) -> Schedule:

@@ -11,15 +11,15 @@ import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from gateway.arrival import encode
-from gateway.asyncapi import asyncapi_document
-from gateway.policy import DELIVERY_POLICY
-from schemas import MESSAGE_TYPES, Envelope, Party
-from schemas.export import message_schema
-from schemas.rights import default_rights
-from schemas.validate import InvalidMessage, validate_message
-from testbed.cli import app
 from tests.samples import SAMPLES
+from tsodso.gateway.arrival import encode
+from tsodso.gateway.asyncapi import asyncapi_document
+from tsodso.gateway.policy import DELIVERY_POLICY
+from tsodso.schemas import MESSAGE_TYPES, Envelope, Party
+from tsodso.schemas.export import message_schema
+from tsodso.schemas.rights import default_rights
+from tsodso.schemas.validate import InvalidMessage, validate_message
+from tsodso.testbed.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = ROOT / "contract"

@@ -5,14 +5,15 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from actors.bsp_core import BspCore
-from actors.dso_core import DsoCore
-from actors.mo_core import MoCore
-from actors.rules import MARKET_GATE
-from actors.tso_core import TsoCore
-from schemas import Party
-from schemas.codes import BidStatus, Connection, Direction, ProcessType, SystemState
-from schemas.messages import (
+from tests.test_tso_core import BEFORE, ISP, _bid
+from tsodso.actors.bsp_core import BspCore
+from tsodso.actors.dso_core import DsoCore
+from tsodso.actors.mo_core import MoCore
+from tsodso.actors.rules import MARKET_GATE
+from tsodso.actors.tso_core import TsoCore
+from tsodso.schemas import Party
+from tsodso.schemas.codes import BidStatus, Connection, Direction, ProcessType, SystemState
+from tsodso.schemas.messages import (
     AcceptedOffer,
     AssetData,
     BidAsset,
@@ -24,8 +25,7 @@ from schemas.messages import (
     PrequalificationForward,
     TerminationSignal,
 )
-from testbed.scenario import load_scenario
-from tests.test_tso_core import BEFORE, ISP, _bid
+from tsodso.testbed.scenario import load_scenario
 
 SCENARIO = "scenarios/nl-afrr-congestion.yaml"
 TSO, BSP = Party(role="tso", id="tso"), Party(role="bsp", id="bsp1")

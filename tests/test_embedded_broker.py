@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from broker import mqtt311 as m
-from gateway.connection import BrokerSpec
+from tsodso.broker import mqtt311 as m
+from tsodso.gateway.connection import BrokerSpec
 
 
 class RawClient:

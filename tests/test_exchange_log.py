@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from gateway.exchange_log import COLUMNS, ExchangeLog, LogRow, connect
+from tsodso.gateway.exchange_log import COLUMNS, ExchangeLog, LogRow, connect
 
 
 def row(i: int, actor: str = "tso/tso") -> LogRow:
@@ -69,7 +69,7 @@ def test_schema_has_the_columns_the_reports_read(tmp_path):
 
 
 def test_log_benchmark_writes_every_row():
-    from testbed.bench.log import run_log
+    from tsodso.testbed.bench.log import run_log
 
     result = run_log(20_000)
     assert result["rows_written"] == 20_000 and result["lost"] == 0

@@ -2,7 +2,7 @@
 
 import pytest
 
-from testbed.bench.fanout import run_fanout
+from tsodso.testbed.bench.fanout import run_fanout
 
 
 def test_fanout_reaches_every_endpoint_every_cycle(own_mosquitto):

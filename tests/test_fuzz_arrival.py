@@ -10,15 +10,15 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.arrival import ArrivalCheck, Received, Rejected, Trust, encode
-from gateway.client import rejection_notice
-from schemas import signing
-from schemas.envelope import Envelope, Party
-from schemas.messages import MESSAGE_TYPES, Rejection
-from schemas.rights import default_rights
-from schemas.topics import topic_for
-from schemas.validate import validate_message
 from tests.samples import SAMPLES
+from tsodso.gateway.arrival import ArrivalCheck, Received, Rejected, Trust, encode
+from tsodso.gateway.client import rejection_notice
+from tsodso.schemas import signing
+from tsodso.schemas.envelope import Envelope, Party
+from tsodso.schemas.messages import MESSAGE_TYPES, Rejection
+from tsodso.schemas.rights import default_rights
+from tsodso.schemas.topics import topic_for
+from tsodso.schemas.validate import validate_message
 
 ME = Party(role="bsp", id="bsp1")
 TSO = Party(role="tso", id="tso")

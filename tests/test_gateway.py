@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 import aiomqtt
 import pytest
 
-from gateway import ExchangeLog, Gateway, RequestTimeout
-from gateway.arrival import encode
-from gateway.connection import BrokerSpec
-from schemas import Envelope, Party
-from schemas.messages import Heartbeat, MeritOrderList, MolValidation, Rejection
-from schemas.topics import ALL, topic_for
 from tests.samples import SAMPLES
+from tsodso.gateway import ExchangeLog, Gateway, RequestTimeout
+from tsodso.gateway.arrival import encode
+from tsodso.gateway.connection import BrokerSpec
+from tsodso.schemas import Envelope, Party
+from tsodso.schemas.messages import Heartbeat, MeritOrderList, MolValidation, Rejection
+from tsodso.schemas.topics import ALL, topic_for
 
 
 def parties(uid: str) -> dict[str, Party]:

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from actors.bsp import BSP
-from broker import start_broker
-from gateway import ExchangeLog, Gateway
-from gateway.arrival import Trust, encode
-from gateway.client import GatewayFailed
-from schemas import Envelope, Party, signing
-from schemas.codes import Direction
-from schemas.messages import (
+from tests.conftest import assert_no_setpoint_lost
+from tests.test_gateway import raw_client, sample, wait_until
+from tsodso.actors.bsp import BSP
+from tsodso.broker import start_broker
+from tsodso.gateway import ExchangeLog, Gateway
+from tsodso.gateway.arrival import Trust, encode
+from tsodso.gateway.client import GatewayFailed
+from tsodso.schemas import Envelope, Party, signing
+from tsodso.schemas.codes import Direction
+from tsodso.schemas.messages import (
     AcceptedOffer,
     ActorState,
     DeltaSetpoint,
@@ -28,13 +30,11 @@ from schemas.messages import (
     MolValidation,
     OfferAcceptance,
 )
-from schemas.topics import ALL, topic_for
-from testbed.clock import Clock
-from testbed.hostile import KINDS, hostile_message
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario
-from tests.conftest import assert_no_setpoint_lost
-from tests.test_gateway import raw_client, sample, wait_until
+from tsodso.schemas.topics import ALL, topic_for
+from tsodso.testbed.clock import Clock
+from tsodso.testbed.hostile import KINDS, hostile_message
+from tsodso.testbed.runner import run_scenario
+from tsodso.testbed.scenario import load_scenario
 
 SCENARIO = "scenarios/nl-afrr-congestion.yaml"
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,7 +267,17 @@ def test_the_reference_run_under_a_hostile_flood_ends_as_a_clean_run(tmp_path):
     scenario = load_scenario(SCENARIO, coordination=True)
     with start_broker("embedded", data_dir=tmp_path / "broker") as running:
         flood = subprocess.Popen(
-            [sys.executable, "-m", "testbed.hostile", "--broker", running.url, "--rate", "1000", "--duration", "25"],
+            [
+                sys.executable,
+                "-m",
+                "tsodso.testbed.hostile",
+                "--broker",
+                running.url,
+                "--rate",
+                "1000",
+                "--duration",
+                "25",
+            ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
         )
@@ -304,10 +314,10 @@ async def test_mutual_tls_lets_in_only_the_deployments_certificates_and_the_acce
     """`tsodso secure init` + Mosquitto with `--tls`: an actor with its own client certificate (of the
     deployment's CA) gets in and is known by it; a client without a certificate, or with one of
     another CA, does not get in; and a BSP's certificate cannot be used to publish as the TSO."""
-    from broker.acl import tls_auth_lines
-    from gateway.connection import BrokerSpec
-    from testbed.security import init, tls_files
     from tests.conftest import mosquitto_or_skip
+    from tsodso.broker.acl import tls_auth_lines
+    from tsodso.gateway.connection import BrokerSpec
+    from tsodso.testbed.security import init, tls_files
 
     mosquitto_or_skip()
     scenario = load_scenario(SCENARIO)
@@ -350,8 +360,8 @@ async def test_nats_gets_the_same_per_actor_users_and_permissions_from_the_right
     """`tsodso secure init` writes nats-server users and permissions too: on NATS's MQTT interface
     each actor logs in with its own password, receives what is addressed to it, and cannot publish
     as another actor; a wrong password is refused."""
-    from broker.nats import NatsMissing, binary
-    from testbed.security import init, load_identity
+    from tsodso.broker.nats import NatsMissing, binary
+    from tsodso.testbed.security import init, load_identity
 
     try:
         binary()
@@ -362,7 +372,7 @@ async def test_nats_gets_the_same_per_actor_users_and_permissions_from_the_right
     auth = (secrets / "nats" / "authorization.conf").read_text()
     tso, bsp = Party(role="tso", id="tso"), Party(role="bsp", id="bsp1")
     with start_broker("nats", data_dir=tmp_path / "nats", auth=auth) as running:
-        from gateway.connection import BrokerSpec
+        from tsodso.gateway.connection import BrokerSpec
 
         spec = BrokerSpec.parse(running.url)
 

@@ -5,10 +5,10 @@ import sqlite3
 import time
 from datetime import UTC, datetime
 
-from gateway import ExchangeLog, Gateway, LinkConditions, LinkImpairment
-from schemas.messages import Heartbeat, MeritOrderList
-from testbed.stats import summary
 from tests.test_gateway import parties, sample, wait_until
+from tsodso.gateway import ExchangeLog, Gateway, LinkConditions, LinkImpairment
+from tsodso.schemas.messages import Heartbeat, MeritOrderList
+from tsodso.testbed.stats import summary
 
 
 async def test_a_known_delay_appears_in_the_measured_latency(broker, uid, tmp_path):

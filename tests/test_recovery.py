@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from broker import start_broker
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario
 from tests.conftest import assert_no_setpoint_lost
+from tsodso.broker import start_broker
+from tsodso.testbed.runner import run_scenario
+from tsodso.testbed.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = "scenarios/nl-afrr-congestion.yaml"
@@ -28,7 +28,7 @@ def actor_command(role: str, ident: str, url: str, out: Path, secrets: Path) -> 
     return [
         sys.executable,
         "-m",
-        "testbed",
+        "tsodso",
         "actor",
         role,
         "--id",
@@ -152,8 +152,8 @@ def test_a_broker_killed_and_restarted_mid_run_ends_in_a_complete_summary(tmp_pa
 def test_the_secured_deployment_starts_in_one_command_and_gives_the_reference_outcome(tmp_path):
     """`tsodso up --tls`: identities, Mosquitto with mutual TLS and the access list, every actor in its
     own process signing and checking; the outcome is the reference one, nothing refused."""
-    from testbed.deploy import up
     from tests.conftest import mosquitto_or_skip
+    from tsodso.testbed.deploy import up
 
     mosquitto_or_skip()
     summary = up(ROOT / SCENARIO, tmp_path / "secure", speed=50, tls=True)

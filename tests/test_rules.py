@@ -1,4 +1,4 @@
-"""The papers' rules (actors/rules.py) and the schemes' registry (actors/coordination.py): each rule's
+"""The papers' rules (tsodso/actors/rules.py) and the schemes' registry (tsodso/actors/coordination.py): each rule's
 predicate at its edges, each scheme's defining property, and gate closure enforced by the TSO and the
 market operator over a real broker."""
 
@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from actors import rules
-from actors.coordination import SCHEMES, scheme
-from actors.mo import MarketOperator
-from actors.schemes import bid_destination
-from actors.tso import TSO
-from gateway import ExchangeLog, Gateway
-from schemas import Party
-from schemas.codes import Connection, Direction, ProcessType
-from schemas.messages import BidAsset, EnergyBid, Rejection
-from testbed.clock import Clock
-from testbed.scenario import ScenarioError, load_scenario
 from tests.test_gateway import wait_until
+from tsodso.actors import rules
+from tsodso.actors.coordination import SCHEMES, scheme
+from tsodso.actors.mo import MarketOperator
+from tsodso.actors.schemes import bid_destination
+from tsodso.actors.tso import TSO
+from tsodso.gateway import ExchangeLog, Gateway
+from tsodso.schemas import Party
+from tsodso.schemas.codes import Connection, Direction, ProcessType
+from tsodso.schemas.messages import BidAsset, EnergyBid, Rejection
+from tsodso.testbed.clock import Clock
+from tsodso.testbed.scenario import ScenarioError, load_scenario
 
 SCENARIO = "scenarios/nl-afrr-congestion.yaml"
 ISP0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

@@ -9,10 +9,10 @@ from datetime import datetime, timedelta
 import pandapower as pp
 import pytest
 
-from broker import start_broker
-from testbed.runner import run_scenario
-from testbed.scenario import load_scenario
 from tests.conftest import assert_no_setpoint_lost, mosquitto_or_skip
+from tsodso.broker import start_broker
+from tsodso.testbed.runner import run_scenario
+from tsodso.testbed.scenario import load_scenario
 
 SCENARIO = "scenarios/nl-afrr-congestion.yaml"
 SPEED = 50.0
@@ -200,7 +200,7 @@ def test_an_unforecast_change_makes_the_dso_limit_the_activation_in_real_time(tm
     forecast it), so the validated 15 MW no longer fits. The DSO's real-time power flow sees the
     violation, sends the TSO a limit, the TSO sends the BSP an activation limit, and the setpoints
     stay below it from then on."""
-    from actors.config import GridChange
+    from tsodso.actors.config import GridChange
 
     def load_drop(s):
         s = short(s, 12)
@@ -238,8 +238,8 @@ def test_an_unforecast_change_makes_the_dso_limit_the_activation_in_real_time(tm
 def test_the_report_builds_from_the_run_directories_alone(coordinated, uncoordinated, tmp_path):
     from typer.testing import CliRunner
 
-    from testbed.cli import app
-    from testbed.report import PLOTS
+    from tsodso.testbed.cli import app
+    from tsodso.testbed.report import PLOTS
 
     result = CliRunner().invoke(app, ["report", str(coordinated[1]), str(uncoordinated[1]), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -253,7 +253,7 @@ def test_the_report_builds_from_the_run_directories_alone(coordinated, uncoordin
 
 
 def test_a_slow_tso_dso_link_makes_the_mol_validation_miss_its_window(tmp_path_factory):
-    from actors.config import LinkConfig
+    from tsodso.actors.config import LinkConfig
 
     def slow_link(s):
         s = short(s)
@@ -311,7 +311,7 @@ def test_a_frozen_broker_makes_setpoints_expire_and_the_summary_says_why(tmp_pat
     import os
     import signal
 
-    from testbed.summary import setpoints_text
+    from tsodso.testbed.summary import setpoints_text
 
     scenario = short(load_scenario(SCENARIO, coordination=True))
     frozen_at = datetime.fromisoformat("2026-11-23T10:01:02+00:00")

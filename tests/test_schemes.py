@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from actors.config import SCHEMES
-from actors.market import (
+from tests.conftest import run_processes
+from tsodso.actors.config import SCHEMES
+from tsodso.actors.market import (
     UNSERVED_EUR_PER_UNIT,
     Need,
     Offer,
@@ -19,10 +20,9 @@ from actors.market import (
     joint_dispatch,
     unserved,
 )
-from schemas.codes import Direction
-from testbed.cli import app
-from testbed.scenario import ScenarioError, load_scenario
-from tests.conftest import run_processes
+from tsodso.schemas.codes import Direction
+from tsodso.testbed.cli import app
+from tsodso.testbed.scenario import ScenarioError, load_scenario
 
 SCENARIO = "scenarios/schemes-comparison.yaml"
 UP, DOWN = Direction.UP, Direction.DOWN

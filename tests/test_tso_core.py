@@ -5,11 +5,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from actors.bsp import bid_assets
-from actors.tso_core import TsoCore
-from schemas import Party
-from schemas.codes import BidStatus, Direction, ProcessType
-from schemas.messages import (
+from tsodso.actors.bsp import bid_assets
+from tsodso.actors.tso_core import TsoCore
+from tsodso.schemas import Party
+from tsodso.schemas.codes import BidStatus, Direction, ProcessType
+from tsodso.schemas.messages import (
     ActivationLimit,
     BidValidation,
     DeltaSetpoint,
@@ -21,7 +21,7 @@ from schemas.messages import (
     Telemetry,
     TerminationSignal,
 )
-from testbed.scenario import load_scenario
+from tsodso.testbed.scenario import load_scenario
 
 SCENARIO = "scenarios/nl-afrr-congestion.yaml"
 ISP = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

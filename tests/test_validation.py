@@ -3,11 +3,11 @@ order, tight, and agree with pandapower's own power flow."""
 
 import pytest
 
-from actors.grid import bus_index, element_index, nl_afrr_congestion
-from actors.powerflow import FastAC
-from actors.validation import validate_mol
-from schemas.codes import BidStatus, Connection, Direction
-from schemas.messages import BidAsset, MolEntry
+from tsodso.actors.grid import bus_index, element_index, nl_afrr_congestion
+from tsodso.actors.powerflow import FastAC
+from tsodso.actors.validation import validate_mol
+from tsodso.schemas.codes import BidStatus, Connection, Direction
+from tsodso.schemas.messages import BidAsset, MolEntry
 
 DSO = "dso1"
 
@@ -113,7 +113,7 @@ def test_real_time_check_is_one_fast_power_flow(grid):
 
 
 def test_on_a_simbench_grid_the_engine_agrees_with_pandapower_and_leaves_no_violation():
-    from testbed.bench.mol import run_mol
+    from tsodso.testbed.bench.mol import run_mol
 
     result = run_mol("simbench:1-MV-semiurb--0-sw", n=120, baseline_n=2, repeat=1)
     assert result["buses"] > 100  # a real MV grid, switches applied

@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from broker import start_broker
-from schemas import Party
-from testbed.clock import VirtualClock
-from testbed.runner import run_scenario
-from testbed.scenario import ScenarioError, load_scenario
 from tests.conftest import mosquitto_or_skip
+from tsodso.broker import start_broker
+from tsodso.schemas import Party
+from tsodso.testbed.clock import VirtualClock
+from tsodso.testbed.runner import run_scenario
+from tsodso.testbed.scenario import ScenarioError, load_scenario
 
 SCENARIO = "scenarios/nl-afrr-congestion.yaml"
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -132,7 +132,7 @@ def test_without_coordination_the_line_congests_in_virtual_time_too(tmp_path):
 
 
 def test_link_conditions_are_refused_in_virtual_time_with_one_line(tmp_path):
-    from actors.config import LinkConfig
+    from tsodso.actors.config import LinkConfig
 
     scenario = load_scenario(SCENARIO)
     scenario.links.append(LinkConfig(between="tso/*->dso/*", delay_ms=50))
@@ -154,10 +154,10 @@ def test_the_in_memory_bus_gives_the_same_run_as_a_real_broker(tmp_path):
 async def test_the_in_memory_bus_checks_arrivals_keeps_retained_messages_and_sends_the_will(tmp_path):
     import sqlite3
 
-    from gateway import ExchangeLog, Gateway
-    from gateway.memory import MemoryClient
-    from schemas.messages import ActorState
-    from schemas.topics import topic_for
+    from tsodso.gateway import ExchangeLog, Gateway
+    from tsodso.gateway.memory import MemoryClient
+    from tsodso.schemas.messages import ActorState
+    from tsodso.schemas.topics import topic_for
 
     url = "memory://test-bus"
     tso, dso = Party(role="tso", id="t1"), Party(role="dso", id="d1")
@@ -201,7 +201,7 @@ def test_the_summary_is_written_and_read_through_one_typed_model(tmp_path):
     the model, so a field that is renamed or mistyped fails where it is written, not in a view."""
     from pydantic import ValidationError
 
-    from testbed.results import RunSummary, load_summary
+    from tsodso.testbed.results import RunSummary, load_summary
 
     summary = _run("memory", tmp_path, "typed")
     typed = load_summary(tmp_path / "typed")

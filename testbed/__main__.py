@@ -1,3 +1,0 @@
-from testbed.cli import main
-
-main()

@@ -1,0 +1,239 @@
+"""What each actor is told by a scenario (scenario files are data: ../scenarios/*.yaml)."""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tsodso.actors import coordination as registry
+from tsodso.actors import rules
+from tsodso.actors.rules import ISP, isp_of
+from tsodso.schemas.codes import Connection, Direction, SystemState
+from tsodso.schemas.envelope import PartyId, UtcTime
+
+SCHEMES: tuple[str, ...] = tuple(registry.SCHEMES)
+"""The names of the TSO-DSO coordination schemes (CS review Table I; ``actors.coordination``)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class AssetConfig(_Model):
+    asset_id: PartyId
+    connection: Connection
+    dso_id: PartyId | None = None
+    connection_bus: str | None = None
+    capacity_up_mw: float = Field(ge=0, description="[MW]")
+    capacity_down_mw: float = Field(ge=0, description="[MW]")
+    ramp_rate_mw_per_min: float = Field(gt=0, description="[MW/min] physical ramp of the asset")
+    time_constant_s: float = Field(ge=0, default=2.0, description="[s] first-order response")
+    scheduled_mw: float = Field(default=0.0, description="[MW] day-ahead schedule (reference contribution)")
+
+
+class BidConfig(_Model):
+    bid_id: PartyId
+    direction: Literal["up", "down"]
+    quantity_mw: float = Field(gt=0)
+    price_eur_per_mwh: float
+    ramp_rate_mw_per_min: float = Field(gt=0, description="[MW/min] the bid's ramp: the setpoint changes no faster")
+    assets: dict[str, float] = Field(description="asset id -> share of the quantity [MW]")
+
+    @property
+    def code(self) -> Direction:
+        return Direction.UP if self.direction == "up" else Direction.DOWN
+
+
+class CommercialNeed(_Model):
+    """A commercial party's own need for flexibility (a BRP short or long in its portfolio), bid into
+    the integrated flexibility market only (CS review Table I, scheme 6)."""
+
+    isp_start: UtcTime
+    direction: Literal["up", "down"]
+    quantity_mw: float = Field(gt=0, description="[MW]")
+    max_price_eur_per_mwh: float = Field(description="[EUR/MWh] willingness to pay")
+
+
+class BspConfig(_Model):
+    id: PartyId
+    reference_mw: float = Field(description="[MW] the BSP's reference (scheduled) output")
+    assets: list[AssetConfig]
+    bids: list[BidConfig]
+    follow_factor: float = Field(default=1.0, gt=0, description="1: follows setpoints; <1 under-delivers")
+    needs: list[CommercialNeed] = Field(default_factory=list, description="its own needs (integrated market only)")
+
+
+class Redispatch(_Model):
+    at: UtcTime
+    element: str = Field(description="'sgen:<name>' or 'load:<name>'")
+    delta_mw: float
+    reason: str = ""
+
+
+class GridChange(_Model):
+    """A change the DSO did not forecast (it appears in real time only)."""
+
+    at: UtcTime
+    element: str = Field(description="'sgen:<name>' or 'load:<name>'")
+    delta_mw: float
+
+
+class Fault(_Model):
+    at: UtcTime
+    element: str = Field(description="e.g. 'line:south-pv'")
+    fault_type: Literal["line_fault", "trafo_fault", "bus_fault", "protection_trip"] = "line_fault"
+    lost_load_mw: float = 0.0
+    lost_generation_mw: float = 0.0
+
+
+class DsoConfig(_Model):
+    id: PartyId
+    grid: str = Field(description="grid builder name (actors.grid) or simbench:<code>")
+    interface: str = Field(default="trafo:coupling", description="the TSO-DSO coupling element")
+    conditions: list[GridChange] = Field(
+        default_factory=list,
+        description="the grid's state in the run, as changes to its model's injections the DSO forecasts "
+        "(a heat-led CHP, an evening peak): in its power flows from their instant on; prequalification "
+        "checks the model as it is",
+    )
+    redispatch: list[Redispatch] = Field(default_factory=list)
+    unforecast: list[GridChange] = Field(default_factory=list)
+    faults: list[Fault] = Field(default_factory=list)
+    curtailable_load_mw: float = Field(default=5.0, ge=0, description="[MW] what the DSO can shed on request")
+    validation_delay_s: float = Field(default=0.0, ge=0, description="[s, wall] slows MOL answers (tests)")
+    area_imbalance: list[tuple[UtcTime, float]] = Field(
+        default_factory=list,
+        description="its area's deviation from the interface schedule, piecewise constant: MW short (+) or long (-); "
+        "part of the system imbalance, balanced by the DSO itself only in the fragmented scheme",
+    )
+    max_price_eur_per_mwh: float = Field(default=500.0, description="[EUR/MWh] willingness to pay for flexibility")
+    congestion_margin_percent: float = Field(default=2.0, ge=0, description="[%] congestion is relieved to 100 - this")
+
+
+class Emergency(_Model):
+    at: UtcTime
+    state: SystemState
+    curtail_dso: PartyId | None = None
+    target: Literal["load", "generation"] = "load"
+    amount_mw: float = 0.0
+    duration_s: float = 900.0
+
+
+class TsoConfig(_Model):
+    id: PartyId = "tso"
+    area: str = "NL"
+    imbalance: list[tuple[UtcTime, float]] = Field(
+        description="system imbalance, piecewise constant from each instant: MW short (+) or long (-)"
+    )
+    activation_delay_s: float = Field(default=60.0, ge=0, description="[s] LFC reaction before the first setpoint")
+    setpoint_step_s: float = Field(
+        default=rules.RAMP_STEP_S, gt=0, description="[s] the setpoint changes at most this often (CS review §IV.B)"
+    )
+    monitoring_period_s: float = Field(
+        default=rules.MONITORING_PERIOD_S, gt=0, description="[s] requested vs delivered (CS review §IV.A)"
+    )
+    mol_timeout_s: float = Field(default=2.0, gt=0, description="[s, wall] wait for each DSO's validation")
+    mol_retries: int = Field(default=1, ge=0)
+    mol_fallback: Literal["exclude_dn", "unvalidated"] = Field(
+        default="exclude_dn",
+        description="when a DSO does not answer: leave out the bids with assets in its grid (exclude_dn), or "
+        "activate them as offered, as without coordination (unvalidated)",
+    )
+    emergencies: list[Emergency] = Field(default_factory=list)
+    max_price_eur_per_mwh: float = Field(default=500.0, description="[EUR/MWh] willingness to pay for balancing")
+
+
+class LinkConfig(_Model):
+    """Conditions of the links between actors (gateway.links), by sender->receiver pattern."""
+
+    between: str = Field(description="'sender->receiver' with role/id and * wildcards, e.g. 'tso/*->dso/*'")
+    delay_ms: float = Field(default=0.0, ge=0, description="[ms, wall] fixed delay")
+    jitter: Literal["none", "normal", "lognormal", "uniform"] = "none"
+    jitter_ms: float = Field(
+        default=0.0, ge=0, description="[ms] normal sd / uniform width; lognormal: sigma (unitless)"
+    )
+    drop_probability: float = Field(default=0.0, ge=0, le=1)
+    outages: list[tuple[UtcTime, UtcTime]] = Field(
+        default_factory=list, description="link down from t1 to t2 (scenario time)"
+    )
+
+
+class SecurityConfig(_Model):
+    """Who must sign (docs/security.md). Every party signs with its own key and every receiver that
+    holds the public keys checks; a device under test that cannot sign is let in only when named here."""
+
+    unsigned: list[str] = Field(
+        default_factory=list,
+        description="parties that may send unsigned messages: 'role/id' or 'role/*' (e.g. 'bsp/bsp1')",
+    )
+    max_clock_skew_s: float = Field(
+        default=5.0, gt=0, le=300, description="[s] how far a message's created_at may lead the receiver's clock"
+    )
+
+    @field_validator("unsigned")
+    @classmethod
+    def _parties(cls, value: list[str]) -> list[str]:
+        import re
+
+        for party in value:
+            if not re.fullmatch(r"(tso|dso|bsp|mo)/([a-z0-9][a-z0-9_-]{0,63}|\*)", party):
+                raise ValueError(f"{party!r} is not 'role/id' or 'role/*' with role tso, dso, bsp or mo")
+        return value
+
+
+class Scenario(_Model):
+    name: str
+    description: str = ""
+    start: UtcTime
+    end: UtcTime
+    setpoint_period_s: float = Field(
+        default=rules.SETPOINT_PERIOD_S,
+        ge=rules.SETPOINT_PERIOD_S,
+        description="[s] aFRR delta setpoint period, at least the 4-s resolution (CS review §IV.A)",
+    )
+    coordination: str = Field(
+        default=registry.DEFAULT,
+        description=f"TSO-DSO coordination scheme (CS review Table I): {', '.join(registry.SCHEMES)}; "
+        "true/on = hybrid, false/off = tso_managed",
+    )
+    market_operator: PartyId = Field(default="mo", description="id of the independent market operator (scheme 6)")
+    tso: TsoConfig
+    dsos: list[DsoConfig]
+    bsps: list[BspConfig]
+    links: list[LinkConfig] = Field(default_factory=list)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+
+    @field_validator("coordination", mode="before")
+    @classmethod
+    def _scheme(cls, value: object) -> object:
+        """A scheme's name, or the former on/off switch (``actors.coordination.SWITCH``)."""
+        if isinstance(value, bool | str):
+            value = registry.SWITCH.get(value, value)
+            registry.scheme(str(value))  # ValueError naming the known schemes
+        return value
+
+    @property
+    def scheme(self) -> registry.CoordinationScheme:
+        """What the scenario's coordination scheme implies (``actors.coordination``)."""
+        return registry.scheme(self.coordination)
+
+    @property
+    def dso_validates(self) -> bool:
+        """The DSO checks DN assets and activations against its grid (every scheme but TSO-managed)."""
+        return self.scheme.dso_validates
+
+    def actors(self) -> list[tuple[str, str]]:
+        """(role, id) of every actor the run needs: the TSO, the DSOs, the BSPs and, where the scheme has
+        one, the market operator."""
+        out = [("tso", self.tso.id), *(("dso", d.id) for d in self.dsos), *(("bsp", b.id) for b in self.bsps)]
+        if self.scheme.market_operator:
+            out.append(("mo", self.market_operator))
+        return out
+
+    def isps(self) -> list[datetime]:
+        """Starts of the ISPs that overlap the run."""
+        out, t = [], isp_of(self.start)
+        while t < self.end:
+            out.append(t)
+            t += ISP
+        return out

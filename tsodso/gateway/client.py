@@ -1,0 +1,907 @@
+"""The gateway: how an actor reaches the bus.
+
+    async with Gateway(Party(role="dso", id="dso1"), "mqtt://127.0.0.1:1883", log=log) as gw:
+        @gw.on(MeritOrderList)
+        async def validate(msg: Received[MeritOrderList]) -> None:
+            await gw.reply(msg, MolValidation(...))
+
+        answer = await gw.request(PrequalificationForward(...), to=tso, timeout=5)
+        async for msg in gw.messages():   # everything no handler took
+            ...
+
+What it does for every message is in docs/architecture.md "How one message travels": envelope, topic,
+delivery policy (``gateway.policy``), exchange-log row, checks on arrival (``gateway.arrival``),
+rejections to the sender's error topic. Connection: TCP_NODELAY on the socket, a persistent session
+(QoS 1 messages queued while the actor is away arrive when it returns), reconnect with exponential
+back-off, QoS 1 messages that lost their connection before the broker acknowledged them are sent
+again on the next connection (receivers drop the duplicate by message id), a retained 'online'
+state on connect and an 'offline' state as the MQTT will.
+"""
+
+import asyncio
+import contextlib
+import math
+import random
+import socket
+import struct
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+import aiomqtt
+import structlog
+from nacl.signing import SigningKey
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties, VariableByteIntegers
+
+from tsodso.gateway.arrival import (
+    DEFAULT_MAX_CLOCK_SKEW_S,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    ArrivalCheck,
+    Received,
+    Rejected,
+    Trust,
+    encode,
+)
+from tsodso.gateway.connection import BrokerSpec
+from tsodso.gateway.exchange_log import ExchangeLog, LogRow, now_us
+from tsodso.gateway.links import LinkConditions
+from tsodso.gateway.memory import MemoryClient, MemoryMessage
+from tsodso.gateway.policy import DELIVERY_POLICY, DeliveryPolicy
+from tsodso.gateway.traffic import Traffic
+from tsodso.schemas import signing
+from tsodso.schemas.codes import RejectReason
+from tsodso.schemas.envelope import SCHEMA_VERSION, Envelope, Party
+from tsodso.schemas.messages import (
+    MESSAGE_TYPES,
+    RESPONSE_TYPES,
+    ActorState,
+    Body,
+    Heartbeat,
+    Rejection,
+)
+from tsodso.schemas.rights import Rights, default_rights
+from tsodso.schemas.topics import ALL, inbox_filters, topic_for
+
+B = TypeVar("B", bound=Body)
+Handler = Callable[[Received[Any]], Awaitable[None]]
+
+NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+SOFTWARE = "tsodso-testbed/0.1"
+
+
+class RequestTimeout(TimeoutError):
+    """No answer to a request within its time."""
+
+
+class PayloadTooLarge(ValueError):
+    """The gateway refuses to send what every receiver would reject."""
+
+
+class GatewayFailed(RuntimeError):
+    """The gateway's connection loop died of something it could not handle; the actor must stop
+    (its 'offline' state has been published where possible) and be restarted."""
+
+
+class NoticeBudget:
+    """Rejection notices per sender: a token bucket (``rate_per_s``, ``burst``), so that a peer that
+    floods cannot make this actor flood it, or anyone it claims to be, in return."""
+
+    def __init__(self, rate_per_s: float = 5.0, burst: float = 20.0, max_senders: int = 10_000):
+        self.rate_per_s, self.burst, self.max_senders = rate_per_s, burst, max_senders
+        self._buckets: dict[str, tuple[float, float]] = {}  # sender -> (tokens, at monotonic s)
+        self.suppressed = 0
+
+    def take(self, sender: str, now_s: float) -> bool:
+        tokens, at = self._buckets.get(sender, (self.burst, now_s))
+        tokens = min(self.burst, tokens + (now_s - at) * self.rate_per_s)
+        if len(self._buckets) >= self.max_senders and sender not in self._buckets:
+            self._buckets.clear()
+        if tokens < 1.0:
+            self._buckets[sender] = (tokens, now_s)
+            self.suppressed += 1
+            return False
+        self._buckets[sender] = (tokens - 1.0, now_s)
+        return True
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, told to wake publishers still waiting for a PUBACK when the connection drops
+    (aiomqtt would leave them waiting until their timeout), so the gateway can resend them at once."""
+
+    lost = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending_calls_threshold = 1_000_000  # many QoS 1 publishes in flight is normal here
+
+    @contextlib.contextmanager
+    def _pending_call(self, mid: int, value: Any, pending_dict: dict[int, Any]) -> Any:
+        # aiomqtt's version counts every pending call on every publish (O(n) each, O(n²) for a
+        # fan-out of n concurrent QoS 1 publishes); this one only keeps the books
+        if mid in pending_dict:
+            raise RuntimeError(f'There already exists a pending call for message ID "{mid}"')
+        pending_dict[mid] = value
+        try:
+            yield
+        finally:
+            pending_dict.pop(mid, None)
+
+    def _on_socket_register_write(self, *args: Any) -> None:
+        try:
+            super()._on_socket_register_write(*args)
+        except (OSError, ValueError, KeyError):
+            pass  # paho asks for write readiness on a socket the broker has just closed
+
+    def _on_socket_unregister_write(self, *args: Any) -> None:
+        try:
+            super()._on_socket_unregister_write(*args)
+        except (OSError, ValueError, KeyError):
+            pass
+
+    def _on_disconnect(self, *args: Any, **kwargs: Any) -> None:
+        super()._on_disconnect(*args, **kwargs)
+        self.lost = True
+        for event in list(self._pending_publishes.values()):
+            event.set()
+
+
+class PublishProperties(Properties):
+    """MQTT 5 PUBLISH properties, packed once by hand. paho's Properties validates every attribute
+    by scanning its name table and costs ~20 µs to build and pack, on every message."""
+
+    _packed: bytes
+    _fields: tuple[int | None, str | None, bytes | None]
+
+    def __init__(
+        self, expiry_s: int | None = None, response_topic: str | None = None, correlation: bytes | None = None
+    ) -> None:
+        object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
+        buf = b""
+        if expiry_s is not None:
+            buf += b"\x02" + struct.pack("!I", expiry_s)  # Message Expiry Interval
+        if response_topic is not None:
+            topic = response_topic.encode()
+            buf += b"\x08" + struct.pack("!H", len(topic)) + topic  # Response Topic
+        if correlation is not None:
+            buf += b"\x09" + struct.pack("!H", len(correlation)) + correlation  # Correlation Data
+        object.__setattr__(self, "_packed", VariableByteIntegers.encode(len(buf)) + buf)
+        object.__setattr__(self, "_fields", (expiry_s, response_topic, correlation))
+
+    def pack(self) -> bytes:
+        return self._packed
+
+    def __str__(self) -> str:
+        expiry, topic, corr = self._fields
+        return f"[MessageExpiryInterval: {expiry}, ResponseTopic: {topic}, CorrelationData: {corr!r}]"
+
+
+def _known_type(topic: str) -> str | None:
+    """The message type a topic names, when it is one of the contract's (for the log row of a message
+    refused before its envelope was read)."""
+    parts = topic.split("/")
+    return parts[4] if len(parts) == 7 and parts[4] in MESSAGE_TYPES else None
+
+
+def rejection_notice(rej: Rejected) -> Rejection:
+    """The notice telling a sender why its message was refused; it fits its own schema whatever arrived
+    (``Rejected`` clips topic and reason; a type is named only when it is one of the contract's)."""
+    env = rej.envelope
+    return Rejection(
+        rejected_message_id=str(env.message_id) if env else None,
+        rejected_type=env.type if env and env.type in MESSAGE_TYPES else None,
+        rejected_topic=rej.topic,
+        code=rej.code,
+        reason=rej.reason,
+    )
+
+
+def _dt(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, UTC)
+
+
+class Gateway:
+    """One actor's connection to the bus. Use with ``async with``."""
+
+    def __init__(
+        self,
+        me: Party,
+        broker: BrokerSpec | str,
+        *,
+        log: ExchangeLog | None = None,
+        rights: Rights | None = None,
+        policy: Mapping[str, DeliveryPolicy] = DELIVERY_POLICY,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        resume_session: bool = False,
+        session_expiry_s: int = 7 * 86400,
+        tcp_nodelay: bool = True,
+        keepalive_s: int = 10,
+        connect_timeout_s: float = 10.0,
+        reconnect_delay_s: tuple[float, float] = (0.05, 5.0),
+        publish_timeout_s: float = 30.0,
+        links: LinkConditions | None = None,
+        clock_offset_s: float = 0.0,
+        client_id: str | None = None,
+        signing_key: SigningKey | None = None,
+        trust: Trust | None = None,
+        max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
+        traffic: Traffic | None = None,
+        will: bool = True,
+    ):
+        self.me = me
+        self.broker = BrokerSpec.parse(broker) if isinstance(broker, str) else broker
+        self.exchange_log = log
+        self.run_id = log.run_id if log else "-"
+        self.policy = policy
+        # identity: this actor signs what it sends with its own key (schemas.signing); ``trust`` says
+        # whose signatures it checks. Without ``trust`` every sender is who its topic claims.
+        self.signing_key = signing_key
+        self.check = ArrivalCheck(
+            me,
+            rights or default_rights(),
+            max_payload_bytes=max_payload_bytes,
+            trust=trust,
+            policy=policy,
+            max_clock_skew_s=max_clock_skew_s,
+        )
+        self.notices = NoticeBudget()
+        self.max_payload_bytes = max_payload_bytes
+        self.resume_session = resume_session
+        self.session_expiry_s = session_expiry_s
+        self.tcp_nodelay = tcp_nodelay
+        self.keepalive_s = keepalive_s
+        self.connect_timeout_s = connect_timeout_s
+        self.reconnect_delay_s = reconnect_delay_s
+        self.publish_timeout_s = publish_timeout_s
+        self.links = links or LinkConditions()  # impairments of this actor's outgoing links
+        # This host's clock error (tests and studies of unsynchronised hosts): every timestamp the
+        # gateway takes (created_at, sent, received, expiry checks) is read from the skewed clock.
+        self.clock_offset_us = round(clock_offset_s * 1_000_000)
+        self.client_id = client_id or f"{me.role}-{me.id}"  # also names the persistent session
+        self.stats: Counter[str] = Counter()  # outcome -> count
+        self.connections = 0
+        self.log = structlog.get_logger("gateway").bind(actor=str(me), run=self.run_id)
+
+        self._me_str = str(me)
+        self._v5 = self.broker.protocol == 5
+        self._client: _Client | MemoryClient | None = None
+        self._connected = asyncio.Event()
+        self._ready: asyncio.Future[None] | None = None
+        self._closing = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._sequence: dict[str, int] = defaultdict(int)
+        self._handlers: dict[str, list[Handler]] = defaultdict(list)
+        self._pending: dict[uuid.UUID, asyncio.Future[Received[Any]]] = {}
+        self._inbox: asyncio.Queue[Received[Any]] | None = None  # kept only once someone reads messages()
+        self.failed: BaseException | None = None
+        self._failure: asyncio.Future[None] | None = None
+        self._quiet_until = 0.0  # rejections are logged at most ~10/s; the exchange log keeps every one
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._state_topic = topic_for(me, ActorState.type_name, ALL)
+        self._expiry_properties: dict[int, PublishProperties] = {}
+        # who watches the messages in flight in this process (a virtual clock), and the handler tasks
+        # the arrival being handled has started
+        self.traffic = traffic
+        self.will = will  # the retained 'offline' state as the MQTT will (off: a device emulator's fault)
+        self._started: list[asyncio.Task[Any]] | None = None
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "Gateway":
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        self._failure = loop.create_future()
+        self._restore_replay_window()
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"gateway:{self.client_id}")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self.connect_timeout_s)
+        except (TimeoutError, Exception) as exc:
+            self._closing = True
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+            raise ConnectionError(
+                f"{self.client_id}: could not connect to {self.broker.url} within {self.connect_timeout_s} s: {exc!r}"
+            ) from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _restore_replay_window(self) -> None:
+        """A restarted actor still refuses the messages it already took (the exchange log keeps their ids)."""
+        if self.exchange_log is None:
+            return
+        since_us = self.now_us() - round(2 * 86400e6)
+        n = self.check.preload(self.exchange_log.deliveries(self._me_str, since_us))
+        if n:
+            self.log.info("replay window restored", message_ids=n)
+
+    async def guard(self, work: Awaitable[Any]) -> Any:
+        """Run ``work`` (an actor's run) while watching the gateway: if the gateway's loop dies, ``work``
+        is cancelled and :class:`GatewayFailed` raised, so that the actor stops loudly, never as a
+        zombie that looks online."""
+        task = asyncio.ensure_future(work)
+        assert self._failure is not None, "use the gateway with 'async with'"
+        await asyncio.wait({task, self._failure}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise GatewayFailed(f"{self.client_id}: the gateway stopped: {self.failed!r}")
+
+    async def close(self) -> None:
+        """Say 'offline' (retained), disconnect cleanly, stop background work."""
+        if self._closing:
+            return
+        if self._client is not None and not self._client.lost:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.publish(self._state("offline"), ALL), 2.0)
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+
+    def now_us(self) -> int:
+        """This actor's wall clock, µs since the epoch (UTC)."""
+        return now_us() + self.clock_offset_us
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def _state(self, status: Literal["online", "offline"]) -> ActorState:
+        return ActorState(status=status, since=datetime.now(UTC), software=SOFTWARE)
+
+    def _make_client(self, clean: bool) -> Any:
+        will_env, will_payload = self.build(self._state("offline"), ALL, sequence=0)
+        if self.broker.memory:
+            return MemoryClient(
+                self.broker.host, self.client_id, (self._state_topic, will_payload) if self.will else None
+            )
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0 if clean else self.session_expiry_s
+        return _Client(
+            self.broker.host,
+            self.broker.port,
+            username=self.broker.username or self.client_id,
+            password=self.broker.password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if self._v5 else clean,
+            clean_start=clean if self._v5 else aiomqtt.client.mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+            will=aiomqtt.Will(self._state_topic, will_payload, qos=1, retain=True) if self.will else None,
+            keepalive=self.keepalive_s,
+            tls_context=self.broker.tls_context(),
+            socket_options=[NODELAY] if self.tcp_nodelay else None,
+            max_inflight_messages=1000,
+            timeout=self.connect_timeout_s,
+        )
+
+    async def _discard_old_session(self) -> None:
+        """Start afresh: connect once with a clean session (dropping what a previous run left queued)
+        and disconnect, then connect persistently. MQTT 3.1.1 has no 'clean start but keep the
+        session'; and Mosquitto 2.0.11 does not restore an MQTT 5 session begun with Clean Start
+        after a broker restart (measured here), while one begun without it survives."""
+        async with self._make_client(clean=True):
+            pass
+
+    async def _supervise(self) -> None:
+        delay = self.reconnect_delay_s[0]
+        first = True
+        while not self._closing:
+            client = None
+            try:
+                if first and not self.resume_session:
+                    await self._discard_old_session()
+                client = self._make_client(clean=False)
+                async with client:
+                    first = False
+                    self.connections += 1
+                    for flt in inbox_filters(self.me):
+                        await client.subscribe(flt, qos=1)
+                    self._client = client
+                    self._connected.set()
+                    self.log.info(
+                        "connected", broker=self.broker.url, protocol=self.broker.protocol, connections=self.connections
+                    )
+                    await self.publish(self._state("online"), ALL)
+                    if self._ready is not None and not self._ready.done():
+                        self._ready.set_result(None)
+                    delay = self.reconnect_delay_s[0]
+                    try:
+                        async for message in client.messages:
+                            self._on_message(message)
+                    except (aiomqtt.MqttError, asyncio.CancelledError):
+                        raise
+                    except Exception as exc:
+                        await self._die(client, exc)
+                        return
+            except aiomqtt.MqttError as exc:
+                if not self._closing:
+                    self.log.warning("disconnected", error=str(exc), retry_in_s=round(delay, 3))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._die(None, exc)
+                return
+            finally:
+                self._connected.clear()
+                if client is not None:
+                    client.lost = True
+                if self._client is client:
+                    self._client = None
+            if self._closing:
+                break
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self.reconnect_delay_s[1])
+
+    async def _die(self, client: _Client | MemoryClient | None, exc: BaseException) -> None:
+        """The loop cannot go on: say 'offline' (retained) on the connection if it still works, then
+        fail every waiter and :meth:`guard`."""
+        self.failed = exc
+        self.log.error("gateway loop died", error=repr(exc), exc_info=exc)
+        if client is not None and not client.lost:
+            _, payload = self.build(self._state("offline"), ALL)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.publish(self._state_topic, payload, qos=1, retain=True), 2.0)
+        self._closing = True
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(GatewayFailed(repr(exc)))
+        if self._failure is not None and not self._failure.done():
+            self._failure.set_result(None)
+        self._connected.set()  # wake senders waiting for a connection: they raise GatewayFailed
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(GatewayFailed(f"the gateway stopped: {exc!r}"))
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def build(
+        self,
+        body: Body,
+        to: Party,
+        *,
+        sequence: int | None = None,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        valid_for_s: float | None = None,
+        reply_to: str | None = None,
+        message_id: uuid.UUID | None = None,
+    ) -> tuple[Envelope, bytes]:
+        """The envelope and the (signed) bytes ``publish`` would send for ``body`` to ``to``, without
+        sending them: for tools that must send them late, altered or not at all (emulators' faults,
+        the conformance suite's expired setpoint, benchmarks)."""
+        type_name = body.type_name
+        topic = topic_for(self.me, type_name, to)
+        if sequence is None:
+            self._sequence[topic] += 1
+            sequence = self._sequence[topic]
+        created = _dt(self.now_us())
+        expiry = valid_for_s if valid_for_s is not None else self.policy[type_name].expiry_s
+        env = Envelope.model_construct(
+            message_id=message_id or uuid.uuid4(),
+            type=type_name,
+            schema_version=SCHEMA_VERSION,
+            sender=self.me,
+            recipients=[to],
+            sequence=sequence,
+            created_at=created,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            valid_until=created + timedelta(seconds=expiry) if expiry is not None else None,
+            reply_to=reply_to,
+        )
+        payload = encode(env, body)
+        if self.signing_key is not None:
+            payload = signing.sign(payload, self.signing_key)
+        return env, payload
+
+    async def publish(
+        self,
+        body: Body,
+        to: Party,
+        *,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        valid_for_s: float | None = None,
+        reply_to: str | None = None,
+        message_id: uuid.UUID | None = None,
+    ) -> Envelope:
+        """Send ``body`` to ``to`` (an actor, ``Party(role, 'all')`` or ``ALL``) with its type's
+        delivery policy. Returns the envelope it went out in. QoS 1 messages wait for a connection;
+        QoS 0 messages and messages that expire while waiting are dropped (and logged)."""
+        type_name = body.type_name
+        policy = self.policy[type_name]
+        env, payload = self.build(
+            body,
+            to,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            valid_for_s=valid_for_s,
+            reply_to=reply_to,
+            message_id=message_id,
+        )
+        if len(payload) > self.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"{type_name} of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes} bytes"
+            )
+        topic = topic_for(self.me, type_name, to)
+        props = self._properties(env, policy) if self._v5 else None
+        valid_until_us = int(env.valid_until.timestamp() * 1e6) if env.valid_until else None
+        if self.links:
+            lost, delay = self.links.decide(self._me_str, str(to), time.time())
+            if lost:
+                self._record_out(env, topic, len(payload), policy.qos, None, lost)
+                return env
+            if delay > 0:  # in transit on a slow link: sent later, the sender goes on
+                self.spawn(self._send_later(delay, env, topic, payload, policy, props))
+                return env
+        if self.traffic is not None:
+            self.traffic.expect(str(env.message_id), to, self.me)
+        try:
+            sent_us, dropped = await self._send(topic, payload, policy, props, valid_until_us)
+        except BaseException:
+            if self.traffic is not None:
+                self.traffic.cancel(str(env.message_id))
+            raise
+        if dropped and self.traffic is not None:
+            self.traffic.cancel(str(env.message_id))
+        self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
+        return env
+
+    async def publish_bytes(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int | None:
+        """Send ``payload`` on ``topic`` as it is: no envelope, no checks, no exchange-log row. For
+        the tools that must send what the contract forbids (the conformance suite's expired setpoint,
+        a fault emulator's malformed message). Returns when it was sent (µs), None if dropped."""
+        sent_us, _ = await self._send(topic, payload, DeliveryPolicy(qos=qos, retain=retain), None, None)
+        return sent_us
+
+    async def _send_later(
+        self, delay: float, env: Envelope, topic: str, payload: bytes, policy: DeliveryPolicy, props: Properties | None
+    ) -> None:
+        await asyncio.sleep(delay)
+        # the message was on the wire all along: it is delivered even if it expired meanwhile (the
+        # receiver refuses it then), as a slow network would
+        sent_us, dropped = await self._send(topic, payload, policy, props, None)
+        self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
+
+    def _properties(self, env: Envelope, policy: DeliveryPolicy) -> Properties | None:
+        # the broker drops the message once the envelope says it has expired (a paced run's setpoint
+        # lives its scenario period over the speed), not seconds later by the policy's default. MQTT
+        # counts whole seconds and Mosquitto's clock ticks in whole seconds, so one second is added:
+        # the broker never drops a message the receiver would still have taken (the receiver checks
+        # the envelope's validity to the microsecond)
+        expiry = math.ceil((env.valid_until - env.created_at).total_seconds() - 1e-9) + 1 if env.valid_until else None
+        if env.reply_to is not None:
+            return PublishProperties(expiry, env.reply_to, env.message_id.bytes)
+        if env.causation_id is not None:
+            return PublishProperties(expiry, None, env.causation_id.bytes)
+        if expiry is None:
+            return None
+        props = self._expiry_properties.get(expiry)
+        if props is None:
+            props = self._expiry_properties[expiry] = PublishProperties(expiry)
+        return props
+
+    async def _send(
+        self, topic: str, payload: bytes, policy: DeliveryPolicy, props: Properties | None, valid_until_us: int | None
+    ) -> tuple[int | None, str | None]:
+        """Publish until the broker has it. Returns (sent_us, None) or (None, why it was dropped)."""
+        while True:
+            if self.failed is not None:
+                raise GatewayFailed(f"{self.client_id}: the gateway stopped: {self.failed!r}")
+            client = self._client
+            if client is None or client.lost:
+                if policy.qos == 0:
+                    return None, "not connected (QoS 0 is not queued)"
+                if self._closing:
+                    return None, "gateway closed before the message could be sent"
+                await self._connected.wait()
+                await asyncio.sleep(0)
+                continue
+            sent_us = self.now_us()
+            if valid_until_us is not None and sent_us > valid_until_us:
+                return None, "expired before it could be sent"
+            try:
+                await client.publish(
+                    topic,
+                    payload,
+                    qos=policy.qos,
+                    retain=policy.retain,
+                    properties=props,
+                    timeout=self.publish_timeout_s,
+                )
+            except aiomqtt.MqttError as exc:
+                if policy.qos == 0:
+                    return None, f"publish failed: {exc}"
+                client.lost = True  # resend on the next connection
+                continue
+            if client.lost and policy.qos > 0:
+                continue  # the connection dropped before the PUBACK: send again (receivers de-duplicate)
+            return sent_us, None
+
+    def _record_out(
+        self, env: Envelope, topic: str, size: int, qos: int, sent_us: int | None, dropped: str | None
+    ) -> None:
+        self.stats["dropped" if dropped else "sent"] += 1
+        if dropped:
+            self.log.warning("dropped", type=env.type, topic=topic, reason=dropped)
+        if self.exchange_log is not None:
+            self.exchange_log.record(
+                LogRow(
+                    self.run_id,
+                    self._me_str,
+                    "out",
+                    "dropped" if dropped else "sent",
+                    dropped,
+                    str(env.message_id),
+                    env.type,
+                    topic,
+                    self._me_str,
+                    str(env.recipients[0]),
+                    str(env.correlation_id) if env.correlation_id else None,
+                    str(env.causation_id) if env.causation_id else None,
+                    env.sequence,
+                    size,
+                    qos,
+                    int(env.created_at.timestamp() * 1e6),
+                    sent_us,
+                    None,
+                )
+            )
+
+    # --- request / response ------------------------------------------------------------------
+
+    async def request(
+        self,
+        body: Body,
+        to: Party,
+        *,
+        timeout: float,
+        retries: int = 0,
+        correlation_id: uuid.UUID | None = None,
+    ) -> Received[Any]:
+        """Send a request and wait for its answer (matched by the answer's causation id, which is the
+        request's message id; MQTT 5 also carries it as Correlation Data). On a timeout the request
+        is sent again as a new message, ``retries`` times; a late answer to an earlier attempt counts.
+        Raises :class:`RequestTimeout`."""
+        response_type = RESPONSE_TYPES[body.type_name]
+        reply_to = topic_for(to, response_type, self.me)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Received[Any]] = loop.create_future()
+        ids: list[uuid.UUID] = []
+        try:
+            for attempt in range(retries + 1):
+                if answer.cancelled():  # the last attempt timed out: a late answer to any attempt counts
+                    answer = loop.create_future()
+                    for earlier in ids:
+                        self._pending[earlier] = answer
+                # reserve the message id before publishing: the answer may arrive before publish returns
+                env_id = uuid.uuid4()
+                self._pending[env_id] = answer
+                ids.append(env_id)
+                await self.publish(
+                    body, to, correlation_id=correlation_id or ids[0], reply_to=reply_to, message_id=env_id
+                )
+                try:
+                    async with asyncio.timeout(timeout):
+                        return await answer
+                except TimeoutError:
+                    self.log.warning("request timed out", type=body.type_name, to=str(to), attempt=attempt + 1)
+            raise RequestTimeout(
+                f"no {response_type} from {to} within {timeout} s for {body.type_name} "
+                f"({retries + 1} attempt{'s' if retries else ''})"
+            )
+        finally:
+            for env_id in ids:
+                self._pending.pop(env_id, None)
+
+    async def reply(self, request: Received[Any], body: Body) -> Envelope:
+        """Answer ``request``: same correlation id, causation id = the request's message id."""
+        req = request.envelope
+        return await self.publish(
+            body, req.sender, correlation_id=req.correlation_id or req.message_id, causation_id=req.message_id
+        )
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    def on(self, body_type: type[B], handler: Handler | None = None) -> Any:
+        """Register an async handler for a message type (usable as a decorator). Each message is
+        handled in its own task, so a handler may itself send requests and wait for answers."""
+
+        def register(fn: Handler) -> Handler:
+            self._handlers[body_type.type_name].append(fn)
+            return fn
+
+        return register(handler) if handler is not None else register
+
+    async def messages(self) -> AsyncIterator[Received[Any]]:
+        """Every accepted message that no handler and no pending request took, in arrival order, from
+        the first call on (before it, such messages are counted as 'unhandled' and not kept). The
+        queue holds at most 10 000; beyond that the newest are dropped and logged."""
+        if self._inbox is None:
+            self._inbox = asyncio.Queue(maxsize=10_000)
+        while True:
+            yield await self._inbox.get()
+
+    async def refuse(self, msg: Received[Any], reason: str) -> None:
+        """The actor refuses a valid message as implausible (a setpoint from a party it has no
+        contract with, beyond an accepted bid...): an exchange-log row and, where the sender's
+        identity is established, a rejection notice with ``reason``."""
+        env = msg.envelope
+        self._on_rejected(
+            Rejected(RejectReason.REFUSED, reason, msg.topic, env.sender, env, authenticated=msg.authenticated),
+            msg.size,
+            1,
+            msg.received_us,
+            "refused",
+        )
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` as one of the gateway's tasks: cancelled when it closes, a failure logged."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        if self._started is not None:
+            self._started.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.log.error("handler failed", error=repr(exc), exc_info=exc)
+
+    def _on_message(self, message: aiomqtt.Message | MemoryMessage) -> None:
+        """One message, in isolation: nothing it contains may stop the loop that receives the next."""
+        received_us = self.now_us()
+        message_id: str | None = None
+        # the handler tasks this arrival starts, counted only where a virtual clock waits for them
+        started: list[asyncio.Task[Any]] | None = [] if self.traffic is not None else None
+        self._started = started
+        try:
+            topic = message.topic.value
+            payload = message.payload if isinstance(message.payload, bytes) else bytes(str(message.payload), "utf-8")
+            try:
+                msg = self.check.check(topic, payload, received_us, retained=bool(message.retain))
+            except Rejected as rej:
+                message_id = str(rej.envelope.message_id) if rej.envelope is not None else None
+                self._on_rejected(rej, len(payload), message.qos, received_us)
+                return
+            message_id = str(msg.envelope.message_id)
+            self._deliver(msg, message.qos)
+        except Exception as exc:
+            self.stats["failed"] += 1
+            self.log.error("message handling failed", error=repr(exc)[:300], exc_info=exc)
+        finally:
+            self._started = None
+            if started is not None and message_id is not None and not message.retain:
+                self._handled_when_done(message_id, started)
+
+    def _handled_when_done(self, message_id: str, tasks: list[asyncio.Task[Any]]) -> None:
+        """Tell ``traffic`` the arrival is handled once every handler task it started has returned."""
+        traffic = self.traffic
+        assert traffic is not None
+        if not tasks:
+            traffic.handled(message_id)
+            return
+        left = [len(tasks)]
+
+        def one_done(_: asyncio.Task[Any]) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                traffic.handled(message_id)
+
+        for task in tasks:
+            task.add_done_callback(one_done)
+
+    def _deliver(self, msg: Received[Any], qos: int) -> None:
+        topic = msg.topic
+        self.stats["delivered"] += 1
+        env = msg.envelope
+        if self.exchange_log is not None:
+            self.exchange_log.record(
+                LogRow(
+                    self.run_id,
+                    self._me_str,
+                    "in",
+                    "delivered",
+                    msg.note,
+                    str(env.message_id),
+                    env.type,
+                    topic,
+                    str(env.sender),
+                    self._me_str,
+                    str(env.correlation_id) if env.correlation_id else None,
+                    str(env.causation_id) if env.causation_id else None,
+                    env.sequence,
+                    msg.size,
+                    qos,
+                    int(env.created_at.timestamp() * 1e6),
+                    None,
+                    msg.received_us,
+                )
+            )
+        if msg.note:
+            self.log.info("sequence", topic=topic, note=msg.note)
+        if env.type == Rejection.type_name:
+            self.log.warning("my message was rejected", by=str(env.sender), code=msg.body.code, reason=msg.body.reason)
+        if env.type == Heartbeat.type_name and env.reply_to is not None and env.causation_id is None:
+            # a clock probe: answer at once with this host's time (see gateway.clocksync)
+            self.spawn(self.reply(msg, Heartbeat(sent_at=_dt(msg.received_us), interval_s=msg.body.interval_s)))
+            return
+        if env.causation_id is not None:
+            waiter = self._pending.get(env.causation_id)
+            if waiter is not None:
+                if not waiter.done():
+                    waiter.set_result(msg)
+                return
+        handlers = self._handlers.get(env.type)
+        if handlers:
+            for handler in handlers:
+                self.spawn(handler(msg))
+        elif self._inbox is None:
+            self.stats["unhandled"] += 1
+        else:
+            try:
+                self._inbox.put_nowait(msg)
+            except asyncio.QueueFull:
+                self.stats["inbox_full"] += 1
+                self.log.error("inbox full, message dropped", type=env.type)
+
+    def _on_rejected(self, rej: Rejected, size: int, qos: int, received_us: int, outcome: str | None = None) -> None:
+        outcome = outcome or ("ignored" if rej.quiet and rej.code == RejectReason.DUPLICATE else "rejected")
+        self.stats[outcome] += 1
+        env = rej.envelope
+        now_s = time.monotonic()
+        if outcome != "ignored" and now_s >= self._quiet_until:
+            self._quiet_until = now_s + 0.1
+            self.log.warning("rejected", topic=rej.topic, code=rej.code.value, reason=rej.reason[:300])
+        if self.exchange_log is not None:
+            self.exchange_log.record(
+                LogRow(
+                    self.run_id,
+                    self._me_str,
+                    "in",
+                    outcome,
+                    str(rej),
+                    str(env.message_id) if env else None,
+                    env.type if env else _known_type(rej.topic),
+                    rej.topic,
+                    str(rej.sender) if rej.sender else None,
+                    self._me_str,
+                    str(env.correlation_id) if env and env.correlation_id else None,
+                    str(env.causation_id) if env and env.causation_id else None,
+                    env.sequence if env else None,
+                    size,
+                    qos,
+                    int(env.created_at.timestamp() * 1e6) if env else None,
+                    None,
+                    received_us,
+                )
+            )
+        # Tell the sender: only where its identity is established (its signature verified, or this
+        # receiver checks no signatures and takes senders at their word), never for a copy we already
+        # had or a rejection itself (no ping-pong), and at most NoticeBudget's rate per sender.
+        if rej.quiet or rej.sender is None or rej.sender.role not in ("tso", "dso", "bsp", "mo"):
+            return
+        if not rej.authenticated and self.check.trust is not None:
+            return
+        if (env and env.type == Rejection.type_name) or "/rejection/" in rej.topic:
+            return
+        if not self.notices.take(str(rej.sender), now_s):
+            return
+        self.spawn(self.publish(rejection_notice(rej), rej.sender, causation_id=env.message_id if env else None))

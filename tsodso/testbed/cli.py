@@ -1,0 +1,1079 @@
+"""The `tsodso` command line."""
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="TSO-DSO-BSP coordination testbed.")
+schemas_app = typer.Typer(no_args_is_help=True, help="The message contract: export and validate.")
+broker_app = typer.Typer(no_args_is_help=True, help="Run a broker with the project's configuration.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results belong in BENCHMARKS.md).")
+secure_app = typer.Typer(no_args_is_help=True, help="Identities of a secured deployment: keys, passwords, access list.")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(broker_app, name="broker")
+app.add_typer(bench_app, name="bench")
+app.add_typer(secure_app, name="secure")
+
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _setup(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log gateway events (JSON lines) to stderr.")
+    ] = False,
+) -> None:
+    """Logs go to stderr (warnings only unless --verbose), so stdout stays clean for --json."""
+    import logging
+
+    from tsodso.gateway.logs import configure_logging
+
+    configure_logging(level=logging.INFO if verbose else logging.WARNING)
+    _VERBOSE[0] = verbose
+
+
+_VERBOSE = [False]
+
+
+BrokerOpt = Annotated[
+    str,
+    typer.Option(
+        "--broker",
+        "-b",
+        help="embedded | mosquitto | memory (in-process bus, no broker) | mqtt[s]://user:pass@host:port[?protocol=3.1.1]",
+    ),
+]
+
+
+@schemas_app.command("export")
+def schemas_export(directory: Annotated[Path, typer.Argument(help="Where to write the files.")] = Path("contract")):
+    """Write one JSON Schema per message type (DIR/schemas/) and the AsyncAPI 3.0 document."""
+    from tsodso.gateway.asyncapi import export_asyncapi
+    from tsodso.schemas.export import export_json_schemas
+
+    paths = export_json_schemas(directory / "schemas")
+    api = export_asyncapi(directory)
+    console.print(f"wrote {len(paths)} JSON Schemas to {directory / 'schemas'} and {api}")
+
+
+@schemas_app.command("validate")
+def schemas_validate(
+    file: Annotated[Path, typer.Argument(help="A captured payload (envelope + body), JSON; '-' for stdin.")],
+    type_: Annotated[str | None, typer.Option("--type", "-t", help="Expected message type.")] = None,
+):
+    """Validate a captured message: exit 0, or exit 1 with the field path and what was wrong."""
+    from tsodso.schemas.validate import InvalidMessage, validate_message
+
+    data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    try:
+        env, _ = validate_message(data, type_)
+    except InvalidMessage as exc:
+        typer.echo(f"invalid {file}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    console.print(f"valid {env.type} from {env.sender} to {', '.join(map(str, env.recipients))}", highlight=False)
+
+
+def _serve_until_signal(proc_broker) -> None:
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop and proc_broker.proc.poll() is None:
+            time.sleep(0.2)
+    finally:
+        proc_broker.stop()
+
+
+@broker_app.command("embedded")
+def broker_embedded(
+    port: Annotated[int, typer.Option(help="TCP port (0: a free one).")] = 0,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+):
+    """Run the embedded broker (MQTT 3.1.1, pure Python, installed with the project) until Ctrl+C."""
+    from tsodso.broker import free_port
+    from tsodso.broker.embedded import main
+
+    main(["--host", host, "--port", str(port or free_port(host))])
+
+
+@broker_app.command("mosquitto")
+def broker_mosquitto(
+    port: Annotated[int, typer.Option(help="TCP port (0: a free one).")] = 0,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    data_dir: Annotated[Path | None, typer.Option(help="Configuration, persistence and log.")] = None,
+    secrets: Annotated[
+        Path | None,
+        typer.Option(
+            help="A secrets directory (tsodso secure init): each actor logs in with its own password and "
+            "may publish and read only what the rights table gives it."
+        ),
+    ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="With --secrets: mutual TLS, only clients with a certificate of the "
+            "deployment's CA get in (the certificate names the actor).",
+        ),
+    ] = False,
+):
+    """Run Mosquitto with the project's configuration (MQTT 5, TCP_NODELAY, persistence) until Ctrl+C."""
+    from tsodso.broker import start_broker
+    from tsodso.broker.acl import auth_lines, tls_auth_lines
+    from tsodso.broker.mosquitto import MosquittoMissing
+
+    auth = None
+    data_dir = data_dir or Path("runs/mosquitto")
+    if tls and secrets is None:
+        raise typer.BadParameter("--tls needs --secrets (the deployment's CA and certificates)")
+    if secrets is not None:
+        try:
+            auth = tls_auth_lines(secrets / "mosquitto", secrets / "tls") if tls else auth_lines(secrets / "mosquitto")
+        except FileNotFoundError as exc:
+            err.print(f"{exc}; write it with: tsodso secure init --scenario SCENARIO --out {secrets}")
+            raise typer.Exit(2) from None
+    try:
+        running = start_broker("mosquitto", port=port or None, host=host, data_dir=data_dir, auth=auth)
+    except MosquittoMissing as exc:
+        err.print(str(exc))
+        raise typer.Exit(1) from None
+    url = running.url.replace("mqtt://", "mqtts://") if tls else running.url
+    console.print(
+        f"mosquitto listening on {url} (config {data_dir / 'mosquitto.conf'}"
+        f"{(', client certificates' if tls else ', per-actor passwords') + ' and access list from ' + str(secrets) if secrets else ', anyone may log in'})",
+        highlight=False,
+    )
+    _serve_until_signal(running)
+
+
+@broker_app.command("nats")
+def broker_nats(
+    port: Annotated[int, typer.Option(help="MQTT port (0: a free one).")] = 0,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    data_dir: Annotated[Path | None, typer.Option(help="Configuration and JetStream store.")] = None,
+    secrets: Annotated[
+        Path | None,
+        typer.Option(
+            help="A secrets directory (tsodso secure init): per-actor users and permissions from the rights table."
+        ),
+    ] = None,
+):
+    """Run nats-server with JetStream and its MQTT interface (MQTT 3.1.1) until Ctrl+C."""
+    from tsodso.broker import start_broker
+    from tsodso.broker.nats import NatsMissing
+
+    auth = None
+    if secrets is not None:
+        path = secrets / "nats" / "authorization.conf"
+        if not path.exists():
+            err.print(f"{path} does not exist; write it with: tsodso secure init --scenario SCENARIO --out {secrets}")
+            raise typer.Exit(2)
+        auth = path.read_text()
+    data_dir = data_dir or Path("runs/nats")
+    try:
+        running = start_broker("nats", port=port or None, host=host, data_dir=data_dir, auth=auth)
+    except NatsMissing as exc:
+        err.print(str(exc))
+        raise typer.Exit(1) from None
+    console.print(
+        f"nats-server (MQTT 3.1.1) listening on {running.url} (config {data_dir / 'nats.conf'}"
+        f"{', per-actor users from ' + str(secrets) if secrets else ', anyone may log in'})",
+        highlight=False,
+    )
+    _serve_until_signal(running)
+
+
+@secure_app.command("init")
+def secure_init(
+    scenario: Annotated[Path, typer.Option(help="Scenario file (YAML): its actors get an identity each.")],
+    out: Annotated[
+        Path, typer.Option(help="Secrets directory to write (keep it private; give each site its own file).")
+    ] = Path("secrets"),
+    host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Name or address the broker's certificate is for (repeatable; localhost and 127.0.0.1 always)."
+        ),
+    ] = None,
+):
+    """One identity per actor: an Ed25519 signing key, a broker password, a client certificate of the
+    deployment's own CA, and the broker's access list."""
+    from tsodso.testbed.scenario import load_scenario
+    from tsodso.testbed.security import init
+
+    actors = init(out, load_scenario(scenario), hosts=host)
+    console.print(
+        f"{len(actors)} identities in {out}: public-keys.json (for everyone), one <role>-<id>.secret.json "
+        f"per actor (for that actor only), observer.secret.json (read-only), mosquitto/acl and "
+        f"mosquitto/passwd (tsodso broker mosquitto --secrets {out}), tls/ (a CA, the broker's and one client "
+        f"certificate per actor: add --tls)",
+        highlight=False,
+    )
+
+
+@bench_app.command("rtt")
+def bench_rtt(
+    broker: BrokerOpt = "mosquitto",
+    n: Annotated[int, typer.Option("--n", help="Round trips per path.")] = 2000,
+    qos: Annotated[int, typer.Option("--qos", help="QoS of request and response.")] = 1,
+    signed: Annotated[
+        bool, typer.Option("--signed", help="Both gateways sign and check signatures (Ed25519).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Gateway request/response round trip vs raw aiomqtt, same run. Goal: ratio_p50 <= 1.3."""
+    from tsodso.broker import start_broker
+    from tsodso.testbed.bench.rtt import run_rtt
+
+    with start_broker(broker) as running:
+        result = asyncio.run(run_rtt(running.url, n=n, qos=qos, signed=signed))
+    result["broker_kind"] = running.kind
+    if as_json:
+        print(json.dumps(result))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"request/response round trip, {running.kind} ({result['protocol']}), QoS {qos}, n={n}")
+    for col in ("path", "p50 [ms]", "p99 [ms]"):
+        table.add_column(col)
+    table.add_row(
+        "gateway (typed, validated, logged)", f"{result['gateway_p50_ms']:.3f}", f"{result['gateway_p99_ms']:.3f}"
+    )
+    table.add_row("raw aiomqtt", f"{result['raw_p50_ms']:.3f}", f"{result['raw_p99_ms']:.3f}")
+    console.print(table)
+    verdict = "[green]met[/green]" if result["ratio_p50"] <= 1.3 else "[red]not met[/red]"
+    console.print(f"ratio_p50 = {result['ratio_p50']} (goal <= 1.3: {verdict})")
+
+
+CoordinationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--coordination",
+        "-c",
+        help="a coordination scheme (tso_managed, dso_managed, fragmented, hybrid, "
+        "common_market, integrated_market), or on (= hybrid) / off (= tso_managed); "
+        "default: the scenario's setting",
+    ),
+]
+
+
+VirtualOpt = Annotated[
+    bool,
+    typer.Option(
+        "--virtual",
+        help="Virtual time: scenario time advances when every actor has finished its step and every message "
+        "is handled; as fast as the actors compute, the same outcome every time (--speed is ignored; link "
+        "conditions need paced time).",
+    ),
+]
+
+
+def _coordination(value: str | None) -> str | None:
+    from tsodso.actors.config import SCHEMES
+    from tsodso.actors.coordination import SWITCH
+
+    if value is None:
+        return None
+    scheme = SWITCH.get(value, value)
+    if scheme not in SCHEMES:
+        raise typer.BadParameter(f"--coordination is one of {', '.join(SCHEMES)}, on or off")
+    return scheme
+
+
+async def _progress(clock, scenario) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    total = (scenario.end - scenario.start).total_seconds()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[now]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(scenario.name, total=total, now="")
+        while True:
+            now = clock.now()
+            bar.update(
+                task,
+                completed=min(total, max(0.0, (now - scenario.start).total_seconds())),
+                now=f"{now:%H:%M:%S}" if now >= scenario.start else "connecting",
+            )
+            await asyncio.sleep(0.2)
+
+
+def _run(
+    scenario_file: Path,
+    coordination: str | None,
+    speed: float,
+    broker: str,
+    out: Path,
+    links: Sequence[str] = (),
+    virtual: bool = False,
+) -> dict:
+    from tsodso.actors.config import LinkConfig
+    from tsodso.broker import start_broker
+    from tsodso.testbed.runner import run_scenario
+    from tsodso.testbed.scenario import load_scenario
+
+    scenario = load_scenario(scenario_file, coordination=coordination)
+    for spec in links:
+        pattern, _, params = spec.rpartition(":") if "=" in spec.rpartition(":")[2] else (spec, "", "")
+        values = dict(kv.split("=", 1) for kv in params.split(",") if kv)
+        scenario.links.append(LinkConfig.model_validate({"between": pattern, **values}))
+    import shutil
+
+    shutil.rmtree(out / "broker", ignore_errors=True)  # a fresh broker per run: no retained state of the last one
+    with start_broker(broker, data_dir=out / "broker") as running:
+        progress = _progress if sys.stderr.isatty() else None
+        return asyncio.run(run_scenario(scenario, running.url, out, speed=speed, virtual=virtual, progress=progress))
+
+
+@app.command()
+def run(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (YAML).")],
+    coordination: CoordinationOpt = None,
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
+    realtime: Annotated[bool, typer.Option("--realtime", help="Same as --speed 1.")] = False,
+    virtual: VirtualOpt = False,
+    broker: BrokerOpt = "embedded",
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/latest"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
+    link: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Link condition 'PATTERN:key=value,...', e.g. 'tso/*->dso/*:delay_ms=3000,drop_probability=0.1'"
+            " (keys of a scenario's links entry; repeatable)."
+        ),
+    ] = None,
+):
+    """Run a scenario with every actor in this process; write the run directory."""
+    summary = _run(
+        scenario, _coordination(coordination), 1.0 if realtime else speed, broker, out, link or [], virtual=virtual
+    )
+    from tsodso.testbed.report import build_report
+
+    build_report([out])
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    _print_outcomes([summary], console)
+    console.print(f"run directory: {out} (report: {out / 'report.html'})", highlight=False)
+
+
+@app.command()
+def up(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (YAML).")],
+    coordination: CoordinationOpt = None,
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 25.0,
+    tls: Annotated[bool, typer.Option("--tls", help="Mutual TLS: only the deployment's certificates get in.")] = False,
+    out: Annotated[Path, typer.Option(help="Deployment directory: secrets/, broker/, run/, one log per actor.")] = Path(
+        "runs/secure"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
+):
+    """The secured deployment in one command: identities, Mosquitto with the access list (and mutual
+    TLS), every actor in its own process signing and checking; prints the outcome."""
+    from tsodso.broker.mosquitto import MosquittoMissing
+    from tsodso.testbed.deploy import DeployError
+    from tsodso.testbed.deploy import up as deploy
+
+    try:
+        summary = deploy(scenario, out, speed=speed, tls=tls, coordination=_coordination(coordination))
+    except (DeployError, MosquittoMissing) as exc:
+        err.print(f"tsodso up: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    _print_outcomes([summary], console)
+    console.print(f"run directory: {out / 'run'}; secrets (reused next time): {out / 'secrets'}", highlight=False)
+
+
+@app.command()
+def actor(
+    role: Annotated[str, typer.Argument(help="tso | dso | bsp | mo (the market operator of the integrated market)")],
+    actor_id: Annotated[str, typer.Option("--id", help="The actor's id in the scenario.")],
+    scenario: Annotated[Path, typer.Option(help="Scenario file (YAML).")],
+    broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")],
+    coordination: CoordinationOpt = None,
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second (the same for every actor).")] = 50.0,
+    out: Annotated[Path, typer.Option(help="Run directory shared by the actors.")] = Path("runs/actors"),
+    secrets: Annotated[
+        Path | None,
+        typer.Option(
+            help="Secrets directory (tsodso secure init): this actor's key and broker password, everyone's "
+            "public keys. Required unless --insecure."
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Run open: no signatures, no own login; anyone on the broker may speak as anyone."
+        ),
+    ] = False,
+):
+    """Run one actor in this process on any broker; the TSO starts the run when all are online."""
+    from tsodso.gateway.client import GatewayFailed
+    from tsodso.testbed.scenario import actor_in, load_scenario
+    from tsodso.testbed.security import SecretsError
+    from tsodso.testbed.standalone import run_actor
+
+    if role not in ("tso", "dso", "bsp", "mo"):
+        raise typer.BadParameter("role is tso, dso, bsp or mo")
+    if secrets is None and not insecure:
+        err.print(
+            "tsodso actor: give --secrets DIR (write it once with: tsodso secure init --scenario "
+            f"{scenario} --out secrets), or --insecure to run without identities"
+        )
+        raise typer.Exit(2)
+    loaded = load_scenario(scenario, coordination=_coordination(coordination))
+    actor_in(loaded, role, actor_id, scenario)
+    try:
+        asyncio.run(run_actor(role, actor_id, loaded, broker, out, speed=speed, secrets=secrets))
+    except (SecretsError, GatewayFailed) as exc:
+        err.print(f"tsodso actor {role}/{actor_id}: {exc}")
+        raise typer.Exit(1) from None
+    if role == "tso":
+        console.print(f"summary: {out / 'summary.json'}", highlight=False)
+
+
+def _print_outcomes(runs: list[dict], to: Console) -> None:
+    """The runs' outcomes side by side, read through the summary's model (``testbed.results``)."""
+    from rich.table import Table
+
+    from tsodso.actors import rules
+    from tsodso.testbed.results import RunSummary
+
+    summaries = [RunSummary.model_validate(r) for r in runs]
+
+    table = Table(title=f"{summaries[0].scenario}: outcomes")
+    table.add_column("")
+    for s in summaries:
+        table.add_column(f"{s.coordination}", justify="right")
+
+    from rich.markup import escape
+
+    from tsodso.testbed.summary import setpoints_text
+
+    def row(label: str, fn: Callable[[RunSummary], str]) -> None:
+        table.add_row(escape(label), *[escape(fn(s)) for s in summaries])
+
+    row("DSO limits [MW]", lambda s: ", ".join(f"{b} {v:.2f}" for b, v in s.dso_limits_mw.items()) or "none")
+    row(
+        "limiting element",
+        lambda s: next(
+            (v.get("limiting_element") or "" for v in s.validations.values() if v.get("limiting_element")), "-"
+        ),
+    )
+    row("largest delta setpoint [MW]", lambda s: ", ".join(f"{v:.2f}" for v in s.max_delta_setpoint_mw.values()))
+    row("max line loading [%]", lambda s: f"{s.max_line_loading_percent:.1f} ({s.max_loading_element})")
+    row("congestion [s]", lambda s: f"{s.congestion_seconds:.0f}")
+    row("activated energy [MWh]", lambda s: f"{s.activated_energy_mwh:.3f}")
+    row("setpoints sent / missed", setpoints_text)
+    low, high = (100 * x for x in rules.DELIVERY_BAND)
+    row(f"delivery within [{low:+.0f} %, {high:+.0f} %]", lambda s: f"{s.delivery_within_tolerance_ratio}")
+    row(
+        "MOL -> validation p50 / p99 [ms]",
+        lambda s: (
+            (f"{s.mol_validation_round_trip_ms.p50} / {s.mol_validation_round_trip_ms.p99}")
+            if s.mol_validation_round_trip_ms.count
+            else "-"
+        ),
+    )
+    row(
+        "delta_setpoint latency p50 / p99 [ms]",
+        lambda s: (
+            f"{s.latency_ms['delta_setpoint'].p50} / {s.latency_ms['delta_setpoint'].p99}"
+            if "delta_setpoint" in s.latency_ms
+            else "-"
+        ),
+    )
+    row("total activation cost [EUR]", lambda s: f"{s.schemes.total_cost_eur:.2f}")
+    row("balancing need covered [%]", lambda s: f"{s.schemes.balancing_covered_percent:.1f}")
+    row(
+        "DER energy TSO / DSOs [MWh]",
+        lambda s: f"{s.schemes.der_mwh_tso:.2f} / {s.schemes.der_mwh_dso:.2f}",
+    )
+    row("messages", lambda s: str(sum(s.messages.values())))
+    row("wall clock [s]", lambda s: f"{s.wall_clock_s or 0:.1f}")
+    to.print(table)
+
+
+def _bench_table(result: dict, extra: list[tuple[str, str]]) -> None:
+    """Every benchmark's terminal output: value against goal, the same-run baseline, details."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"bench {result['benchmark']}")
+    table.add_column("")
+    table.add_column("", justify="right")
+    rows = [(result["metric"], f"{result['value']} {result['unit']}"), ("goal", result["goal"])]
+    if "baseline" in result:
+        rows += [
+            (f"baseline: {result['baseline']}", f"{result['baseline_value']} {result['unit']}"),
+            ("ratio (value / baseline)", str(result["ratio"])),
+        ]
+    rows += extra
+    for label, value in rows:
+        table.add_row(escape(label), escape(str(value)))
+    console.print(table)
+
+
+@bench_app.command("mol")
+def bench_mol(
+    bids: Annotated[int, typer.Option("--bids", help="Bids in the merit order list.")] = 1000,
+    grid: Annotated[str, typer.Option("--grid", help="Grid name or simbench:<code>.")] = "simbench:1-MV-semiurb--0-sw",
+    baseline_bids: Annotated[int, typer.Option(help="Bids for the pp.runpp baseline (scaled).")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """DSO validation time of an N-bid MOL, against per-bid pp.runpp. Goal: <= 150 ms for 1000 bids."""
+    from tsodso.testbed.bench.mol import run_mol
+
+    result = run_mol(grid, bids, baseline_bids)
+    if as_json:
+        print(json.dumps(result))
+        return
+    _bench_table(
+        result,
+        [
+            ("grid", f"{grid} ({result['buses']} buses)"),
+            ("verdicts", str(result["verdicts"])),
+            ("runs [ms]", str(result["validation_ms_runs"])),
+            (
+                "real-time check p50 / p99 [ms]",
+                f"{result['realtime_check_ms_p50']} / {result['realtime_check_ms_p99']}",
+            ),
+            ("engine vs pp.runpp, max loading difference [%]", str(result["engine_vs_runpp_max_loading_diff_percent"])),
+        ],
+    )
+
+
+@bench_app.command("fanout")
+def bench_fanout(
+    endpoints: Annotated[int, typer.Option("--endpoints", help="BSP endpoints, each its own MQTT connection.")] = 1000,
+    broker: BrokerOpt = "mosquitto",
+    cycles: Annotated[int, typer.Option(help="Setpoint cycles per path.")] = 5,
+    period: Annotated[float, typer.Option(help="Cycle length [s] (4 s in real time; shorter = accelerated).")] = 4.0,
+    workers: Annotated[int, typer.Option(help="Processes hosting the endpoints.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """One TSO -> N BSP endpoints every cycle: missed cycles and publish->receive p50/p99, gateway vs raw."""
+    import resource
+
+    from tsodso.broker import start_broker
+    from tsodso.testbed.bench.fanout import run_fanout
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the broker and endpoints need a socket each
+    with start_broker(broker) as running:
+        result = run_fanout(running.url, endpoints, cycles, period, workers)
+    if as_json:
+        print(json.dumps(result))
+        return
+    _bench_table(
+        result,
+        [
+            (
+                f"{path}: p50 / p99 [ms], missed cycles, missed deliveries",
+                f"{result[path]['p50_ms']} / {result[path]['p99_ms']}, {result[path]['missed_cycles']}/"
+                f"{cycles}, {result[path]['missed_deliveries']}",
+            )
+            for path in ("gateway", "raw")
+        ]
+        + [("endpoints connected (s)", f"{result['connected']} ({result['connect_s']} s)")],
+    )
+
+
+@bench_app.command("day")
+def bench_day(
+    broker: BrokerOpt = "mosquitto",
+    speed: Annotated[
+        float | None,
+        typer.Option(
+            help="Pace at this many scenario seconds per wall second (1440: a day in a minute); default: virtual time."
+        ),
+    ] = None,
+    hours: Annotated[float, typer.Option(help="Scenario hours.")] = 24.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """24 h of the reference scenario in virtual time (goal: <= 30 s wall), or paced (goal: <= 60 s)."""
+    from tsodso.broker import start_broker
+    from tsodso.testbed.bench.day import run_day
+
+    with start_broker(broker) as running:
+        result = run_day(running.url, speed=speed, hours=hours)
+    if as_json:
+        print(json.dumps(result))
+        return
+    _bench_table(
+        result,
+        [
+            ("time", result["time"]),
+            ("cycles", f"{result['cycles']} ({result['cycles_per_s']}/s)"),
+            ("setpoints sent / missed", f"{result['setpoints_sent']} / {result['setpoints_missed']}"),
+            ("late cycles", str(result["late_cycles"])),
+            ("delta_setpoint latency [ms]", str(result["delta_setpoint_latency_ms"])),
+        ],
+    )
+
+
+@bench_app.command("log")
+def bench_log(
+    rows: Annotated[int, typer.Option("--rows", help="Rows to record.")] = 500_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Exchange-log rows per second with nothing lost. Goal: >= 50 000 rows/s."""
+    from tsodso.testbed.bench.log import run_log
+
+    result = run_log(rows)
+    if as_json:
+        print(json.dumps(result))
+        return
+    _bench_table(
+        result,
+        [
+            ("rows written / lost", f"{result['rows_written']} / {result['lost']}"),
+            ("record() per row [µs]", str(result["record_us_per_row"])),
+        ],
+    )
+
+
+@bench_app.command("hostile")
+def bench_hostile(
+    broker: BrokerOpt = "embedded",
+    rates: Annotated[
+        str, typer.Option(help="Comma-separated hostile messages per second, 0 = the clean run.")
+    ] = "0,1000,2000,4000",
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """The reference scenario under a hostile flood: refused messages/s with the outcome unchanged."""
+    from tsodso.broker import start_broker
+    from tsodso.testbed.bench.hostile import run_hostile
+
+    try:
+        chosen = [float(r) for r in rates.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--rates {rates!r}: comma-separated numbers, e.g. 0,1000,2000") from None
+    with start_broker(broker) as running:
+        result = run_hostile(running.url, chosen, speed=speed)
+    if as_json:
+        print(json.dumps(result))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"reference scenario under a hostile flood, {running.kind} broker, {speed:g}x")
+    cols = (
+        "rate (1/s)",
+        "sent (1/s)",
+        "refused",
+        "as clean run",
+        "limit (MW)",
+        "congestion (s)",
+        "lost / expired",
+        "setpoint p99 (ms)",
+        "loop stall (ms)",
+    )
+    for col in cols:
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        table.add_row(
+            f"{r['rate_per_s']:g}",
+            str(r["sent_per_s"]),
+            str(r["refused"]),
+            "yes" if r["outcome_as_clean_run"] else "NO",
+            str(r["dso_limit_mw"]),
+            str(r["congestion_s"]),
+            f"{r['setpoints_lost']} / {r['setpoints_expired']}",
+            str(r["setpoint_latency_p99_ms"]),
+            str(r["loop_stall_max_ms"]),
+        )
+    console.print(table)
+
+
+@app.command()
+def hostile(
+    broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1] (a broker of your own)")],
+    targets: Annotated[
+        str, typer.Option(help="Comma-separated role/id the messages are addressed to.")
+    ] = "tso/tso,dso/dso1,bsp/bsp1",
+    rate: Annotated[float, typer.Option(help="Messages per second.")] = 1000.0,
+    duration: Annotated[float, typer.Option(help="[s] how long.")] = 20.0,
+):
+    """Play a hostile peer: malformed, oversized, forged and replayed messages at a rate (testbed.hostile)."""
+    from tsodso.schemas.envelope import Party
+    from tsodso.testbed.hostile import flood
+
+    try:
+        parties = [Party.of(*t.split("/", 1)) for t in targets.split(",")]
+    except (IndexError, ValueError):
+        raise typer.BadParameter(f"--targets {targets!r}: comma-separated role/id, e.g. tso/tso,bsp/bsp1") from None
+    import aiomqtt
+
+    try:
+        sent = asyncio.run(flood(broker, parties, rate=rate, duration_s=duration))
+    except (aiomqtt.MqttError, OSError, ValueError) as exc:
+        err.print(f"tsodso hostile: {broker}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(
+        f"sent {sum(sent.values())} hostile messages: " + ", ".join(f"{k} {v}" for k, v in sorted(sent.items())),
+        highlight=False,
+    )
+
+
+@app.command()
+def demo(
+    broker: BrokerOpt = "embedded",
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
+    out: Annotated[Path, typer.Option(help="Where the two runs go.")] = Path("runs/demo"),
+    scenario: Annotated[Path, typer.Option(help="Scenario file.")] = Path("scenarios/nl-afrr-congestion.yaml"),
+):
+    """The reference scenario (CS review §IV.B) with coordination on and off, side by side."""
+    summaries = []
+    from tsodso.actors.coordination import SWITCH
+
+    for label in ("on", "off"):
+        coordination = SWITCH[label]
+        console.print(
+            f"running {scenario} with coordination {label} ({coordination}) on the {broker} broker ...", highlight=False
+        )
+        summaries.append(_run(scenario, coordination, speed, broker, out / f"coordination-{label}"))
+    _print_outcomes(summaries, console)
+    from tsodso.testbed.report import build_report
+
+    report = build_report([out / "coordination-on", out / "coordination-off"], out)
+    console.print(f"run directories: {out}/coordination-on, {out}/coordination-off; report: {report}", highlight=False)
+
+
+@app.command()
+def compare(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (YAML).")] = Path("scenarios/schemes-comparison.yaml"),
+    schemes: Annotated[str, typer.Option(help="'all' or a comma-separated list of schemes.")] = "all",
+    out: Annotated[Path, typer.Option(help="Where the runs and the comparison go.")] = Path("runs/compare"),
+    broker: BrokerOpt = "embedded",
+    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
+    virtual: VirtualOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print comparison.json.")] = False,
+):
+    """Run the scenario under each TSO-DSO coordination scheme (CS review Table I) and compare them."""
+    from tsodso.actors.config import SCHEMES
+    from tsodso.testbed.compare import compare as run_compare
+    from tsodso.testbed.compare import table_markdown
+    from tsodso.testbed.scenario import load_scenario
+
+    chosen = list(SCHEMES) if schemes == "all" else [s.strip() for s in schemes.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCHEMES]
+    if unknown:
+        raise typer.BadParameter(f"unknown scheme {', '.join(unknown)}; known: {', '.join(SCHEMES)}")
+    loaded = load_scenario(scenario)
+    result = asyncio.run(
+        run_compare(
+            loaded,
+            broker,
+            out,
+            schemes=chosen,
+            speed=speed,
+            virtual=virtual,
+            progress=lambda s: err.print(f"running {loaded.name} as {s} on the {broker} broker ...", highlight=False),
+        )
+    )
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(table_markdown(result["schemes"]), highlight=False, markup=False, soft_wrap=True)
+    console.print(
+        f"comparison: {out / 'comparison.json'}, {out / 'comparison.md'}, {out / 'comparison.html'}", highlight=False
+    )
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="One run directory, or two to compare (e.g. on and off).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Where report.html and the PNGs go (default: the first run).")
+    ] = None,
+):
+    """Build report.html (self-contained, plots embedded) and PNGs from run directories alone."""
+    from tsodso.testbed.report import build_report
+
+    path = build_report(runs, out)
+    console.print(f"report: {path}", highlight=False)
+
+
+@app.command()
+def exchange(
+    broker: BrokerOpt = "embedded",
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/exchange"),
+):
+    """A small TSO-DSO-BSP exchange over a real broker; prints what crossed the bus with latencies."""
+    from tsodso.broker import start_broker
+    from tsodso.gateway import ExchangeLog
+    from tsodso.gateway.logs import configure_logging
+    from tsodso.testbed.demo import exchange as small_exchange
+    from tsodso.testbed.demo import print_exchange
+
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / "exchange.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    configure_logging(out / "events.jsonl")
+    with start_broker(broker, data_dir=out / "broker") as running:
+        console.print(f"broker: {running.kind} at {running.url}", highlight=False)
+        with ExchangeLog(db, run_id="exchange") as log:
+            asyncio.run(small_exchange(running.url, log))
+    print_exchange(db, console)
+
+
+REFERENCE_SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "nl-afrr-congestion.yaml"
+ScenarioOpt = Annotated[Path, typer.Option(help="Scenario the device profile comes from (assets, bids, the TSO's id).")]
+
+
+@app.command()
+def conformance(
+    role: Annotated[str | None, typer.Option(help="Role of the device under test: bsp | dso | tso | mo.")] = None,
+    device_id: Annotated[str | None, typer.Option("--device-id", help="The device's id on the bus.")] = None,
+    broker: Annotated[
+        str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1] the device is on.")
+    ] = "mqtt://127.0.0.1:1883",
+    observer: Annotated[
+        str | None,
+        typer.Option(
+            help="Broker URL with an account that may read tsodso/v1/# "
+            "(brokers with access lists), for watching the device."
+        ),
+    ] = None,
+    rules: Annotated[str, typer.Option(help="Only rule IDs matching this pattern, e.g. 'BSP-SP-*'.")] = "*",
+    report: Annotated[Path | None, typer.Option(help="Write conformance.json and conformance.html here.")] = None,
+    scenario: ScenarioOpt = REFERENCE_SCENARIO,
+    speed: Annotated[
+        float,
+        typer.Option(
+            help="Scenario seconds per wall second (1 for real devices; emulators step per setpoint and can go faster)."
+        ),
+    ] = 1.0,
+    timeout: Annotated[float, typer.Option(help="[s] wait for each thing the device must do unprompted.")] = 20.0,
+    wait_offline: Annotated[
+        float,
+        typer.Option(
+            help="[s] after the script, wait this long for the device to go "
+            "(stop or unplug it) to judge its 'offline' state (PR-020)."
+        ),
+    ] = 0.0,
+    public_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-keys", help="public-keys.json (tsodso secure init): verify the device's signatures (EN-060)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print conformance.json.")] = False,
+    doc: Annotated[bool, typer.Option("--doc", help="Print the rules as docs/conformance.md and exit.")] = False,
+):
+    """Test a device against the contract, rule by rule: the testbed plays the other roles over the
+    broker. Exit 1 when a rule fails (docs/conformance.md lists the rules)."""
+    if doc:
+        from tsodso.testbed.conformance.rules import markdown
+
+        print(markdown(), end="")
+        return
+    if role is None or device_id is None:
+        raise typer.BadParameter("--role and --device-id are required (or --doc)")
+    if not _VERBOSE[0]:  # the suite provokes refusals on purpose (an expired setpoint): its verdicts say the rest
+        import logging
+
+        from tsodso.gateway.logs import configure_logging
+
+        configure_logging(level=logging.ERROR)
+    from tsodso.testbed.conformance import run_suite
+    from tsodso.testbed.scenario import load_scenario
+
+    device_key = None
+    if public_keys is not None:
+        from tsodso.schemas.signing import load_public_keys
+
+        try:
+            device_key = load_public_keys(public_keys).get(f"{role}/{device_id}")
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"--public-keys: {exc}") from None
+        if device_key is None:
+            raise typer.BadParameter(f"--public-keys {public_keys} has no key for {role}/{device_id}")
+    try:
+
+        def ask() -> None:
+            err.print(f"script done: stop or disconnect {role}/{device_id} now (waiting {wait_offline:g} s)")
+
+        result = asyncio.run(
+            run_suite(
+                role,
+                device_id,
+                broker,
+                load_scenario(scenario),
+                rules=rules,
+                speed=speed,
+                timeout_s=timeout,
+                report_dir=report,
+                observer=observer,
+                leave=(wait_offline, ask) if wait_offline > 0 else None,
+                device_key=device_key,
+            )
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+        for r in result.results:
+            line = f"[{style[r.status]}]{r.status.upper():4}[/] {r.id}  {r.evidence}"
+            if r.status == "fail" and r.bound:
+                line += f"  (measured {r.value}, bound {r.bound})"
+            console.print(line, highlight=False, soft_wrap=True)
+        if result.aborted:
+            console.print(f"[bold red]session stopped early:[/] {result.aborted}", highlight=False, soft_wrap=True)
+        c = result.counts
+        console.print(
+            f"{role}/{device_id}: {c['pass']} passed, {c['fail']} failed, {c['skip']} skipped in "
+            f"{result.duration_s:.1f} s" + (f"; report: {report / 'conformance.html'}" if report else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def emulate(
+    role: Annotated[str | None, typer.Argument(help="bsp | dso | tso | mo")] = None,
+    device_id: Annotated[str | None, typer.Option("--device-id", help="The device's id on the bus.")] = None,
+    broker: Annotated[
+        str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
+    ] = "mqtt://127.0.0.1:1883",
+    fault: Annotated[str | None, typer.Option(help="Break rules on purpose (tsodso emulate --list-faults).")] = None,
+    scenario: ScenarioOpt = REFERENCE_SCENARIO,
+    speed: Annotated[float, typer.Option(help="Must match the suite's --speed.")] = 1.0,
+    list_faults: Annotated[
+        bool, typer.Option("--list-faults", help="Print the fault modes and the rules they break.")
+    ] = False,
+    public_key_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the device's public key here (public-keys.json form), for tsodso conformance --public-keys."
+        ),
+    ] = None,
+):
+    """A reference BSP, DSO, TSO or market-operator device that passes its conformance suite (or breaks it
+    with --fault). It signs what it sends with a key made for this run."""
+    from tsodso.testbed.emulate import FAULTS
+    from tsodso.testbed.emulate import emulate as run_emulator
+    from tsodso.testbed.scenario import load_scenario
+
+    if list_faults:
+        for r, faults in FAULTS.items():
+            for name, (what, breaks) in faults.items():
+                console.print(
+                    f"{r} --fault {name}: {what} (fails {', '.join(sorted(breaks))})", highlight=False, soft_wrap=True
+                )
+        return
+    if role not in FAULTS or device_id is None:
+        raise typer.BadParameter(f"give a role ({', '.join(FAULTS)}) and --device-id (or --list-faults)")
+    if fault is not None and fault not in FAULTS[role]:
+        raise typer.BadParameter(f"{role} faults: {', '.join(FAULTS[role])}")
+    from tsodso.schemas import signing
+
+    key = signing.generate([f"{role}/{device_id}"])
+    if public_key_out is not None:
+        public_key_out.write_text(signing.public_keys_json(signing.public_keys(key)))
+    err.print(
+        f"{role}/{device_id} on {broker}" + (f", fault {fault}" if fault else "") + ": waiting for a session "
+        "(tsodso conformance ...); Ctrl-C stops",
+        highlight=False,
+    )
+    asyncio.run(
+        run_emulator(
+            role,
+            device_id,
+            broker,
+            load_scenario(scenario),
+            fault=fault,
+            speed=speed,
+            signing_key=key[f"{role}/{device_id}"],
+        )
+    )
+
+
+@app.command()
+def capture(
+    broker: Annotated[
+        str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
+    ] = "mqtt://127.0.0.1:1883",
+    out: Annotated[Path, typer.Option(help="Capture file (JSON lines).")] = Path("capture.jsonl"),
+    duration: Annotated[float | None, typer.Option(help="[s] stop after this long (default: Ctrl-C).")] = None,
+    count: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+    topic: Annotated[list[str] | None, typer.Option(help="Topic filter (repeatable; default tsodso/#).")] = None,
+):
+    """Record bus traffic with arrival times, checking each message against the contract."""
+    from tsodso.testbed.capture import capture as record
+
+    bad = [0]
+
+    def show(msg) -> None:
+        if not msg.valid:
+            bad[0] += 1
+            err.print(f"[red]INVALID[/] {msg.topic}: {msg.error}", highlight=False)
+
+    try:
+        n = asyncio.run(
+            record(broker, out, duration_s=duration, count=count, filters=topic or ["tsodso/#"], on_message=show)
+        )
+    except KeyboardInterrupt:
+        n = sum(1 for _ in out.open()) if out.exists() else 0
+    console.print(f"{n} messages ({bad[0]} not following the contract) in {out}", highlight=False)
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="A capture (tsodso capture).")],
+    broker: Annotated[
+        str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
+    ] = "mqtt://127.0.0.1:1883",
+    speed: Annotated[float, typer.Option(help="Replay this many times faster than recorded.")] = 1.0,
+    with_retained: Annotated[
+        bool, typer.Option(help="Also replay the retained messages the capture began with.")
+    ] = False,
+):
+    """Play a capture back with its original timing (or scaled) to drive a device under test."""
+    from tsodso.testbed.capture import replay as play
+
+    t0 = time.monotonic()
+    n = asyncio.run(play(file, broker, speed=speed, skip_retained=not with_retained))
+    console.print(f"replayed {n} messages in {time.monotonic() - t0:.2f} s", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - the console script; tests call ``app``
+    """``tsodso``: a mistake the user can make ends in one line that names it, not a traceback."""
+    from tsodso.broker.launch import BrokerError
+    from tsodso.testbed.scenario import ScenarioError
+    from tsodso.testbed.security import SecretsError
+
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        app()
+    except (ScenarioError, SecretsError, BrokerError) as exc:
+        err.print(f"tsodso: {exc}", highlight=False, markup=False)
+        sys.exit(2)

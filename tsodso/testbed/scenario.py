@@ -1,0 +1,53 @@
+"""Scenario files: YAML in, validated :class:`actors.config.Scenario` out."""
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from tsodso.actors.config import Scenario
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be read or does not validate: one line naming the file, the key and
+    what would be valid."""
+
+
+def load_scenario(path: str | Path, *, coordination: bool | str | None = None) -> Scenario:
+    """Read a scenario file; ``coordination`` (a scheme, or True/False for hybrid/TSO-managed)
+    overrides the file's setting when given. ScenarioError says what is wrong, and where."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ScenarioError(f"scenario {path}: no such file") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ScenarioError(f"scenario {path}: not readable YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"scenario {path}: expected a mapping of keys (name, start, end, tso, dsos, bsps, ...)")
+    if coordination is not None:
+        data["coordination"] = coordination
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            problems.append(f"{where}: {err['msg']}")
+        more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+        raise ScenarioError(f"scenario {path}: " + "; ".join(problems) + more) from None
+
+
+def actor_in(scenario: Scenario, role: str, actor_id: str, path: str | Path) -> None:
+    """ScenarioError unless ``role/actor_id`` is an actor of the scenario (naming the ones it has)."""
+    ids = {
+        "tso": [scenario.tso.id],
+        "dso": [d.id for d in scenario.dsos],
+        "bsp": [b.id for b in scenario.bsps],
+        "mo": [scenario.market_operator],
+    }.get(role, [])
+    if actor_id not in ids:
+        raise ScenarioError(f"scenario {path} has no {role} {actor_id!r}; its {role}s: {', '.join(ids) or 'none'}")
+
+
+def dump_scenario(scenario: Scenario, path: Path) -> None:
+    path.write_text(yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False))
