@@ -141,22 +141,25 @@ def test_offers_are_accepted_within_the_validated_bound():
 
 
 def _deliver(core: TsoCore, share: float, cycles: int) -> list[MonitoringReport]:
-    """Cycles from the ISP's start, bsp1 delivering ``share`` of each setpoint; the reports sent."""
+    """Cycles from the run's start, bsp1 delivering ``share`` of each setpoint, in the order of a run:
+    the telemetry of cycle k (the output just before setpoint k) arrives after setpoint k went out;
+    the run's end comes a period after the last cycle. The reports sent."""
     reports = []
     k, t = 0, core.scenario.start
     last = 0.0
     for _ in range(cycles):
         core.enter(t)
-        body = Telemetry(
-            source_id="bsp1", instant=t, cycle=k, delivered_delta_mw=round(last * share, 6), measurements=[]
-        )
-        core.take_telemetry(body, BSP)
-        for m in core.cycle(k, t, 4.0):
+        sent = core.cycle(k, t, 4.0)
+        delivered = round(last * share, 6)
+        for m in sent:
             if isinstance(m.body, DeltaSetpoint):
                 last = m.body.delta_mw
-            if isinstance(m.body, MonitoringReport):
-                reports.append(m.body)
+        core.take_telemetry(
+            Telemetry(source_id="bsp1", instant=t, cycle=k, delivered_delta_mw=delivered, measurements=[]), BSP
+        )
+        reports += [m.body for m in sent if isinstance(m.body, MonitoringReport)]
         k, t = k + 1, t + timedelta(seconds=4)
+    reports += [m.body for m in core.finish() if isinstance(m.body, MonitoringReport)]
     return reports
 
 
@@ -169,6 +172,26 @@ def test_delivery_is_judged_against_the_band_every_5_minutes(share, compliant):
     steady = reports[2]  # 10:04-10:09: the setpoint ramps to 10 MW and holds, then to 15 MW
     assert steady.compliant is compliant
     assert (steady.within_tolerance_ratio == 1.0) is compliant
+
+
+def test_every_cycle_is_judged_once_including_the_last_period_and_the_cycles_after_it():
+    """A faithful BSP is judged within the band in every period: the last cycle of a period is judged
+    when its telemetry is in, and the cycles after the last full period at the run's end."""
+    core = _core()
+    _open(core)
+    reports = _deliver(core, 1.0, 240)  # the reference run: 09:59-10:15, three full periods and one minute
+    assert [(r.period_start.strftime("%H:%M:%S"), r.period_end.strftime("%H:%M:%S")) for r in reports] == [
+        ("09:59:00", "10:03:56"),
+        ("10:04:00", "10:08:56"),
+        ("10:09:00", "10:13:56"),
+        ("10:14:00", "10:14:56"),
+    ]
+    assert [r.within_tolerance_ratio for r in reports] == [1.0] * 4
+    assert all(r.compliant for r in reports)
+    requested = sum(abs(v) for v in core.records["bsp1"].setpoints.values()) * 4 / 3600
+    judged = sum(r.requested_energy_mwh for r in reports)  # setpoint k-1 is judged at cycle k
+    last_setpoint = abs(core.records["bsp1"].setpoints[239]) * 4 / 3600
+    assert judged == pytest.approx(requested - last_setpoint, abs=1e-5)
 
 
 def test_a_dsos_limit_becomes_an_activation_limit_to_the_bsp_and_only_from_the_dso_of_the_grid():

@@ -59,6 +59,7 @@ class TSO(Actor):
         "isp_start",
         "next_step",
         "first_cycle_of_period",
+        "last_cycle",
     )
 
     def __init__(self, gateway, clock, scenario, config: TsoConfig):
@@ -229,6 +230,9 @@ class TSO(Actor):
                 await self.send(core.cycle(k, t, valid_for))
             if core.isp_start is not None and core.active:
                 await self.send(core.settlement(core.isp_start))
+            # the last cycle's telemetry answers its setpoint within a period: judge it at the run's end
+            await self.clock.sleep_until(scenario.end)
+            await self.send(core.finish())
         finally:
             emergencies.cancel()
 

@@ -134,10 +134,11 @@ class TsoCore:
         self.energy_by_isp: dict[str, float] = defaultdict(float)  # ISP -> net aFRR energy (up +) [MWh]
         self.cost_eur = 0.0
         # where the run is: the ISP being activated, the next instant the setpoints may move (the ramp
-        # step), the first cycle of the running monitoring period
+        # step), the first cycle of the running monitoring period, the last cycle run (number, instant)
         self.isp_start: datetime | None = None
         self.next_step: datetime | None = None
         self.first_cycle_of_period = 0
+        self.last_cycle: tuple[int, datetime] | None = None
 
     # --- prequalification (CS review Fig. 3) ---------------------------------------------------
 
@@ -579,23 +580,42 @@ class TsoCore:
         return ended, t == isp or not first
 
     def cycle(self, k: int, t: datetime, valid_for_s: float) -> list[Send]:
-        """Cycle ``k`` at ``t``: move the activations (at a ramp step instant), send the setpoints,
-        keep the balance, and at the end of a monitoring period report delivery."""
+        """Cycle ``k`` at ``t``: judge the monitoring period that ended with the cycle before (its last
+        telemetry, the answer to setpoint k-1, has arrived by now), move the activations (at a ramp
+        step instant), send the setpoints and keep the balance."""
         period = timedelta(seconds=self.scenario.setpoint_period_s)
+        out = []
+        period_cycles = round(self.config.monitoring_period_s / self.scenario.setpoint_period_s)
+        if k > 0 and k % period_cycles == 0:
+            out += self.close_period(k - 1, t - period)
         if self.next_step is None:
             self.next_step = self.scenario.start
         stepping = t >= self.next_step
         while self.next_step <= t:
             self.next_step += timedelta(seconds=self.config.setpoint_step_s)
         self.step_activations(t, stepping)
-        out = self.setpoints(k, t, valid_for_s) if self.active else []
+        if self.active:
+            out += self.setpoints(k, t, valid_for_s)
         self.account_balance(t)
-        period_cycles = round(self.config.monitoring_period_s / self.scenario.setpoint_period_s)
-        if (k + 1) % period_cycles == 0:
-            start = t - timedelta(seconds=self.config.monitoring_period_s) + period
-            out += self.monitoring_reports(start, t, self.first_cycle_of_period, k)
-            self.first_cycle_of_period = k + 1
+        self.last_cycle = (k, t)
         return out
+
+    def close_period(self, last: int, last_at: datetime) -> list[Send]:
+        """Judge the running monitoring period's cycles up to ``last`` (run at ``last_at``) and start the
+        next period after it."""
+        first = self.first_cycle_of_period
+        if last < first:
+            return []
+        start = last_at - (last - first) * timedelta(seconds=self.scenario.setpoint_period_s)
+        self.first_cycle_of_period = last + 1
+        return self.monitoring_reports(start, last_at, first, last)
+
+    def finish(self) -> list[Send]:
+        """At the run's end (a setpoint period after the last cycle, when its telemetry is in): judge the
+        cycles of the period in progress, so that no cycle goes unjudged."""
+        if self.last_cycle is None:
+            return []
+        return self.close_period(*self.last_cycle)
 
     def account_balance(self, t: datetime) -> None:
         """The system balance over one setpoint period: the scenario's imbalance against what aFRR

@@ -41,6 +41,19 @@ class MemoryBus:
         self.retained: dict[str, MemoryMessage] = {}
         self.clients: dict[str, MemoryClient] = {}
         self.delivered = 0
+        self._routes: dict[str, list[MemoryClient]] = {}  # topic -> its subscribers, until one changes
+
+    def changed(self) -> None:
+        """A client came, went or subscribed: the routes are worked out again."""
+        self._routes.clear()
+
+    def subscribers(self, topic: str) -> list["MemoryClient"]:
+        found = self._routes.get(topic)
+        if found is None:
+            found = self._routes[topic] = [
+                client for client in self.clients.values() if any(topic_matches_sub(f, topic) for f in client.filters)
+            ]
+        return found
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if retain:
@@ -49,10 +62,9 @@ class MemoryBus:
             else:
                 self.retained.pop(topic, None)
         message = MemoryMessage(_Topic(topic), payload, qos, False)
-        for client in list(self.clients.values()):
-            if any(topic_matches_sub(f, topic) for f in client.filters):
-                client.queue.put_nowait(message)
-                self.delivered += 1
+        for client in self.subscribers(topic):
+            client.queue.put_nowait(message)
+            self.delivered += 1
 
 
 _BUSES: dict[str, MemoryBus] = {}
@@ -82,17 +94,20 @@ class MemoryClient:
         if old is not None:
             old.lost = True  # a client id connects once: the newcomer takes over, as a broker does
         self.bus.clients[self.client_id] = self
+        self.bus.changed()
         return self
 
     async def __aexit__(self, exc_type: object, *exc: object) -> None:
         if self.bus.clients.get(self.client_id) is self:
             del self.bus.clients[self.client_id]
+            self.bus.changed()
         if exc_type is not None and exc_type is not asyncio.CancelledError and self.will is not None:
             self.bus.publish(self.will[0], self.will[1], 1, True)  # went away without closing: its will
         self.lost = True
 
     async def subscribe(self, flt: str, qos: int = 1) -> None:
         self.filters.append(flt)
+        self.bus.changed()
         for topic, message in sorted(self.bus.retained.items()):
             if topic_matches_sub(flt, topic):
                 self.queue.put_nowait(message)
