@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/tsodso demo
 
+# JOBS test processes at once (pytest-xdist): most long tests wait on scenario clocks and brokers,
+# so three share two cores well; JOBS=0 runs them in this process
+JOBS ?= 3
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS)
 
 # lint, format and type checks (CI runs them before the tests)
 check: $(STAMP)

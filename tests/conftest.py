@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,22 @@ from tsodso.broker import RunningBroker, start_broker
 from tsodso.broker.mosquitto import MosquittoMissing, binary
 
 REQUIRE_MOSQUITTO = os.environ.get("TSODSO_REQUIRE_MOSQUITTO") == "1"
+
+
+# Tests that run a scenario across processes or a conformance session on the wall clock: they take
+# tens of seconds each, mostly waiting. They start first, so that parallel workers (make test) are
+# not left with one of them at the end.
+LONG_RUNNING = (
+    "tests/test_conformance.py",
+    "tests/test_recovery.py",
+    "tests/test_schemes.py",
+    "tests/test_compose.py",
+    "tests/test_hostile.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(LONG_RUNNING))
 
 
 def mosquitto_or_skip() -> None:
@@ -120,6 +137,23 @@ def run_processes(commands: dict[str, list[str]], cwd: Path, timeout_s: float = 
         for _, proc in procs:
             if proc.poll() is None:
                 proc.kill()
+
+
+def short_scenario_file(directory: Path, minutes: float, source: str = "scenarios/nl-afrr-congestion.yaml") -> Path:
+    """The scenario file ``source`` with its end ``minutes`` after its start and the emergencies and
+    faults after that end left out, written to ``directory``: a multi-process run of the reference
+    case that reaches the MOL validation and the activation up to the DSO's limit, in less wall time."""
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / source).read_text())
+    end = data["start"] + timedelta(minutes=minutes)
+    data["end"] = end
+    data["tso"]["emergencies"] = [e for e in data["tso"].get("emergencies", []) if e["at"] < end]
+    for dso in data["dsos"]:
+        dso["faults"] = [f for f in dso.get("faults", []) if f["at"] < end]
+    path = directory / f"short-{minutes:g}min.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def assert_no_setpoint_lost(summary: dict) -> None:

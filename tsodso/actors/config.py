@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tsodso.actors import coordination as registry
 from tsodso.actors import rules
@@ -30,6 +30,16 @@ class AssetConfig(_Model):
     time_constant_s: float = Field(ge=0, default=2.0, description="[s] first-order response")
     scheduled_mw: float = Field(default=0.0, description="[MW] day-ahead schedule (reference contribution)")
 
+    @model_validator(mode="after")
+    def _where(self) -> "AssetConfig":
+        if self.connection == Connection.DN and not (self.dso_id and self.connection_bus):
+            raise ValueError(f"asset {self.asset_id!r} is connected to a DN: give its dso_id and connection_bus")
+        if self.connection == Connection.TN and (self.dso_id or self.connection_bus):
+            raise ValueError(
+                f"asset {self.asset_id!r} is connected to the TN: it has no dso_id or connection_bus (or use connection: DN)"
+            )
+        return self
+
 
 class BidConfig(_Model):
     bid_id: PartyId
@@ -37,7 +47,21 @@ class BidConfig(_Model):
     quantity_mw: float = Field(gt=0)
     price_eur_per_mwh: float
     ramp_rate_mw_per_min: float = Field(gt=0, description="[MW/min] the bid's ramp: the setpoint changes no faster")
-    assets: dict[str, float] = Field(description="asset id -> share of the quantity [MW]")
+    assets: dict[str, float] = Field(description="asset id -> share of the quantity [MW]; the shares add up to it")
+
+    @model_validator(mode="after")
+    def _shares(self) -> "BidConfig":
+        if not self.assets:
+            raise ValueError(f"bid {self.bid_id!r} names no assets: give each asset's share, adding up to quantity_mw")
+        if any(share <= 0 for share in self.assets.values()):
+            raise ValueError(f"bid {self.bid_id!r}: every asset's share must be > 0 MW")
+        total = sum(self.assets.values())
+        if abs(total - self.quantity_mw) > 1e-6:
+            shares = " + ".join(f"{a} {v:g}" for a, v in self.assets.items())
+            raise ValueError(
+                f"bid {self.bid_id!r}: the asset shares ({shares} = {total:g} MW) must add up to quantity_mw {self.quantity_mw:g}"
+            )
+        return self
 
     @property
     def code(self) -> Direction:
@@ -61,6 +85,28 @@ class BspConfig(_Model):
     bids: list[BidConfig]
     follow_factor: float = Field(default=1.0, gt=0, description="1: follows setpoints; <1 under-delivers")
     needs: list[CommercialNeed] = Field(default_factory=list, description="its own needs (integrated market only)")
+
+    @model_validator(mode="after")
+    def _portfolio(self) -> "BspConfig":
+        assets = {a.asset_id: a for a in self.assets}
+        if len(assets) != len(self.assets):
+            raise ValueError(f"bsp {self.id!r}: asset ids must be unique")
+        if len({b.bid_id for b in self.bids}) != len(self.bids):
+            raise ValueError(f"bsp {self.id!r}: bid ids must be unique")
+        for bid in self.bids:
+            for asset_id, share in bid.assets.items():
+                asset = assets.get(asset_id)
+                if asset is None:
+                    raise ValueError(
+                        f"bid {bid.bid_id!r} names asset {asset_id!r}; {self.id}'s assets: {', '.join(assets)}"
+                    )
+                capacity = asset.capacity_up_mw if bid.direction == "up" else asset.capacity_down_mw
+                if share > capacity + 1e-9:
+                    raise ValueError(
+                        f"bid {bid.bid_id!r} asks {share:g} MW {bid.direction} of asset {asset_id!r}, "
+                        f"whose capacity_{bid.direction}_mw is {capacity:g}"
+                    )
+        return self
 
 
 class Redispatch(_Model):
@@ -211,6 +257,31 @@ class Scenario(_Model):
             value = registry.SWITCH.get(value, value)
             registry.scheme(str(value))  # ValueError naming the known schemes
         return value
+
+    @model_validator(mode="after")
+    def _parties(self) -> "Scenario":
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end:%Y-%m-%dT%H:%M:%SZ} must be after start {self.start:%Y-%m-%dT%H:%M:%SZ}")
+        dsos = [d.id for d in self.dsos]
+        ids = [self.tso.id, *dsos, *(b.id for b in self.bsps)]
+        if self.scheme.market_operator:
+            ids.append(self.market_operator)
+        if len(set(ids)) != len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"every actor needs its own id: {', '.join(twice)} used twice")
+        for bsp in self.bsps:
+            for asset in bsp.assets:
+                if asset.dso_id is not None and asset.dso_id not in dsos:
+                    raise ValueError(
+                        f"asset {asset.asset_id!r} of {bsp.id} names dso_id {asset.dso_id!r}; the scenario's DSOs: "
+                        f"{', '.join(dsos) or 'none'}"
+                    )
+        for e in self.tso.emergencies:
+            if e.curtail_dso is not None and e.curtail_dso not in dsos:
+                raise ValueError(
+                    f"emergency at {e.at:%H:%M:%S} curtails {e.curtail_dso!r}; the DSOs: {', '.join(dsos)}"
+                )
+        return self
 
     @property
     def scheme(self) -> registry.CoordinationScheme:

@@ -1,9 +1,17 @@
 """Distribution grids, one function per grid, kept as plain pandapower nets (swap in a SimBench net
 or your own: any net with named buses, an ``ext_grid`` at the TSO-DSO coupling point, line
 ``max_i_ka`` and transformer ``sn_mva`` ratings will do).
+
+A scenario names a grid as a builder here (``nl_afrr_congestion``), a SimBench code
+(``simbench:1-MV-rural--0-sw``) or a pandapower JSON file (``grids/my-feeder.json``, relative to the
+scenario file), and its elements as ``table:name`` (``trafo:coupling``, ``sgen:pv-park``);
+``tsodso grid show GRID`` lists them.
 """
 
-from collections.abc import Callable
+import copy
+import functools
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pandapower as pp
 
@@ -83,28 +91,96 @@ def rural_village() -> pp.pandapowerNet:
     return net
 
 
+KNOWN = "a builder ({}), simbench:<code> or a pandapower JSON file (*.json)"
+
+
+class GridError(KeyError):
+    """A grid that cannot be built, or an element or bus it does not have: the message says what is valid."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def build(name: str) -> pp.pandapowerNet:
-    """Build a registered grid by name (``GRIDS``), or a SimBench grid by its code (``simbench:CODE``)."""
+    """The grid ``name``: a registered builder (``GRIDS``), a SimBench code (``simbench:CODE``) or a
+    pandapower JSON file (``*.json``). Each is built once per process; every caller gets its own copy."""
+    stamp = None
+    if name.endswith(".json") and Path(name).is_file():
+        stat = Path(name).stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)  # a file edited since is read again
+    return copy.deepcopy(_built(name, stamp))
+
+
+@functools.lru_cache(maxsize=16)
+def _built(name: str, stamp: tuple[int, int] | None = None) -> pp.pandapowerNet:
     if name.startswith("simbench:"):
         import simbench
 
-        return simbench.get_simbench_net(name.split(":", 1)[1])
-    try:
-        return GRIDS[name]()
-    except KeyError:
-        raise KeyError(f"unknown grid {name!r}; known: {', '.join(sorted(GRIDS))} or simbench:<code>") from None
+        code = name.split(":", 1)[1]
+        try:
+            net = simbench.get_simbench_net(code)
+        except Exception as exc:  # simbench says why in its own words (unknown code, bad syntax)
+            raise GridError(f"grid {name!r}: not a SimBench code ({str(exc).splitlines()[0][:160]})") from None
+        net.name = net.name or name
+        return net
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise GridError(f"grid {name!r}: no such file")
+        try:
+            net = pp.from_json(str(path))
+        except Exception as exc:  # not JSON, or not a pandapower net
+            raise GridError(f"grid {name!r}: not a pandapower JSON net ({str(exc).splitlines()[0][:160]})") from None
+        net.name = net.name or path.stem
+        return net
+    if name not in GRIDS:
+        raise GridError(f"unknown grid {name!r}; use " + KNOWN.format(", ".join(sorted(GRIDS))))
+    return GRIDS[name]()
+
+
+def names(net: pp.pandapowerNet, table: str) -> list[str]:
+    """The names in one of the grid's tables (``bus``, ``line``, ``trafo``, ``sgen``, ``load``...)."""
+    if table not in net or not hasattr(net[table], "name"):
+        return []
+    return [str(n) for n in net[table].name if n is not None and n == n]
+
+
+def _some(items: Iterable[str], limit: int = 8) -> str:
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return f"{shown}, ... ({len(items)} in all)" if len(items) > limit else shown or "none"
+
+
+def element_problem(net: pp.pandapowerNet, ref: str, tables: tuple[str, ...]) -> str | None:
+    """Why ``ref`` ('table:name') is not one element of ``tables`` in the grid, or None when it is."""
+    table, sep, name = ref.partition(":")
+    if not sep or table not in tables:
+        return f"{ref!r} is not 'table:name' with table one of {', '.join(tables)}"
+    found = names(net, table)
+    if found.count(name) != 1:
+        what = "twice" if found.count(name) > 1 else "not"
+        return f"{table} {name!r} is {what} in grid {net.name!r}; its {table}s: {_some(found)}"
+    return None
+
+
+def bus_problem(net: pp.pandapowerNet, name: str) -> str | None:
+    """Why ``name`` is not one bus of the grid, or None when it is."""
+    found = names(net, "bus")
+    if found.count(name) != 1:
+        return f"bus {name!r} is {'twice' if found.count(name) > 1 else 'not'} in grid {net.name!r}; its buses: {_some(found)}"
+    return None
 
 
 def bus_index(net: pp.pandapowerNet, name: str) -> int:
     """Index of the bus called ``name``; KeyError names the buses there are."""
     hits = net.bus.index[net.bus.name == name]
     if len(hits) != 1:
-        raise KeyError(f"bus {name!r} is not in grid {net.name!r}")
+        raise GridError(bus_problem(net, name))
     return int(hits[0])
 
 
 def element_index(net: pp.pandapowerNet, table: str, name: str) -> int:
     hits = net[table].index[net[table].name == name]
     if len(hits) != 1:
-        raise KeyError(f"{table} {name!r} is not in grid {net.name!r}")
+        raise GridError(element_problem(net, f"{table}:{name}", (table,)))
     return int(hits[0])

@@ -22,6 +22,8 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(broker_app, name="broker")
 app.add_typer(bench_app, name="bench")
 app.add_typer(secure_app, name="secure")
+grid_app = typer.Typer(no_args_is_help=True, help="The DSOs' grids: what a scenario can name in them.")
+app.add_typer(grid_app, name="grid")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -53,6 +55,53 @@ BrokerOpt = Annotated[
         help="embedded | mosquitto | memory (in-process bus, no broker) | mqtt[s]://user:pass@host:port[?protocol=3.1.1]",
     ),
 ]
+
+
+@grid_app.command("show")
+def grid_show(
+    grid: Annotated[
+        str,
+        typer.Argument(
+            help="A builder (nl_afrr_congestion, rural_village), simbench:<code> or a pandapower JSON file."
+        ),
+    ],
+    table: Annotated[
+        list[str] | None, typer.Option("--table", "-t", help="Only these tables (bus, line, trafo, sgen, load...).")
+    ] = None,
+):
+    """The grid's elements by table, as a scenario names them ('trafo:coupling', 'sgen:pv-park'; a
+    DN asset's connection_bus is a bus name), with their ratings."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tsodso.actors import grid as grids
+
+    net = grids.build(grid)
+    columns = {
+        "bus": ["vn_kv"],
+        "line": ["from_bus", "to_bus", "length_km", "max_i_ka"],
+        "trafo": ["hv_bus", "lv_bus", "sn_mva"],
+        "sgen": ["bus", "p_mw"],
+        "load": ["bus", "p_mw", "q_mvar"],
+        "ext_grid": ["bus"],
+    }
+    for name in table or list(columns):
+        if name not in net or not len(net[name]):
+            continue
+        console.print(f"{escape(str(net.name or grid))}: {len(net[name])} {name}", highlight=False)
+        out = Table()
+        out.add_column("scenario name", no_wrap=True)
+        for c in columns.get(name, []):
+            out.add_column(c, justify="right")
+        bus_names = net.bus.name
+        for _, row in net[name].iterrows():
+            ref = str(row["name"]) if name == "bus" else f"{name}:{row['name']}"
+            cells = []
+            for c in columns.get(name, []):
+                value = row[c]
+                cells.append(str(bus_names.at[value]) if c.endswith("bus") else f"{value:g}")
+            out.add_row(escape(ref), *map(escape, cells))
+        console.print(out)
 
 
 @schemas_app.command("export")
@@ -1067,6 +1116,7 @@ def replay(
 
 def main() -> None:  # pragma: no cover - the console script; tests call ``app``
     """``tsodso``: a mistake the user can make ends in one line that names it, not a traceback."""
+    from tsodso.actors.grid import GridError
     from tsodso.broker.launch import BrokerError
     from tsodso.testbed.scenario import ScenarioError
     from tsodso.testbed.security import SecretsError
@@ -1074,6 +1124,6 @@ def main() -> None:  # pragma: no cover - the console script; tests call ``app``
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         app()
-    except (ScenarioError, SecretsError, BrokerError) as exc:
+    except (ScenarioError, SecretsError, BrokerError, GridError) as exc:
         err.print(f"tsodso: {exc}", highlight=False, markup=False)
         sys.exit(2)

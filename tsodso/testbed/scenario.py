@@ -26,15 +26,50 @@ def load_scenario(path: str | Path, *, coordination: bool | str | None = None) -
         raise ScenarioError(f"scenario {path}: expected a mapping of keys (name, start, end, tso, dsos, bsps, ...)")
     if coordination is not None:
         data["coordination"] = coordination
+    for dso in data.get("dsos") or []:  # a grid file is found next to the scenario file
+        if isinstance(dso, dict) and str(dso.get("grid", "")).endswith(".json"):
+            dso["grid"] = str((Path(path).parent / dso["grid"]).resolve())
     try:
-        return Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors()[:5]:
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"{where}: {err['msg']}")
+            where = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {msg}" if where else msg)
         more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
         raise ScenarioError(f"scenario {path}: " + "; ".join(problems) + more) from None
+    if problem := grid_problem(scenario):
+        raise ScenarioError(f"scenario {path}: {problem}")
+    return scenario
+
+
+def grid_problem(scenario: Scenario) -> str | None:
+    """The first reference of the scenario its grids do not have (the grid itself, the interface, the
+    elements of conditions, redispatch and faults, the DN assets' connection buses), or None."""
+    from tsodso.actors import grid
+
+    for i, dso in enumerate(scenario.dsos):
+        try:
+            net = grid.build(dso.grid)
+        except grid.GridError as exc:
+            return f"dsos.{i}.grid: {exc}"
+        checks: list[tuple[str, str, tuple[str, ...]]] = [(f"dsos.{i}.interface", dso.interface, ("trafo", "line"))]
+        for key, tables in (
+            ("conditions", ("sgen", "load")),
+            ("redispatch", ("sgen", "load")),
+            ("unforecast", ("sgen", "load")),
+            ("faults", ("line", "trafo", "bus", "sgen", "load")),
+        ):
+            checks += [(f"dsos.{i}.{key}.{j}.element", c.element, tables) for j, c in enumerate(getattr(dso, key))]
+        for where, ref, allowed in checks:
+            if problem := grid.element_problem(net, ref, allowed):
+                return f"{where} ({dso.id}): {problem}"
+        for b, bsp in enumerate(scenario.bsps):
+            for a, asset in enumerate(bsp.assets):
+                if asset.dso_id == dso.id and (problem := grid.bus_problem(net, asset.connection_bus or "")):
+                    return f"bsps.{b}.assets.{a}.connection_bus ({asset.asset_id} of {bsp.id}): {problem}"
+    return None
 
 
 def actor_in(scenario: Scenario, role: str, actor_id: str, path: str | Path) -> None:
