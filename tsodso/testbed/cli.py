@@ -492,7 +492,8 @@ def actor(
             f"{scenario} --out secrets), or --insecure to run without identities"
         )
         raise typer.Exit(2)
-    loaded = load_scenario(scenario, coordination=_coordination(coordination))
+    # a DSO checks the scenario against its grids; the others need no grid (a SimBench one takes seconds)
+    loaded = load_scenario(scenario, coordination=_coordination(coordination), grids=role == "dso")
     actor_in(loaded, role, actor_id, scenario)
     try:
         asyncio.run(run_actor(role, actor_id, loaded, broker, out, speed=speed, secrets=secrets))
