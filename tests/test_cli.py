@@ -121,6 +121,7 @@ def test_day_benchmark_runs_the_reference_scenario_and_reports_against_the_paced
             "give --secrets DIR",
         ),
         (["run", "no-such-scenario.yaml"], "tsodso: scenario no-such-scenario.yaml: no such file"),
+        (["grid", "show", "nl_afrr_congstion"], "tsodso: unknown grid 'nl_afrr_congstion'; use a builder"),
         (
             ["run", "scenarios/nl-afrr-congestion.yaml", "--virtual", "--broker", "memry"],
             "tsodso: unknown broker 'memry': use embedded, mosquitto, nats, memory or an mqtt[s]://host:port URL",
@@ -147,3 +148,19 @@ def test_a_typo_in_the_security_section_names_the_key_and_what_is_valid(tmp_path
     (tmp_path / "s.yaml").write_text(text)
     with pytest.raises(ScenarioError, match=r"security.unsigned: .*'bsp1' is not 'role/id' or 'role/\*'"):
         load_scenario(tmp_path / "s.yaml")
+
+
+def test_help_texts_keep_their_units_and_brackets():
+    """Help is plain text: '[s]', '[MW]' and 'mqtt[s]://' are printed as written, not taken for markup."""
+    result = CliRunner().invoke(app, ["run", "--help"])
+    assert result.exit_code == 0
+    assert "mqtt[s]://user:pass@host:port[?protocol=3.1.1]" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["grid", "show", "--help"])
+    assert "simbench:<code>" in result.output
+
+
+def test_grid_show_lists_the_names_a_scenario_can_use():
+    result = CliRunner().invoke(app, ["grid", "show", "nl_afrr_congestion"])
+    assert result.exit_code == 0, result.output
+    for name in ("trafo:coupling", "line:south-pv", "sgen:pv-park", "der-park"):
+        assert name in result.output

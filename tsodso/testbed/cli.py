@@ -13,16 +13,30 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="TSO-DSO-BSP coordination testbed.")
-schemas_app = typer.Typer(no_args_is_help=True, help="The message contract: export and validate.")
-broker_app = typer.Typer(no_args_is_help=True, help="Run a broker with the project's configuration.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results belong in BENCHMARKS.md).")
-secure_app = typer.Typer(no_args_is_help=True, help="Identities of a secured deployment: keys, passwords, access list.")
+app = typer.Typer(
+    rich_markup_mode=None, add_completion=False, no_args_is_help=True, help="TSO-DSO-BSP coordination testbed."
+)
+schemas_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="The message contract: export and validate."
+)
+broker_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="Run a broker with the project's configuration."
+)
+bench_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="Benchmarks (results belong in BENCHMARKS.md)."
+)
+secure_app = typer.Typer(
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    help="Identities of a secured deployment: keys, passwords, access list.",
+)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(broker_app, name="broker")
 app.add_typer(bench_app, name="bench")
 app.add_typer(secure_app, name="secure")
-grid_app = typer.Typer(no_args_is_help=True, help="The DSOs' grids: what a scenario can name in them.")
+grid_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="The DSOs' grids: what a scenario can name in them."
+)
 app.add_typer(grid_app, name="grid")
 
 console = Console()
