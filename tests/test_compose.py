@@ -60,7 +60,7 @@ def test_compose_services_as_processes_on_mosquitto_give_the_same_outcome(tmp_pa
     for actor in ("dso/dso1", "bsp/bsp1"):
         record = summary["clock_offsets_ms"][actor]
         assert abs(record["offset_ms"]) <= record["uncertainty_ms"] + 1.0
-    assert summary["latency_by_link_corrected_ms"]["tso->bsp"]["count"] >= 225
+    assert summary["latency_by_link_corrected_ms"]["tso->bsp"]["count"] >= summary["setpoints_sent"]
     # three processes wrote one exchange log; every setpoint has both of its rows
     assert {"tso/tso", "dso/dso1", "bsp/bsp1"} <= {r for r in summary_actors(out)}
 

@@ -16,6 +16,7 @@ from tests.test_gateway import parties, sample, wait_until
 from tsodso.broker.acl import username, write_auth
 from tsodso.broker.launch import start_broker
 from tsodso.gateway import ExchangeLog, Gateway
+from tsodso.gateway.client import BrokerUnreachable
 from tsodso.gateway.connection import BrokerSpec
 from tsodso.schemas import Party
 from tsodso.schemas.messages import MeritOrderList, Schedule, ScheduleSeries
@@ -169,9 +170,14 @@ async def test_access_list_and_passwords_from_the_rights_table(tmp_path, uid):
         def url(actor: Party, password: str) -> BrokerSpec:
             return spec.with_credentials(username(actor), password)
 
-        with pytest.raises(ConnectionError, match="could not connect"):
-            async with Gateway(p["bsp"], url(p["bsp"], "wrong"), connect_timeout_s=1):
+        # a wrong password: the broker's own reason, at once (not after the connect timeout)
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(
+            BrokerUnreachable, match=r"refused the connection: .*(Not authori[sz]ed|Bad user name or password)"
+        ):
+            async with Gateway(p["bsp"], url(p["bsp"], "wrong"), connect_timeout_s=30):
                 pass
+        assert asyncio.get_running_loop().time() - t0 < 30
         got: list = []
         async with (
             Gateway(p["tso"], url(p["tso"], "pw-tso")) as tso,
@@ -189,6 +195,36 @@ async def test_access_list_and_passwords_from_the_rights_table(tmp_path, uid):
                 r.cancel()
         assert not [m for m in got if m.envelope.type == "merit_order_list"]
         assert dso.stats["rejected"] == 0  # stopped at the broker, not at the gateway
+
+
+async def test_nothing_listening_is_named_with_a_hint(uid):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with pytest.raises(BrokerUnreachable) as refused:
+            async with Gateway(Party(role="bsp", id=f"bsp-{uid}"), f"mqtt://127.0.0.1:{port}", connect_timeout_s=1):
+                pass
+    message = str(refused.value)
+    assert f"could not connect to mqtt://127.0.0.1:{port} within 1 s: [Errno 111] Connection refused" in message
+    assert "nothing listens there" in message
+
+
+async def test_a_broker_that_refuses_mqtt5_is_spoken_to_in_311(uid):
+    """The embedded broker speaks MQTT 3.1.1 only and refuses a version-5 CONNECT (reason: protocol):
+    a gateway asked for MQTT 5 falls back to 3.1.1 and works (NATS and RabbitMQ answer the same way)."""
+    with start_broker("embedded") as running:
+        url = BrokerSpec.parse(running.url).url.replace("?protocol=3.1.1", "")
+        assert BrokerSpec.parse(url).protocol == 5
+        p = parties(uid)
+        got: list = []
+        async with Gateway(p["tso"], url) as tso, Gateway(p["bsp"], url) as bsp:
+            reader = asyncio.create_task(collect(bsp, got))
+            await tso.publish(sample("delta_setpoint"), p["bsp"])
+            await wait_until(lambda: any(m.envelope.type == "delta_setpoint" for m in got))
+            reader.cancel()
+        assert tso.connections == bsp.connections == 1
 
 
 def test_broker_url_parsing():

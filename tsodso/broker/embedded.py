@@ -267,7 +267,7 @@ class Broker:
 
     def _accept(self, conn: Connection, connect: m.Connect) -> bool:
         if connect.protocol_level not in (3, 4):
-            conn.send(m.connack(False, m.BAD_PROTOCOL))
+            conn.send(m.connack_v5_unsupported() if connect.protocol_level == 5 else m.connack(False, m.BAD_PROTOCOL))
             return False
         client_id = connect.client_id
         if not client_id:

@@ -101,6 +101,8 @@ def parse_connect(body: bytes) -> Connect:
     name, level = r.text(), r.u8()
     if name not in ("MQTT", "MQIsdp"):
         raise ProtocolError(f"protocol name {name!r}")
+    if level not in (3, 4):  # another version's CONNECT (5 has properties here): refused by its level alone
+        return Connect(level, "", True, 0, None, None, None)
     flags = r.u8()
     if flags & 0x01:
         raise ProtocolError("reserved CONNECT flag set")
@@ -138,6 +140,15 @@ def subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
 
 def connack(session_present: bool, code: int) -> bytes:
     return packet(CONNACK, 0, bytes((1 if session_present and code == ACCEPTED else 0, code)))
+
+
+UNSUPPORTED_PROTOCOL_V5 = 0x84
+
+
+def connack_v5_unsupported() -> bytes:
+    """The refusal of an MQTT 5 CONNECT in MQTT 5's own CONNACK (reason 0x84 Unsupported Protocol
+    Version, no properties; MQTT 5 §3.1.2.2), so that a version-5 client can tell why and fall back."""
+    return packet(CONNACK, 0, bytes((0, UNSUPPORTED_PROTOCOL_V5, 0)))
 
 
 def publish(topic: str, payload: bytes, qos: int, retain: bool, packet_id: int | None, dup: bool = False) -> bytes:

@@ -81,6 +81,22 @@ class PayloadTooLarge(ValueError):
     """The gateway refuses to send what every receiver would reject."""
 
 
+class BrokerUnreachable(ConnectionError):
+    """No connection to the broker: nothing answered in time, or the broker refused (its reason given)."""
+
+
+# CONNACK reason codes (MQTT 5 §3.2.2.2; MQTT 3.1.1 §3.2.2.3 in brackets)
+UNSUPPORTED_PROTOCOL = {132, 1}  # Unsupported Protocol Version (unacceptable protocol version)
+BROKER_BUSY = {136, 137, 159, 3}  # Server unavailable, busy, connection rate exceeded: try again
+
+
+def connect_refusal(exc: BaseException) -> int | None:
+    """The reason code of a broker's refusal of CONNECT, or None when it did not answer with one."""
+    rc = getattr(exc, "rc", None) if isinstance(exc, aiomqtt.MqttCodeError) else None
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) and value else None
+
+
 class GatewayFailed(RuntimeError):
     """The gateway's connection loop died of something it could not handle; the actor must stop
     (its 'offline' state has been published where possible) and be restarted."""
@@ -287,6 +303,7 @@ class Gateway:
         self.traffic = traffic
         self.will = will  # the retained 'offline' state as the MQTT will (off: a device emulator's fault)
         self._started: list[asyncio.Task[Any]] | None = None
+        self.connect_error: str | None = None  # why the last connection attempt failed
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -298,15 +315,26 @@ class Gateway:
         self._supervisor = asyncio.create_task(self._supervise(), name=f"gateway:{self.client_id}")
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.connect_timeout_s)
+        except BrokerUnreachable as exc:
+            await self._stop_supervising()
+            raise BrokerUnreachable(f"{self.client_id}: {exc}") from None
         except (TimeoutError, Exception) as exc:
-            self._closing = True
+            await self._stop_supervising()
+            why = self.connect_error or (repr(exc) if not isinstance(exc, TimeoutError) else "no answer")
+            hint = ""
+            if "refused" in why.lower() and "code" not in why:
+                hint = " (nothing listens there: start a broker, e.g. 'tsodso broker embedded', or check host and port)"
+            raise BrokerUnreachable(
+                f"{self.client_id}: could not connect to {self.broker.url} within {self.connect_timeout_s:g} s: {why}{hint}"
+            ) from None
+        return self
+
+    async def _stop_supervising(self) -> None:
+        self._closing = True
+        if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._supervisor
-            raise ConnectionError(
-                f"{self.client_id}: could not connect to {self.broker.url} within {self.connect_timeout_s} s: {exc!r}"
-            ) from None
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -416,7 +444,7 @@ class Gateway:
                     self._client = client
                     self._connected.set()
                     self.log.info(
-                        "connected", broker=self.broker.url, protocol=self.broker.protocol, connections=self.connections
+                        "connected", broker=self.broker.url, protocol=5 if self._v5 else 4, connections=self.connections
                     )
                     await self.publish(self._state("online"), ALL)
                     if self._ready is not None and not self._ready.done():
@@ -431,6 +459,16 @@ class Gateway:
                         await self._die(client, exc)
                         return
             except aiomqtt.MqttError as exc:
+                self.connect_error = str(exc)
+                refusal = connect_refusal(exc)
+                if refusal is not None and self.connections == 0 and not self._closing:
+                    if self._v5 and refusal in UNSUPPORTED_PROTOCOL:
+                        self._v5 = False
+                        self.log.warning("the broker refuses MQTT 5: speaking MQTT 3.1.1", broker=self.broker.url)
+                        continue
+                    if refusal not in BROKER_BUSY and self._ready is not None and not self._ready.done():
+                        self._ready.set_exception(BrokerUnreachable(f"{self.broker.url} refused the connection: {exc}"))
+                        return
                 if not self._closing:
                     self.log.warning("disconnected", error=str(exc), retry_in_s=round(delay, 3))
             except asyncio.CancelledError:

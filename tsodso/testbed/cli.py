@@ -71,6 +71,13 @@ BrokerOpt = Annotated[
 ]
 
 
+def _positive_speed(value: float | None) -> float | None:
+    """Every --speed: scenario seconds per wall second, > 0."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not > 0 (scenario seconds per wall second; 1 = real time)")
+    return value
+
+
 @grid_app.command("show")
 def grid_show(
     grid: Annotated[
@@ -412,7 +419,7 @@ def _run(
 def run(
     scenario: Annotated[Path, typer.Argument(help="Scenario file (YAML).")],
     coordination: CoordinationOpt = None,
-    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
+    speed: Annotated[float, typer.Option(callback=_positive_speed, help="Scenario seconds per wall second.")] = 50.0,
     realtime: Annotated[bool, typer.Option("--realtime", help="Same as --speed 1.")] = False,
     virtual: VirtualOpt = False,
     broker: BrokerOpt = "embedded",
@@ -444,7 +451,7 @@ def run(
 def up(
     scenario: Annotated[Path, typer.Argument(help="Scenario file (YAML).")],
     coordination: CoordinationOpt = None,
-    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 25.0,
+    speed: Annotated[float, typer.Option(callback=_positive_speed, help="Scenario seconds per wall second.")] = 25.0,
     tls: Annotated[bool, typer.Option("--tls", help="Mutual TLS: only the deployment's certificates get in.")] = False,
     out: Annotated[Path, typer.Option(help="Deployment directory: secrets/, broker/, run/, one log per actor.")] = Path(
         "runs/secure"
@@ -476,7 +483,10 @@ def actor(
     scenario: Annotated[Path, typer.Option(help="Scenario file (YAML).")],
     broker: Annotated[str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")],
     coordination: CoordinationOpt = None,
-    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second (the same for every actor).")] = 50.0,
+    speed: Annotated[
+        float,
+        typer.Option(callback=_positive_speed, help="Scenario seconds per wall second (the same for every actor)."),
+    ] = 50.0,
     out: Annotated[Path, typer.Option(help="Run directory shared by the actors.")] = Path("runs/actors"),
     secrets: Annotated[
         Path | None,
@@ -671,7 +681,8 @@ def bench_day(
     speed: Annotated[
         float | None,
         typer.Option(
-            help="Pace at this many scenario seconds per wall second (1440: a day in a minute); default: virtual time."
+            callback=_positive_speed,
+            help="Pace at this many scenario seconds per wall second (1440: a day in a minute); default: virtual time.",
         ),
     ] = None,
     hours: Annotated[float, typer.Option(help="Scenario hours.")] = 24.0,
@@ -725,7 +736,7 @@ def bench_hostile(
     rates: Annotated[
         str, typer.Option(help="Comma-separated hostile messages per second, 0 = the clean run.")
     ] = "0,1000,2000,4000",
-    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
+    speed: Annotated[float, typer.Option(callback=_positive_speed, help="Scenario seconds per wall second.")] = 50.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """The reference scenario under a hostile flood: refused messages/s with the outcome unchanged."""
@@ -805,7 +816,7 @@ def hostile(
 @app.command()
 def demo(
     broker: BrokerOpt = "embedded",
-    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
+    speed: Annotated[float, typer.Option(callback=_positive_speed, help="Scenario seconds per wall second.")] = 50.0,
     out: Annotated[Path, typer.Option(help="Where the two runs go.")] = Path("runs/demo"),
     scenario: Annotated[Path, typer.Option(help="Scenario file.")] = Path("scenarios/nl-afrr-congestion.yaml"),
 ):
@@ -832,7 +843,7 @@ def compare(
     schemes: Annotated[str, typer.Option(help="'all' or a comma-separated list of schemes.")] = "all",
     out: Annotated[Path, typer.Option(help="Where the runs and the comparison go.")] = Path("runs/compare"),
     broker: BrokerOpt = "embedded",
-    speed: Annotated[float, typer.Option(help="Scenario seconds per wall second.")] = 50.0,
+    speed: Annotated[float, typer.Option(callback=_positive_speed, help="Scenario seconds per wall second.")] = 50.0,
     virtual: VirtualOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print comparison.json.")] = False,
 ):
@@ -877,6 +888,15 @@ def report(
     """Build report.html (self-contained, plots embedded) and PNGs from run directories alone."""
     from tsodso.testbed.report import build_report
 
+    for run in runs:
+        if not (run / "summary.json").is_file():
+            err.print(
+                f"tsodso report: {run} is not a run directory (no summary.json in it); give the --out of a "
+                "'tsodso run', 'demo', 'compare' or 'up'",
+                highlight=False,
+                markup=False,
+            )
+            raise typer.Exit(2)
     path = build_report(runs, out)
     console.print(f"report: {path}", highlight=False)
 
@@ -929,7 +949,8 @@ def conformance(
     speed: Annotated[
         float,
         typer.Option(
-            help="Scenario seconds per wall second (1 for real devices; emulators step per setpoint and can go faster)."
+            callback=_positive_speed,
+            help="Scenario seconds per wall second (1 for real devices; emulators step per setpoint and can go faster).",
         ),
     ] = 1.0,
     timeout: Annotated[float, typer.Option(help="[s] wait for each thing the device must do unprompted.")] = 20.0,
@@ -1030,7 +1051,7 @@ def emulate(
     ] = "mqtt://127.0.0.1:1883",
     fault: Annotated[str | None, typer.Option(help="Break rules on purpose (tsodso emulate --list-faults).")] = None,
     scenario: ScenarioOpt = REFERENCE_SCENARIO,
-    speed: Annotated[float, typer.Option(help="Must match the suite's --speed.")] = 1.0,
+    speed: Annotated[float, typer.Option(callback=_positive_speed, help="Must match the suite's --speed.")] = 1.0,
     list_faults: Annotated[
         bool, typer.Option("--list-faults", help="Print the fault modes and the rules they break.")
     ] = False,
@@ -1116,7 +1137,9 @@ def replay(
     broker: Annotated[
         str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
     ] = "mqtt://127.0.0.1:1883",
-    speed: Annotated[float, typer.Option(help="Replay this many times faster than recorded.")] = 1.0,
+    speed: Annotated[
+        float, typer.Option(callback=_positive_speed, help="Replay this many times faster than recorded.")
+    ] = 1.0,
     with_retained: Annotated[
         bool, typer.Option(help="Also replay the retained messages the capture began with.")
     ] = False,
@@ -1133,12 +1156,13 @@ def main() -> None:  # pragma: no cover - the console script; tests call ``app``
     """``tsodso``: a mistake the user can make ends in one line that names it, not a traceback."""
     from tsodso.actors.grid import GridError
     from tsodso.broker.launch import BrokerError
+    from tsodso.gateway.client import BrokerUnreachable
     from tsodso.testbed.scenario import ScenarioError
     from tsodso.testbed.security import SecretsError
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         app()
-    except (ScenarioError, SecretsError, BrokerError, GridError) as exc:
+    except (ScenarioError, SecretsError, BrokerError, GridError, BrokerUnreachable) as exc:
         err.print(f"tsodso: {exc}", highlight=False, markup=False)
         sys.exit(2)

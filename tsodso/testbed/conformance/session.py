@@ -534,6 +534,9 @@ def dso_profile(scenario: Scenario, device_id: str) -> Scenario:
         for asset in bsp["assets"]:
             if asset.get("dso_id") == old:
                 asset["dso_id"] = device_id
+    for emergency in data["tso"]["emergencies"]:
+        if emergency.get("curtail_dso") == old:
+            emergency["curtail_dso"] = device_id
     return Scenario.model_validate(data)
 
 
