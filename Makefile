@@ -34,6 +34,7 @@ bench: $(STAMP)
 
 contract: $(STAMP)
 	$(BIN)/tsodso schemas export contract
+	$(BIN)/python -m tsodso.testbed.scenario_reference docs/scenario.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -100,3 +100,25 @@ def test_a_grid_file_next_to_the_scenario_is_the_dsos_grid(tmp_path):
     (tmp_path / "my-feeder.json").write_text("{}")
     with pytest.raises(ScenarioError, match=r"my-feeder.json': not a pandapower JSON net"):
         load_scenario(tmp_path / "mistake.yaml")
+
+
+def test_the_scenario_reference_and_schema_are_current_and_the_shipped_scenarios_validate():
+    """docs/scenario.md and contract/scenario.schema.json are what the models say today, and every
+    shipped scenario validates against the schema an editor would use."""
+    import json
+
+    import jsonschema
+    import yaml
+
+    from tsodso.testbed.scenario_reference import scenario_json_schema, scenario_reference
+
+    root = REFERENCE.parents[1]
+    assert (root / "docs" / "scenario.md").read_text() == scenario_reference(), "run `make contract`"
+    schema = json.loads((root / "contract" / "scenario.schema.json").read_text())
+    assert schema == scenario_json_schema(), "run `make contract`"
+    for path in sorted((root / "scenarios").glob("*.yaml")):
+        data = json.loads(json.dumps(yaml.safe_load(path.read_text()), default=lambda t: t.isoformat()))
+        jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(data)
+    data["bsps"][0]["bids"][0]["direction"] = "sideways"
+    with pytest.raises(jsonschema.ValidationError, match="'sideways' is not one of"):
+        jsonschema.validate(data, schema)

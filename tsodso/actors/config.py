@@ -1,9 +1,9 @@
 """What each actor is told by a scenario (scenario files are data: ../scenarios/*.yaml)."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from tsodso.actors import coordination as registry
 from tsodso.actors import rules
@@ -20,10 +20,14 @@ class _Model(BaseModel):
 
 
 class AssetConfig(_Model):
-    asset_id: PartyId
-    connection: Connection
-    dso_id: PartyId | None = None
-    connection_bus: str | None = None
+    """One unit of the BSP's portfolio (a plant, a DER park, a fleet)."""
+
+    asset_id: PartyId = Field(description="the asset's id, unique in its BSP's portfolio")
+    connection: Connection = Field(description="TN (transmission grid) or DN (a DSO's grid)")
+    dso_id: PartyId | None = Field(default=None, description="DN only: the DSO whose grid it is connected to")
+    connection_bus: str | None = Field(
+        default=None, description="DN only: the bus of that DSO's grid it is connected to (tsodso grid show)"
+    )
     capacity_up_mw: float = Field(ge=0, description="[MW]")
     capacity_down_mw: float = Field(ge=0, description="[MW]")
     ramp_rate_mw_per_min: float = Field(gt=0, description="[MW/min] physical ramp of the asset")
@@ -42,10 +46,12 @@ class AssetConfig(_Model):
 
 
 class BidConfig(_Model):
-    bid_id: PartyId
-    direction: Literal["up", "down"]
-    quantity_mw: float = Field(gt=0)
-    price_eur_per_mwh: float
+    """One aFRR energy bid, offered for every ISP of the run."""
+
+    bid_id: PartyId = Field(description="the bid's id, unique in its BSP")
+    direction: Literal["up", "down"] = Field(description="up: more generation or less load; down: the opposite")
+    quantity_mw: float = Field(gt=0, description="[MW] the most the bid delivers")
+    price_eur_per_mwh: float = Field(description="[EUR/MWh] its energy price (the merit order ranks by it)")
     ramp_rate_mw_per_min: float = Field(gt=0, description="[MW/min] the bid's ramp: the setpoint changes no faster")
     assets: dict[str, float] = Field(description="asset id -> share of the quantity [MW]; the shares add up to it")
 
@@ -79,10 +85,12 @@ class CommercialNeed(_Model):
 
 
 class BspConfig(_Model):
+    """A balancing service provider: its portfolio and its bids."""
+
     id: PartyId
     reference_mw: float = Field(description="[MW] the BSP's reference (scheduled) output")
-    assets: list[AssetConfig]
-    bids: list[BidConfig]
+    assets: list[AssetConfig] = Field(description="its assets (prequalified with the TSO and, DN ones, their DSO)")
+    bids: list[BidConfig] = Field(description="its aFRR energy bids, each from some of its assets")
     follow_factor: float = Field(default=1.0, gt=0, description="1: follows setpoints; <1 under-delivers")
     needs: list[CommercialNeed] = Field(default_factory=list, description="its own needs (integrated market only)")
 
@@ -110,22 +118,26 @@ class BspConfig(_Model):
 
 
 class Redispatch(_Model):
-    at: UtcTime
+    """A change the DSO makes itself (known in its forecast and in real time)."""
+
+    at: UtcTime = Field(description="from this instant on")
     element: str = Field(description="'sgen:<name>' or 'load:<name>'")
-    delta_mw: float
-    reason: str = ""
+    delta_mw: float = Field(description="[MW] change of the element's injection (generation +, load -)")
+    reason: str = Field(default="", description="why (for the reports)")
 
 
 class GridChange(_Model):
     """A change the DSO did not forecast (it appears in real time only)."""
 
-    at: UtcTime
+    at: UtcTime = Field(description="from this instant on")
     element: str = Field(description="'sgen:<name>' or 'load:<name>'")
-    delta_mw: float
+    delta_mw: float = Field(description="[MW] change of the element's injection")
 
 
 class Fault(_Model):
-    at: UtcTime
+    """A fault in the DSO's grid, reported to the TSO (CS review Fig. 4)."""
+
+    at: UtcTime = Field(description="when it happens")
     element: str = Field(description="e.g. 'line:south-pv'")
     fault_type: Literal["line_fault", "trafo_fault", "bus_fault", "protection_trip"] = "line_fault"
     lost_load_mw: float = 0.0
@@ -133,8 +145,13 @@ class Fault(_Model):
 
 
 class DsoConfig(_Model):
+    """A distribution system operator and its grid."""
+
     id: PartyId
-    grid: str = Field(description="grid builder name (actors.grid) or simbench:<code>")
+    grid: str = Field(
+        description="a grid builder (nl_afrr_congestion, rural_village), simbench:<code> or a pandapower JSON file "
+        "(relative to the scenario file)"
+    )
     interface: str = Field(default="trafo:coupling", description="the TSO-DSO coupling element")
     conditions: list[GridChange] = Field(
         default_factory=list,
@@ -142,9 +159,11 @@ class DsoConfig(_Model):
         "(a heat-led CHP, an evening peak): in its power flows from their instant on; prequalification "
         "checks the model as it is",
     )
-    redispatch: list[Redispatch] = Field(default_factory=list)
-    unforecast: list[GridChange] = Field(default_factory=list)
-    faults: list[Fault] = Field(default_factory=list)
+    redispatch: list[Redispatch] = Field(default_factory=list, description="its own redispatch actions")
+    unforecast: list[GridChange] = Field(
+        default_factory=list, description="changes nobody forecast: seen in its real-time power flow only"
+    )
+    faults: list[Fault] = Field(default_factory=list, description="faults in its grid")
     curtailable_load_mw: float = Field(default=5.0, ge=0, description="[MW] what the DSO can shed on request")
     validation_delay_s: float = Field(default=0.0, ge=0, description="[s, wall] slows MOL answers (tests)")
     area_imbalance: list[tuple[UtcTime, float]] = Field(
@@ -157,17 +176,21 @@ class DsoConfig(_Model):
 
 
 class Emergency(_Model):
-    at: UtcTime
-    state: SystemState
-    curtail_dso: PartyId | None = None
-    target: Literal["load", "generation"] = "load"
-    amount_mw: float = 0.0
-    duration_s: float = 900.0
+    """A change of the system state the TSO announces, with a curtailment request (CS review Fig. 4)."""
+
+    at: UtcTime = Field(description="when the TSO announces it")
+    state: SystemState = Field(description="the system state: normal, alert, emergency, blackout, restoration")
+    curtail_dso: PartyId | None = Field(default=None, description="the DSO asked to curtail (none: no request)")
+    target: Literal["load", "generation"] = Field(default="load", description="what the DSO curtails")
+    amount_mw: float = Field(default=0.0, description="[MW] how much")
+    duration_s: float = Field(default=900.0, description="[s] for how long")
 
 
 class TsoConfig(_Model):
+    """The transmission system operator: the system's imbalance and how it activates aFRR."""
+
     id: PartyId = "tso"
-    area: str = "NL"
+    area: str = Field(default="NL", description="its control area (a name; the bids' market area)")
     imbalance: list[tuple[UtcTime, float]] = Field(
         description="system imbalance, piecewise constant from each instant: MW short (+) or long (-)"
     )
@@ -179,13 +202,13 @@ class TsoConfig(_Model):
         default=rules.MONITORING_PERIOD_S, gt=0, description="[s] requested vs delivered (CS review §IV.A)"
     )
     mol_timeout_s: float = Field(default=2.0, gt=0, description="[s, wall] wait for each DSO's validation")
-    mol_retries: int = Field(default=1, ge=0)
+    mol_retries: int = Field(default=1, ge=0, description="re-sends of the list to a DSO that has not answered")
     mol_fallback: Literal["exclude_dn", "unvalidated"] = Field(
         default="exclude_dn",
         description="when a DSO does not answer: leave out the bids with assets in its grid (exclude_dn), or "
         "activate them as offered, as without coordination (unvalidated)",
     )
-    emergencies: list[Emergency] = Field(default_factory=list)
+    emergencies: list[Emergency] = Field(default_factory=list, description="system state changes it announces")
     max_price_eur_per_mwh: float = Field(default=500.0, description="[EUR/MWh] willingness to pay for balancing")
 
 
@@ -228,26 +251,38 @@ class SecurityConfig(_Model):
 
 
 class Scenario(_Model):
-    name: str
-    description: str = ""
-    start: UtcTime
-    end: UtcTime
+    name: str = Field(description="the scenario's name (in the summary and the reports)")
+    description: str = Field(default="", description="what it shows, for readers")
+    start: UtcTime = Field(description="scenario time of the first setpoint cycle")
+    end: UtcTime = Field(description="scenario time the run ends (exclusive)")
     setpoint_period_s: float = Field(
         default=rules.SETPOINT_PERIOD_S,
         ge=rules.SETPOINT_PERIOD_S,
         description="[s] aFRR delta setpoint period, at least the 4-s resolution (CS review §IV.A)",
     )
-    coordination: str = Field(
+    coordination: Annotated[
+        str,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"enum": [*registry.SCHEMES, *(k for k in registry.SWITCH if isinstance(k, str))]},
+                    {"type": "boolean"},
+                ]
+            }
+        ),
+    ] = Field(
         default=registry.DEFAULT,
         description=f"TSO-DSO coordination scheme (CS review Table I): {', '.join(registry.SCHEMES)}; "
         "true/on = hybrid, false/off = tso_managed",
     )
     market_operator: PartyId = Field(default="mo", description="id of the independent market operator (scheme 6)")
-    tso: TsoConfig
-    dsos: list[DsoConfig]
-    bsps: list[BspConfig]
-    links: list[LinkConfig] = Field(default_factory=list)
-    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    tso: TsoConfig = Field(description="the TSO")
+    dsos: list[DsoConfig] = Field(description="the DSOs, each with its grid")
+    bsps: list[BspConfig] = Field(description="the BSPs, each with its assets and bids")
+    links: list[LinkConfig] = Field(
+        default_factory=list, description="conditions of the links between actors (delay, jitter, drop, outages)"
+    )
+    security: SecurityConfig = Field(default_factory=SecurityConfig, description="identities and what is refused")
 
     @field_validator("coordination", mode="before")
     @classmethod

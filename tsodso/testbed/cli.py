@@ -127,13 +127,16 @@ def grid_show(
 
 @schemas_app.command("export")
 def schemas_export(directory: Annotated[Path, typer.Argument(help="Where to write the files.")] = Path("contract")):
-    """Write one JSON Schema per message type (DIR/schemas/) and the AsyncAPI 3.0 document."""
+    """Write one JSON Schema per message type (DIR/schemas/), the AsyncAPI 3.0 document and the
+    scenario format's JSON Schema (DIR/scenario.schema.json; its page: docs/scenario.md)."""
     from tsodso.gateway.asyncapi import export_asyncapi
     from tsodso.schemas.export import export_json_schemas
+    from tsodso.testbed.scenario_reference import export_scenario_schema
 
     paths = export_json_schemas(directory / "schemas")
     api = export_asyncapi(directory)
-    console.print(f"wrote {len(paths)} JSON Schemas to {directory / 'schemas'} and {api}")
+    scenario = export_scenario_schema(directory)
+    console.print(f"wrote {len(paths)} JSON Schemas to {directory / 'schemas'}, {api} and {scenario}", highlight=False)
 
 
 @schemas_app.command("validate")

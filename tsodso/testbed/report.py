@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 from tsodso.actors import rules
 from tsodso.testbed.results import RunSummary, load_summary
 from tsodso.testbed.stats import summary as percentiles
-from tsodso.testbed.summary import setpoints_text
+from tsodso.testbed.summary import delivered_latencies, link_of, setpoints_text
 
 PLOTS = ("delivery", "loading", "sequence", "latency_by_type", "latency_by_link", "traffic_by_link")
 
@@ -129,12 +129,10 @@ def plot_sequence(run: dict, ax, limit: int = 40) -> None:
 def _latencies(run: dict) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     by_type: dict[str, list[float]] = defaultdict(list)
     by_link: dict[str, list[float]] = defaultdict(list)
-    for type_name, sender, receiver, lat in run["db"].execute(
-        "SELECT type, sender, receiver, (received_us - created_us) / 1000.0 FROM exchange "
-        "WHERE direction='in' AND outcome='delivered'"
-    ):
-        by_type[type_name].append(lat)
-        by_link[f"{sender.split('/')[0].upper()}→{receiver.split('/')[0].upper()}"].append(lat)
+    for type_name, sender, receiver, lat_us in delivered_latencies(run["db"]):
+        by_type[type_name].append(lat_us / 1000)
+        if link := link_of(type_name, sender, receiver):  # the summary's links: presence is not a latency
+            by_link[link.upper().replace("->", "→")].append(lat_us / 1000)
     return by_type, by_link
 
 

@@ -64,7 +64,10 @@ class SchemeMetrics(_Model):
     balancing_covered_mwh: float
     balancing_covered_percent: float
     congestion: dict[str, CongestionOfDso] = Field(description="per DSO")
-    congestion_seconds: float = Field(description="[s, scenario] summed over the DSOs")
+    congestion_seconds: float = Field(
+        description="[s, scenario] above 100 % loading from the first whole ISP on, summed over the DSOs "
+        "(the same figure as the run's congestion_seconds)"
+    )
     peak_loading_percent: float
     der_mwh_tso: float = Field(description="[MWh] DER energy activated for the TSO")
     der_mwh_dso: float = Field(description="[MWh] DER energy bought by the DSOs")
@@ -90,7 +93,10 @@ class RunSummary(_Model):
     validations: dict[str, dict[str, Any]] = Field(description="bid -> the DSO's verdict that set its bound")
     mol_iterations: dict[str, int] = Field(description="DSO -> rounds of the merit order list")
     mol_fallbacks: list[str] = Field(description="'dso:mol:fallback' for each validation that missed its window")
-    congestion_seconds: float = Field(description="[s, scenario] above 100 % loading, summed over the DSOs")
+    congestion_seconds: float = Field(
+        description="[s, scenario] above 100 % loading from the first whole ISP on (before it no scheme has "
+        "a market), summed over the DSOs"
+    )
     max_line_loading_percent: float
     max_loading_element: str | None = Field(description="the most loaded element, e.g. line:behind-coupling")
     max_loading_at: str | None = Field(description="scenario instant of the highest loading (ISO 8601)")

@@ -76,6 +76,25 @@ def _share_dn(assets: list[dict]) -> float:
     return sum(a["share_mw"] for a in assets if a["connection"] == "DN") / total if total else 0.0
 
 
+def congestion_by_dso(scenario, dsos: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per DSO: the scenario seconds its most loaded element was above 100 %, its peak loading, its
+    congestion needs. Counted from the first whole ISP on: before it no scheme has a market, so every
+    run, scheme and view (summary, terminal, report, compare) counts the same period."""
+    first = isp_of(scenario.start)
+    if first < scenario.start:
+        first += ISP
+    cleared = {d["dso_id"]: [x for x in d["loading"] if datetime.fromisoformat(x[0]) >= first] for d in dsos}
+    return {
+        d["dso_id"]: {
+            "seconds_above_100": scenario.setpoint_period_s
+            * sum(1 for x in cleared[d["dso_id"]] if x[2] > 100.0 + 1e-6),
+            "peak_loading_percent": round(max((x[2] for x in cleared[d["dso_id"]]), default=0.0), 2),
+            "needs": d.get("congestion_needs", []),
+        }
+        for d in dsos
+    }
+
+
 def scheme_metrics(
     scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: list[dict[str, Any]], market: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -126,20 +145,7 @@ def scheme_metrics(
             "GROUP BY m.correlation_id"
         )
     ]
-    # the minutes before the first whole ISP have no market in any scheme: not counted
-    first = isp_of(scenario.start)
-    if first < scenario.start:
-        first += ISP
-    cleared = {d["dso_id"]: [x for x in d["loading"] if datetime.fromisoformat(x[0]) >= first] for d in dsos}
-    congestion = {
-        d["dso_id"]: {
-            "seconds_above_100": scenario.setpoint_period_s
-            * sum(1 for x in cleared[d["dso_id"]] if x[2] > 100.0 + 1e-6),
-            "peak_loading_percent": round(max((x[2] for x in cleared[d["dso_id"]]), default=0.0), 2),
-            "needs": d.get("congestion_needs", []),
-        }
-        for d in dsos
-    }
+    congestion = congestion_by_dso(scenario, dsos)
     compute = {"tso": tso.get("clearing_ms", []), **{f"dso/{d['dso_id']}": d.get("compute_ms", []) for d in dsos}}
     if market is not None:
         compute["mo"] = market["clearing_ms"]
@@ -184,6 +190,22 @@ def scheme_metrics(
     }
 
 
+def delivered_latencies(db: sqlite3.Connection) -> list[tuple[str, str, str, int]]:
+    """(type, sender, receiver, µs from created to received) of every delivered message: the one
+    source of every latency figure (summary, terminal, report)."""
+    return db.execute(
+        "SELECT type, sender, receiver, received_us - created_us FROM exchange WHERE direction='in' AND outcome='delivered'"
+    ).fetchall()
+
+
+def link_of(type_name: str, sender: str, receiver: str) -> str | None:
+    """The link ('tso->dso') whose latency a delivery counts in, or None for presence: a retained
+    'online' reaches an actor that joins later when it joins, which is not the link's latency."""
+    if type_name == "actor_state":
+        return None
+    return f"{sender.split('/')[0]}->{receiver.split('/')[0]}"
+
+
 def summarize(
     scenario,
     db_path: Path,
@@ -211,12 +233,9 @@ def summarize(
     corrected: dict[str, list[float]] = defaultdict(list)
     uncertainty: dict[str, float] = {}
     offsets = clock_offsets or {}
-    for type_name, sender, receiver, lat_us in db.execute(
-        "SELECT type, sender, receiver, received_us - created_us FROM exchange WHERE direction='in' AND outcome='delivered'"
-    ):
+    for type_name, sender, receiver, lat_us in delivered_latencies(db):
         latency[type_name].append(lat_us / 1000)
-        if type_name != "actor_state":  # retained presence reaches late joiners late: not a link latency
-            link = f"{sender.split('/')[0]}->{receiver.split('/')[0]}"
+        if link := link_of(type_name, sender, receiver):
             by_link[link].append(lat_us / 1000)
             if sender in offsets and receiver in offsets:
                 o_s, o_r = offsets[sender], offsets[receiver]
@@ -270,7 +289,7 @@ def summarize(
         "validations": tso["validations"],
         "mol_iterations": tso["mol_iterations"],
         "mol_fallbacks": tso["mol_fallbacks"],
-        "congestion_seconds": sum(d["congestion_seconds"] for d in dsos),
+        "congestion_seconds": sum(c["seconds_above_100"] for c in congestion_by_dso(scenario, dsos).values()),
         "max_line_loading_percent": round(worst[2], 3),
         "max_loading_element": worst[1],
         "max_loading_at": worst[0],
