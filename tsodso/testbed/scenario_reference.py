@@ -89,7 +89,9 @@ def _default(field: Any) -> str:
 
 def scenario_reference() -> str:
     """The Markdown page: one table per model, the scenario first, each nested model once."""
-    out, seen, queue = [INTRO], set(), [Scenario]
+    out: list[str] = [INTRO]
+    seen: set[type[BaseModel]] = set()
+    queue: list[type[BaseModel]] = [Scenario]
     while queue:
         model = queue.pop(0)
         if model in seen:
