@@ -164,3 +164,26 @@ def test_grid_show_lists_the_names_a_scenario_can_use():
     assert result.exit_code == 0, result.output
     for name in ("trafo:coupling", "line:south-pv", "sgen:pv-park", "der-park"):
         assert name in result.output
+
+
+@pytest.mark.parametrize("kind", ["embedded", "mosquitto"])
+def test_a_broker_on_a_busy_port_says_so_and_exits(kind):
+    """`tsodso broker KIND --port P` where something already listens: one line, exit 2, no broker left
+    running that looks started."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "tsodso", "broker", kind, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: in use" in proc.stderr and "Traceback" not in proc.stderr
+    assert "listening" not in proc.stdout

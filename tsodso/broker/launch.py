@@ -8,6 +8,7 @@ start_broker("nats")                     # nats-server with JetStream and MQTT (
 start_broker("mqtt://host:1883")         # nothing to start
 """
 
+import errno
 import os
 import signal
 import socket
@@ -27,11 +28,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why a broker cannot listen on ``host:port`` (in use, or not an address of this host), or None."""
+    with socket.socket() as s:
+        s.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as the brokers bind: a closed port in TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            why = "in use (another broker?)" if exc.errno == errno.EADDRINUSE else exc.strerror
+            return f"cannot listen on {host}:{port}: {why}; choose another --port, or 0 for a free one"
+    return None
+
+
 def wait_for_port(host: str, port: int, timeout_s: float = 10.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"broker exited with code {proc.returncode} before listening on {host}:{port}")
+            raise BrokerError(f"the broker exited with code {proc.returncode} before listening on {host}:{port}")
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -107,6 +122,8 @@ def start_broker(
         except ValueError as exc:
             raise BrokerError(str(exc)) from None
         return RunningBroker("url", kind, spec.host, spec.port)
+    if port and (problem := port_problem(host, port)):
+        raise BrokerError(f"{kind}: {problem}")
     port = port or free_port(host)
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix=f"tsodso-{kind}-"))
     data_dir.mkdir(parents=True, exist_ok=True)

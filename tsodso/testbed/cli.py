@@ -13,6 +13,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"  # the shipped scenarios: defaults work from any folder
+REFERENCE_SCENARIO = SCENARIOS / "nl-afrr-congestion.yaml"
+COMPARISON_SCENARIO = SCENARIOS / "schemes-comparison.yaml"
+
 app = typer.Typer(
     rich_markup_mode=None, add_completion=False, no_args_is_help=True, help="TSO-DSO-BSP coordination testbed."
 )
@@ -180,7 +184,10 @@ def broker_embedded(
     """Run the embedded broker (MQTT 3.1.1, pure Python, installed with the project) until Ctrl+C."""
     from tsodso.broker import free_port
     from tsodso.broker.embedded import main
+    from tsodso.broker.launch import BrokerError, port_problem
 
+    if port and (problem := port_problem(host, port)):
+        raise BrokerError(f"embedded: {problem}")
     main(["--host", host, "--port", str(port or free_port(host))])
 
 
@@ -821,7 +828,9 @@ def demo(
     broker: BrokerOpt = "embedded",
     speed: Annotated[float, typer.Option(callback=_positive_speed, help="Scenario seconds per wall second.")] = 50.0,
     out: Annotated[Path, typer.Option(help="Where the two runs go.")] = Path("runs/demo"),
-    scenario: Annotated[Path, typer.Option(help="Scenario file.")] = Path("scenarios/nl-afrr-congestion.yaml"),
+    scenario: Annotated[
+        Path, typer.Option(help="Scenario file (default: the shipped reference scenario).", show_default=False)
+    ] = REFERENCE_SCENARIO,
 ):
     """The reference scenario (CS review §IV.B) with coordination on and off, side by side."""
     summaries = []
@@ -842,7 +851,10 @@ def demo(
 
 @app.command()
 def compare(
-    scenario: Annotated[Path, typer.Argument(help="Scenario file (YAML).")] = Path("scenarios/schemes-comparison.yaml"),
+    scenario: Annotated[
+        Path,
+        typer.Argument(help="Scenario file (YAML; default: the shipped scheme comparison).", show_default=False),
+    ] = COMPARISON_SCENARIO,
     schemes: Annotated[str, typer.Option(help="'all' or a comma-separated list of schemes.")] = "all",
     out: Annotated[Path, typer.Option(help="Where the runs and the comparison go.")] = Path("runs/compare"),
     broker: BrokerOpt = "embedded",
@@ -928,7 +940,6 @@ def exchange(
     print_exchange(db, console)
 
 
-REFERENCE_SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "nl-afrr-congestion.yaml"
 ScenarioOpt = Annotated[Path, typer.Option(help="Scenario the device profile comes from (assets, bids, the TSO's id).")]
 
 
