@@ -26,3 +26,26 @@ def test_the_simbench_example_runs_and_the_dso_validates_the_der_bids_on_its_gri
     assert 0 < summary["max_delta_setpoint_mw"]["bsp-tn"] < 20
     assert summary["setpoints_missed"] == 0 and summary["delivery_within_tolerance_ratio"] == 1.0
     assert summary["congestion_seconds"] == 0 and summary["max_loading_element"].startswith("line:MV1.101")
+
+
+def test_a_run_that_does_less_than_asked_says_why(tmp_path):
+    """A DER beyond the hosting capacity at its bus (the first own portfolio a user tries) is refused at
+    prequalification by the DSO's power flow; the run ends normally and its summary, terminal and
+    report say why nothing was activated."""
+    reference = Path(__file__).resolve().parents[1] / "scenarios" / "nl-afrr-congestion.yaml"
+    text = reference.read_text().replace(
+        "connection_bus: der-park, capacity_up_mw: 10,", "connection_bus: der-park, capacity_up_mw: 80,"
+    )
+    (tmp_path / "big-der.yaml").write_text(text)
+    scenario = load_scenario(tmp_path / "big-der.yaml")
+    with start_broker("memory") as bus:
+        summary = asyncio.run(run_scenario(scenario, bus.url, tmp_path / "run", virtual=True))
+    assert summary["setpoints_sent"] == 0
+    refused, why_none = summary["notes"]
+    assert refused.startswith("asset der-park of bsp1 not prequalified by dso: hosting capacity at der-park: +12.")
+    assert "asked +80.0" in refused
+    assert why_none.startswith("no delta setpoint was sent")
+    from tsodso.testbed.report import build_report
+
+    report = build_report([tmp_path / "run"], None).read_text()
+    assert "What the run did not do, and why" in report and "hosting capacity at der-park" in report

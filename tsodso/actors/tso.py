@@ -60,6 +60,7 @@ class TSO(Actor):
         "next_step",
         "first_cycle_of_period",
         "last_cycle",
+        "refusals",
     )
 
     def __init__(self, gateway, clock, scenario, config: TsoConfig):

@@ -139,6 +139,7 @@ class TsoCore:
         self.next_step: datetime | None = None
         self.first_cycle_of_period = 0
         self.last_cycle: tuple[int, datetime] | None = None
+        self.refusals: list[str] = []  # what it refused of what the BSPs offered (assets, bids), once each
 
     # --- prequalification (CS review Fig. 3) ---------------------------------------------------
 
@@ -179,7 +180,14 @@ class TsoCore:
 
     def qualify(self, bsp_id: str, verdicts: list[AssetVerdict]) -> PrequalificationResult:
         self.qualified[bsp_id] |= {v.asset_id for v in verdicts if v.qualified}
+        for v in verdicts:
+            if not v.qualified:
+                self._refused(f"asset {v.asset_id} of {bsp_id} not prequalified by {v.checked_by}: {v.reason}")
         return PrequalificationResult(bsp_id=bsp_id, verdicts=verdicts)
+
+    def _refused(self, why: str) -> None:
+        if why not in self.refusals:
+            self.refusals.append(why)
 
     # --- schedules, forecasts, faults, bids ----------------------------------------------------
 
@@ -206,6 +214,14 @@ class TsoCore:
 
     def take_bid(self, bid: EnergyBid, sender: Party, now: datetime) -> str | None:
         """Keep the bid for its ISP's merit order list, or say why not."""
+        refusal = self._bid_refusal(bid, sender, now)
+        if refusal is None:
+            self.bids[bid.isp_start][bid.bid_id] = bid
+        elif sender.role == "bsp" and bid.bsp_id == sender.id and not refusal.startswith("late:"):
+            self._refused(refusal)
+        return refusal
+
+    def _bid_refusal(self, bid: EnergyBid, sender: Party, now: datetime) -> str | None:
         if sender.role == "bsp" and bid.bsp_id != sender.id:
             return f"a bid of {bid.bsp_id} from {sender}: a BSP bids for itself"
         if not rules.bid_in_time(bid.isp_start, now):
@@ -215,7 +231,6 @@ class TsoCore:
         missing = {a.asset_id for a in bid.assets} - self.qualified[bid.bsp_id]
         if missing:
             return f"bid {bid.bid_id}: assets not prequalified: {', '.join(sorted(missing))}"
-        self.bids[bid.isp_start][bid.bid_id] = bid
         return None
 
     # --- the merit order list (CS review Fig. 4) -----------------------------------------------
@@ -655,4 +670,5 @@ class TsoCore:
             "balance_mwh": {k: round(v, 6) for k, v in self.balance.items()},
             "flex_activations": [f.model_dump(mode="json") for f in self.flex],
             "clearing_ms": self.clearing_ms,
+            "refusals": self.refusals,
         }

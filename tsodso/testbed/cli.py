@@ -598,6 +598,9 @@ def _print_outcomes(runs: list[dict], to: Console) -> None:
     row("messages", lambda s: str(sum(s.messages.values())))
     row("wall clock [s]", lambda s: f"{s.wall_clock_s or 0:.1f}")
     to.print(table)
+    for s in summaries:
+        for note in s.notes:
+            to.print(f"note ({s.coordination}): {note}", highlight=False, markup=False)
 
 
 def _bench_table(result: dict, extra: list[tuple[str, str]]) -> None:

@@ -250,13 +250,15 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}"/></figure>'
         for name, data in images.items()
     )
+    notes = "".join(f"<li>{html.escape(_label(r))}: {html.escape(n)}</li>" for r in runs for n in r["summary"].notes)
+    notes = f"<h2>What the run did not do, and why</h2><ul>{notes}</ul>" if notes else ""
     title = html.escape(runs[0]["summary"].scenario)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}</style>
 </head><body><h1>{title}</h1>
 <p>Runs: {", ".join(html.escape(str(r["dir"])) for r in runs)}</p>
-<h2>Summary</h2><table><tr><th></th>{head}</tr>{body}</table>
+<h2>Summary</h2><table><tr><th></th>{head}</tr>{body}</table>{notes}
 <h2>Latency [ms] ({html.escape(_label(runs[0]))})</h2>
 <table><tr><th>type / link</th><th>n</th><th>p50</th><th>p90</th><th>p99</th><th>max</th></tr>{lat_rows}</table>
 <h2>Plots</h2>{figures}</body></html>"""

@@ -114,6 +114,11 @@ class RunSummary(_Model):
         description="lowest share of steady cycles within the band in a monitoring period (actors.rules)"
     )
     non_compliant_bsps: list[str]
+    notes: list[str] = Field(
+        default_factory=list,
+        description="why the run did less than its scenario asks: refused assets and bids, validation fallbacks, "
+        "no setpoint sent",
+    )
     real_time_limits: list[dict[str, Any]] = Field(description="the DSOs' termination signals")
     dso_schedule_changes: list[dict[str, Any]]
     faults_reported: list[dict[str, Any]]

@@ -206,6 +206,22 @@ def link_of(type_name: str, sender: str, receiver: str) -> str | None:
     return f"{sender.split('/')[0]}->{receiver.split('/')[0]}"
 
 
+def run_notes(scenario, tso: dict[str, Any], setpoints_sent: int) -> list[str]:
+    """Why the run did less than its scenario asks, in plain sentences: what the TSO refused of the
+    BSPs' offers (assets not prequalified, bids it cannot take), the validations that fell back, and
+    why no setpoint was sent when none was."""
+    notes = list(tso.get("refusals", []))
+    notes += [f"MOL validation missed its window: {f}" for f in tso.get("mol_fallbacks", [])]
+    if setpoints_sent == 0:
+        if not any(v for _, v in scenario.tso.imbalance):
+            notes.append("no delta setpoint was sent: the scenario's imbalance is 0 MW throughout")
+        elif not tso.get("validations") and not tso.get("max_delta_setpoint_mw"):
+            notes.append("no delta setpoint was sent: no bid reached a merit order list (see the refusals above)")
+        else:
+            notes.append("no delta setpoint was sent: no bid could be activated (every bound was 0 MW)")
+    return notes
+
+
 def summarize(
     scenario,
     db_path: Path,
@@ -307,6 +323,7 @@ def summarize(
         "late_cycles": tso["late_cycles"],
         "delivery_within_tolerance_ratio": round(min(ratios), 4) if ratios else None,
         "non_compliant_bsps": sorted({m["bsp_id"] for m in monitoring if not m["compliant"]}),
+        "notes": run_notes(scenario, tso, len(sent_ids)),
         "real_time_limits": tso["real_time_limits"],
         "dso_schedule_changes": tso.get("schedule_changes", []),
         "faults_reported": tso["faults_reported"],
