@@ -11,11 +11,11 @@ import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from tests.samples import SAMPLES
 from tsodso.gateway.arrival import encode
 from tsodso.gateway.asyncapi import asyncapi_document
 from tsodso.gateway.policy import DELIVERY_POLICY
 from tsodso.schemas import MESSAGE_TYPES, Envelope, Party
+from tsodso.schemas.examples import SAMPLES
 from tsodso.schemas.export import message_schema
 from tsodso.schemas.rights import default_rights
 from tsodso.schemas.validate import InvalidMessage, validate_message
@@ -145,3 +145,13 @@ def test_cli_validate(tmp_path):
     (tmp_path / "junk.json").write_text("{not json")
     result = runner.invoke(app, ["schemas", "validate", str(tmp_path / "junk.json")])
     assert result.exit_code == 1 and "not UTF-8 JSON" in result.output
+
+
+def test_every_example_in_the_contract_is_a_valid_message_of_its_type():
+    from tsodso.schemas.validate import validate_message
+
+    examples = sorted((CONTRACT / "examples").glob("*.json"))
+    assert {p.stem for p in examples} == set(MESSAGE_TYPES)
+    for path in examples:
+        env, body = validate_message(path.read_bytes(), path.stem)
+        assert env.type == body.type_name == path.stem

@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.samples import SAMPLES
 from tsodso.gateway.arrival import ArrivalCheck, Received, Rejected, Trust, encode
 from tsodso.gateway.client import rejection_notice
 from tsodso.schemas import signing
 from tsodso.schemas.envelope import Envelope, Party
+from tsodso.schemas.examples import SAMPLES
 from tsodso.schemas.messages import MESSAGE_TYPES, Rejection
 from tsodso.schemas.rights import default_rights
 from tsodso.schemas.topics import topic_for

@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 import aiomqtt
 import pytest
 
-from tests.samples import SAMPLES
 from tsodso.gateway import ExchangeLog, Gateway, RequestTimeout
 from tsodso.gateway.arrival import encode
 from tsodso.gateway.connection import BrokerSpec
 from tsodso.schemas import Envelope, Party
+from tsodso.schemas.examples import SAMPLES
 from tsodso.schemas.messages import Heartbeat, MeritOrderList, MolValidation, Rejection
 from tsodso.schemas.topics import ALL, topic_for
 

@@ -58,6 +58,19 @@ def dumps(doc: Any) -> str:
     return json.dumps(doc, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
 
 
+def export_examples(directory: Path) -> list[Path]:
+    """Write ``<type>.json``, one valid whole message (envelope + body) per type, into ``directory``."""
+    from tsodso.schemas.examples import example_messages
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for type_name, message in sorted(example_messages().items()):
+        path = directory / f"{type_name}.json"
+        path.write_text(json.dumps(message, indent=2, ensure_ascii=False) + "\n")
+        paths.append(path)
+    return paths
+
+
 def export_json_schemas(directory: Path) -> list[Path]:
     """Write ``<type>.json`` for every message type into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)

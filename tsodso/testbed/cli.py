@@ -131,13 +131,15 @@ def grid_show(
 
 @schemas_app.command("export")
 def schemas_export(directory: Annotated[Path, typer.Argument(help="Where to write the files.")] = Path("contract")):
-    """Write one JSON Schema per message type (DIR/schemas/), the AsyncAPI 3.0 document and the
-    scenario format's JSON Schema (DIR/scenario.schema.json; its page: docs/scenario.md)."""
+    """Write one JSON Schema per message type (DIR/schemas/), one valid example message per type
+    (DIR/examples/), the AsyncAPI 3.0 document and the scenario format's JSON Schema
+    (DIR/scenario.schema.json; its page: docs/scenario.md)."""
     from tsodso.gateway.asyncapi import export_asyncapi
-    from tsodso.schemas.export import export_json_schemas
+    from tsodso.schemas.export import export_examples, export_json_schemas
     from tsodso.testbed.scenario_reference import export_scenario_schema
 
     paths = export_json_schemas(directory / "schemas")
+    export_examples(directory / "examples")
     api = export_asyncapi(directory)
     scenario = export_scenario_schema(directory)
     console.print(f"wrote {len(paths)} JSON Schemas to {directory / 'schemas'}, {api} and {scenario}", highlight=False)
@@ -151,7 +153,11 @@ def schemas_validate(
     """Validate a captured message: exit 0, or exit 1 with the field path and what was wrong."""
     from tsodso.schemas.validate import InvalidMessage, validate_message
 
-    data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    try:
+        data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    except OSError as exc:
+        typer.echo(f"tsodso schemas validate: cannot read {file}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from None
     try:
         env, _ = validate_message(data, type_)
     except InvalidMessage as exc:

@@ -1,5 +1,6 @@
 """One valid example of every message type, with a sender and recipient role the bilateral table
-allows. Used by the contract and gateway tests."""
+allows: what ``tsodso schemas export`` writes to ``contract/examples/`` (a device's developer starts
+from them) and what the contract, gateway and fuzz tests send."""
 
 from datetime import UTC, datetime
 
@@ -317,3 +318,29 @@ SAMPLES: list[tuple[Body, str, str]] = [
         "bsp",
     ),
 ]
+
+
+IDS = {"tso": "tso", "dso": "dso1", "bsp": "bsp1", "mo": "mo", "all": "all"}
+
+
+def example_messages() -> dict[str, dict]:
+    """Type -> a whole message (envelope + body) as JSON, one per type, with fixed ids and times."""
+    import uuid
+
+    from tsodso.schemas.envelope import SCHEMA_VERSION
+
+    out: dict[str, dict] = {}
+    for body, sender, recipient in SAMPLES:
+        if body.type_name in out:
+            continue
+        envelope = {
+            "message_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"tsodso:example:{body.type_name}")),
+            "type": body.type_name,
+            "schema_version": SCHEMA_VERSION,
+            "sender": {"role": sender, "id": IDS[sender]},
+            "recipients": [{"role": recipient, "id": IDS[recipient]}],
+            "sequence": 1,
+            "created_at": "2026-11-23T10:00:00.000000Z",
+        }
+        out[body.type_name] = {"envelope": envelope, "body": body.model_dump(mode="json", exclude_none=True)}
+    return out
