@@ -122,6 +122,9 @@ def comparison(tmp_path_factory) -> tuple[dict, Path]:
         app, ["compare", SCENARIO, "--schemes", "all", "--out", str(out), "--broker", "embedded", "--virtual"]
     )
     assert result.exit_code == 0, result.output
+    # progress: a line as each scheme starts and one with its outcome as it ends
+    assert "[1/6] schemes-comparison as tso_managed on the embedded broker" in result.output
+    assert "[6/6] integrated_market: done in" in result.output
     return json.loads((out / "comparison.json").read_text()), out
 
 

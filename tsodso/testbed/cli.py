@@ -382,9 +382,24 @@ def _coordination(value: str | None) -> str | None:
 
 
 async def _progress(clock, scenario) -> None:
+    """A run's progress in scenario time: a bar on a terminal, else a line every 10 s (wall)."""
+    total = (scenario.end - scenario.start).total_seconds()
+
+    def position() -> tuple[float, str]:
+        now = clock.now()
+        done = min(total, max(0.0, (now - scenario.start).total_seconds()))
+        return done, f"{now:%H:%M:%S}" if now >= scenario.start else "connecting"
+
+    if not err.is_terminal:
+        while True:
+            await asyncio.sleep(10.0)
+            done, now = position()
+            err.print(
+                f"{scenario.name}: scenario time {now} of {scenario.end:%H:%M:%S} ({100 * done / total:.0f} %)",
+                highlight=False,
+            )
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    total = (scenario.end - scenario.start).total_seconds()
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -395,12 +410,8 @@ async def _progress(clock, scenario) -> None:
     ) as bar:
         task = bar.add_task(scenario.name, total=total, now="")
         while True:
-            now = clock.now()
-            bar.update(
-                task,
-                completed=min(total, max(0.0, (now - scenario.start).total_seconds())),
-                now=f"{now:%H:%M:%S}" if now >= scenario.start else "connecting",
-            )
+            done, now = position()
+            bar.update(task, completed=done, now=now)
             await asyncio.sleep(0.2)
 
 
@@ -427,8 +438,7 @@ def _run(
 
     shutil.rmtree(out / "broker", ignore_errors=True)  # a fresh broker per run: no retained state of the last one
     with start_broker(broker, data_dir=out / "broker") as running:
-        progress = _progress if sys.stderr.isatty() else None
-        return asyncio.run(run_scenario(scenario, running.url, out, speed=speed, virtual=virtual, progress=progress))
+        return asyncio.run(run_scenario(scenario, running.url, out, speed=speed, virtual=virtual, progress=_progress))
 
 
 @app.command()
@@ -890,7 +900,16 @@ def compare(
             schemes=chosen,
             speed=speed,
             virtual=virtual,
-            progress=lambda s: err.print(f"running {loaded.name} as {s} on the {broker} broker ...", highlight=False),
+            progress=lambda s: err.print(
+                f"[{chosen.index(s) + 1}/{len(chosen)}] {loaded.name} as {s} on the {broker} broker ...",
+                highlight=False,
+            ),
+            run_progress=_progress,
+            finished=lambda s, row, wall: err.print(
+                f"[{chosen.index(s) + 1}/{len(chosen)}] {s}: done in {wall:.1f} s; cost {row['total_cost_eur']:.2f} EUR, "
+                f"congestion {row['congestion_seconds']:.0f} s, balancing covered {row['balancing_covered_percent']:.1f} %",
+                highlight=False,
+            ),
         )
     )
     if as_json:
@@ -1026,21 +1045,39 @@ def conformance(
         def ask() -> None:
             err.print(f"script done: stop or disconnect {role}/{device_id} now (waiting {wait_offline:g} s)")
 
-        result = asyncio.run(
-            run_suite(
-                role,
-                device_id,
-                broker,
-                load_scenario(scenario),
-                rules=rules,
-                speed=speed,
-                timeout_s=timeout,
-                report_dir=report,
-                observer=observer,
-                leave=(wait_offline, ask) if wait_offline > 0 else None,
-                device_key=device_key,
+        async def session():
+            err.print(
+                f"conformance: playing the peers of {role}/{device_id} on {broker} at {speed:g}x "
+                f"(up to {timeout:g} s for each thing it must do unprompted); a line every 15 s until the verdicts",
+                highlight=False,
+                markup=False,
             )
-        )
+            t0 = time.monotonic()
+
+            async def alive() -> None:
+                while True:
+                    await asyncio.sleep(15.0)
+                    err.print(f"conformance: session running, {time.monotonic() - t0:.0f} s", highlight=False)
+
+            ticker = asyncio.create_task(alive())
+            try:
+                return await run_suite(
+                    role,
+                    device_id,
+                    broker,
+                    load_scenario(scenario),
+                    rules=rules,
+                    speed=speed,
+                    timeout_s=timeout,
+                    report_dir=report,
+                    observer=observer,
+                    leave=(wait_offline, ask) if wait_offline > 0 else None,
+                    device_key=device_key,
+                )
+            finally:
+                ticker.cancel()
+
+        result = asyncio.run(session())
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if as_json:

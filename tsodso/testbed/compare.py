@@ -168,6 +168,8 @@ async def compare(
     speed: float = 50.0,
     virtual: bool = False,
     progress: Callable[[str], None] | None = None,
+    run_progress: Any = None,
+    finished: Callable[[str, dict[str, Any], float], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``scenario`` once per scheme, each on a fresh broker of kind ``broker`` (or the URL),
     and write ``comparison.json`` and the report into ``out``."""
@@ -182,7 +184,12 @@ async def compare(
         t0 = time.time()
         with start_broker(broker, data_dir=run_dir / "broker") as running:
             summary = await run_scenario(
-                scenario.model_copy(update={"coordination": scheme}), running.url, run_dir, speed=speed, virtual=virtual
+                scenario.model_copy(update={"coordination": scheme}),
+                running.url,
+                run_dir,
+                speed=speed,
+                virtual=virtual,
+                progress=run_progress,
             )
         wall[scheme] = round(time.time() - t0, 1)
         run = RunSummary.model_validate(summary)  # every view reads the summary through its model
@@ -195,6 +202,8 @@ async def compare(
             setpoints_lost=run.setpoints_lost,
         )
         rows[scheme] = row
+        if finished:
+            finished(scheme, row, wall[scheme])
     comparison = {
         "scenario": scenario.name,
         "broker": broker,
