@@ -21,6 +21,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 
 from tsodso.actors import rules
@@ -44,25 +45,53 @@ def _label(r: dict) -> str:
     return f"coordination {r['summary'].coordination}"
 
 
-def plot_delivery(runs: list[dict], ax_rows) -> None:
-    for ax, r in zip(ax_rows, runs):
+def _bid_owners(run: dict) -> dict[str, str]:
+    """Bid id -> its BSP, from the scenario the run wrote (so each limit is drawn in its BSP's panel)."""
+    import yaml
+
+    try:
+        scenario = yaml.safe_load((run["dir"] / "scenario.yaml").read_text())
+    except OSError:
+        return {}
+    return {bid["bid_id"]: bsp["id"] for bsp in scenario.get("bsps", []) for bid in bsp.get("bids", [])}
+
+
+def _time_axis(ax) -> None:
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=mdates.UTC))
+    ax.set_xlabel("scenario time (UTC)")
+
+
+def delivery_bsps(runs: list[dict]) -> list[str]:
+    """The BSPs with setpoints in any of the runs, in a stable order (one row of panels each)."""
+    return sorted({b for r in runs for b in r["series"]["setpoints"]})
+
+
+def plot_delivery(runs: list[dict], axes) -> None:
+    """One panel per BSP (rows) and run (columns): its delta setpoints with the tolerance band, what it
+    delivered, and the limits on its bids; a row shares its scale across the runs."""
+    bsps = delivery_bsps(runs) or ["(none)"]
+    low, high = (100 * x for x in rules.DELIVERY_BAND)
+    for col, r in enumerate(runs):
         s = r["series"]
         start = datetime.fromisoformat(s["start"])
         period = s["setpoint_period_s"]
-        for bsp, points in s["setpoints"].items():
+        owners = _bid_owners(r)
+        for row, bsp in enumerate(bsps):
+            ax = axes[row][col]
+            points = s["setpoints"].get(bsp, {})
             cycles = sorted(int(k) for k in points)
             t = [start + timedelta(seconds=period * k) for k in cycles]
             sp = [points[str(k)] for k in cycles]
-            ax.step(t, sp, where="post", label=f"{bsp} delta setpoint")
-            low, high = (100 * x for x in rules.DELIVERY_BAND)
-            ax.fill_between(
-                t,
-                [rules.band_mw(v)[0] for v in sp],
-                [rules.band_mw(v)[1] for v in sp],
-                step="post",
-                alpha=0.15,
-                label=f"tolerance [{low:+.0f} %, {high:+.0f} %]",
-            )
+            if sp:
+                ax.step(t, sp, where="post", label="delta setpoint")
+                ax.fill_between(
+                    t,
+                    [rules.band_mw(v)[0] for v in sp],
+                    [rules.band_mw(v)[1] for v in sp],
+                    step="post",
+                    alpha=0.15,
+                    label=f"tolerance [{low:+.0f} %, {high:+.0f} %]",
+                )
             got = s["delivered"].get(bsp, {})
             dk = sorted(int(k) for k in got)
             ax.plot(
@@ -70,14 +99,22 @@ def plot_delivery(runs: list[dict], ax_rows) -> None:
                 [got[str(k)] for k in dk],
                 ".",
                 ms=2,
-                label=f"{bsp} delivered (telemetry)",
+                label="delivered (telemetry)",
             )
-        for bid, mw in s.get("limits_mw", {}).items():
-            ax.axhline(mw, color="red", lw=0.8, ls="--", label=f"limit {bid} {mw:.2f} MW")
-        ax.set_title(f"Setpoint vs delivered ({_label(r)})" + ("" if s["setpoints"] else ": nothing activated"))
-        ax.set_ylabel("MW")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper left")
+            for bid, mw in s.get("limits_mw", {}).items():
+                if owners.get(bid, bsp) == bsp:
+                    ax.axhline(mw, color="red", lw=0.8, ls="--", label=f"limit on {bid}: {mw:.2f} MW")
+            ax.set_title(f"{bsp} ({_label(r)})" + ("" if sp else ": nothing activated"), fontsize=9)
+            ax.set_ylabel("delta [MW]")
+            lo, hi = ax.get_ylim()
+            if hi - lo < 1.0:  # nothing activated: a readable scale around 0, not 1e-16
+                ax.set_ylim(min(lo, -1.0), max(hi, 1.0))
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6, loc="best")
+            _time_axis(ax)
+            if row < len(bsps) - 1:
+                ax.set_xlabel("")
+    axes[0][0].figure.tight_layout()
 
 
 def plot_loading(runs: list[dict], ax) -> None:
@@ -85,15 +122,18 @@ def plot_loading(runs: list[dict], ax) -> None:
         for dso, rows in r["series"]["loading"].items():
             if not rows:
                 continue
-            by_element: dict[str, list] = defaultdict(list)
-            for t, element, value in rows:
-                by_element[element].append((datetime.fromisoformat(t), value))
             t = [datetime.fromisoformat(x[0]) for x in rows]
-            ax.plot(t, [x[2] for x in rows], label=f"{dso} most loaded element ({_label(r)})")
+            peak = max(rows, key=lambda x: x[2])
+            ax.plot(
+                t,
+                [x[2] for x in rows],
+                label=f"{dso}: most loaded element, peak {peak[1]} {peak[2]:.0f} % ({_label(r)})",
+            )
     ax.axhline(100, color="red", lw=1, ls="--", label="100 %")
-    ax.set_title("Loading of the DSO's most loaded line or transformer")
-    ax.set_ylabel("%")
-    ax.legend(fontsize=7)
+    ax.set_title("Loading of each DSO's most loaded line or transformer")
+    ax.set_ylabel("loading [%]")
+    _time_axis(ax)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.22), ncol=2, frameon=False)  # below: no data hidden
 
 
 def plot_sequence(run: dict, ax, limit: int = 40) -> None:
@@ -205,8 +245,11 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     images: dict[str, bytes] = {}
 
-    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 3.6 * len(runs)), squeeze=False, sharex=True)
-    plot_delivery(runs, [a[0] for a in axes])
+    rows = max(1, len(delivery_bsps(runs)))
+    fig, axes = plt.subplots(
+        rows, len(runs), figsize=(6 * len(runs) + 4, 2.8 * rows + 0.8), squeeze=False, sharex=True, sharey="row"
+    )
+    plot_delivery(runs, axes)
     images["delivery"] = _png(fig)
 
     fig, ax = plt.subplots(figsize=(10, 3.6))
