@@ -41,3 +41,41 @@ async def test_a_known_clock_skew_is_recovered(broker, uid, tmp_path, skew_s):
     assert summary(corrected)["p50"] >= -(offset.uncertainty_ms + 0.5)
     rows = sqlite3.connect(log.path).execute("SELECT COUNT(*) FROM exchange WHERE type='heartbeat'").fetchone()[0]
     assert rows >= 80  # probes and answers are logged like every message
+
+
+async def test_the_run_start_says_how_wall_time_maps_to_scenario_time(uid):
+    """A device learns from the run start alone how to turn wall time into scenario time: the
+    scenario instant (since), the run's speed and the wall instant that instant begins."""
+    from datetime import timedelta
+
+    from tsodso.broker import start_broker
+    from tsodso.schemas.messages import SystemStateNotice
+    from tsodso.testbed.clock import Clock
+    from tsodso.testbed.scenario import load_scenario
+    from tsodso.testbed.standalone import announce_run_start, run_wall_start
+
+    scenario = load_scenario("scenarios/nl-afrr-congestion.yaml", grids=False)
+    clock = Clock(scenario.start, 25.0)
+    p = parties(uid)
+    got: list = []
+    with start_broker("memory") as bus:
+        async with Gateway(p["tso"], bus.url) as tso, Gateway(p["bsp"], bus.url) as bsp:
+
+            @bsp.on(SystemStateNotice)
+            async def take(msg) -> None:
+                got.append(msg)
+
+            await announce_run_start(
+                tso, scenario.model_copy(update={"tso": scenario.tso.model_copy(update={"id": p["tso"].id})}), clock
+            )
+            for _ in range(200):
+                if got:
+                    break
+                await asyncio.sleep(0.01)
+    (start,) = got
+    assert start.body.speed == 25.0 and start.body.since == scenario.start
+    assert run_wall_start(start) == pytest.approx(clock.wall_origin, abs=1e-6)
+    # the device's conversion gives the testbed's clock: scenario = since + speed x (wall - wall_start)
+    wall = clock.wall_origin + 10.0
+    mapped = start.body.since + timedelta(seconds=start.body.speed * (wall - start.body.wall_start.timestamp()))
+    assert mapped == scenario.start + timedelta(seconds=250)

@@ -233,7 +233,9 @@ def test_cli_says_why_when_no_device_answers(broker, uid, tmp_path):
     )
     assert result.exit_code == 1
     assert f"no retained actor_state 'online' from bsp/nobody-{uid} within 1 s" in result.output
-    assert f"conformance: playing the peers of bsp/nobody-{uid} on {broker.url} at 1x" in " ".join(result.output.split())
+    assert f"conformance: playing the peers of bsp/nobody-{uid} on {broker.url} at 1x" in " ".join(
+        result.output.split()
+    )
     assert (tmp_path / "conformance.json").exists()
 
 

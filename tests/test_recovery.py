@@ -72,7 +72,9 @@ def test_an_actor_killed_mid_run_rejoins_with_the_same_command_and_the_summary_c
 ):
     broker, secrets = secured_mosquitto
     out = tmp_path / "run"
-    scenario = short_scenario_file(tmp_path, 9)  # to 10:08: the kill at 10:02 and six minutes after it
+    # to 10:11: the kill at 10:02, and nine minutes of scenario (22 s at 25x) for the victim's process to
+    # start again and rejoin even on a busy host
+    scenario = short_scenario_file(tmp_path, 12)
     ids = {"tso": "tso", "dso": "dso1", "bsp": "bsp1"}
     logs = {role: open(tmp_path / f"{role}.log", "ab") for role in ids}  # noqa: SIM115 (the actor processes hold them)
     procs = {

@@ -532,7 +532,7 @@ def actor(
     from tsodso.gateway.client import GatewayFailed
     from tsodso.testbed.scenario import actor_in, load_scenario
     from tsodso.testbed.security import SecretsError
-    from tsodso.testbed.standalone import run_actor
+    from tsodso.testbed.standalone import RunNotStarted, run_actor
 
     if role not in ("tso", "dso", "bsp", "mo"):
         raise typer.BadParameter("role is tso, dso, bsp or mo")
@@ -547,8 +547,8 @@ def actor(
     actor_in(loaded, role, actor_id, scenario)
     try:
         asyncio.run(run_actor(role, actor_id, loaded, broker, out, speed=speed, secrets=secrets))
-    except (SecretsError, GatewayFailed) as exc:
-        err.print(f"tsodso actor {role}/{actor_id}: {exc}")
+    except (SecretsError, GatewayFailed, RunNotStarted) as exc:
+        err.print(f"tsodso actor {role}/{actor_id}: {exc}", highlight=False, markup=False)
         raise typer.Exit(1) from None
     if role == "tso":
         console.print(f"summary: {out / 'summary.json'}", highlight=False)

@@ -20,7 +20,7 @@ import json
 import os
 import pickle
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,10 @@ RUN_START = "run start"
 LEAD_S = 1.0
 
 
+class RunNotStarted(RuntimeError):
+    """A standalone actor that never saw its run begin: the message says who it waited for."""
+
+
 def is_run_start(msg: Received[SystemStateNotice], connected_at: float) -> bool:
     """A TSO's run start sent since this actor connected (an older, retained one is stale)."""
     return (
@@ -68,10 +72,27 @@ def track_presence(gw: Gateway) -> set[str]:
 
 async def announce_run_start(gw: Gateway, scenario: Scenario, clock: Clock) -> None:
     """The TSO starts the run: 'run start' to everyone; scenario time begins LEAD_S after it."""
-    env = await gw.publish(
-        SystemStateNotice(state=SystemState.NORMAL, area=scenario.tso.area, since=scenario.start, reason=RUN_START), ALL
+    wall_start = datetime.now(UTC) + timedelta(seconds=LEAD_S)
+    await gw.publish(
+        SystemStateNotice(
+            state=SystemState.NORMAL,
+            area=scenario.tso.area,
+            since=scenario.start,
+            reason=RUN_START,
+            speed=clock.speed,
+            wall_start=wall_start,
+        ),
+        ALL,
     )
-    clock.wall_origin = env.created_at.timestamp() + LEAD_S
+    clock.wall_origin = wall_start.timestamp()
+
+
+def run_wall_start(msg: Received[SystemStateNotice]) -> float:
+    """Wall time (s since the epoch) at which a run start's scenario time begins: its ``wall_start``,
+    or, from a sender that does not give it, LEAD_S after the message was created."""
+    if msg.body.wall_start is not None:
+        return msg.body.wall_start.timestamp()
+    return msg.envelope.created_at.timestamp() + LEAD_S
 
 
 async def run_actor(
@@ -119,7 +140,7 @@ async def run_actor(
             @gw.on(SystemStateNotice)
             async def start(msg: Received[SystemStateNotice]) -> None:
                 if is_run_start(msg, connected_at) and not started.done():
-                    started.set_result(msg.envelope.created_at.timestamp() + LEAD_S)
+                    started.set_result(run_wall_start(msg))
 
             actor: Actor
             if role == "tso":
@@ -138,11 +159,20 @@ async def run_actor(
                 deadline = time.time() + start_timeout_s
                 while not peers <= online:
                     if time.time() > deadline:
-                        raise TimeoutError(f"peers not online after {start_timeout_s} s: {sorted(peers - online)}")
+                        raise RunNotStarted(
+                            f"not every actor of the scenario came online within {start_timeout_s:g} s "
+                            f"(missing: {', '.join(sorted(peers - online))}); start them with 'tsodso actor' on this broker"
+                        )
                     await asyncio.sleep(0.05)
                 await announce_run_start(gw, scenario, clock)
             else:
-                clock.wall_origin = await asyncio.wait_for(started, start_timeout_s)
+                try:
+                    clock.wall_origin = await asyncio.wait_for(started, start_timeout_s)
+                except TimeoutError:
+                    raise RunNotStarted(
+                        f"no 'run start' from tso/{scenario.tso.id} within {start_timeout_s:g} s "
+                        "(the TSO starts the run when every actor is online; a run that has ended does not start again)"
+                    ) from None
                 # this host's clock against the TSO's, so the summary can correct one-way latencies
                 offset = await measure_offset(gw, Party(role="tso", id=scenario.tso.id), probes=10)
                 (out / f"clock-{role}-{actor_id}.json").write_text(

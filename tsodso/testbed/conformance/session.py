@@ -58,7 +58,7 @@ from tsodso.schemas.messages import (
 from tsodso.schemas.topics import PREFIX, topic_for
 from tsodso.testbed.capture import Captured, Recorder
 from tsodso.testbed.clock import Clock
-from tsodso.testbed.standalone import LEAD_S, RUN_START, is_run_start
+from tsodso.testbed.standalone import LEAD_S, RUN_START, is_run_start, run_wall_start
 
 BLOCK_MW = 1.0  # the BSP session's block activation: this, or a quarter of the bid if smaller
 BLOCK_WAIT_S = 5.0  # [s, wall] longest wait for a second bid to block, and for the block to pass the broker
@@ -284,11 +284,19 @@ class _Suite:
         t.qos0_faithful = await qos0_delivered_as_qos0(t.watch, self.gw)
         t.isp0 = isp_of(datetime.now(UTC)) + 2 * ISP
         t0 = t.isp0 - timedelta(seconds=60)
-        env = await self.gw.publish(
-            SystemStateNotice(state=SystemState.NORMAL, area=self.scenario.tso.area, since=t0, reason=RUN_START),
+        wall_start = datetime.now(UTC) + timedelta(seconds=LEAD_S)
+        await self.gw.publish(
+            SystemStateNotice(
+                state=SystemState.NORMAL,
+                area=self.scenario.tso.area,
+                since=t0,
+                reason=RUN_START,
+                speed=t.speed,
+                wall_start=wall_start,
+            ),
             t.device,
         )
-        self.clock = Clock(t0, t.speed, wall_origin=env.created_at.timestamp() + LEAD_S)
+        self.clock = Clock(t0, t.speed, wall_origin=wall_start.timestamp())
         t.run_start, t.run_wall_origin = t0, self.clock.wall_origin
         return True
 
@@ -480,7 +488,9 @@ async def _activate(suite: _Suite, bid: EnergyBid) -> None:
     trace.limit_cycle, trace.limit_mw, trace.termination_cycle = limit, limit_mw, termination
     trace.limit_check = range(limit + settle_limit, termination + 1)
     trace.termination_check = range(termination + settle_term, end + 1)
-    first = clock.now() + timedelta(seconds=period)
+    # the next instant of the session's setpoint grid (T0 + k x period), as a TSO's cycles fall
+    origin = trace.run_start or clock.now()
+    first = origin + timedelta(seconds=period * (math.floor((clock.now() - origin).total_seconds() / period) + 1))
     wall_period = clock.wall_seconds(period)
     for k in range(end + 1):
         instant = first + timedelta(seconds=k * period)
@@ -732,9 +742,8 @@ async def play_tso(
 
     @gw_bsp.on(SystemStateNotice)
     async def run_start(msg: Received[SystemStateNotice]) -> None:
-        created = msg.envelope.created_at.timestamp()
         if msg.sender == device and is_run_start(msg, connected) and not started.done():
-            started.set_result((msg.body.since, created + LEAD_S))
+            started.set_result((msg.body.since, run_wall_start(msg)))
 
     @gw_dso.on(PrequalificationForward)
     async def forward(msg: Received[PrequalificationForward]) -> None:
