@@ -108,7 +108,18 @@ def test_asyncapi_document_has_bindings_from_the_policy_and_the_rights():
     doc = asyncapi_document()
     assert doc["asyncapi"] == "3.0.0"
     assert set(doc["channels"]) == set(MESSAGE_TYPES)
-    assert len(doc["operations"]) == len(default_rights().allowed)
+    sends = {k for k, op in doc["operations"].items() if op["action"] == "send"}
+    assert len(sends) == len(default_rights().allowed)
+    # every row also seen from its recipients: what a BSP's developer subscribes to and handles
+    bsp_receives = {k for k, op in doc["operations"].items() if op["action"] == "receive" and k.startswith("bsp_")}
+    assert {
+        "bsp_receives_delta_setpoint_from_tso",
+        "bsp_receives_activation_limit_from_tso",
+        "bsp_receives_offer_acceptance_from_tso",
+        "bsp_receives_system_state_from_tso",
+        "bsp_receives_actor_state_from_tso",
+    } <= bsp_receives
+    assert "bsp_receives_merit_order_list_from_tso" not in bsp_receives
     op = doc["operations"]["tso_sends_delta_setpoint_to_bsp"]
     assert op["bindings"]["mqtt"] == {"qos": 1, "retain": False, "bindingVersion": "0.2.0", "messageExpiryInterval": 4}
     assert doc["operations"]["tso_sends_merit_order_list_to_dso"]["reply"]["channel"] == {

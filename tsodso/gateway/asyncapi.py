@@ -88,6 +88,21 @@ def asyncapi_document(rights: Rights | None = None) -> dict[str, Any]:
                 "messages": [{"$ref": f"#/channels/{response}/messages/{MESSAGE_TYPES[response].__name__}"}],
             }
         operations[f"{sender}_sends_{type_name}_to_{recipient}"] = op
+        # the same row seen from the recipient: what it must subscribe to and handle
+        receivers = ["tso", "dso", "bsp", "mo"] if recipient == "all" else [recipient]
+        for receiver in receivers:
+            name = f"{receiver}_receives_{type_name}_from_{sender}"
+            if name in operations:
+                continue
+            operations[name] = {
+                "action": "receive",
+                "channel": {"$ref": f"#/channels/{_channel_id(type_name)}"},
+                "title": f"{ROLE_NAMES[receiver]} receives {type_name} from {ROLE_NAMES[sender]}",
+                "summary": f"senderRole={sender}, recipientRole={recipient}; subscribe to "
+                f"{PREFIX}/+/+/+/{receiver}/{{own id}}, {PREFIX}/+/+/+/{receiver}/all and {PREFIX}/+/+/+/all/all",
+                "messages": [{"$ref": f"#/channels/{_channel_id(type_name)}/messages/{msg_name}"}],
+                "bindings": {"mqtt": {"qos": policy.qos, "bindingVersion": MQTT_BINDING_VERSION}},
+            }
     return {
         "asyncapi": "3.0.0",
         "info": {

@@ -438,11 +438,8 @@ class SystemStateNotice(Body):
     area: str = Field(max_length=64, description="Area the state applies to.")
     since: UtcTime = utc("Scenario instant the state began")
     reason: str | None = Field(description="Why the state changed.", default=None, max_length=512)
-    speed: float | None = Field(
-        default=None,
-        gt=0,
-        le=1e6,
-        description="On a run start: scenario seconds per wall second of the run (1 = real time).",
+    speed: float | None = _f(
+        "s/s", "On a run start: scenario seconds per wall second of the run (1 = real time)", default=None, gt=0, le=1e6
     )
     wall_start: UtcTime | None = utc(
         "On a run start: the wall-clock instant at which scenario time is `since`; scenario time = since + speed x "

@@ -968,7 +968,14 @@ def exchange(
     print_exchange(db, console)
 
 
-ScenarioOpt = Annotated[Path, typer.Option(help="Scenario the device profile comes from (assets, bids, the TSO's id).")]
+ScenarioOpt = Annotated[
+    Path,
+    typer.Option(
+        help="Scenario whose TSO the suite plays (its id, area and setpoint period); for a DSO device also the "
+        "assets and bids in its grid. A BSP's own assets and bids come from its messages.",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
