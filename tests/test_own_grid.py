@@ -3,9 +3,13 @@
 and the DSO validates the DER bids on that grid by AC power flow."""
 
 import asyncio
+import json
 from pathlib import Path
 
+from typer.testing import CliRunner
+
 from tsodso.broker import start_broker
+from tsodso.testbed.cli import app
 from tsodso.testbed.runner import run_scenario
 from tsodso.testbed.scenario import load_scenario
 
@@ -37,9 +41,13 @@ def test_a_run_that_does_less_than_asked_says_why(tmp_path):
         "connection_bus: der-park, capacity_up_mw: 10,", "connection_bus: der-park, capacity_up_mw: 80,"
     )
     (tmp_path / "big-der.yaml").write_text(text)
-    scenario = load_scenario(tmp_path / "big-der.yaml")
-    with start_broker("memory") as bus:
-        summary = asyncio.run(run_scenario(scenario, bus.url, tmp_path / "run", virtual=True))
+    result = CliRunner().invoke(
+        app,
+        ["run", str(tmp_path / "big-der.yaml"), "--virtual", "--broker", "memory", "--out", str(tmp_path / "run")],
+    )
+    assert result.exit_code == 0, result.output  # nothing sent is an outcome, not a crash
+    assert "note (hybrid): asset der-park of bsp1 not prequalified by dso" in " ".join(result.output.split())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["setpoints_sent"] == 0
     refused, why_none = summary["notes"]
     assert refused.startswith("asset der-park of bsp1 not prequalified by dso: hosting capacity at der-park: +12.")
