@@ -166,3 +166,17 @@ def test_every_example_in_the_contract_is_a_valid_message_of_its_type():
     for path in examples:
         env, body = validate_message(path.read_bytes(), path.stem)
         assert env.type == body.type_name == path.stem
+
+
+def test_a_bid_whose_asset_shares_do_not_add_up_is_not_a_valid_bid():
+    """The DSO validates a bid's DERs by their shares: shares that do not add up to the quantity would
+    have it check the wrong amount, so such a bid is refused on arrival, saying why."""
+    from tsodso.schemas.validate import InvalidMessage, validate_message
+
+    bid = next(b for b, _, _ in SAMPLES if b.type_name == "energy_bid")
+    doc = wire(bid, "bsp", "tso")
+    doc["body"]["assets"][0]["share_mw"] = 5.0  # 5 + 10 for a 20 MW bid
+    with pytest.raises(InvalidMessage, match="the assets' share_mw add up to 15 MW, not its quantity_mw 20"):
+        validate_message(json.dumps(doc), "energy_bid")
+    doc["body"]["assets"][0]["share_mw"] = 10.0
+    validate_message(json.dumps(doc), "energy_bid")

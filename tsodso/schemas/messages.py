@@ -7,7 +7,7 @@ it defines them (``schemas.codes``). Sources: CS review Figs. 3-4 and §IV.B, Bi
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tsodso.schemas.codes import (
     MEASUREMENT_UNIT_MW,
@@ -194,7 +194,23 @@ class EnergyBid(Body):
     price_eur_per_mwh: float = EUR_per_MWh("Energy price")
     reference_mw: float = MW("BSP's reference (scheduled) output the delta setpoints apply to", default=0.0)
     ramp_rate_mw_per_min: float = _f("MW/min", "Fastest change of the activated quantity", gt=0)
-    assets: list[BidAsset] = Field(min_length=1, description="Which assets deliver the bid and where they connect.")
+    assets: list[BidAsset] = Field(
+        min_length=1,
+        description="Which assets deliver the bid and where they connect; each asset once, their share_mw adding up "
+        "to quantity_mw (to 1 kW).",
+    )
+
+    @model_validator(mode="after")
+    def _shares_add_up(self) -> "EnergyBid":
+        ids = [a.asset_id for a in self.assets]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"bid {self.bid_id}: an asset is listed twice ({', '.join(ids)})")
+        total = sum(a.share_mw for a in self.assets)
+        if abs(total - self.quantity_mw) > 1e-3:
+            raise ValueError(
+                f"bid {self.bid_id}: the assets' share_mw add up to {total:g} MW, not its quantity_mw {self.quantity_mw:g}"
+            )
+        return self
 
 
 class MolEntry(BaseModel):
