@@ -237,3 +237,25 @@ def test_settlement_pays_the_activated_energy_at_the_bid_price_per_isp():
     (line,) = [x for x in report.lines if x.direction == Direction.UP]
     assert line.activated_energy_mwh == pytest.approx(core.active["bsp1-up"].energy_mwh, abs=1e-6)
     assert line.amount_eur == pytest.approx(line.activated_energy_mwh * 85, abs=0.01)
+
+
+def test_prequalification_refuses_a_dso_the_tso_does_not_have_at_once_and_names_it():
+    """A DN asset naming an unknown DSO is not forwarded to wait for an answer that cannot come: it is
+    refused in the TSO's verdict, naming the DSO and the ones there are; the run's notes repeat it."""
+    from tsodso.actors.bsp_core import asset_data
+    from tsodso.schemas.messages import PrequalificationRequest
+
+    core = _core()
+    cfg = core.scenario.bsps[0]
+    der = next(a for a in cfg.assets if a.asset_id == "der-park")
+    assets = [asset_data(a) for a in cfg.assets]
+    assets = [a.model_copy(update={"dso_id": "dso9"}) if a.asset_id == der.asset_id else a for a in assets]
+    verdicts, forwards = core.prequalify(PrequalificationRequest(bsp_id="bsp1", assets=assets))
+    assert forwards == {}  # nothing to wait for
+    refused = next(v for v in verdicts if v.asset_id == "der-park")
+    assert not refused.qualified
+    assert refused.reason == "DSO 'dso9' is not a DSO of this TSO's area (its DSOs: dso1)"
+    core.qualify("bsp1", verdicts)
+    assert core.results()["refusals"] == [
+        "asset der-park of bsp1 not prequalified by tso: DSO 'dso9' is not a DSO of this TSO's area (its DSOs: dso1)"
+    ]

@@ -155,8 +155,12 @@ class TsoCore:
         by_dso: dict[str, list[AssetData]] = defaultdict(list)
         for asset in req.assets:
             if asset.connection == Connection.DN and self.scheme.dso_validates:
+                dsos = [d.id for d in self.scenario.dsos]
                 if asset.dso_id is None:
                     verdicts.append(_unqualified(asset.asset_id, "DN asset without a DSO"))
+                elif asset.dso_id not in dsos:
+                    why = f"DSO {asset.dso_id!r} is not a DSO of this TSO's area (its DSOs: {', '.join(dsos)})"
+                    verdicts.append(_unqualified(asset.asset_id, why))
                 else:
                     by_dso[asset.dso_id].append(asset)
                 continue
