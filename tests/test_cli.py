@@ -187,3 +187,17 @@ def test_a_broker_on_a_busy_port_says_so_and_exits(kind):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"cannot listen on 127.0.0.1:{port}: in use" in proc.stderr and "Traceback" not in proc.stderr
     assert "listening" not in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["run", "scenarios/nl-afrr-congestion.yaml", "--speed", "-5"], "Invalid value for '--speed': -5 is not > 0"),
+        (["report", "scenarios"], "scenarios is not a run directory (no summary.json in it)"),
+        (["schemas", "validate", "no-such.json"], "cannot read no-such.json: No such file or directory"),
+    ],
+)
+def test_more_mistakes_are_one_line_naming_them(argv, line):
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert line in " ".join(result.output.split()) and "Traceback" not in result.output

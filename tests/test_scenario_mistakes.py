@@ -77,6 +77,9 @@ def _with(tmp_path: Path, old: str, new: str) -> Path:
         ("curtail_dso: dso1", "curtail_dso: dso2", "emergency at 10:13:00 curtails 'dso2'; the DSOs: dso1"),
         ("end: 2026-11-23T10:15:00Z", "end: 2026-11-23T09:15:00Z", "end 2026-11-23T09:15:00Z must be after start"),
         ("  - id: bsp1", "  - id: dso1", "every actor needs its own id: dso1 used twice"),
+        ("setpoint_period_s: 4", "setpoint_perod_s: 4", "setpoint_perod_s: Extra inputs are not permitted"),
+        ("  mol_timeout_s: 2", "  mol_timeout_s: two", "tso.mol_timeout_s: Input should be a valid number"),
+        ("coordination: true", "coordination: [true", "not readable YAML"),
     ],
 )
 def test_a_scenario_mistake_is_refused_in_one_line_naming_it(tmp_path, old, new, line):
