@@ -19,7 +19,7 @@ demo: $(STAMP)
 # so three share two cores well; JOBS=0 runs them in this process
 JOBS ?= 3
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(JOBS)
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadgroup
 
 # lint, format and type checks (CI runs them before the tests)
 check: $(STAMP)

@@ -136,6 +136,7 @@ def _log(out: Path, scheme: str, sql: str) -> list[tuple]:
         db.close()
 
 
+@pytest.mark.xdist_group("comparison")  # one computation of the comparison, on one worker
 def test_compare_writes_one_row_per_scheme_a_table_and_plots(comparison):
     result, out = comparison
     assert list(result["schemes"]) == list(SCHEMES)
@@ -164,6 +165,7 @@ def test_compare_writes_one_row_per_scheme_a_table_and_plots(comparison):
         assert row["balancing_need_mwh"] > 0 and row["messages"] > 0
 
 
+@pytest.mark.xdist_group("comparison")  # one computation of the comparison, on one worker
 def test_tso_managed_congests_the_dsos_where_hybrid_validation_prevents_it(comparison):
     rows = comparison[0]["schemes"]
     tso, hybrid = rows["tso_managed"], rows["hybrid"]
@@ -174,6 +176,7 @@ def test_tso_managed_congests_the_dsos_where_hybrid_validation_prevents_it(compa
     assert hybrid["congestion_seconds"] <= 0.05 * tso["congestion_seconds"]
 
 
+@pytest.mark.xdist_group("comparison")  # one computation of the comparison, on one worker
 def test_fragmented_never_activates_a_der_for_the_tso(comparison):
     result, out = comparison
     assert result["schemes"]["fragmented"]["der_mwh_tso"] == 0
@@ -192,6 +195,7 @@ def test_fragmented_never_activates_a_der_for_the_tso(comparison):
     assert result["schemes"]["fragmented"]["der_mwh_dso"] > 0
 
 
+@pytest.mark.xdist_group("comparison")  # one computation of the comparison, on one worker
 def test_common_market_costs_no_more_than_any_other_scheme_that_respects_the_grid(comparison):
     rows = comparison[0]["schemes"]
     common = rows["common_market"]
@@ -205,6 +209,7 @@ def test_common_market_costs_no_more_than_any_other_scheme_that_respects_the_gri
     assert rows["tso_managed"]["total_cost_eur"] < common["total_cost_eur"]  # cheaper only by ignoring the grid
 
 
+@pytest.mark.xdist_group("comparison")  # one computation of the comparison, on one worker
 def test_dso_managed_serves_the_dso_first(comparison):
     result, out = comparison
     rows = result["schemes"]
@@ -233,6 +238,7 @@ def test_dso_managed_serves_the_dso_first(comparison):
     assert rows["dso_managed"]["der_mwh_dso"] > rows["hybrid"]["der_mwh_dso"]
 
 
+@pytest.mark.xdist_group("comparison")  # one computation of the comparison, on one worker
 def test_integrated_market_clears_through_the_market_operator_on_the_bus(comparison):
     result, out = comparison
     links = result["schemes"]["integrated_market"]["traffic_by_link"]
@@ -260,6 +266,7 @@ def test_integrated_market_clears_through_the_market_operator_on_the_bus(compari
     assert any(k.startswith("mo/mo>bsp/") and k.endswith(":flex_activation") for k in flows)
 
 
+@pytest.mark.xdist_group("comparison")  # one computation of the comparison, on one worker
 def test_the_conflict_the_papers_warn_about_is_measured(comparison):
     rows = comparison[0]["schemes"]
     assert rows["tso_managed"]["opposite_mwh"] == 0  # a passive DSO activates nothing
