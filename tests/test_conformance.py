@@ -32,22 +32,33 @@ ALWAYS_SKIPPED = {"PR-020"}  # the device's death is judged only when it leaves 
 
 @contextmanager
 def device(*argv: str):
-    """A device in its own OS process, stopped (SIGTERM) at the end."""
-    proc = subprocess.Popen(
-        [sys.executable, *argv],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    """A device in its own OS process, stopped (SIGTERM) at the end. Its output goes to a file (a pipe
+    nobody reads would stop a talkative device once full); ``output(proc)`` reads its tail."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="device-", suffix=".log") as log:
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        proc.log_path = log.name  # type: ignore[attr-defined]
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def output(proc) -> str:
+    """The last lines a device printed (for a failure's message)."""
+    return Path(proc.log_path).read_text(errors="replace")[-3000:]
 
 
 def emulator(
@@ -146,6 +157,7 @@ async def test_reference_emulator_passes_its_suite(broker, role, uid, tmp_path):
     assert len(report.results) == len([r for r in RULES if r.role == role])
 
 
+@pytest.mark.xdist_group("cpu-heavy")  # never beside the hostile flood: both load every core
 async def test_each_fault_mode_fails_exactly_its_rules(own_mosquitto, uid, tmp_path):
     """All fault emulators at once, one session each, side by side (BSP, DSO and market-operator sessions
     at half speed: eighteen devices at once on two cores; each TSO with its own DSO and BSP)."""
@@ -205,11 +217,12 @@ async def test_plain_paho_device_passes_the_bsp_suite(broker, uid, protocol):
         protocol,
         "--signing-key",
         signing.seed_text(key),
-    ):
+    ) as proc:
         report = await run_suite(
             "bsp", device_id, broker.url, SCENARIO, speed=SPEED, timeout_s=90, device_key=key.verify_key
         )
-    assert report.aborted is None
+        printed = output(proc)
+    assert report.aborted is None, printed
     assert _not_passed(report) == {}
     assert "signature verified" in next(r.evidence for r in report.results if r.id == "BSP-EN-060")
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_no_setpoint_lost
 from tests.test_gateway import raw_client, sample, wait_until
 from tsodso.actors.bsp import BSP
 from tsodso.broker import start_broker
@@ -35,6 +34,7 @@ from tsodso.testbed.clock import Clock
 from tsodso.testbed.hostile import KINDS, hostile_message
 from tsodso.testbed.runner import run_scenario
 from tsodso.testbed.scenario import load_scenario
+from tsodso.testbed.summary import setpoints_text
 
 SCENARIO = "scenarios/nl-afrr-congestion.yaml"
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,6 +259,7 @@ async def test_the_replay_window_survives_a_restart(broker, uid, tmp_path):
     assert outcomes == ["delivered", "ignored"]
 
 
+@pytest.mark.xdist_group("cpu-heavy")  # never beside the 18-device conformance test: both load every core
 def test_the_reference_run_under_a_hostile_flood_ends_as_a_clean_run(tmp_path):
     """The reference scenario (every actor signs, every actor checks) while a hostile peer sends
     ~1 000 messages/s of every hostile kind at the TSO, the DSO and the BSP: the outcome is the
@@ -290,7 +291,10 @@ def test_the_reference_run_under_a_hostile_flood_ends_as_a_clean_run(tmp_path):
     assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.01, abs=0.01)
     assert summary["congestion_seconds"] == 0
     assert summary["max_delta_setpoint_mw"]["bsp1"] == pytest.approx(15.01, abs=0.01)
-    assert_no_setpoint_lost(summary)
+    # nothing lost; on a host too busy to carry the flood and the run at 50x, setpoints may arrive after
+    # their 80 ms and are refused as expired (counted apart): that is the host's speed, not a fault
+    assert summary["setpoints_lost"] == 0, setpoints_text(summary)
+    assert summary["setpoints_missed"] == summary["setpoints_expired"], setpoints_text(summary)
     assert summary["setpoints_sent"] == 225 and summary["refused_messages"] == 0
     assert summary["rejected_messages"] > 10_000
 
