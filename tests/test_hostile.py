@@ -296,7 +296,15 @@ def test_the_reference_run_under_a_hostile_flood_ends_as_a_clean_run(tmp_path):
     assert summary["setpoints_lost"] == 0, setpoints_text(summary)
     assert summary["setpoints_missed"] == summary["setpoints_expired"], setpoints_text(summary)
     assert summary["setpoints_sent"] == 225 and summary["refused_messages"] == 0
-    assert summary["rejected_messages"] > 10_000
+    # the flood reached the actors (how much of it before the run ended depends on the host) and not one
+    # hostile message got through: everything an actor took was sent by an actor of the run
+    assert summary["rejected_messages"] > 1_000
+    db = sqlite3.connect(tmp_path / "run" / "exchange.sqlite")
+    smuggled = db.execute(
+        "SELECT COUNT(*) FROM exchange WHERE direction='in' AND outcome='delivered' "
+        "AND message_id NOT IN (SELECT message_id FROM exchange WHERE direction='out')"
+    ).fetchone()[0]
+    assert smuggled == 0
 
 
 def test_a_bsp_that_over_delivers_is_limited_then_terminated_by_what_the_dso_measures(tmp_path):
