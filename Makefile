@@ -16,8 +16,8 @@ demo: $(STAMP)
 	$(BIN)/tsodso demo
 
 # JOBS test processes at once (pytest-xdist): most long tests wait on scenario clocks and brokers,
-# so three share two cores well; JOBS=0 runs them in this process
-JOBS ?= 3
+# so four share two cores well; JOBS=0 runs them in this process
+JOBS ?= 4
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadgroup
 
