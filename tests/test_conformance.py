@@ -176,12 +176,13 @@ async def test_each_fault_mode_fails_exactly_its_rules(own_mosquitto, uid, tmp_p
                 for (role, _, dev, speed, scenario, _), proc in zip(cases, procs)
             )
         )
-    for (role, fault, *_), report in zip(cases, reports):
+        printed = [output(proc) for proc in procs]
+    for (role, fault, *_), report, said in zip(cases, reports, printed):
         expected = FAULTS[role][fault][1]
         got = report.failed_ids()
         assert got == expected, (
             f"{role} --fault {fault}: failed {sorted(got)}, expected {sorted(expected)}: "
-            f"{[(r.id, r.evidence) for r in report.results if r.status == 'fail']}"
+            f"{[(r.id, r.evidence) for r in report.results if r.status == 'fail']}; the device printed:\n{said}"
         )
         skipped = {r.id.split("-", 1)[1] for r in report.results if r.status == "skip"}
         assert skipped <= {"SP-020"}, (fault, skipped)  # stale telemetry may leave no sample there
