@@ -140,14 +140,18 @@ def run_processes(commands: dict[str, list[str]], cwd: Path, timeout_s: float = 
 
 
 def short_scenario_file(directory: Path, minutes: float, source: str = "scenarios/nl-afrr-congestion.yaml") -> Path:
-    """The scenario file ``source`` with its end ``minutes`` after its start and the emergencies and
-    faults after that end left out, written to ``directory``: a multi-process run of the reference
-    case that reaches the MOL validation and the activation up to the DSO's limit, in less wall time."""
+    """The scenario file ``source`` with its end ``minutes`` after its start, the emergencies and faults
+    after that end left out and a 10-s (wall) MOL validation window, written to ``directory``: a
+    multi-process run of the reference case that reaches the MOL validation and the activation up to
+    the DSO's limit, in less wall time."""
     import yaml
 
     data = yaml.safe_load((Path(__file__).resolve().parents[1] / source).read_text())
     end = data["start"] + timedelta(minutes=minutes)
     data["end"] = end
+    # the DSO's validation window is wall time: a deadline here, not what these tests measure (a busy host
+    # starting many processes at once can take more than the scenario's 2 s to answer the first list)
+    data["tso"]["mol_timeout_s"] = 10
     data["tso"]["emergencies"] = [e for e in data["tso"].get("emergencies", []) if e["at"] < end]
     for dso in data["dsos"]:
         dso["faults"] = [f for f in dso.get("faults", []) if f["at"] < end]
