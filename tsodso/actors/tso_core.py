@@ -153,9 +153,9 @@ class TsoCore:
         (where the scheme has DSOs validate)."""
         verdicts: list[AssetVerdict] = []
         by_dso: dict[str, list[AssetData]] = defaultdict(list)
+        dsos = [d.id for d in self.scenario.dsos]
         for asset in req.assets:
             if asset.connection == Connection.DN and self.scheme.dso_validates:
-                dsos = [d.id for d in self.scenario.dsos]
                 if asset.dso_id is None:
                     verdicts.append(_unqualified(asset.asset_id, "DN asset without a DSO"))
                 elif asset.dso_id not in dsos:

@@ -96,7 +96,12 @@ def congestion_by_dso(scenario, dsos: list[dict[str, Any]]) -> dict[str, dict[st
 
 
 def scheme_metrics(
-    scenario, db: sqlite3.Connection, tso: dict[str, Any], dsos: list[dict[str, Any]], market: dict[str, Any] | None
+    scenario,
+    db: sqlite3.Connection,
+    tso: dict[str, Any],
+    dsos: list[dict[str, Any]],
+    market: dict[str, Any] | None,
+    congestion: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """What the comparison of coordination schemes reports for one run (testbed.compare): cost,
     system balance, DSO congestion, DER energy by buyer, TSO-DSO activations in opposite
@@ -145,7 +150,6 @@ def scheme_metrics(
             "GROUP BY m.correlation_id"
         )
     ]
-    congestion = congestion_by_dso(scenario, dsos)
     compute = {"tso": tso.get("clearing_ms", []), **{f"dso/{d['dso_id']}": d.get("compute_ms", []) for d in dsos}}
     if market is not None:
         compute["mo"] = market["clearing_ms"]
@@ -294,6 +298,7 @@ def summarize(
     )
     rejected = db.execute("SELECT COUNT(*) FROM exchange WHERE outcome='rejected'").fetchone()[0]
     refused = db.execute("SELECT COUNT(*) FROM exchange WHERE outcome='refused'").fetchone()[0]
+    congestion = congestion_by_dso(scenario, dsos)  # once: the summary and the scheme metrics show the same figure
     loading = [row for d in dsos for row in d["loading"]]
     worst = max(loading, key=lambda x: x[2]) if loading else (None, None, 0.0)
     monitoring = tso["monitoring"]
@@ -305,7 +310,7 @@ def summarize(
         "validations": tso["validations"],
         "mol_iterations": tso["mol_iterations"],
         "mol_fallbacks": tso["mol_fallbacks"],
-        "congestion_seconds": sum(c["seconds_above_100"] for c in congestion_by_dso(scenario, dsos).values()),
+        "congestion_seconds": sum(c["seconds_above_100"] for c in congestion.values()),
         "max_line_loading_percent": round(worst[2], 3),
         "max_loading_element": worst[1],
         "max_loading_at": worst[0],
@@ -341,7 +346,7 @@ def summarize(
         "coordination_chain_ms": chain(db),
         "mol_validation_round_trip_ms": _p(tso["mol_round_trip_ms"]),
         "dso_validation_compute_ms": _p([ms for d in dsos for ms in d["validation_ms"]]),
-        "schemes": scheme_metrics(scenario, db, tso, dsos, market),
+        "schemes": scheme_metrics(scenario, db, tso, dsos, market, congestion),
     }
 
 
