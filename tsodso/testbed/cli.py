@@ -1151,11 +1151,15 @@ def emulate(
     key = signing.generate([f"{role}/{device_id}"])
     if public_key_out is not None:
         public_key_out.write_text(signing.public_keys_json(signing.public_keys(key)))
-    err.print(
-        f"{role}/{device_id} on {broker}" + (f", fault {fault}" if fault else "") + ": waiting for a session "
-        "(tsodso conformance ...); Ctrl-C stops",
-        highlight=False,
-    )
+
+    def ready() -> None:
+        waits = "its DSOs and BSPs" if role == "tso" else "a session"
+        err.print(
+            f"{role}/{device_id} on {broker}" + (f", fault {fault}" if fault else "") + f": waiting for {waits} "
+            "(tsodso conformance ...); Ctrl-C stops",
+            highlight=False,
+        )
+
     asyncio.run(
         run_emulator(
             role,
@@ -1165,6 +1169,7 @@ def emulate(
             fault=fault,
             speed=speed,
             signing_key=key[f"{role}/{device_id}"],
+            ready=ready,
         )
     )
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import signal
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -215,9 +216,11 @@ async def emulate(
     speed: float = 1.0,
     stop: asyncio.Event | None = None,
     signing_key: Any = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     """Run one emulated device until ``stop`` is set (or SIGINT / SIGTERM); with ``signing_key`` it
-    signs what it sends (``schemas.signing``)."""
+    signs what it sends (``schemas.signing``). ``ready`` is called once the device is on the bus,
+    waiting for its session."""
     if role not in FAULTS:
         raise ValueError(f"no emulator for role {role!r} (emulators: {', '.join(FAULTS)})")
     if fault is not None and fault not in FAULTS[role]:
@@ -229,7 +232,7 @@ async def emulate(
             loop.add_signal_handler(sig, stop.set)
     if role == "tso":
         return await _emulate_tso(
-            device_id, broker, scenario, fault=fault, speed=speed, stop=stop, signing_key=signing_key
+            device_id, broker, scenario, fault=fault, speed=speed, stop=stop, signing_key=signing_key, ready=ready
         )
     profiles = {"dso": dso_profile, "bsp": bsp_profile}
     profile = profiles[role](scenario, device_id) if role in profiles else scenario
@@ -256,6 +259,8 @@ async def emulate(
                 clock.start, clock.wall_origin = msg.body.since, msg.envelope.created_at.timestamp() + LEAD_S
                 sessions.put_nowait(msg.body)
 
+        if ready is not None:
+            ready()
         waiter = asyncio.ensure_future(stop.wait())
         while not stop.is_set():
             got = asyncio.ensure_future(sessions.get())
@@ -286,6 +291,7 @@ async def _emulate_tso(
     speed: float,
     stop: asyncio.Event,
     signing_key: Any = None,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     """The testbed's TSO running ``scenario`` once: it waits until the scenario's DSOs and BSPs are
     online, announces the run start and runs the scenario (as ``tsodso actor tso``), then serves
@@ -298,6 +304,8 @@ async def _emulate_tso(
     async with FaultyGateway(Party(role="tso", id=device_id), broker, fault=fault, signing_key=signing_key) as gw:
         online = track_presence(gw)
         actor = TSO(gw, clock, profile, profile.tso)
+        if ready is not None:
+            ready()
         while not peers <= online:
             if stop.is_set():
                 return

@@ -773,7 +773,8 @@ def _dn_bids(t: Trace) -> dict[str, str]:
 
 
 def _started(t: Trace) -> Outcome | None:
-    return skip(t.aborted or "the session did not start") if t.run_start is None else None
+    """Why a TSO session's run cannot be judged (it never started, or stopped early), or None."""
+    return skip(t.aborted or "the session did not start") if t.run_start is None or t.aborted else None
 
 
 @check("TSO-PQ-010")

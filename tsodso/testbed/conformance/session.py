@@ -801,10 +801,6 @@ async def play_tso(
                 f"no 'run start' system_state from {device} within {timeout_s:g} s of its peers going online"
             )
             return trace
-        birth = await rec.wait_for(is_birth(device), 0)
-        assert birth is not None  # the peers went online before the run start
-        trace.birth_retained = await retained_copy(trace.watch, birth.topic)
-        trace.qos0_faithful = await qos0_delivered_as_qos0(trace.watch, gw_dso)
         suite.clock = clock = Clock(since, speed, wall_origin=origin)
         trace.run_start, trace.run_wall_origin, trace.isp0 = since, origin, scenario.isps()[0]
         bsp_actor = BSP(gw_bsp, clock, scenario, bsp_cfg)
@@ -824,6 +820,20 @@ async def play_tso(
         bsp_actor.core.take_prequalification(answer.body)
         await bsp_actor.send_schedule()
         await bsp_actor.send_bids()
+        first = min(i for i in scenario.isps() if i >= scenario.start)  # the first ISP with bids (a whole one)
+        if not rules.bid_in_time(first, clock.now()):
+            trace.aborted = (
+                f"the suite's bids for the first ISP ({first:%H:%M}Z) were sent at {clock.now():%H:%M:%S}Z "
+                f"scenario time, after its gate closure: the TSO started its run and its clock "
+                f"{time.time() - origin + LEAD_S:.1f} s before; run the session at a lower --speed than "
+                f"{speed:g}, or with a scenario that starts earlier before its first ISP"
+            )
+            return trace
+        # the probes that open connections of their own come after the bids: a busy host is slow to connect
+        birth = await rec.wait_for(is_birth(device), 0)
+        assert birth is not None  # the peers went online before the run start
+        trace.birth_retained = await retained_copy(trace.watch, birth.topic)
+        trace.qos0_faithful = await qos0_delivered_as_qos0(trace.watch, gw_dso)
         await suite.heartbeat_probe()
         # real-time coordination: limit the most activated DN bid at 75 % of the run
         at = scenario.start + (scenario.end - scenario.start) * 0.75
