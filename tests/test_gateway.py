@@ -3,17 +3,17 @@ the exchange log. Each test runs on the embedded broker and on Mosquitto (``brok
 
 import asyncio
 import json
-import socket
 import sqlite3
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-import aiomqtt
 import pytest
 
 from tsodso.gateway import ExchangeLog, Gateway, RequestTimeout
 from tsodso.gateway.arrival import encode
 from tsodso.gateway.connection import BrokerSpec
+from tsodso.gateway.mqtt import Subscriber
 from tsodso.schemas import Envelope, Party
 from tsodso.schemas.examples import SAMPLES
 from tsodso.schemas.messages import Heartbeat, MeritOrderList, MolValidation, Rejection
@@ -24,10 +24,9 @@ def parties(uid: str) -> dict[str, Party]:
     return {role: Party(role=role, id=f"{role}-{uid}") for role in ("tso", "dso", "bsp", "mo")}
 
 
-def raw_client(broker, ident: str) -> aiomqtt.Client:
-    spec = BrokerSpec.parse(broker.url)
-    version = aiomqtt.ProtocolVersion.V5 if spec.protocol == 5 else aiomqtt.ProtocolVersion.V311
-    return aiomqtt.Client(spec.host, spec.port, identifier=ident, username=ident, protocol=version)
+def raw_client(broker, ident: str) -> Subscriber:
+    """A plain MQTT connection: no envelope, no checks (what a hostile or broken peer sends)."""
+    return Subscriber(BrokerSpec.parse(broker.url), ident)
 
 
 def wire(body, sender: Party, recipient: Party, **env) -> bytes:
@@ -221,7 +220,7 @@ async def test_bad_input_is_rejected_with_its_own_reason_and_the_actor_keeps_ser
                 await raw.subscribe(f"tsodso/v1/dso/{dso.id}/rejection/#", qos=1)
 
                 async def watch():
-                    async for m in raw.messages:
+                    async for m in raw.messages():
                         rejections.append(Rejection.model_validate(json.loads(m.payload)["body"]))
 
                 watcher = asyncio.create_task(watch())
@@ -277,33 +276,67 @@ async def test_sequence_gaps_are_noted_in_the_log(broker, uid, tmp_path):
     assert notes == [None, None, "sequence gap: expected 3, got 5 (2 missing)", None]
 
 
+class Relay:
+    """A TCP relay between clients and the broker: :meth:`cut` breaks every connection through it at once,
+    as a failing network would (no DISCONNECT reaches the broker, so it publishes the will)."""
+
+    def __init__(self, spec: BrokerSpec):
+        self.spec = spec
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> BrokerSpec:
+        self.server = await asyncio.start_server(self._pipe, "127.0.0.1", 0)
+        return replace(self.spec, host="127.0.0.1", port=self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        self.cut()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.spec.host, self.spec.port)
+        self.writers += [writer, up_writer]
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+            dst.close()
+
+        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer), return_exceptions=True)
+
+    def cut(self) -> None:
+        for w in self.writers:
+            w.transport.abort()
+        self.writers.clear()
+
+
 async def test_presence_birth_is_retained_and_death_is_the_will(broker, uid):
     p = parties(uid)
     state_topic = topic_for(p["bsp"], "actor_state", ALL)
-    async with Gateway(p["bsp"], broker.url, keepalive_s=2) as bsp:
+    relay = Relay(BrokerSpec.parse(broker.url))
+    async with relay as via_relay, Gateway(p["bsp"], via_relay, keepalive_s=2) as bsp:
         # a late subscriber learns the state at once, from the broker's retained copy (a broker may store it
         # just after its PUBACK, so a subscriber of that same millisecond may get the live copy instead)
         async with raw_client(broker, f"late-{uid}") as late:
             await late.subscribe(state_topic, qos=1)
-            first = await asyncio.wait_for(anext(aiter(late.messages)), 5)
+            first = await asyncio.wait_for(anext(aiter(late.messages())), 5)
         if not first.retain:
             async with raw_client(broker, f"later-{uid}") as later:
                 await later.subscribe(state_topic, qos=1)
-                first = await asyncio.wait_for(anext(aiter(later.messages)), 5)
+                first = await asyncio.wait_for(anext(aiter(later.messages())), 5)
         assert json.loads(first.payload)["body"]["status"] == "online" and first.retain
         seen: list[dict] = []
         async with raw_client(broker, f"watch-{uid}") as watcher:
             await watcher.subscribe(state_topic, qos=1)
 
             async def watch():
-                async for m in watcher.messages:
+                async for m in watcher.messages():
                     seen.append(json.loads(m.payload)["body"] | {"retained": bool(m.retain)})
 
             task = asyncio.create_task(watch())
             await wait_until(lambda: seen)
             assert seen[0]["status"] == "online"
             # the connection dies without a DISCONNECT: the broker publishes the will
-            bsp._client._client.socket().shutdown(socket.SHUT_RDWR)
+            relay.cut()
             await wait_until(lambda: any(s["status"] == "offline" for s in seen), timeout=10)
             # and the gateway comes back by itself, saying so
             await wait_until(lambda: seen[-1]["status"] == "online" and bsp.connections == 2, timeout=10)
@@ -316,5 +349,5 @@ async def test_clean_stop_leaves_offline_state_retained(broker, uid):
         pass
     async with raw_client(broker, f"late-{uid}") as late:
         await late.subscribe(topic_for(p["dso"], "actor_state", ALL), qos=1)
-        msg = await asyncio.wait_for(anext(aiter(late.messages)), 5)
+        msg = await asyncio.wait_for(anext(aiter(late.messages())), 5)
     assert json.loads(msg.payload)["body"]["status"] == "offline" and msg.retain

@@ -164,7 +164,7 @@ async def test_the_in_memory_bus_checks_arrivals_keeps_retained_messages_and_sen
     with ExchangeLog(tmp_path / "x.sqlite", run_id="mem") as log:
         async with Gateway(tso, url, log=log) as gw:
             async with MemoryClient("test-bus", "stranger") as raw:
-                await raw.publish(topic_for(dso, "mol_validation", tso), b'{"envelope": 1}', qos=1)
+                raw.publish(topic_for(dso, "mol_validation", tso), b'{"envelope": 1}', qos=1)
             for _ in range(100):
                 if gw.stats["rejected"]:
                     break

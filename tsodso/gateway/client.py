@@ -22,20 +22,16 @@ import asyncio
 import contextlib
 import math
 import random
-import socket
-import struct
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
-import aiomqtt
 import structlog
 from nacl.signing import SigningKey
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties, VariableByteIntegers
 
 from tsodso.gateway.arrival import (
     DEFAULT_MAX_CLOCK_SKEW_S,
@@ -49,7 +45,8 @@ from tsodso.gateway.arrival import (
 from tsodso.gateway.connection import BrokerSpec
 from tsodso.gateway.exchange_log import ExchangeLog, LogRow, now_us
 from tsodso.gateway.links import LinkConditions
-from tsodso.gateway.memory import MemoryClient, MemoryMessage
+from tsodso.gateway.memory import MemoryClient
+from tsodso.gateway.mqtt import BROKER_BUSY, UNSUPPORTED_PROTOCOL, ConnectRefused, Incoming, MqttConnection, Will
 from tsodso.gateway.policy import DELIVERY_POLICY, DeliveryPolicy
 from tsodso.gateway.traffic import Traffic
 from tsodso.schemas import signing
@@ -69,7 +66,6 @@ from tsodso.schemas.topics import ALL, inbox_filters, topic_for
 B = TypeVar("B", bound=Body)
 Handler = Callable[[Received[Any]], Awaitable[None]]
 
-NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 SOFTWARE = "tsodso-testbed/0.1"
 
 
@@ -85,16 +81,9 @@ class BrokerUnreachable(ConnectionError):
     """No connection to the broker: nothing answered in time, or the broker refused (its reason given)."""
 
 
-# CONNACK reason codes (MQTT 5 §3.2.2.2; MQTT 3.1.1 §3.2.2.3 in brackets)
-UNSUPPORTED_PROTOCOL = {132, 1}  # Unsupported Protocol Version (unacceptable protocol version)
-BROKER_BUSY = {136, 137, 159, 3}  # Server unavailable, busy, connection rate exceeded: try again
-
-
 def connect_refusal(exc: BaseException) -> int | None:
     """The reason code of a broker's refusal of CONNECT, or None when it did not answer with one."""
-    rc = getattr(exc, "rc", None) if isinstance(exc, aiomqtt.MqttCodeError) else None
-    value = getattr(rc, "value", rc)
-    return value if isinstance(value, int) and value else None
+    return exc.code if isinstance(exc, ConnectRefused) else None
 
 
 class GatewayFailed(RuntimeError):
@@ -124,75 +113,12 @@ class NoticeBudget:
         return True
 
 
-class _Client(aiomqtt.Client):
-    """aiomqtt's client, told to wake publishers still waiting for a PUBACK when the connection drops
-    (aiomqtt would leave them waiting until their timeout), so the gateway can resend them at once."""
+class Properties(NamedTuple):
+    """The MQTT 5 properties the gateway sets on a message."""
 
-    lost = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pending_calls_threshold = 1_000_000  # many QoS 1 publishes in flight is normal here
-
-    @contextlib.contextmanager
-    def _pending_call(self, mid: int, value: Any, pending_dict: dict[int, Any]) -> Any:
-        # aiomqtt's version counts every pending call on every publish (O(n) each, O(n²) for a
-        # fan-out of n concurrent QoS 1 publishes); this one only keeps the books
-        if mid in pending_dict:
-            raise RuntimeError(f'There already exists a pending call for message ID "{mid}"')
-        pending_dict[mid] = value
-        try:
-            yield
-        finally:
-            pending_dict.pop(mid, None)
-
-    def _on_socket_register_write(self, *args: Any) -> None:
-        try:
-            super()._on_socket_register_write(*args)
-        except (OSError, ValueError, KeyError):
-            pass  # paho asks for write readiness on a socket the broker has just closed
-
-    def _on_socket_unregister_write(self, *args: Any) -> None:
-        try:
-            super()._on_socket_unregister_write(*args)
-        except (OSError, ValueError, KeyError):
-            pass
-
-    def _on_disconnect(self, *args: Any, **kwargs: Any) -> None:
-        super()._on_disconnect(*args, **kwargs)
-        self.lost = True
-        for event in list(self._pending_publishes.values()):
-            event.set()
-
-
-class PublishProperties(Properties):
-    """MQTT 5 PUBLISH properties, packed once by hand. paho's Properties validates every attribute
-    by scanning its name table and costs ~20 µs to build and pack, on every message."""
-
-    _packed: bytes
-    _fields: tuple[int | None, str | None, bytes | None]
-
-    def __init__(
-        self, expiry_s: int | None = None, response_topic: str | None = None, correlation: bytes | None = None
-    ) -> None:
-        object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
-        buf = b""
-        if expiry_s is not None:
-            buf += b"\x02" + struct.pack("!I", expiry_s)  # Message Expiry Interval
-        if response_topic is not None:
-            topic = response_topic.encode()
-            buf += b"\x08" + struct.pack("!H", len(topic)) + topic  # Response Topic
-        if correlation is not None:
-            buf += b"\x09" + struct.pack("!H", len(correlation)) + correlation  # Correlation Data
-        object.__setattr__(self, "_packed", VariableByteIntegers.encode(len(buf)) + buf)
-        object.__setattr__(self, "_fields", (expiry_s, response_topic, correlation))
-
-    def pack(self) -> bytes:
-        return self._packed
-
-    def __str__(self) -> str:
-        expiry, topic, corr = self._fields
-        return f"[MessageExpiryInterval: {expiry}, ResponseTopic: {topic}, CorrelationData: {corr!r}]"
+    expiry_s: int | None  # Message Expiry Interval
+    response_topic: str | None
+    correlation: bytes | None  # Correlation Data: the request's message id
 
 
 def _known_type(topic: str) -> str | None:
@@ -233,11 +159,9 @@ class Gateway:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         resume_session: bool = False,
         session_expiry_s: int = 7 * 86400,
-        tcp_nodelay: bool = True,
         keepalive_s: int = 10,
         connect_timeout_s: float = 10.0,
         reconnect_delay_s: tuple[float, float] = (0.05, 5.0),
-        publish_timeout_s: float = 30.0,
         links: LinkConditions | None = None,
         clock_offset_s: float = 0.0,
         client_id: str | None = None,
@@ -267,11 +191,9 @@ class Gateway:
         self.max_payload_bytes = max_payload_bytes
         self.resume_session = resume_session
         self.session_expiry_s = session_expiry_s
-        self.tcp_nodelay = tcp_nodelay
         self.keepalive_s = keepalive_s
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_delay_s = reconnect_delay_s
-        self.publish_timeout_s = publish_timeout_s
         self.links = links or LinkConditions()  # impairments of this actor's outgoing links
         # This host's clock error (tests and studies of unsynchronised hosts): every timestamp the
         # gateway takes (created_at, sent, received, expiry checks) is read from the skewed clock.
@@ -283,11 +205,8 @@ class Gateway:
 
         self._me_str = str(me)
         self._v5 = self.broker.protocol == 5
-        self._client: _Client | MemoryClient | None = None
-        self._connected = asyncio.Event()
-        self._ready: asyncio.Future[None] | None = None
+        self._client: MqttConnection | MemoryClient | None = None
         self._closing = False
-        self._supervisor: asyncio.Task[None] | None = None
         self._sequence: dict[str, int] = defaultdict(int)
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._pending: dict[uuid.UUID, asyncio.Future[Received[Any]]] = {}
@@ -297,7 +216,6 @@ class Gateway:
         self._quiet_until = 0.0  # rejections are logged at most ~10/s; the exchange log keeps every one
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_topic = topic_for(me, ActorState.type_name, ALL)
-        self._expiry_properties: dict[int, PublishProperties] = {}
         # who watches the messages in flight in this process (a virtual clock), and the handler tasks
         # the arrival being handled has started
         self.traffic = traffic
@@ -309,32 +227,92 @@ class Gateway:
 
     async def __aenter__(self) -> "Gateway":
         loop = asyncio.get_running_loop()
-        self._ready = loop.create_future()
         self._failure = loop.create_future()
         self._restore_replay_window()
-        self._supervisor = asyncio.create_task(self._supervise(), name=f"gateway:{self.client_id}")
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ready), self.connect_timeout_s)
-        except BrokerUnreachable as exc:
-            await self._stop_supervising()
-            raise BrokerUnreachable(f"{self.client_id}: {exc}") from None
-        except (TimeoutError, Exception) as exc:
-            await self._stop_supervising()
-            why = self.connect_error or (repr(exc) if not isinstance(exc, TimeoutError) else "no answer")
-            hint = ""
-            if "refused" in why.lower() and "code" not in why:
-                hint = " (nothing listens there: start a broker, e.g. 'tsodso broker embedded', or check host and port)"
-            raise BrokerUnreachable(
-                f"{self.client_id}: could not connect to {self.broker.url} within {self.connect_timeout_s:g} s: {why}{hint}"
-            ) from None
+        conn = await self._connect_first()
+        self._client = conn
+        await conn.subscribe(inbox_filters(self.me), qos=1)
+        self.log.info("connected", broker=self.broker.url, protocol=5 if self._v5 else 4, connections=self.connections)
+        await self.publish(self._state("online"), ALL)
         return self
 
-    async def _stop_supervising(self) -> None:
-        self._closing = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._supervisor
+    async def _connect_first(self) -> MqttConnection | MemoryClient:
+        """The first connection, tried until ``connect_timeout_s``: afresh (a clean session first, dropping
+        what a previous run left queued, unless ``resume_session``), then the persistent one. MQTT 3.1.1 has
+        no 'clean start but keep the session'; and Mosquitto 2.0.11 does not restore an MQTT 5 session
+        begun with Clean Start after a broker restart (measured here), while one begun without it survives.
+        A broker that refuses MQTT 5 gets MQTT 3.1.1; one that refuses the client says why, at once."""
+        deadline = time.monotonic() + self.connect_timeout_s
+        delay = self.reconnect_delay_s[0]
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if not self.resume_session:
+                    fresh = self._connection(clean=True)
+                    await fresh.connect(max(left, 0.1))
+                    await fresh.close()
+                conn = self._connection(clean=False)
+                await conn.connect(max(deadline - time.monotonic(), 0.1))
+                return conn
+            except ConnectRefused as exc:
+                self.connect_error = str(exc)
+                if self._v5 and exc.code in UNSUPPORTED_PROTOCOL:
+                    self._v5 = False
+                    self.log.warning("the broker refuses MQTT 5: speaking MQTT 3.1.1", broker=self.broker.url)
+                    continue
+                if exc.code not in BROKER_BUSY:
+                    raise BrokerUnreachable(
+                        f"{self.client_id}: {self.broker.url} refused the connection: {exc}"
+                    ) from None
+            except (OSError, TimeoutError) as exc:
+                self.connect_error = str(exc) or repr(exc)
+                if isinstance(exc, ConnectionRefusedError):
+                    self.connect_error = f"connection refused ({exc})"
+            if time.monotonic() + delay >= deadline:
+                why = self.connect_error or "no answer"
+                hint = ""
+                if why.startswith("connection refused"):
+                    hint = " (nothing listens there: start a broker, e.g. 'tsodso broker embedded', or check host and port)"
+                raise BrokerUnreachable(
+                    f"{self.client_id}: could not connect to {self.broker.url} within {self.connect_timeout_s:g} s: "
+                    f"{why}{hint}"
+                )
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self.reconnect_delay_s[1])
+
+    def _connection(self, clean: bool) -> MqttConnection | MemoryClient:
+        _, will_payload = self.build(self._state("offline"), ALL, sequence=0)
+        if self.broker.memory:
+            return MemoryClient(
+                self.broker.host,
+                self.client_id,
+                (self._state_topic, will_payload) if self.will else None,
+                on_message=self._receive,
+                on_connect=self._on_connect,
+            )
+        spec = self.broker if self._v5 == (self.broker.protocol == 5) else replace(self.broker, protocol=4)
+        return MqttConnection(
+            spec,
+            self.client_id,
+            on_message=self._receive,
+            on_connect=self._on_connect if not clean else None,
+            on_lost=self._on_lost if not clean else None,
+            clean=clean,
+            session_expiry_s=0 if clean else self.session_expiry_s,
+            will=Will(self._state_topic, will_payload) if self.will else None,
+            keepalive_s=self.keepalive_s,
+            reconnect_delay_s=self.reconnect_delay_s[1] / 10,
+        )
+
+    def _on_connect(self, session_present: bool) -> None:
+        self.connections += 1
+        if self.connections > 1:  # back after a loss: say so (the first 'online' follows the subscription)
+            self.log.info("reconnected", broker=self.broker.url, connections=self.connections, session=session_present)
+            self.spawn(self.publish(self._state("online"), ALL))
+
+    def _on_lost(self, reason: str) -> None:
+        if not self._closing:
+            self.log.warning("disconnected", reason=reason[:200])
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -349,9 +327,9 @@ class Gateway:
             self.log.info("replay window restored", message_ids=n)
 
     async def guard(self, work: Awaitable[Any]) -> Any:
-        """Run ``work`` (an actor's run) while watching the gateway: if the gateway's loop dies, ``work``
-        is cancelled and :class:`GatewayFailed` raised, so that the actor stops loudly, never as a
-        zombie that looks online."""
+        """Run ``work`` (an actor's run) while watching the gateway: if the gateway dies, ``work`` is
+        cancelled and :class:`GatewayFailed` raised, so that the actor stops loudly, never as a zombie
+        that looks online."""
         task = asyncio.ensure_future(work)
         assert self._failure is not None, "use the gateway with 'async with'"
         await asyncio.wait({task, self._failure}, return_when=asyncio.FIRST_COMPLETED)
@@ -366,16 +344,17 @@ class Gateway:
         """Say 'offline' (retained), disconnect cleanly, stop background work."""
         if self._closing:
             return
-        if self._client is not None and not self._client.lost:
+        client = self._client
+        if client is not None and self.failed is None and client.ready(1):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.publish(self._state("offline"), ALL), 2.0)
         self._closing = True
         for task in list(self._tasks):
             task.cancel()
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._supervisor
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+        self._client = None
         for fut in self._pending.values():
             if not fut.done():
                 fut.cancel()
@@ -386,125 +365,32 @@ class Gateway:
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self._client is not None and self._client.connected.is_set()
 
     def _state(self, status: Literal["online", "offline"]) -> ActorState:
         return ActorState(status=status, since=datetime.now(UTC), software=SOFTWARE)
 
-    def _make_client(self, clean: bool) -> Any:
-        will_env, will_payload = self.build(self._state("offline"), ALL, sequence=0)
-        if self.broker.memory:
-            return MemoryClient(
-                self.broker.host, self.client_id, (self._state_topic, will_payload) if self.will else None
-            )
-        props = None
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 0 if clean else self.session_expiry_s
-        return _Client(
-            self.broker.host,
-            self.broker.port,
-            username=self.broker.username or self.client_id,
-            password=self.broker.password,
-            identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311,
-            clean_session=None if self._v5 else clean,
-            clean_start=clean if self._v5 else aiomqtt.client.mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=props,
-            will=aiomqtt.Will(self._state_topic, will_payload, qos=1, retain=True) if self.will else None,
-            keepalive=self.keepalive_s,
-            tls_context=self.broker.tls_context(),
-            socket_options=[NODELAY] if self.tcp_nodelay else None,
-            max_inflight_messages=1000,
-            timeout=self.connect_timeout_s,
-        )
-
-    async def _discard_old_session(self) -> None:
-        """Start afresh: connect once with a clean session (dropping what a previous run left queued)
-        and disconnect, then connect persistently. MQTT 3.1.1 has no 'clean start but keep the
-        session'; and Mosquitto 2.0.11 does not restore an MQTT 5 session begun with Clean Start
-        after a broker restart (measured here), while one begun without it survives."""
-        async with self._make_client(clean=True):
-            pass
-
-    async def _supervise(self) -> None:
-        delay = self.reconnect_delay_s[0]
-        first = True
-        while not self._closing:
-            client = None
-            try:
-                if first and not self.resume_session:
-                    await self._discard_old_session()
-                client = self._make_client(clean=False)
-                async with client:
-                    first = False
-                    self.connections += 1
-                    for flt in inbox_filters(self.me):
-                        await client.subscribe(flt, qos=1)
-                    self._client = client
-                    self._connected.set()
-                    self.log.info(
-                        "connected", broker=self.broker.url, protocol=5 if self._v5 else 4, connections=self.connections
-                    )
-                    await self.publish(self._state("online"), ALL)
-                    if self._ready is not None and not self._ready.done():
-                        self._ready.set_result(None)
-                    delay = self.reconnect_delay_s[0]
-                    try:
-                        async for message in client.messages:
-                            self._on_message(message)
-                    except (aiomqtt.MqttError, asyncio.CancelledError):
-                        raise
-                    except Exception as exc:
-                        await self._die(client, exc)
-                        return
-            except aiomqtt.MqttError as exc:
-                self.connect_error = str(exc)
-                refusal = connect_refusal(exc)
-                if refusal is not None and self.connections == 0 and not self._closing:
-                    if self._v5 and refusal in UNSUPPORTED_PROTOCOL:
-                        self._v5 = False
-                        self.log.warning("the broker refuses MQTT 5: speaking MQTT 3.1.1", broker=self.broker.url)
-                        continue
-                    if refusal not in BROKER_BUSY and self._ready is not None and not self._ready.done():
-                        self._ready.set_exception(BrokerUnreachable(f"{self.broker.url} refused the connection: {exc}"))
-                        return
-                if not self._closing:
-                    self.log.warning("disconnected", error=str(exc), retry_in_s=round(delay, 3))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await self._die(None, exc)
-                return
-            finally:
-                self._connected.clear()
-                if client is not None:
-                    client.lost = True
-                if self._client is client:
-                    self._client = None
-            if self._closing:
-                break
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, self.reconnect_delay_s[1])
-
-    async def _die(self, client: _Client | MemoryClient | None, exc: BaseException) -> None:
-        """The loop cannot go on: say 'offline' (retained) on the connection if it still works, then
+    async def _die(self, exc: BaseException) -> None:
+        """The gateway cannot go on: say 'offline' (retained) on the connection if it still works, then
         fail every waiter and :meth:`guard`."""
+        if self.failed is not None:
+            return
         self.failed = exc
-        self.log.error("gateway loop died", error=repr(exc), exc_info=exc)
-        if client is not None and not client.lost:
+        self.log.error("gateway died", error=repr(exc), exc_info=exc)
+        client = self._client
+        if client is not None and client.ready(1):
             _, payload = self.build(self._state("offline"), ALL)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.publish(self._state_topic, payload, qos=1, retain=True), 2.0)
+                client.publish(self._state_topic, payload, qos=1, retain=True)
         self._closing = True
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(GatewayFailed(repr(exc)))
         if self._failure is not None and not self._failure.done():
             self._failure.set_result(None)
-        self._connected.set()  # wake senders waiting for a connection: they raise GatewayFailed
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(GatewayFailed(f"the gateway stopped: {exc!r}"))
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -578,7 +464,7 @@ class Gateway:
                 f"{type_name} of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes} bytes"
             )
         topic = topic_for(self.me, type_name, to)
-        props = self._properties(env, policy) if self._v5 else None
+        props = self._properties(env) if self._v5 else None
         valid_until_us = int(env.valid_until.timestamp() * 1e6) if env.valid_until else None
         if self.links:
             lost, delay = self.links.decide(self._me_str, str(to), time.time())
@@ -617,59 +503,55 @@ class Gateway:
         sent_us, dropped = await self._send(topic, payload, policy, props, None)
         self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
 
-    def _properties(self, env: Envelope, policy: DeliveryPolicy) -> Properties | None:
-        # the broker drops the message once the envelope says it has expired (a paced run's setpoint
-        # lives its scenario period over the speed), not seconds later by the policy's default. MQTT
-        # counts whole seconds and Mosquitto's clock ticks in whole seconds, so one second is added:
-        # the broker never drops a message the receiver would still have taken (the receiver checks
-        # the envelope's validity to the microsecond)
+    def _properties(self, env: Envelope) -> Properties:
+        """MQTT 5 properties of one message: expiry, and response topic / correlation data of a request or
+        an answer. The broker drops the message once the envelope says it has expired (a paced run's
+        setpoint lives its scenario period over the speed), not seconds later by the policy's default.
+        MQTT counts whole seconds and Mosquitto's clock ticks in whole seconds, so one second is added:
+        the broker never drops a message the receiver would still have taken (the receiver checks the
+        envelope's validity to the microsecond)."""
         expiry = math.ceil((env.valid_until - env.created_at).total_seconds() - 1e-9) + 1 if env.valid_until else None
         if env.reply_to is not None:
-            return PublishProperties(expiry, env.reply_to, env.message_id.bytes)
+            return Properties(expiry, env.reply_to, env.message_id.bytes)
         if env.causation_id is not None:
-            return PublishProperties(expiry, None, env.causation_id.bytes)
-        if expiry is None:
-            return None
-        props = self._expiry_properties.get(expiry)
-        if props is None:
-            props = self._expiry_properties[expiry] = PublishProperties(expiry)
-        return props
+            return Properties(expiry, None, env.causation_id.bytes)
+        return Properties(expiry, None, None)
 
     async def _send(
         self, topic: str, payload: bytes, policy: DeliveryPolicy, props: Properties | None, valid_until_us: int | None
     ) -> tuple[int | None, str | None]:
-        """Publish until the broker has it. Returns (sent_us, None) or (None, why it was dropped)."""
+        """Hand the message to the connection: written at once when connected (and, for QoS 1, within the
+        broker's window of messages in flight), else QoS 1 waits for the connection. The connection keeps
+        a QoS 1 message until the broker has it, sending it again after a reconnect. Returns (sent_us,
+        None) or (None, why it was dropped)."""
         while True:
             if self.failed is not None:
                 raise GatewayFailed(f"{self.client_id}: the gateway stopped: {self.failed!r}")
             client = self._client
-            if client is None or client.lost:
-                if policy.qos == 0:
+            if client is None or not client.ready(policy.qos):
+                if policy.qos == 0 and (client is None or not client.connected.is_set()):
                     return None, "not connected (QoS 0 is not queued)"
-                if self._closing:
+                if self._closing or client is None:
                     return None, "gateway closed before the message could be sent"
-                await self._connected.wait()
-                await asyncio.sleep(0)
+                await client.wait_ready(policy.qos)
                 continue
             sent_us = self.now_us()
             if valid_until_us is not None and sent_us > valid_until_us:
                 return None, "expired before it could be sent"
-            try:
-                await client.publish(
+            if props is None:
+                client.publish(topic, payload, policy.qos, policy.retain)
+            else:
+                client.publish(
                     topic,
                     payload,
-                    qos=policy.qos,
-                    retain=policy.retain,
-                    properties=props,
-                    timeout=self.publish_timeout_s,
+                    policy.qos,
+                    policy.retain,
+                    expiry_s=props.expiry_s,
+                    response_topic=props.response_topic,
+                    correlation=props.correlation,
                 )
-            except aiomqtt.MqttError as exc:
-                if policy.qos == 0:
-                    return None, f"publish failed: {exc}"
-                client.lost = True  # resend on the next connection
-                continue
-            if client.lost and policy.qos > 0:
-                continue  # the connection dropped before the PUBACK: send again (receivers de-duplicate)
+            if self.broker.memory:
+                await asyncio.sleep(0)  # as a network write would: let the receivers run
             return sent_us, None
 
     def _record_out(
@@ -803,7 +685,15 @@ class Gateway:
             exc = task.exception()
             self.log.error("handler failed", error=repr(exc), exc_info=exc)
 
-    def _on_message(self, message: aiomqtt.Message | MemoryMessage) -> None:
+    def _receive(self, message: Incoming) -> None:
+        """Every PUBLISH that arrives: handled in isolation (:meth:`_on_message`); a failure outside that
+        isolation ends the gateway loudly (:meth:`_die`)."""
+        try:
+            self._on_message(message)
+        except Exception as exc:
+            self.spawn(self._die(exc))
+
+    def _on_message(self, message: Incoming) -> None:
         """One message, in isolation: nothing it contains may stop the loop that receives the next."""
         received_us = self.now_us()
         message_id: str | None = None
@@ -811,10 +701,9 @@ class Gateway:
         started: list[asyncio.Task[Any]] | None = [] if self.traffic is not None else None
         self._started = started
         try:
-            topic = message.topic.value
-            payload = message.payload if isinstance(message.payload, bytes) else bytes(str(message.payload), "utf-8")
+            topic, payload = message.topic, message.payload
             try:
-                msg = self.check.check(topic, payload, received_us, retained=bool(message.retain))
+                msg = self.check.check(topic, payload, received_us, retained=message.retain)
             except Rejected as rej:
                 message_id = str(rej.envelope.message_id) if rej.envelope is not None else None
                 self._on_rejected(rej, len(payload), message.qos, received_us)

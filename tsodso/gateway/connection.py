@@ -1,4 +1,4 @@
-"""Where a gateway connects: a broker URL parsed into what aiomqtt needs.
+"""Where a gateway connects: a broker URL parsed into host, port, protocol, TLS and credentials.
 
     mqtt://[user[:password]@]host[:port][?protocol=5|3.1.1]
     mqtts://...                       TLS (system CA store, or ?ca=PATH)

@@ -10,27 +10,10 @@ brokers.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-from paho.mqtt.client import topic_matches_sub
-
-
-@dataclass(frozen=True)
-class _Topic:
-    value: str
-
-
-@dataclass(frozen=True)
-class MemoryMessage:
-    """What a subscriber receives: the fields the gateway reads of an MQTT message."""
-
-    topic: _Topic
-    payload: bytes
-    qos: int
-    retain: bool
-    properties: Any = None
+from tsodso.gateway.mqtt import Incoming, topic_matches
 
 
 class MemoryBus:
@@ -38,7 +21,7 @@ class MemoryBus:
 
     def __init__(self, name: str):
         self.name = name
-        self.retained: dict[str, MemoryMessage] = {}
+        self.retained: dict[str, Incoming] = {}
         self.clients: dict[str, MemoryClient] = {}
         self.delivered = 0
         self._routes: dict[str, list[MemoryClient]] = {}  # topic -> its subscribers, until one changes
@@ -51,17 +34,17 @@ class MemoryBus:
         found = self._routes.get(topic)
         if found is None:
             found = self._routes[topic] = [
-                client for client in self.clients.values() if any(topic_matches_sub(f, topic) for f in client.filters)
+                client for client in self.clients.values() if any(topic_matches(f, topic) for f in client.filters)
             ]
         return found
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if retain:
             if payload:
-                self.retained[topic] = MemoryMessage(_Topic(topic), payload, qos, True)
+                self.retained[topic] = Incoming(topic, payload, qos, True, {})
             else:
                 self.retained.pop(topic, None)
-        message = MemoryMessage(_Topic(topic), payload, qos, False)
+        message = Incoming(topic, payload, qos, False, {})
         for client in self.subscribers(topic):
             client.queue.put_nowait(message)
             self.delivered += 1
@@ -79,55 +62,81 @@ def bus(name: str) -> MemoryBus:
 
 
 class MemoryClient:
-    """A gateway's connection to a :class:`MemoryBus`: the part of an MQTT client the gateway uses."""
+    """A gateway's connection to a :class:`MemoryBus`, with the interface of ``gateway.mqtt.MqttConnection``
+    (``connect``, ``subscribe``, ``publish``, ``ready``, ``close``; messages to ``on_message`` in order)."""
 
-    def __init__(self, bus_name: str, client_id: str, will: tuple[str, bytes] | None = None):
+    protocol = 4
+
+    def __init__(
+        self,
+        bus_name: str,
+        client_id: str,
+        will: tuple[str, bytes] | None = None,
+        *,
+        on_message: Callable[[Incoming], None] | None = None,
+        on_connect: Callable[[bool], None] | None = None,
+    ):
         self.bus = bus(bus_name)
         self.client_id = client_id
         self.will = will
+        self.on_message = on_message
+        self.on_connect = on_connect
         self.filters: list[str] = []
-        self.queue: asyncio.Queue[MemoryMessage] = asyncio.Queue()
+        self.queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        self.connected = asyncio.Event()
+        self.connections = 0
         self.lost = False
+        self._reader: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> "MemoryClient":
+    async def connect(self, timeout_s: float = 0.0) -> None:
         old = self.bus.clients.get(self.client_id)
         if old is not None:
             old.lost = True  # a client id connects once: the newcomer takes over, as a broker does
         self.bus.clients[self.client_id] = self
         self.bus.changed()
-        return self
+        self.connections += 1
+        self.connected.set()
+        if self.on_message is not None:
+            self._reader = asyncio.create_task(self._read(self.on_message))
+        if self.on_connect is not None:
+            self.on_connect(False)
 
-    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+    async def _read(self, on_message: Callable[[Incoming], None]) -> None:
+        while True:
+            on_message(await self.queue.get())
+
+    async def close(self, *, gone: bool = False) -> None:
+        """Leave the bus; ``gone``: without closing (the bus publishes the will)."""
         if self.bus.clients.get(self.client_id) is self:
             del self.bus.clients[self.client_id]
             self.bus.changed()
-        if exc_type is not None and exc_type is not asyncio.CancelledError and self.will is not None:
-            self.bus.publish(self.will[0], self.will[1], 1, True)  # went away without closing: its will
+        if gone and self.will is not None:
+            self.bus.publish(self.will[0], self.will[1], 1, True)
         self.lost = True
+        self.connected.clear()
+        if self._reader is not None:
+            self._reader.cancel()
 
-    async def subscribe(self, flt: str, qos: int = 1) -> None:
-        self.filters.append(flt)
-        self.bus.changed()
-        for topic, message in sorted(self.bus.retained.items()):
-            if topic_matches_sub(flt, topic):
-                self.queue.put_nowait(message)
+    async def __aenter__(self) -> "MemoryClient":
+        await self.connect()
+        return self
 
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int = 0,
-        retain: bool = False,
-        properties: Any = None,
-        timeout: Any = None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        await self.close(gone=exc_type is not None and exc_type is not asyncio.CancelledError)
+
+    async def subscribe(self, filters: list[str] | str, qos: int = 1, retain_as_published: bool = False) -> None:
+        for flt in [filters] if isinstance(filters, str) else filters:
+            self.filters.append(flt)
+            self.bus.changed()
+            for topic, message in sorted(self.bus.retained.items()):
+                if topic_matches(flt, topic):
+                    self.queue.put_nowait(message)
+
+    def ready(self, qos: int) -> bool:
+        return not self.lost
+
+    async def wait_ready(self, qos: int) -> None:
+        return None
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, **properties: Any) -> None:
         self.bus.publish(topic, payload, qos, retain)
-        await asyncio.sleep(0)  # as a network write would: let the receivers run
-
-    @property
-    def messages(self) -> AsyncIterator[MemoryMessage]:
-        return self._messages()
-
-    async def _messages(self) -> AsyncIterator[MemoryMessage]:
-        while True:
-            yield await self.queue.get()

@@ -26,11 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
-from tsodso.gateway.client import NODELAY
 from tsodso.gateway.connection import BrokerSpec
+from tsodso.gateway.mqtt import Subscriber
 from tsodso.schemas.topics import PREFIX, parse_topic
 from tsodso.schemas.validate import InvalidMessage, validate_message
 
@@ -110,20 +107,9 @@ def check(msg: Captured) -> Captured:
     return msg
 
 
-def raw_client(broker: BrokerSpec, client_id: str, **kwargs: Any) -> aiomqtt.Client:
-    """A plain aiomqtt client with TCP_NODELAY and the URL's protocol, TLS and credentials."""
-    return aiomqtt.Client(
-        broker.host,
-        broker.port,
-        identifier=client_id,
-        username=broker.username or client_id,
-        password=broker.password,
-        tls_context=broker.tls_context(),
-        socket_options=[NODELAY],
-        protocol=aiomqtt.ProtocolVersion.V5 if broker.protocol == 5 else aiomqtt.ProtocolVersion.V311,
-        max_inflight_messages=1000,
-        **kwargs,
-    )
+def raw_client(broker: BrokerSpec, client_id: str, **kwargs: Any) -> Subscriber:
+    """A plain MQTT client (no gateway, no checks) with the URL's protocol, TLS and credentials."""
+    return Subscriber(broker, client_id, **kwargs)
 
 
 class Recorder:
@@ -147,17 +133,13 @@ class Recorder:
         self.sink = sink
         self.messages: list[Captured] = []
         self._changed = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._client: Subscriber | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> "Recorder":
         self._client = raw_client(self.broker, self.client_id)
         await self._client.__aenter__()
-        v5 = self.broker.protocol == 5
-        for flt in self.filters:
-            await self._client.subscribe(
-                flt, options=SubscribeOptions(qos=1, retainAsPublished=True) if v5 else None, qos=0 if v5 else 1
-            )
+        await self._client.subscribe(self.filters, qos=1, retain_as_published=self.broker.protocol == 5)
         self._task = asyncio.create_task(self._read())
         return self
 
@@ -169,15 +151,14 @@ class Recorder:
 
     async def _read(self) -> None:
         assert self._client is not None
-        async for m in self._client.messages:
+        async for m in self._client.messages():
             t_us = time.time_ns() // 1000
-            props: dict[str, Any] = {}
-            if m.properties is not None:
-                for name in ("MessageExpiryInterval", "ResponseTopic", "CorrelationData"):
-                    if hasattr(m.properties, name):
-                        props[name] = getattr(m.properties, name)
-            payload = bytes(m.payload) if isinstance(m.payload, (bytes, bytearray)) else str(m.payload).encode()
-            msg = check(Captured(t_us, str(m.topic), m.qos, bool(m.retain), payload, properties=props))
+            props = {
+                name: m.property(name)
+                for name in ("message_expiry_interval", "response_topic", "correlation_data")
+                if m.property(name) is not None
+            }
+            msg = check(Captured(t_us, m.topic, m.qos, m.retain, m.payload, properties=props))
             self.messages.append(msg)
             if self.sink:
                 self.sink(msg)

@@ -322,7 +322,7 @@ def bench_rtt(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
-    """Gateway request/response round trip vs raw aiomqtt, same run. Goal: ratio_p50 <= 1.3."""
+    """Gateway request/response round trip vs the raw MQTT client (gmqtt), same run. Goals: p50 <= 0.8 ms on Mosquitto, <= 1.5x the raw p50, p99 <= 2 ms."""
     from tsodso.broker import start_broker
     from tsodso.testbed.bench.rtt import run_rtt
 
@@ -340,7 +340,7 @@ def bench_rtt(
     table.add_row(
         "gateway (typed, validated, logged)", f"{result['gateway_p50_ms']:.3f}", f"{result['gateway_p99_ms']:.3f}"
     )
-    table.add_row("raw aiomqtt", f"{result['raw_p50_ms']:.3f}", f"{result['raw_p99_ms']:.3f}")
+    table.add_row("raw gmqtt", f"{result['raw_p50_ms']:.3f}", f"{result['raw_p99_ms']:.3f}")
     console.print(table)
     verdict = "[green]met[/green]" if result["ratio_p50"] <= 1.3 else "[red]not met[/red]"
     console.print(f"ratio_p50 = {result['ratio_p50']} (goal <= 1.3: {verdict})")
@@ -829,11 +829,9 @@ def hostile(
         parties = [Party.of(*t.split("/", 1)) for t in targets.split(",")]
     except (IndexError, ValueError):
         raise typer.BadParameter(f"--targets {targets!r}: comma-separated role/id, e.g. tso/tso,bsp/bsp1") from None
-    import aiomqtt
-
     try:
         sent = asyncio.run(flood(broker, parties, rate=rate, duration_s=duration))
-    except (aiomqtt.MqttError, OSError, ValueError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:
         err.print(f"tsodso hostile: {broker}: {exc}", highlight=False)
         raise typer.Exit(1) from None
     console.print(

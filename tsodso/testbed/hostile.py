@@ -29,9 +29,8 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-import aiomqtt
-
 from tsodso.gateway.connection import BrokerSpec
+from tsodso.gateway.mqtt import Subscriber
 from tsodso.schemas.envelope import Party
 from tsodso.schemas.topics import PREFIX
 
@@ -146,22 +145,13 @@ async def flood(
     ident = f"hostile-{os.getpid()}"
     sent: Counter[str] = Counter()
     seen: list[tuple[str, bytes]] = []
-    version = aiomqtt.ProtocolVersion.V5 if spec.protocol == 5 else aiomqtt.ProtocolVersion.V311
-    async with aiomqtt.Client(
-        spec.host,
-        spec.port,
-        identifier=ident,
-        username=spec.username or ident,
-        password=spec.password,
-        protocol=version,
-        tls_context=spec.tls_context(),
-    ) as client:
-        await client.subscribe(f"{PREFIX}/#", qos=0)
+    async with Subscriber(spec, ident) as client:
+        await client.subscribe([f"{PREFIX}/#"], qos=0)
 
         async def listen() -> None:
-            async for m in client.messages:
-                if len(seen) < 2000 and isinstance(m.payload, bytes) and not m.retain:
-                    seen.append((m.topic.value, m.payload))
+            async for m in client.messages():
+                if len(seen) < 2000 and not m.retain:
+                    seen.append((m.topic, m.payload))
 
         listener = asyncio.create_task(listen())
         plan = itertools.cycle([(k, t) for k in kinds for t in targets])

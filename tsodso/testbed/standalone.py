@@ -175,24 +175,21 @@ async def run_actor(
                     ) from None
                 # this host's clock against the TSO's, so the summary can correct one-way latencies
                 offset = await measure_offset(gw, Party(role="tso", id=scenario.tso.id), probes=10)
-                (out / f"clock-{role}-{actor_id}.json").write_text(
-                    json.dumps(
-                        {
-                            "actor": f"{role}/{actor_id}",
-                            "offset_ms": -offset.offset_ms,
-                            "uncertainty_ms": offset.uncertainty_ms,
-                            "rtt_min_ms": offset.rtt_min_ms,
-                        }
-                    )
-                    + "\n"
+                write_json(
+                    out / f"clock-{role}-{actor_id}.json",
+                    {
+                        "actor": f"{role}/{actor_id}",
+                        "offset_ms": -offset.offset_ms,
+                        "uncertainty_ms": offset.uncertainty_ms,
+                        "rtt_min_ms": offset.rtt_min_ms,
+                    },
                 )
             gc.collect()
             gc.freeze()  # see testbed.runner: no full collection over the grid's heap mid-run
             watch = LoopWatch(clock)
             watching = asyncio.create_task(watch.run())
-            run_file.write_text(
-                json.dumps({"wall_origin": clock.wall_origin, "speed": speed, "wall_end": clock.wall(scenario.end)})
-                + "\n"
+            write_json(
+                run_file, {"wall_origin": clock.wall_origin, "speed": speed, "wall_end": clock.wall(scenario.end)}
             )
             snapshots = asyncio.create_task(keep_snapshots(actor, clock, state_file))
             await gw.guard(actor.run())
@@ -202,11 +199,11 @@ async def run_actor(
             snapshots.cancel()
             run_file.unlink(missing_ok=True)  # the run is over: the same command starts a new one
             state_file.unlink(missing_ok=True)
-            (out / f"stalls-{role}-{actor_id}.json").write_text(json.dumps({f"{role}/{actor_id}": watch.results()}))
+            write_json(out / f"stalls-{role}-{actor_id}.json", {f"{role}/{actor_id}": watch.results()})
     if isinstance(actor, DSO):
         actor.write_results()
     if role in ("tso", "dso", "mo"):
-        (out / f"{role}-{actor_id}.json").write_text(json.dumps(actor.results()) + "\n")
+        write_json(out / f"{role}-{actor_id}.json", actor.results())
     if role == "tso":
         paths = [out / f"dso-{d.id}.json" for d in scenario.dsos]
         market = out / f"mo-{scenario.market_operator}.json" if scenario.scheme.market_operator else None
@@ -235,6 +232,13 @@ async def run_actor(
             loop_stalls=stalls,
             rejoins=rejoins,
         )
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON so that another process never reads half of it (a temporary file, renamed)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data) + "\n")
+    os.replace(tmp, path)
 
 
 def running_run(run_file: Path, state_file: Path, speed: float) -> dict[str, Any] | None:

@@ -1,0 +1,362 @@
+"""The one module that speaks MQTT: gmqtt behind the small API the testbed needs.
+
+Chosen by measurement (BENCHMARKS.md "The MQTT client", ``benchmarks/mqtt_clients.py``): gmqtt is
+asyncio-native (no thread, no second event loop, no socket callbacks to bridge), speaks MQTT 5 and
+3.1.1, TLS, and keeps QoS 1 messages until their PUBACK, sending them again on a resumed session.
+Nothing else in the project imports it, and this module uses its public API only: ``Client``,
+``Message``, ``Subscription``, the callbacks, ``MQTTConnectError`` and the pluggable store of messages
+in flight (``persistent_storage``).
+
+What this module adds to the client:
+
+- **flow control**: at most the broker's Receive Maximum of QoS 1 messages in flight (MQTT 5
+  §3.3.4); a sender beyond it waits for a PUBACK instead of failing;
+- **nothing lost to a lost session**: QoS 1 messages still unacknowledged when the connection dropped
+  are sent again after the reconnect, also when the broker lost the session (a restart without
+  persistence), where the client itself would drop them; receivers drop the copy by message id;
+- **subscriptions renewed** after a reconnect that found no session;
+- the broker's refusal of CONNECT as :class:`ConnectRefused` with its reason code;
+- messages in, as :class:`Incoming`, to one callback, called directly (no task per message).
+
+    conn = MqttConnection(spec, "bsp-bsp1", on_message=handle, will=Will(topic, payload))
+    await conn.connect(timeout_s=10)
+    await conn.subscribe(["tsodso/v1/+/+/+/bsp/bsp1"])
+    conn.publish(topic, payload, qos=1, expiry_s=5)   # written now (or waits: see ``send``)
+    await conn.close()
+"""
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gmqtt
+from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
+from gmqtt.storage import PersistentStorage
+
+from tsodso.gateway.connection import BrokerSpec
+
+UNSUPPORTED_PROTOCOL = frozenset({132, 1})  # CONNACK: Unsupported Protocol Version (MQTT 5; 3.1.1 in 1)
+BROKER_BUSY = frozenset({136, 137, 159, 3})  # Server unavailable / busy, connection rate exceeded: try again
+DEFAULT_RECEIVE_MAXIMUM = 65535  # MQTT 5 §3.2.2.3.3: when the broker states none (and MQTT 3.1.1)
+
+log = logging.getLogger("tsodso.mqtt")
+
+
+class ConnectRefused(ConnectionError):
+    """The broker answered CONNECT with a refusal (``code``: the CONNACK reason code)."""
+
+    def __init__(self, code: int, text: str):
+        super().__init__(text)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """What the broker publishes for a client that goes away without a DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One PUBLISH as it arrived. ``properties``: its MQTT 5 properties by name (``message_expiry_interval``,
+    ``response_topic``, ``correlation_data``...), each a list of values, as the client parses them."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: dict[str, Any]
+
+    def property(self, name: str) -> Any:
+        values = self.properties.get(name)
+        return values[0] if values else None
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches the MQTT topic filter (``+`` one level, ``#`` the rest; MQTT 5 §4.7)."""
+    f, t = topic_filter.split("/"), topic.split("/")
+    for i, level in enumerate(f):
+        if level == "#":
+            return not (i == 0 and t[0].startswith("$"))
+        if i >= len(t) or (level != "+" and level != t[i]) or (level == "+" and i == 0 and t[0].startswith("$")):
+            return False
+    return len(f) == len(t)
+
+
+class _InFlight(PersistentStorage):
+    """gmqtt's store of QoS 1 messages awaiting their PUBACK, extended to count them (flow control), to
+    wake senders when there is room, and to keep what a lost session discards, to be sent again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: dict[int, gmqtt.Message] = {}  # packet id -> the message, while unacknowledged
+        self.sending: gmqtt.Message | None = None  # the message being published now (its id comes next)
+        self.orphans: list[gmqtt.Message] = []  # unacknowledged when the broker lost the session
+        self.room = asyncio.Event()
+        self.room.set()
+        self.limit = DEFAULT_RECEIVE_MAXIMUM - 1
+
+    def push_message(self, mid: int, raw_package: Any) -> None:
+        super().push_message(mid, raw_package)
+        if self.sending is not None:
+            self.messages[mid] = self.sending
+            self.sending = None
+        if len(self.messages) >= self.limit:
+            self.room.clear()
+
+    def remove_message_by_mid(self, mid: int) -> None:
+        super().remove_message_by_mid(mid)
+        self.messages.pop(mid, None)
+        if len(self.messages) < self.limit:
+            self.room.set()
+
+    def clear(self) -> None:
+        self.orphans.extend(self.messages.values())
+        self.messages.clear()
+        super().clear()
+        self.room.set()
+
+
+class MqttConnection:
+    """One client connection to a broker, reconnecting by itself after a loss (``reconnect_delay_s``)
+    until :meth:`close`. ``on_message`` is called for every PUBLISH, in order; ``on_connect(session_present)``
+    after every CONNACK that accepted, the first one included; ``on_lost(reason)`` when a connection ends."""
+
+    def __init__(
+        self,
+        broker: BrokerSpec,
+        client_id: str,
+        *,
+        on_message: Callable[[Incoming], None],
+        on_connect: Callable[[bool], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+        clean: bool = True,
+        session_expiry_s: int = 0,
+        will: Will | None = None,
+        keepalive_s: int = 60,
+        reconnect_delay_s: float = 0.5,
+    ):
+        self.broker = broker
+        self.client_id = client_id
+        self.protocol = broker.protocol
+        self.on_message = on_message
+        self.on_connect = on_connect
+        self.on_lost = on_lost
+        self.clean = clean
+        self.session_expiry_s = session_expiry_s
+        self.will = will
+        self.keepalive_s = keepalive_s
+        self.reconnect_delay_s = reconnect_delay_s
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self._filters: list[tuple[str, int, bool]] = []
+        self._suback: dict[int, asyncio.Future[None]] = {}
+        self._store = _InFlight()
+        self._client: gmqtt.Client | None = None
+        self._closed = False
+
+    # --- connecting -----------------------------------------------------------------------------
+
+    def _new_client(self) -> gmqtt.Client:
+        kwargs: dict[str, Any] = {}
+        if self.protocol == 5:
+            kwargs["session_expiry_interval"] = self.session_expiry_s
+        will = None
+        if self.will is not None:
+            will = gmqtt.Message(self.will.topic, self.will.payload, qos=self.will.qos, retain=self.will.retain)
+        client = gmqtt.Client(
+            self.client_id,
+            clean_session=self.clean,
+            will_message=will,
+            persistent_storage=self._store,
+            logger=log,
+            **kwargs,
+        )
+        client.set_config({"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": self.reconnect_delay_s})
+        client.set_auth_credentials(self.broker.username or self.client_id, self.broker.password)
+        client.on_message = self._on_message
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    async def connect(self, timeout_s: float = 10.0) -> None:
+        """Connect (TCP_NODELAY: asyncio sets it on every TCP connection). Raises :class:`ConnectRefused`
+        (the broker said no), ``OSError`` (nothing listens, no route) or ``TimeoutError``."""
+        client = self._client = self._new_client()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await client.connect(
+                    self.broker.host,
+                    self.broker.port,
+                    ssl=self.broker.tls_context() or False,
+                    keepalive=self.keepalive_s,
+                    version=MQTTv50 if self.protocol == 5 else MQTTv311,
+                )
+        except gmqtt.MQTTConnectError as exc:
+            await self._stop(client)
+            match = re.match(r"code (\d+)", str(exc))
+            raise ConnectRefused(int(match.group(1)) if match else 128, str(exc)) from None
+        except BaseException:
+            await self._stop(client)
+            raise
+
+    async def _stop(self, client: gmqtt.Client) -> None:
+        self._client = None
+        self.connected.clear()
+        with contextlib.suppress(Exception):  # nothing to disconnect when the connection never came up
+            await asyncio.wait_for(client.disconnect(), 2.0)
+
+    def _on_connect(self, client: Any, session_present: int, rc: int, properties: dict[str, Any]) -> None:
+        values = properties.get("receive_maximum") if properties else None
+        self._store.limit = (values[0] if values else DEFAULT_RECEIVE_MAXIMUM) - 1
+        self.connections += 1
+        self.connected.set()
+        if self.connections > 1 and not session_present and self._filters:
+            self._send_subscribe(self._filters)  # a session the broker no longer has: subscribe again
+        orphans, self._store.orphans = self._store.orphans, []
+        for message in orphans:
+            self._publish_message(message)
+        if self.on_connect is not None:
+            self.on_connect(bool(session_present))
+
+    def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        self.connected.clear()
+        if self.on_lost is not None and not self._closed:
+            self.on_lost(str(packet or exc or "connection lost"))
+
+    # --- subscribing ----------------------------------------------------------------------------
+
+    async def subscribe(self, filters: list[str], qos: int = 1, retain_as_published: bool = False) -> None:
+        """Subscribe to ``filters`` (renewed after a reconnect that found no session); returns on the SUBACK."""
+        entries = [(f, qos, retain_as_published) for f in filters]
+        self._filters += entries
+        mid = self._send_subscribe(entries)
+        fut = self._suback[mid] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(fut, 10.0)
+        finally:
+            self._suback.pop(mid, None)
+
+    def _send_subscribe(self, entries: list[tuple[str, int, bool]]) -> int:
+        assert self._client is not None, "connect first"
+        subs = [gmqtt.Subscription(f, qos=q, retain_as_published=rap) for f, q, rap in entries]
+        return int(self._client.subscribe(subs))
+
+    def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
+        fut = self._suback.get(mid)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    # --- publishing -----------------------------------------------------------------------------
+
+    def ready(self, qos: int) -> bool:
+        """Whether :meth:`publish` would write at once (connected, and room in the QoS 1 window)."""
+        return self.connected.is_set() and (qos == 0 or self._store.room.is_set())
+
+    async def wait_ready(self, qos: int) -> None:
+        """Wait until :meth:`ready` (a connection; for QoS 1, room in the broker's Receive Maximum)."""
+        while not self.ready(qos):
+            await self.connected.wait()
+            if qos:
+                await self._store.room.wait()
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        *,
+        expiry_s: int | None = None,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+    ) -> None:
+        """Write one PUBLISH now (MQTT 5 properties only on MQTT 5). A QoS 1 message is kept until its
+        PUBACK and sent again after a reconnect. Call when :meth:`ready`, else the message waits in the
+        client for the next connection (QoS 1) or is lost (QoS 0)."""
+        props: dict[str, Any] = {}
+        if self.protocol == 5:
+            if expiry_s is not None:
+                props["message_expiry_interval"] = expiry_s
+            if response_topic is not None:
+                props["response_topic"] = response_topic
+            if correlation is not None:
+                props["correlation_data"] = correlation
+        self._publish_message(gmqtt.Message(topic, payload, qos=qos, retain=retain, **props))
+
+    def _publish_message(self, message: gmqtt.Message) -> None:
+        client = self._client
+        if client is None:
+            raise ConnectionError(f"{self.client_id}: not connected")
+        if message.qos:
+            self._store.sending = message
+        try:
+            client.publish(message)
+        finally:
+            self._store.sending = None
+
+    # --- receiving ------------------------------------------------------------------------------
+
+    def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]) -> int:
+        retain = bool(properties.get("retain"))
+        self.on_message(Incoming(topic, payload, qos, retain, properties))
+        return 0
+
+    # --- closing --------------------------------------------------------------------------------
+
+    async def drained(self) -> None:
+        """Wait until the broker has acknowledged every QoS 1 message sent so far."""
+        await self._store.wait_empty()
+
+    async def close(self, drain_s: float = 2.0) -> None:
+        """Wait up to ``drain_s`` for the broker to acknowledge the QoS 1 messages in flight, then
+        DISCONNECT (the broker does not publish the will) and stop reconnecting."""
+        if self._client is not None and self.connected.is_set() and drain_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drained(), drain_s)
+        self._closed = True
+        if self._client is not None:
+            await self._stop(self._client)
+
+    async def __aenter__(self) -> "MqttConnection":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Subscriber:
+    """A plain subscriber for tools and tests: ``async with Subscriber(spec, id) as s: await
+    s.subscribe([...]); async for m in s.messages(): ...`` (messages as :class:`Incoming`)."""
+
+    def __init__(self, broker: BrokerSpec, client_id: str, **kwargs: Any):
+        self.queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        self.connection = MqttConnection(broker, client_id, on_message=self.queue.put_nowait, **kwargs)
+
+    async def __aenter__(self) -> "Subscriber":
+        await self.connection.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.connection.close()
+
+    async def subscribe(self, filters: list[str] | str, qos: int = 1, retain_as_published: bool = False) -> None:
+        await self.connection.subscribe([filters] if isinstance(filters, str) else filters, qos, retain_as_published)
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        await self.connection.wait_ready(qos)
+        self.connection.publish(topic, payload, qos, retain)
+
+    async def messages(self) -> AsyncIterator[Incoming]:
+        while True:
+            yield await self.queue.get()
