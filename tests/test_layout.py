@@ -18,7 +18,8 @@ MAY_IMPORT = {
 }
 # Decisions apart from I/O: the cores, the rules and the schemes' registry import no bus and no event loop.
 PURE = ("tso_core", "dso_core", "bsp_core", "mo_core", "rules", "coordination", "outbox")
-IO_MODULES = {"asyncio", "aiomqtt", "paho", "socket", "tsodso.gateway"}
+IO_MODULES = {"asyncio", "gmqtt", "aiomqtt", "paho", "socket", "tsodso.gateway"}
+MQTT_CLIENTS = ("gmqtt", "aiomqtt", "paho")
 
 
 def _imports(path: Path) -> list[str]:
@@ -60,3 +61,14 @@ def test_no_top_level_import_name_but_tsodso():
     """Installing the project claims one import name; the rooms live inside it."""
     tops = {path.name for path in PACKAGE.parent.iterdir() if (path / "__init__.py").exists()}
     assert tops == {"tsodso", "tests"}
+
+
+def test_one_module_owns_the_mqtt_client():
+    """Only gateway/mqtt.py imports the MQTT client library; everything else speaks through it."""
+    owners = {
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*.py")
+        for name in _imports(path)
+        if name.split(".")[0] in MQTT_CLIENTS
+    }
+    assert owners == {"tsodso/gateway/mqtt.py"}
