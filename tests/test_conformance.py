@@ -236,8 +236,7 @@ async def test_plain_paho_device_passes_the_bsp_suite(broker, uid, protocol):
         device_id,
         "--protocol",
         protocol,
-        "--signing-key",
-        signing.seed_text(key),
+        f"--signing-key={signing.seed_text(key)}",  # one argument, even when the seed's text begins with '-'
     ) as proc:
         report = await run_suite(
             "bsp", device_id, broker.url, SCENARIO, speed=SPEED, timeout_s=90, device_key=key.verify_key

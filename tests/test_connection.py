@@ -47,9 +47,10 @@ async def test_qos1_messages_sent_while_the_broker_restarts_are_delivered_once(o
         ):
             reader = asyncio.create_task(collect(dso, got, Schedule))
             own_broker.stop()
+            # sent while the broker is gone: those the gateway wrote before it noticed stay with the connection
+            # until acknowledged, the rest wait for the connection; all are delivered after the restart
             sends = [asyncio.create_task(tso.publish(schedule(i), p["dso"])) for i in range(20)]
             await asyncio.sleep(0.3)
-            assert not any(s.done() for s in sends), "QoS 1 messages wait for the broker, they are not dropped"
             own_broker.start()
             await asyncio.wait_for(asyncio.gather(*sends), 30)
             await wait_until(lambda: len({m.envelope.message_id for m in got}) == 20, timeout=30)

@@ -104,18 +104,18 @@ class BSP(Actor):
 
     async def on_acceptance(self, msg: Received[OfferAcceptance]) -> None:
         if refusal := self.core.take_acceptance(msg.body, msg.sender):
-            await self.gw.refuse(msg, refusal)
+            self.gw.refuse(msg, refusal)
 
     async def on_flex(self, msg: Received[FlexActivation]) -> None:
         if refusal := self.core.take_flex(msg.body):
-            await self.gw.refuse(msg, refusal)
+            self.gw.refuse(msg, refusal)
 
     async def on_market_result(self, msg: Received[MarketResult]) -> None:
         self.core.market_results.append(msg.body)
 
     async def on_limit(self, msg: Received[ActivationLimit]) -> None:
         if refusal := self.core.take_limit(msg.body, msg.sender):
-            await self.gw.refuse(msg, refusal)
+            self.gw.refuse(msg, refusal)
             return
         self.log.info("activation limit", bid=msg.body.bid_id, max_mw=msg.body.max_mw)
 
@@ -134,7 +134,7 @@ class BSP(Actor):
         why = self.core.setpoint_refusal(msg.body, msg.sender, self.clock.now())
         if why is not None:
             self.core.refused_setpoints += 1
-            await self.gw.refuse(msg, why)
+            self.gw.refuse(msg, why)
             return
         answer, to_dsos, cut = self.core.follow(msg.body, self.asset_targets)
         env = msg.envelope
@@ -143,4 +143,4 @@ class BSP(Actor):
         )
         await self.send(to_dsos)
         if cut:
-            await self.gw.refuse(msg, "followed in part: " + "; ".join(cut))
+            self.gw.refuse(msg, "followed in part: " + "; ".join(cut))

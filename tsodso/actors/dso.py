@@ -85,7 +85,7 @@ class DSO(Actor):
 
     async def on_bid(self, msg: Received[EnergyBid]) -> None:
         if refusal := self.core.take_bid(msg.body):
-            await self.gw.refuse(msg, refusal)
+            self.gw.refuse(msg, refusal)
 
     async def on_market_result(self, msg: Received[MarketResult]) -> None:
         await self.send(self.core.take_market_result(msg.body))
@@ -93,9 +93,9 @@ class DSO(Actor):
     async def on_flex(self, msg: Received[FlexActivation]) -> None:
         self.core.apply_flex(msg.body)
 
-    async def on_telemetry(self, msg: Received[Telemetry]) -> None:
+    def on_telemetry(self, msg: Received[Telemetry]) -> None:
         if refusal := self.core.take_telemetry(msg.body, msg.sender):
-            await self.gw.refuse(msg, refusal)
+            self.gw.refuse(msg, refusal)
 
     async def on_system_state(self, msg: Received[SystemStateNotice]) -> None:
         """The TSO's system state (normal, alert, emergency, blackout, restoration: NC ER): logged; the

@@ -29,11 +29,11 @@ class MarketOperator(Actor):
 
     async def on_bid(self, msg: Received[EnergyBid]) -> None:
         if refusal := self.core.take_bid(msg.body, msg.sender, self.clock.now()):
-            await self.gw.refuse(msg, refusal)
+            self.gw.refuse(msg, refusal)
 
     async def on_need(self, msg: Received[FlexibilityNeed]) -> None:
         if refusal := self.core.take_need(msg.body, msg.sender):
-            await self.gw.refuse(msg, refusal)
+            self.gw.refuse(msg, refusal)
 
     async def validate(self, dso: str, isp: datetime, conversation: uuid.UUID, entries: dict[str, MolEntry]) -> list:
         """One DSO's bounds (applied to ``entries``) and its congestion needs."""

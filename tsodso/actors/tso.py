@@ -83,7 +83,7 @@ class TSO(Actor):
     async def on_prequalification(self, msg: Received[PrequalificationRequest]) -> None:
         req = msg.body
         if refusal := self.core.prequalification_refusal(req, msg.sender):
-            await self.gw.refuse(msg, refusal)
+            self.gw.refuse(msg, refusal)
             return
         verdicts, by_dso = self.core.prequalify(req)
         for dso_id, assets in by_dso.items():
@@ -114,7 +114,7 @@ class TSO(Actor):
 
     async def on_bid(self, msg: Received[EnergyBid]) -> None:
         if refusal := self.core.take_bid(msg.body, msg.sender, self.clock.now()):
-            await self.gw.refuse(msg, refusal)
+            self.gw.refuse(msg, refusal)
 
     async def on_flex(self, msg: Received[FlexActivation]) -> None:
         self.core.take_flex(msg.body)
@@ -123,9 +123,9 @@ class TSO(Actor):
         self.core.take_market_result(msg.body)
         self.result_arrived.set()
 
-    async def on_telemetry(self, msg: Received[Telemetry]) -> None:
+    def on_telemetry(self, msg: Received[Telemetry]) -> None:
         if refusal := self.core.take_telemetry(msg.body, msg.sender):
-            await self.gw.refuse(msg, refusal)
+            self.gw.refuse(msg, refusal)
 
     async def on_termination(self, msg: Received[TerminationSignal]) -> None:
         env = msg.envelope
@@ -133,7 +133,7 @@ class TSO(Actor):
             msg.body, msg.sender, self.clock.now(), env.correlation_id, env.message_id
         )
         if refusal:
-            await self.gw.refuse(msg, refusal)
+            self.gw.refuse(msg, refusal)
         await self.send(out)
 
     # --- the merit order list (CS review Fig. 4) ------------------------------------------------

@@ -21,6 +21,7 @@ state on connect and an 'offline' state as the MQTT will.
 import asyncio
 import contextlib
 import math
+import os
 import random
 import time
 import uuid
@@ -64,7 +65,7 @@ from tsodso.schemas.rights import Rights, default_rights
 from tsodso.schemas.topics import ALL, inbox_filters, topic_for
 
 B = TypeVar("B", bound=Body)
-Handler = Callable[[Received[Any]], Awaitable[None]]
+Handler = Callable[[Received[Any]], Awaitable[None] | None]
 
 SOFTWARE = "tsodso-testbed/0.1"
 
@@ -139,6 +140,17 @@ def rejection_notice(rej: Rejected) -> Rejection:
         code=rej.code,
         reason=rej.reason,
     )
+
+
+_ids = random.Random(int.from_bytes(os.urandom(16), "big"))  # seeded from the OS, again in a forked child
+os.register_at_fork(after_in_child=lambda: _ids.seed(int.from_bytes(os.urandom(16), "big")))
+
+
+def new_message_id() -> uuid.UUID:
+    """A random (version 4) UUID for a message id. Ids must be unique, not secret (a signature, not the id,
+    proves who sent a message): drawn from a generator seeded once from the OS, without a system call per
+    message as ``uuid.uuid4`` makes."""
+    return uuid.UUID(int=_ids.getrandbits(128), version=4)
 
 
 def _dt(us: int) -> datetime:
@@ -222,6 +234,8 @@ class Gateway:
         self.will = will  # the retained 'offline' state as the MQTT will (off: a device emulator's fault)
         self._started: list[asyncio.Task[Any]] | None = None
         self.connect_error: str | None = None  # why the last connection attempt failed
+        self._early: list[Incoming] | None = []  # arrivals before 'async with' gave the gateway to its caller
+        self._keep_unhandled = False
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -234,7 +248,19 @@ class Gateway:
         await conn.subscribe(inbox_filters(self.me), qos=1)
         self.log.info("connected", broker=self.broker.url, protocol=5 if self._v5 else 4, connections=self.connections)
         await self.publish(self._state("online"), ALL)
+        # what arrived so far (retained presence, queued messages) is handled once the caller has had the
+        # chance to register its handlers: right after 'async with' gives it the gateway
+        loop.call_soon(self._release_early)
         return self
+
+    def _release_early(self) -> None:
+        early, self._early = self._early, None
+        self._keep_unhandled = True  # what came with the connection waits for messages() (queued, retained)
+        try:
+            for message in early or ():
+                self._receive(message)
+        finally:
+            self._keep_unhandled = False
 
     async def _connect_first(self) -> MqttConnection | MemoryClient:
         """The first connection, tried until ``connect_timeout_s``: afresh (a clean session first, dropping
@@ -247,7 +273,7 @@ class Gateway:
         while True:
             left = deadline - time.monotonic()
             try:
-                if not self.resume_session:
+                if not self.resume_session and not self.broker.memory:  # the in-memory bus keeps no sessions
                     fresh = self._connection(clean=True)
                     await fresh.connect(max(left, 0.1))
                     await fresh.close()
@@ -266,12 +292,12 @@ class Gateway:
                     ) from None
             except (OSError, TimeoutError) as exc:
                 self.connect_error = str(exc) or repr(exc)
-                if isinstance(exc, ConnectionRefusedError):
-                    self.connect_error = f"connection refused ({exc})"
+                if isinstance(exc, ConnectionRefusedError) and exc.errno:
+                    self.connect_error = f"[Errno {exc.errno}] {os.strerror(exc.errno)}"
             if time.monotonic() + delay >= deadline:
                 why = self.connect_error or "no answer"
                 hint = ""
-                if why.startswith("connection refused"):
+                if "connection refused" in why.lower():
                     hint = " (nothing listens there: start a broker, e.g. 'tsodso broker embedded', or check host and port)"
                 raise BrokerUnreachable(
                     f"{self.client_id}: could not connect to {self.broker.url} within {self.connect_timeout_s:g} s: "
@@ -417,7 +443,7 @@ class Gateway:
         created = _dt(self.now_us())
         expiry = valid_for_s if valid_for_s is not None else self.policy[type_name].expiry_s
         env = Envelope.model_construct(
-            message_id=message_id or uuid.uuid4(),
+            message_id=message_id or new_message_id(),
             type=type_name,
             schema_version=SCHEMA_VERSION,
             sender=self.me,
@@ -568,13 +594,13 @@ class Gateway:
                     "out",
                     "dropped" if dropped else "sent",
                     dropped,
-                    str(env.message_id),
+                    env.message_id,
                     env.type,
                     topic,
                     self._me_str,
-                    str(env.recipients[0]),
-                    str(env.correlation_id) if env.correlation_id else None,
-                    str(env.causation_id) if env.causation_id else None,
+                    env.recipients[0],
+                    env.correlation_id,
+                    env.causation_id,
                     env.sequence,
                     size,
                     qos,
@@ -611,7 +637,7 @@ class Gateway:
                     for earlier in ids:
                         self._pending[earlier] = answer
                 # reserve the message id before publishing: the answer may arrive before publish returns
-                env_id = uuid.uuid4()
+                env_id = new_message_id()
                 self._pending[env_id] = answer
                 ids.append(env_id)
                 await self.publish(
@@ -640,8 +666,10 @@ class Gateway:
     # --- receiving ----------------------------------------------------------------------------
 
     def on(self, body_type: type[B], handler: Handler | None = None) -> Any:
-        """Register an async handler for a message type (usable as a decorator). Each message is
-        handled in its own task, so a handler may itself send requests and wait for answers."""
+        """Register a handler for a message type (usable as a decorator). An ``async`` handler handles
+        each message in its own task, so it may itself send requests and wait for answers; a plain
+        function is called at once, on the receiving path (for bookkeeping that never waits: no task
+        per message)."""
 
         def register(fn: Handler) -> Handler:
             self._handlers[body_type.type_name].append(fn)
@@ -650,15 +678,16 @@ class Gateway:
         return register(handler) if handler is not None else register
 
     async def messages(self) -> AsyncIterator[Received[Any]]:
-        """Every accepted message that no handler and no pending request took, in arrival order, from
-        the first call on (before it, such messages are counted as 'unhandled' and not kept). The
-        queue holds at most 10 000; beyond that the newest are dropped and logged."""
+        """Every accepted message that no handler and no pending request took, in arrival order: those
+        that came with the connection (queued for this actor, retained) and those after the first call
+        (in between, such messages are counted as 'unhandled' and not kept). The queue holds at most
+        10 000; beyond that the newest are dropped and logged."""
         if self._inbox is None:
             self._inbox = asyncio.Queue(maxsize=10_000)
         while True:
             yield await self._inbox.get()
 
-    async def refuse(self, msg: Received[Any], reason: str) -> None:
+    def refuse(self, msg: Received[Any], reason: str) -> None:
         """The actor refuses a valid message as implausible (a setpoint from a party it has no
         contract with, beyond an accepted bid...): an exchange-log row and, where the sender's
         identity is established, a rejection notice with ``reason``."""
@@ -687,7 +716,11 @@ class Gateway:
 
     def _receive(self, message: Incoming) -> None:
         """Every PUBLISH that arrives: handled in isolation (:meth:`_on_message`); a failure outside that
-        isolation ends the gateway loudly (:meth:`_die`)."""
+        isolation ends the gateway loudly (:meth:`_die`). Until the gateway is given to its caller,
+        arrivals wait, in order."""
+        if self._early is not None:
+            self._early.append(message)
+            return
         try:
             self._on_message(message)
         except Exception as exc:
@@ -747,13 +780,13 @@ class Gateway:
                     "in",
                     "delivered",
                     msg.note,
-                    str(env.message_id),
+                    env.message_id,
                     env.type,
                     topic,
-                    str(env.sender),
+                    env.sender,
                     self._me_str,
-                    str(env.correlation_id) if env.correlation_id else None,
-                    str(env.causation_id) if env.causation_id else None,
+                    env.correlation_id,
+                    env.causation_id,
                     env.sequence,
                     msg.size,
                     qos,
@@ -779,10 +812,14 @@ class Gateway:
         handlers = self._handlers.get(env.type)
         if handlers:
             for handler in handlers:
-                self.spawn(handler(msg))
-        elif self._inbox is None:
+                result = handler(msg)
+                if result is not None:  # a coroutine: an async handler's own task
+                    self.spawn(result)
+        elif self._inbox is None and not self._keep_unhandled:
             self.stats["unhandled"] += 1
         else:
+            if self._inbox is None:
+                self._inbox = asyncio.Queue(maxsize=10_000)
             try:
                 self._inbox.put_nowait(msg)
             except asyncio.QueueFull:

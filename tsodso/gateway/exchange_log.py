@@ -1,7 +1,8 @@
 """The exchange log: one SQLite row per message sent, received, rejected or dropped.
 
 The gateway calls :meth:`ExchangeLog.record` on its per-message path; that only appends a tuple to
-a thread-safe deque. A writer thread drains the deque in batches (``executemany`` in one
+a thread-safe deque, with ids and parties as the objects they are (the writer turns them into text,
+off the message's path). A writer thread drains the deque in batches (``executemany`` in one
 transaction, WAL journal) every ``flush_interval_s``. :meth:`close` drains what is left, so nothing
 is lost on a clean stop. Several actors, in one process or several, may share one file: SQLite's
 WAL and a busy timeout serialise the writers.
@@ -66,19 +67,24 @@ COLUMNS = (
 _INSERT = f"INSERT INTO exchange ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
+_STORED = (str, int, float, bytes)  # what SQLite stores as it is; anything else (a UUID, a Party) as its text
+
+
 class LogRow(NamedTuple):
+    """One row; ids and parties may be given as objects (stored as their text)."""
+
     run_id: str
     actor: str
     direction: str
     outcome: str
     reason: str | None
-    message_id: str | None
+    message_id: Any
     type: str | None
     topic: str
-    sender: str | None
-    receiver: str | None
-    correlation_id: str | None
-    causation_id: str | None
+    sender: Any
+    receiver: Any
+    correlation_id: Any
+    causation_id: Any
     sequence: int | None
     bytes: int
     qos: int | None
@@ -130,9 +136,10 @@ class ExchangeLog:
         except IndexError:
             pass
         if batch:
+            rows = [tuple(v if v is None or type(v) in _STORED else str(v) for v in row) for row in batch]
             with self._lock:
                 with self._db:
-                    self._db.executemany(_INSERT, batch)
+                    self._db.executemany(_INSERT, rows)
                 self.written += len(batch)
         return len(batch)
 
