@@ -245,3 +245,37 @@ def test_broker_url_parsing():
         BrokerSpec.parse("http://h:1883")
     with pytest.raises(ValueError, match="protocol must be 5 or 3.1.1"):
         BrokerSpec.parse("mqtt://h?protocol=6")
+
+
+async def test_a_burst_beyond_the_brokers_window_of_messages_in_flight_is_delivered_whole(uid, tmp_path):
+    """A broker allows only so many unacknowledged QoS 1 messages per client (MQTT 5 Receive Maximum:
+    Mosquitto's max_inflight_messages, 20 by default). A burst of 300 waits for room instead of failing,
+    and every message arrives, once."""
+    import subprocess
+
+    from tsodso.broker.launch import free_port, wait_for_port
+    from tsodso.broker.mosquitto import binary
+
+    mosquitto_or_skip()
+    port = free_port()
+    conf = tmp_path / "small-window.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages 5\n"
+    )
+    proc = subprocess.Popen([binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, proc=proc)
+        url = f"mqtt://127.0.0.1:{port}"
+        p = parties(uid)
+        got: list = []
+        async with Gateway(p["tso"], url) as tso, Gateway(p["dso"], url) as dso:
+            reader = asyncio.create_task(collect(dso, got, Schedule))
+            for i in range(300):
+                await tso.publish(schedule(i), p["dso"])
+            await wait_until(lambda: len(got) >= 300, timeout=30)
+            reader.cancel()
+        assert sorted(m.body.series[0].p_mw[0] for m in got) == [float(i) for i in range(300)]
+        assert tso.stats["sent"] >= 300 and not tso.stats["dropped"]
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -342,6 +342,10 @@ def bench_rtt(
         "gateway (typed, validated, logged)", f"{result['gateway_p50_ms']:.3f}", f"{result['gateway_p99_ms']:.3f}"
     )
     table.add_row("raw gmqtt", f"{result['raw_p50_ms']:.3f}", f"{result['raw_p99_ms']:.3f}")
+    if result["c_p50_ms"] is not None:
+        table.add_row("raw libmosquitto (C)", f"{result['c_p50_ms']:.3f}", f"{result['c_p99_ms']:.3f}")
+    else:
+        table.add_row("raw libmosquitto (C)", "–", result["c_missing"])
     console.print(table)
     goals = (
         ("gateway p50 <= 0.8 ms", result["gateway_p50_ms"] <= 0.8),

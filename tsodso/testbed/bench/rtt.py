@@ -6,11 +6,16 @@ alike. The gateway path is TSO → DSO ``merit_order_list`` answered by ``mol_va
 JSON, pydantic validation on both ends, rights/expiry/duplicate checks, exchange-log rows. The raw
 path echoes opaque bytes of the same sizes between two plain connections of the client the gateway
 stands on (``gateway.mqtt``: gmqtt, nothing of the gateway), with the MQTT 5 properties a
-request/response carries anyway (message expiry, response topic, correlation data).
+request/response carries anyway (message expiry, response topic, correlation data). Where gcc and
+libmosquitto are installed, a third path gives the floor: the same round trip between two libmosquitto
+clients in C (``c_rtt.c``, built at run time), run after the other two.
 """
 
 import asyncio
+import ctypes.util
 import platform
+import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -98,6 +103,43 @@ async def _raw_block(
     return out
 
 
+def c_floor(spec: BrokerSpec, n: int, qos: int, request_bytes: int, response_bytes: int) -> dict[str, Any]:
+    """The round trip between two libmosquitto clients in C: {"p50_ms", "p99_ms"}, or {"missing": why}."""
+    if shutil.which("gcc") is None or ctypes.util.find_library("mosquitto") is None:
+        return {"missing": "needs gcc and libmosquitto (Debian: libmosquitto1)"}
+    if spec.tls or spec.username:
+        return {"missing": "the C floor runs on plain, anonymous brokers only"}
+    source = Path(__file__).with_name("c_rtt.c")
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = Path(tmp) / "c_rtt"
+        built = subprocess.run(
+            ["gcc", "-O2", "-o", str(binary), str(source), "-l:libmosquitto.so.1", "-lpthread"],
+            capture_output=True,
+            text=True,
+        )
+        if built.returncode != 0:
+            return {"missing": f"could not build c_rtt.c: {built.stderr.strip()[:200]}"}
+        ran = subprocess.run(
+            [
+                str(binary),
+                spec.host,
+                str(spec.port),
+                str(n),
+                str(qos),
+                str(request_bytes),
+                str(response_bytes),
+                str(spec.protocol),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    if ran.returncode != 0:
+        return {"missing": f"c_rtt failed: {ran.stderr.strip()[:200]}"}
+    p50, p99 = (float(v) for v in ran.stdout.split())
+    return {"p50_ms": p50, "p99_ms": p99}
+
+
 async def run_rtt(
     broker_url: str, *, n: int = 1000, qos: int = 1, block: int = 100, warmup: int = 50, signed: bool = False
 ) -> dict[str, Any]:
@@ -154,6 +196,7 @@ async def run_rtt(
                 gw_ms += await _gateway_block(tso, mol, k)
         log.close()
     g, r = summary(gw_ms), summary(raw_ms)
+    c = await asyncio.to_thread(c_floor, spec, n, qos, len(req_bytes), len(rep_bytes))
     return {
         "benchmark": "rtt",
         "metric": "request_response_p50",
@@ -168,6 +211,9 @@ async def run_rtt(
         "gateway_p99_ms": round(g["p99"], 4),
         "raw_p50_ms": round(r["p50"], 4),
         "raw_p99_ms": round(r["p99"], 4),
+        "c_p50_ms": c.get("p50_ms"),
+        "c_p99_ms": c.get("p99_ms"),
+        "c_missing": c.get("missing"),
         "ratio_p50": round(g["p50"] / r["p50"], 3),
         "n": n,
         "qos": qos,
