@@ -251,21 +251,15 @@ async def test_a_burst_beyond_the_brokers_window_of_messages_in_flight_is_delive
     """A broker allows only so many unacknowledged QoS 1 messages per client (MQTT 5 Receive Maximum:
     Mosquitto's max_inflight_messages, 20 by default). A burst of 300 waits for room instead of failing,
     and every message arrives, once."""
-    import subprocess
-
-    from tsodso.broker.launch import free_port, wait_for_port
+    from tsodso.broker.launch import RunningBroker, free_port
     from tsodso.broker.mosquitto import binary
 
     mosquitto_or_skip()
     port = free_port()
     conf = tmp_path / "small-window.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages 5\n"
-    )
-    proc = subprocess.Popen([binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port("127.0.0.1", port, proc=proc)
-        url = f"mqtt://127.0.0.1:{port}"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages 5\n")
+    url = f"mqtt://127.0.0.1:{port}"
+    with RunningBroker("mosquitto", url, port=port, command=[binary(), "-c", str(conf)], data_dir=tmp_path).start():
         p = parties(uid)
         got: list = []
         async with Gateway(p["tso"], url) as tso, Gateway(p["dso"], url) as dso:
@@ -274,8 +268,5 @@ async def test_a_burst_beyond_the_brokers_window_of_messages_in_flight_is_delive
                 await tso.publish(schedule(i), p["dso"])
             await wait_until(lambda: len(got) >= 300, timeout=30)
             reader.cancel()
-        assert sorted(m.body.series[0].p_mw[0] for m in got) == [float(i) for i in range(300)]
-        assert tso.stats["sent"] >= 300 and not tso.stats["dropped"]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    assert sorted(m.body.series[0].p_mw[0] for m in got) == [float(i) for i in range(300)]
+    assert tso.stats["sent"] >= 300 and not tso.stats["dropped"]
