@@ -171,7 +171,9 @@ class ArrivalCheck:
 
     def _addressed_to_me(self, recipient: Party) -> bool:
         me = self.me
-        return recipient == me or (recipient.id == "all" and recipient.role in (me.role, "all"))
+        if recipient.id == "all":
+            return recipient.role in (me.role, "all")
+        return recipient.id == me.id and recipient.role == me.role
 
     def check(self, topic: str, payload: bytes, received_us: int, *, retained: bool = False) -> Received:
         """Return the typed message, or raise :class:`Rejected` saying what was wrong."""
@@ -269,7 +271,14 @@ class ArrivalCheck:
         def refuse(code: RejectReason, reason: str, quiet: bool = False) -> Rejected:
             return Rejected(code, reason, topic, sender, env, quiet=quiet, authenticated=authenticated)
 
-        if env.sender != sender or env.type != parts.type or parts.recipient not in env.recipients:
+        # parties compared field by field (a pydantic model's == costs more than the rest of this check)
+        to = parts.recipient
+        if (
+            env.sender.id != sender.id
+            or env.sender.role != sender.role
+            or env.type != parts.type
+            or not any(r.id == to.id and r.role == to.role for r in env.recipients)
+        ):
             raise refuse(
                 RejectReason.TOPIC_MISMATCH,
                 f"topic says {sender} sends {parts.type} to {parts.recipient}; envelope says {env.sender} "
