@@ -26,6 +26,7 @@ What this module adds to the client:
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -93,36 +94,57 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
 
 class _InFlight(PersistentStorage):
     """gmqtt's store of QoS 1 messages awaiting their PUBACK, extended to count them (flow control), to
-    wake senders when there is room, and to keep what a lost session discards, to be sent again."""
+    wake waiting senders one per free place, in order (thousands may wait in a fan-out: waking them all
+    on every PUBACK would cost each wake-up thousands of times), and to keep what a lost session
+    discards, to be sent again."""
 
     def __init__(self) -> None:
         super().__init__()
         self.messages: dict[int, gmqtt.Message] = {}  # packet id -> the message, while unacknowledged
         self.sending: gmqtt.Message | None = None  # the message being published now (its id comes next)
         self.orphans: list[gmqtt.Message] = []  # unacknowledged when the broker lost the session
-        self.room = asyncio.Event()
-        self.room.set()
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self.limit = DEFAULT_RECEIVE_MAXIMUM - 1
+
+    @property
+    def room(self) -> bool:
+        return len(self.messages) < self.limit
+
+    async def wait_room(self) -> None:
+        """Wait until a place in the window frees (one waiter woken per place, oldest first)."""
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting.append(fut)
+        try:
+            await fut
+        finally:
+            with contextlib.suppress(ValueError):
+                self.waiting.remove(fut)
+
+    def _wake(self) -> None:
+        free = self.limit - len(self.messages)
+        for fut in self.waiting:
+            if free <= 0:
+                break
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1
 
     def push_message(self, mid: int, raw_package: Any) -> None:
         super().push_message(mid, raw_package)
         if self.sending is not None:
             self.messages[mid] = self.sending
             self.sending = None
-        if len(self.messages) >= self.limit:
-            self.room.clear()
 
     def remove_message_by_mid(self, mid: int) -> None:
         super().remove_message_by_mid(mid)
-        self.messages.pop(mid, None)
-        if len(self.messages) < self.limit:
-            self.room.set()
+        if self.messages.pop(mid, None) is not None and self.waiting:
+            self._wake()
 
     def clear(self) -> None:
         self.orphans.extend(self.messages.values())
         self.messages.clear()
         super().clear()
-        self.room.set()
+        self._wake()
 
 
 class MqttConnection:
@@ -218,6 +240,7 @@ class MqttConnection:
     def _on_connect(self, client: Any, session_present: int, rc: int, properties: dict[str, Any]) -> None:
         values = properties.get("receive_maximum") if properties else None
         self._store.limit = (values[0] if values else DEFAULT_RECEIVE_MAXIMUM) - 1
+        self._store._wake()
         self.connections += 1
         self.connected.set()
         if self.connections > 1 and not session_present and self._filters:
@@ -260,14 +283,14 @@ class MqttConnection:
 
     def ready(self, qos: int) -> bool:
         """Whether :meth:`publish` would write at once (connected, and room in the QoS 1 window)."""
-        return self.connected.is_set() and (qos == 0 or self._store.room.is_set())
+        return self.connected.is_set() and (qos == 0 or self._store.room)
 
     async def wait_ready(self, qos: int) -> None:
         """Wait until :meth:`ready` (a connection; for QoS 1, room in the broker's Receive Maximum)."""
         while not self.ready(qos):
             await self.connected.wait()
-            if qos:
-                await self._store.room.wait()
+            if qos and not self._store.room:
+                await self._store.wait_room()
 
     def publish(
         self,
