@@ -4,6 +4,7 @@ faults at their instants, one real-time check of its grid per setpoint period (C
 Birk et al. 2017 §3)."""
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import pandapower as pp
@@ -59,6 +60,7 @@ class DSO(Actor):
         super().__init__(gateway, clock, scenario)
         self.config = config
         self.out_dir = out_dir
+        self._saved_nets: dict[bytes, Path] = {}  # what an audited net's file depends on -> that file
         self.core = DsoCore(scenario, config, gateway.me.id)
         gateway.on(EnergyBid, self.on_bid)
         gateway.on(MarketResult, self.on_market_result)
@@ -167,7 +169,16 @@ class DSO(Actor):
                         )
             if not rows:
                 continue
+            name = f"{me}-{mol.mol_id}-iter{mol.iteration}-{'up' if direction == Direction.UP else 'down'}.json"
+            # a list validated on the same state with the same outcome as an earlier one has the same net:
+            # a copy of that file (a day's 192 lists of one bid at one limit are two nets, not 192 power flows)
+            key = self.core.fast.state_key(injections) + repr(rows).encode()
+            earlier = self._saved_nets.get(key)
+            if earlier is not None:
+                if earlier != directory / name:  # (the same list validated again is written once)
+                    shutil.copyfile(earlier, directory / name)
+                continue
             net = self.core.fast.audit(injections)
             net["bid_validation"] = pd.DataFrame(rows)
-            name = f"{me}-{mol.mol_id}-iter{mol.iteration}-{'up' if direction == Direction.UP else 'down'}.json"
             pp.to_json(net, str(directory / name))
+            self._saved_nets[key] = directory / name

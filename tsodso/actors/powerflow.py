@@ -204,6 +204,18 @@ class FastAC:
             )
         return cached[1]
 
+    def state_key(self, injections: Mapping[int, float] | np.ndarray) -> bytes:
+        """What :meth:`audit`'s net depends on, as bytes: the injections and the base net's loads,
+        generation and switching (equal keys, equal nets)."""
+        vec = injections if isinstance(injections, np.ndarray) else self.vector(injections)
+        net = self.net
+        parts = [np.asarray(vec, dtype=float).tobytes()]
+        for table, column in (("load", "p_mw"), ("load", "q_mvar"), ("sgen", "p_mw"), ("gen", "p_mw")):
+            parts.append(net[table][column].to_numpy(dtype=float).tobytes())
+        for table in ("line", "trafo", "load", "sgen", "gen"):
+            parts.append(net[table]["in_service"].to_numpy(dtype=bool).tobytes())
+        return b"|".join(parts)
+
     def audit(self, injections: Mapping[int, float] | np.ndarray) -> pp.pandapowerNet:
         """The same state solved by ``pp.runpp``: a pandapower net anyone can re-check."""
         vec = injections if isinstance(injections, np.ndarray) else self.vector(injections)
