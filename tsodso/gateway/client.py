@@ -11,11 +11,12 @@
 
 What it does for every message is in docs/architecture.md "How one message travels": envelope, topic,
 delivery policy (``gateway.policy``), exchange-log row, checks on arrival (``gateway.arrival``),
-rejections to the sender's error topic. Connection: TCP_NODELAY on the socket, a persistent session
-(QoS 1 messages queued while the actor is away arrive when it returns), reconnect with exponential
-back-off, QoS 1 messages that lost their connection before the broker acknowledged them are sent
-again on the next connection (receivers drop the duplicate by message id), a retained 'online'
-state on connect and an 'offline' state as the MQTT will.
+rejections to the sender's error topic. Connection (``gateway.mqtt``, gmqtt): TCP_NODELAY, a
+persistent session (QoS 1 messages queued while the actor is away arrive when it returns), the first
+connection retried with exponential back-off, later losses reconnected by the client, flow control to
+the broker's window of QoS 1 messages in flight, QoS 1 messages the broker had not acknowledged sent
+again on the next connection (receivers drop the duplicate by message id), a retained 'online' state
+on connect and an 'offline' state as the MQTT will.
 """
 
 import asyncio
@@ -329,7 +330,7 @@ class Gateway:
             session_expiry_s=0 if clean else self.session_expiry_s,
             will=Will(self._state_topic, will_payload) if self.will else None,
             keepalive_s=self.keepalive_s,
-            reconnect_delay_s=self.reconnect_delay_s[1] / 10,
+            reconnect_delay_s=self.reconnect_delay_s[1] / 10,  # after a loss: the client's fixed delay
         )
 
     def _on_connect(self, session_present: bool) -> None:
