@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.test_gateway import parties
-from tsodso.gateway import ExchangeLog, Gateway
+from tsodso.gateway import ExchangeLog, Gateway, RequestTimeout
 from tsodso.gateway.clocksync import measure_offset
 from tsodso.schemas.messages import Heartbeat
 from tsodso.testbed.stats import summary
@@ -22,7 +22,7 @@ async def test_a_known_clock_skew_is_recovered(broker, uid, tmp_path, skew_s):
             Gateway(p["tso"], broker.url, log=log) as tso,
             Gateway(p["dso"], broker.url, log=log, clock_offset_s=skew_s) as dso,
         ):
-            offset = await measure_offset(tso, p["dso"], probes=20)
+            offset = await measure_offset(tso, p["dso"], probes=20, timeout_s=60)  # a deadline only
             assert abs(offset.offset_ms - skew_s * 1000) <= offset.uncertainty_ms + 0.5
             assert offset.uncertainty_ms > 0  # half the best round trip: how long the path takes, not asserted
             got = []
@@ -79,3 +79,13 @@ async def test_the_run_start_says_how_wall_time_maps_to_scenario_time(uid):
     wall = clock.wall_origin + 10.0
     mapped = start.body.since + timedelta(seconds=start.body.speed * (wall - start.body.wall_start.timestamp()))
     assert mapped == scenario.start + timedelta(seconds=250)
+
+
+async def test_a_peer_that_does_not_answer_clock_probes_is_named_not_waited_for(broker, uid):
+    """A silent peer: the measurement gives up within its budget and says so; the caller goes on."""
+    from tsodso.schemas import Party
+
+    p = parties(uid)
+    async with Gateway(p["tso"], broker.url) as tso:
+        with pytest.raises(RequestTimeout, match=f"no answer from dso/silent-{uid} to a clock probe"):
+            await measure_offset(tso, Party(role="dso", id=f"silent-{uid}"), probes=5, timeout_s=0.5)

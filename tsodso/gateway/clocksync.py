@@ -9,10 +9,11 @@ trip. Of N probes, the one with the smallest round trip gives the estimate; half
 the stated uncertainty.
 """
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from tsodso.gateway.client import Gateway
+from tsodso.gateway.client import Gateway, RequestTimeout
 from tsodso.schemas.envelope import Party
 from tsodso.schemas.messages import Heartbeat
 
@@ -31,16 +32,28 @@ class ClockOffset:
 
 
 async def measure_offset(gw: Gateway, peer: Party, *, probes: int = 20, timeout_s: float = 2.0) -> ClockOffset:
+    """Up to ``probes`` probes, one after the other, within ``timeout_s`` in all: those answered in time
+    count. Raises :class:`RequestTimeout` when none was answered (a busy or silent peer)."""
     best: tuple[float, float] | None = None  # (rtt_us, offset_us)
+    answered = 0
+    deadline = time.monotonic() + timeout_s
     for _ in range(probes):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
         t1 = gw.now_us()
-        answer = await gw.request(
-            Heartbeat(sent_at=datetime.fromtimestamp(t1 / 1e6, UTC), interval_s=1.0), peer, timeout=timeout_s
-        )
+        try:
+            answer = await gw.request(
+                Heartbeat(sent_at=datetime.fromtimestamp(t1 / 1e6, UTC), interval_s=1.0), peer, timeout=left
+            )
+        except RequestTimeout:
+            break
+        answered += 1
         t3 = answer.received_us
         t2 = answer.body.sent_at.timestamp() * 1e6
         rtt = t3 - t1
         if best is None or rtt < best[0]:
             best = (rtt, t2 - (t1 + t3) / 2)
-    assert best is not None
-    return ClockOffset(str(peer), best[1] / 1000, best[0] / 2000, best[0] / 1000, probes)
+    if best is None:
+        raise RequestTimeout(f"no answer from {peer} to a clock probe within {timeout_s:g} s")
+    return ClockOffset(str(peer), best[1] / 1000, best[0] / 2000, best[0] / 1000, answered)

@@ -30,7 +30,7 @@ from tsodso.actors.config import Scenario
 from tsodso.actors.dso import DSO
 from tsodso.actors.mo import MarketOperator
 from tsodso.actors.tso import TSO
-from tsodso.gateway import BrokerSpec, ExchangeLog, Gateway, Received
+from tsodso.gateway import BrokerSpec, ExchangeLog, Gateway, Received, RequestTimeout
 from tsodso.gateway.clocksync import measure_offset
 from tsodso.gateway.logs import configure_logging
 from tsodso.schemas.codes import SystemState
@@ -151,6 +151,7 @@ async def run_actor(
                 actor = MarketOperator(gw, clock, scenario)
             else:
                 actor = BSP(gw, clock, scenario, next(b for b in scenario.bsps if b.id == actor_id))
+            clocking: asyncio.Task[None] | None = None  # the clock offset's measurement (not by the TSO)
             if stored is not None:
                 clock.wall_origin = stored["wall_origin"]
                 rejoin(actor, state_file, clock, out)
@@ -173,16 +174,11 @@ async def run_actor(
                         f"no 'run start' from tso/{scenario.tso.id} within {start_timeout_s:g} s "
                         "(the TSO starts the run when every actor is online; a run that has ended does not start again)"
                     ) from None
-                # this host's clock against the TSO's, so the summary can correct one-way latencies
-                offset = await measure_offset(gw, Party(role="tso", id=scenario.tso.id), probes=10)
-                write_json(
-                    out / f"clock-{role}-{actor_id}.json",
-                    {
-                        "actor": f"{role}/{actor_id}",
-                        "offset_ms": -offset.offset_ms,
-                        "uncertainty_ms": offset.uncertainty_ms,
-                        "rtt_min_ms": offset.rtt_min_ms,
-                    },
+                # this host's clock against the TSO's, so the summary can correct one-way latencies: measured
+                # beside the run (its first minutes are the BSP's to prequalify and bid), and not at all when
+                # the TSO does not answer in time (the run goes on, its latencies uncorrected)
+                clocking = asyncio.create_task(
+                    write_clock_offset(gw, Party(role="tso", id=scenario.tso.id), out / f"clock-{role}-{actor_id}.json")
                 )
             gc.collect()
             gc.freeze()  # see testbed.runner: no full collection over the grid's heap mid-run
@@ -197,6 +193,8 @@ async def run_actor(
             await asyncio.sleep(clock.wall_seconds(2 * scenario.setpoint_period_s))  # last answers arrive
             watching.cancel()
             snapshots.cancel()
+            if clocking is not None:
+                clocking.cancel()
             run_file.unlink(missing_ok=True)  # the run is over: the same command starts a new one
             state_file.unlink(missing_ok=True)
             write_json(out / f"stalls-{role}-{actor_id}.json", {f"{role}/{actor_id}": watch.results()})
@@ -232,6 +230,24 @@ async def run_actor(
             loop_stalls=stalls,
             rejoins=rejoins,
         )
+
+
+async def write_clock_offset(gw: Gateway, tso: Party, path: Path, budget_s: float = 10.0) -> None:
+    """Measure this host's clock against the TSO's and write it to ``path`` (for the summary)."""
+    try:
+        offset = await measure_offset(gw, tso, probes=10, timeout_s=budget_s)
+    except RequestTimeout as exc:
+        gw.log.warning("clock offset not measured: one-way latencies stay uncorrected", error=str(exc))
+        return
+    write_json(
+        path,
+        {
+            "actor": str(gw.me),
+            "offset_ms": -offset.offset_ms,
+            "uncertainty_ms": offset.uncertainty_ms,
+            "rtt_min_ms": offset.rtt_min_ms,
+        },
+    )
 
 
 def write_json(path: Path, data: Any) -> None:
