@@ -63,6 +63,23 @@ def test_rtt_benchmark_reports_both_paths_from_one_run():
         assert key in result
     assert result["ratio_p50"] == pytest.approx(result["gateway_p50_ms"] / result["raw_p50_ms"], abs=0.002)
     assert result["protocol"] == "3.1.1" and result["request_bytes"] > 500
+    # the C floor: measured where gcc and libmosquitto are installed, else the reason it is not
+    assert (result["c_p50_ms"] is not None) != (result["c_missing"] is not None)
+
+
+def test_throughput_benchmark_takes_every_message_through_the_gateway_each_way():
+    from tsodso.testbed.bench.throughput import run_throughput
+
+    with start_broker("embedded") as running:
+        result = run_throughput(running.url, n=300)
+    rows = result["rows"]
+    assert set(rows) == {
+        f"{d}_{path}_qos{q}" for d in ("send", "receive") for path in ("gateway", "raw") for q in (0, 1)
+    }
+    for name, row in rows.items():
+        assert row["arrived"] > 0 and row["msg_per_s"] > 0, name
+    assert rows["send_gateway_qos1"]["lost"] == rows["receive_gateway_qos1"]["lost"] == 0  # QoS 1 loses nothing
+    assert set(result["steps_us"]) >= {"build_us", "log_out_us", "check_us", "dispatch_us"}
 
 
 def test_day_benchmark_runs_the_reference_scenario_and_reports_against_the_paced_floor():
