@@ -742,7 +742,7 @@ class Gateway:
 
     def _on_message(self, message: Incoming) -> None:
         """One message, in isolation: nothing it contains may stop the loop that receives the next."""
-        received_us = self.now_us()
+        received_us = message.received_ns // 1000 + self.clock_offset_us if message.received_ns else self.now_us()
         message_id: str | None = None
         # the handler tasks this arrival starts, counted only where a virtual clock waits for them
         started: list[asyncio.Task[Any]] | None = [] if self.traffic is not None else None

@@ -30,6 +30,7 @@ import collections
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,13 +69,16 @@ class Will:
 @dataclass(slots=True)
 class Incoming:
     """One PUBLISH as it arrived. ``properties``: its MQTT 5 properties by name (``message_expiry_interval``,
-    ``response_topic``, ``correlation_data``...), each a list of values, as the client parses them."""
+    ``response_topic``, ``correlation_data``...), each a list of values, as the client parses them;
+    ``received_ns``: when it was read from the connection (wall clock, ns since the epoch), before any
+    queue it may wait in."""
 
     topic: str
     payload: bytes
     qos: int
     retain: bool
     properties: dict[str, Any]
+    received_ns: int = 0
 
     def property(self, name: str) -> Any:
         values = self.properties.get(name)
@@ -331,7 +335,7 @@ class MqttConnection:
 
     def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]) -> int:
         retain = bool(properties.get("retain"))
-        self.on_message(Incoming(topic, payload, qos, retain, properties))
+        self.on_message(Incoming(topic, payload, qos, retain, properties, time.time_ns()))
         return 0
 
     # --- closing --------------------------------------------------------------------------------

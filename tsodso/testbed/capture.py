@@ -152,7 +152,7 @@ class Recorder:
     async def _read(self) -> None:
         assert self._client is not None
         async for m in self._client.messages():
-            t_us = time.time_ns() // 1000
+            t_us = m.received_ns // 1000  # read from the connection, not when this task got to it
             props = {
                 name: m.property(name)
                 for name in ("message_expiry_interval", "response_topic", "correlation_data")
