@@ -374,8 +374,8 @@ class Gateway:
         if self._closing:
             return
         client = self._client
-        if client is not None and self.failed is None and client.ready(1):
-            with contextlib.suppress(Exception):
+        if client is not None and self.failed is None and client.connected.is_set():
+            with contextlib.suppress(Exception):  # (waits for room in a full window, 2 s at most)
                 await asyncio.wait_for(self.publish(self._state("offline"), ALL), 2.0)
         self._closing = True
         for task in list(self._tasks):
@@ -538,7 +538,7 @@ class Gateway:
         sent_us, dropped = await self._send(topic, payload, policy, props, None)
         self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
 
-    def _properties(self, env: Envelope) -> Properties:
+    def _properties(self, env: Envelope) -> Properties | None:
         """MQTT 5 properties of one message: expiry, and response topic / correlation data of a request or
         an answer. The broker drops the message once the envelope says it has expired (a paced run's
         setpoint lives its scenario period over the speed), not seconds later by the policy's default.
@@ -550,7 +550,7 @@ class Gateway:
             return Properties(expiry, env.reply_to, env.message_id.bytes)
         if env.causation_id is not None:
             return Properties(expiry, None, env.causation_id.bytes)
-        return Properties(expiry, None, None)
+        return Properties(expiry, None, None) if expiry is not None else None
 
     async def _send(
         self, topic: str, payload: bytes, policy: DeliveryPolicy, props: Properties | None, valid_until_us: int | None

@@ -90,8 +90,9 @@ class MemoryClient:
 
     async def connect(self, timeout_s: float = 0.0) -> None:
         old = self.bus.clients.get(self.client_id)
-        if old is not None:
-            old.lost = True  # a client id connects once: the newcomer takes over, as a broker does
+        if old is not None:  # a client id connects once: the newcomer takes over, as a broker does
+            old.lost = True
+            old.connected.clear()
         self.bus.clients[self.client_id] = self
         self.bus.changed()
         self.connections += 1
@@ -136,7 +137,8 @@ class MemoryClient:
         return not self.lost
 
     async def wait_ready(self, qos: int) -> None:
-        return None
+        """A client taken over waits for good (the in-memory bus reconnects no one)."""
+        await self.connected.wait()
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, **properties: Any) -> None:
         self.bus.publish(topic, payload, qos, retain)

@@ -124,7 +124,8 @@ class _InFlight(PersistentStorage):
             with contextlib.suppress(ValueError):
                 self.waiting.remove(fut)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wake as many waiting senders as there are free places."""
         free = self.limit - len(self.messages)
         for fut in self.waiting:
             if free <= 0:
@@ -142,13 +143,13 @@ class _InFlight(PersistentStorage):
     def remove_message_by_mid(self, mid: int) -> None:
         super().remove_message_by_mid(mid)
         if self.messages.pop(mid, None) is not None and self.waiting:
-            self._wake()
+            self.wake()
 
     def clear(self) -> None:
         self.orphans.extend(self.messages.values())
         self.messages.clear()
         super().clear()
-        self._wake()
+        self.wake()
 
 
 class MqttConnection:
@@ -244,7 +245,7 @@ class MqttConnection:
     def _on_connect(self, client: Any, session_present: int, rc: int, properties: dict[str, Any]) -> None:
         values = properties.get("receive_maximum") if properties else None
         self._store.limit = (values[0] if values else DEFAULT_RECEIVE_MAXIMUM) - 1
-        self._store._wake()
+        self._store.wake()
         self.connections += 1
         self.connected.set()
         if self.connections > 1 and not session_present and self._filters:
