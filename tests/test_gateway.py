@@ -14,9 +14,10 @@ from tsodso.gateway import ExchangeLog, Gateway, RequestTimeout
 from tsodso.gateway.arrival import encode
 from tsodso.gateway.connection import BrokerSpec
 from tsodso.gateway.mqtt import Subscriber
+from tsodso.gateway.presence import Presence
 from tsodso.schemas import Envelope, Party
 from tsodso.schemas.examples import SAMPLES
-from tsodso.schemas.messages import Heartbeat, MeritOrderList, MolValidation, Rejection
+from tsodso.schemas.messages import ActorState, Heartbeat, MeritOrderList, MolValidation, Rejection
 from tsodso.schemas.topics import ALL, topic_for
 
 
@@ -341,6 +342,17 @@ async def test_presence_birth_is_retained_and_death_is_the_will(broker, uid):
             # and the gateway comes back by itself, saying so
             await wait_until(lambda: seen[-1]["status"] == "online" and bsp.connections == 2, timeout=10)
             task.cancel()
+    # every state of this process names its start, the will (built before the first 'online') too, so
+    # that a receiver orders them by start and, within it, by arrival: offline after the cut, then back
+    assert {s["started_at"] for s in seen} == {seen[0]["started_at"]}
+    presence, sender = Presence(), str(p["bsp"])
+    verdicts = []
+    for s in seen:
+        retained = s.pop("retained")
+        presence.update(sender, ActorState.model_validate(s), retained=retained)
+        verdicts.append(presence.is_online(sender))
+    cut_at = next(i for i, s in enumerate(seen) if s["status"] == "offline")
+    assert verdicts[:cut_at] == [True] * cut_at and not verdicts[cut_at] and verdicts[-1]
 
 
 async def test_clean_stop_leaves_offline_state_retained(broker, uid):

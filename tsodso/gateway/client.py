@@ -215,6 +215,8 @@ class Gateway:
         self.client_id = client_id or f"{me.role}-{me.id}"  # also names the persistent session
         self.stats: Counter[str] = Counter()  # outcome -> count
         self.connections = 0
+        # every presence state of this process carries it, its will too (gateway.presence)
+        self.started_at = datetime.fromtimestamp(self.now_us() / 1e6, UTC)
         self.log = structlog.get_logger("gateway").bind(actor=str(me), run=self.run_id)
 
         self._me_str = str(me)
@@ -397,7 +399,7 @@ class Gateway:
         return self._client is not None and self._client.connected.is_set()
 
     def _state(self, status: Literal["online", "offline"]) -> ActorState:
-        return ActorState(status=status, since=datetime.now(UTC), software=SOFTWARE)
+        return ActorState(status=status, since=datetime.now(UTC), software=SOFTWARE, started_at=self.started_at)
 
     async def _die(self, exc: BaseException) -> None:
         """The gateway cannot go on: say 'offline' (retained) on the connection if it still works, then

@@ -514,6 +514,14 @@ class ActorState(Body):
     status: Literal["online", "offline"] = Field(description="'online' or 'offline'.")
     since: UtcTime = utc("Wall-clock instant of the change")
     software: str | None = Field(default=None, max_length=128, description="Software and version of the actor.")
+    started_at: UtcTime | None = Field(
+        default=None,
+        description="When the sending process began speaking on the bus (UTC): every state of one process "
+        "carries the same instant, its MQTT will included. A receiver keeps the state of the latest start: "
+        "a state of an earlier start, such as a previous run's retained 'offline' that a broker cluster "
+        "delivers late, is stale; within one start, states count in the order they arrive ('offline' as "
+        "the will comes after the 'online' it ends, though built before it).",
+    )
 
 
 class Heartbeat(Body):

@@ -306,7 +306,7 @@ async def _emulate_tso(
         actor = TSO(gw, clock, profile, profile.tso)
         if ready is not None:
             ready()
-        while not peers <= online:
+        while not peers <= online.online:
             if stop.is_set():
                 return
             await asyncio.sleep(0.05)

@@ -33,6 +33,7 @@ from tsodso.actors.tso import TSO
 from tsodso.gateway import BrokerSpec, ExchangeLog, Gateway, Received, RequestTimeout
 from tsodso.gateway.clocksync import measure_offset
 from tsodso.gateway.logs import configure_logging
+from tsodso.gateway.presence import Presence
 from tsodso.schemas.codes import SystemState
 from tsodso.schemas.envelope import Party
 from tsodso.schemas.messages import ActorState, SystemStateNotice
@@ -59,15 +60,16 @@ def is_run_start(msg: Received[SystemStateNotice], connected_at: float) -> bool:
     )
 
 
-def track_presence(gw: Gateway) -> set[str]:
-    """The actors ('role/id') currently online, kept up to date from their retained actor_state."""
-    online: set[str] = set()
+def track_presence(gw: Gateway) -> Presence:
+    """The actors ('role/id') on the bus, kept up to date from their actor_state (``gateway.presence``:
+    by the start each state belongs to, not by arrival order alone)."""
+    presence = Presence()
 
     @gw.on(ActorState)
-    async def presence(msg: Received[ActorState]) -> None:
-        (online.add if msg.body.status == "online" else online.discard)(str(msg.sender))
+    def state(msg: Received[ActorState]) -> None:
+        presence.update(str(msg.sender), msg.body, retained=msg.retained)
 
-    return online
+    return presence
 
 
 async def announce_run_start(gw: Gateway, scenario: Scenario, clock: Clock) -> None:
@@ -158,11 +160,11 @@ async def run_actor(
             elif role == "tso":
                 peers = {f"{r}/{i}" for r, i in scenario.actors() if r != "tso"}
                 deadline = time.time() + start_timeout_s
-                while not peers <= online:
+                while not peers <= online.online:
                     if time.time() > deadline:
                         raise RunNotStarted(
                             f"not every actor of the scenario came online within {start_timeout_s:g} s "
-                            f"(missing: {', '.join(sorted(peers - online))}); start them with 'tsodso actor' on this broker"
+                            f"(missing: {', '.join(sorted(peers - online.online))}); start them with 'tsodso actor' on this broker"
                         )
                     await asyncio.sleep(0.05)
                 await announce_run_start(gw, scenario, clock)
