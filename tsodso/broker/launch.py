@@ -5,6 +5,7 @@ with start_broker("embedded") as b:      # broker.embedded on a free loopback po
 with start_broker("mosquitto") as b:     # mosquitto, the project's configuration
     b.restart()                          # SIGTERM (saves persistent sessions), start again
 start_broker("nats")                     # nats-server with JetStream and MQTT (3.1.1)
+with start_broker("nats", nodes=3) as c: # a 3-node cluster: c.url names every node; c.members[0].stop(hard=True)
 start_broker("mqtt://host:1883")         # nothing to start
 """
 
@@ -16,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tsodso.broker import mosquitto, nats
 
@@ -73,8 +75,9 @@ class RunningBroker:
 
     def start(self) -> "RunningBroker":
         if self.command and (self.proc is None or self.proc.poll() is not None):
-            log = open(self.data_dir / f"{self.kind}.out", "ab") if self.data_dir else subprocess.DEVNULL  # noqa: SIM115 (the broker process holds it)
-            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command, stdout=_out(self), stderr=subprocess.STDOUT, start_new_session=True
+            )
             wait_for_port(self.host, self.port, proc=self.proc)
         return self
 
@@ -100,6 +103,83 @@ class RunningBroker:
         self.stop()
 
 
+@dataclass
+class RunningCluster(RunningBroker):
+    """Brokers that form one cluster (``members``, each a node on its own port): started together and
+    ready only when a QoS 1 message published on each node reaches a subscriber on another (a cold
+    NATS cluster accepts MQTT connections before its JetStream is ready, and lost early messages)."""
+
+    members: list[RunningBroker] = field(default_factory=list)
+    ready_timeout_s: float = 60.0
+    probe_login: tuple[str, str] | None = None  # (user, password) of the readiness probe, where needed
+
+    def start(self) -> "RunningCluster":
+        for member in self.members:
+            if member.proc is None or member.proc.poll() is not None:
+                member.proc = subprocess.Popen(
+                    member.command, stdout=_out(member), stderr=subprocess.STDOUT, start_new_session=True
+                )
+        for member in self.members:
+            wait_for_port(member.host, member.port, proc=member.proc)
+        wait_until_delivering(self.url, self.ready_timeout_s, self.probe_login)
+        return self
+
+    def stop(self, *, hard: bool = False) -> None:
+        for member in self.members:
+            member.stop(hard=hard)
+
+
+def _out(broker: RunningBroker) -> Any:
+    return (
+        open(broker.data_dir / f"{broker.kind}.out", "ab") if broker.data_dir else subprocess.DEVNULL
+    )  # (the broker process holds it)
+
+
+def wait_until_delivering(url: str, timeout_s: float, login: tuple[str, str] | None = None) -> None:
+    """Return once a QoS 1 message published on each node of ``url`` reaches a subscriber on the next
+    node (or the same one, for a single node); BrokerError after ``timeout_s``."""
+    import asyncio
+    import uuid
+
+    from tsodso.gateway.connection import BrokerSpec
+    from tsodso.gateway.mqtt import Subscriber
+
+    spec = BrokerSpec.parse(url)
+    if login is not None:
+        spec = spec.with_credentials(*login)
+    nodes = spec.nodes
+
+    async def round_trip(i: int) -> None:
+        at = replace(spec, host=nodes[i][0], port=nodes[i][1], other_nodes=())
+        nxt = replace(spec, host=nodes[(i + 1) % len(nodes)][0], port=nodes[(i + 1) % len(nodes)][1], other_nodes=())
+        topic = f"{nats.READY_PREFIX}/{uuid.uuid4().hex[:8]}"
+        async with Subscriber(nxt, f"ready-sub-{i}-{uuid.uuid4().hex[:6]}") as sub:
+            await sub.subscribe(topic, qos=1)
+            async with Subscriber(at, f"ready-pub-{i}-{uuid.uuid4().hex[:6]}") as pub:
+                await pub.publish(topic, b"ready", qos=1)
+                await asyncio.wait_for(sub.queue.get(), 3.0)
+
+    async def probe() -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = list(range(len(nodes)))
+        last = "no answer"
+        while pending:
+            try:
+                await asyncio.wait_for(round_trip(pending[0]), max(0.1, min(10.0, deadline - time.monotonic())))
+                pending.pop(0)
+                continue
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                last = str(exc) or type(exc).__name__
+            if time.monotonic() > deadline:
+                host, port = nodes[pending[0]]
+                raise BrokerError(
+                    f"the cluster {spec.url} does not deliver through {host}:{port} after {timeout_s:g} s ({last})"
+                )
+            await asyncio.sleep(0.2)
+
+    asyncio.run(probe())
+
+
 def start_broker(
     kind: str,
     *,
@@ -107,9 +187,13 @@ def start_broker(
     host: str = "127.0.0.1",
     data_dir: Path | None = None,
     auth: str | None = None,
+    nodes: int = 1,
+    probe_login: tuple[str, str] | None = None,
 ) -> RunningBroker:
-    """Start ``embedded`` or ``mosquitto`` on ``port`` (a free one by default), name a fresh in-memory
-    bus (``memory``: no broker, ``gateway.memory``), or wrap a URL."""
+    """Start ``embedded``, ``mosquitto`` or ``nats`` on ``port`` (a free one by default; ``nats`` with
+    ``nodes`` > 1: a cluster on ``port``, ``port`` + 1, ..., whose readiness probe logs in as
+    ``probe_login`` where ``auth`` lets only known users in), name a fresh in-memory bus (``memory``:
+    no broker, ``gateway.memory``), or wrap a URL."""
     if kind == "memory":
         import uuid
 
@@ -122,11 +206,17 @@ def start_broker(
         except ValueError as exc:
             raise BrokerError(str(exc)) from None
         return RunningBroker("url", kind, spec.host, spec.port)
+    if nodes != 1 and kind != "nats":
+        raise BrokerError(f"{kind}: only nats runs as a cluster here (nodes={nodes}); use nats or nodes=1")
+    if not 1 <= nodes <= 9:
+        raise BrokerError(f"nats: {nodes} nodes; a cluster here has 1 to 9 (3 survives the loss of one)")
     if port and (problem := port_problem(host, port)):
         raise BrokerError(f"{kind}: {problem}")
     port = port or free_port(host)
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix=f"tsodso-{kind}-"))
     data_dir.mkdir(parents=True, exist_ok=True)
+    if nodes > 1:
+        return _start_nats_cluster(nodes, port, host, data_dir, auth, probe_login)
     if kind == "embedded":
         cmd = [
             sys.executable,
@@ -153,6 +243,28 @@ def start_broker(
             f"unknown broker {kind!r}: use embedded, mosquitto, nats, memory or an mqtt[s]://host:port URL"
         )
     return RunningBroker(kind, url, host, port, cmd, data_dir).start()
+
+
+def _start_nats_cluster(
+    nodes: int, port: int, host: str, data_dir: Path, auth: str | None, probe_login: tuple[str, str] | None
+) -> RunningCluster:
+    mqtt_ports = [port] + [port + i if port + i < 65536 else free_port(host) for i in range(1, nodes)]
+    for p in mqtt_ports[1:]:
+        if problem := port_problem(host, p):
+            raise BrokerError(f"nats node on {p}: {problem}")
+    route_ports = [free_port(host) for _ in range(nodes)]
+    members = []
+    for i, p in enumerate(mqtt_ports):
+        conf = nats.write_cluster_config(data_dir, i, p, route_ports, host=host, auth=auth)
+        members.append(RunningBroker("nats", "", host, p, [nats.binary(), "-c", str(conf)], conf.parent))
+    url = "mqtt://" + ",".join(f"{host}:{p}" for p in mqtt_ports) + "?protocol=3.1.1"
+    cluster = RunningCluster("nats", url, host, port, [], data_dir, members=members)
+    cluster.probe_login = probe_login
+    try:
+        return cluster.start()
+    except BaseException:
+        cluster.stop(hard=True)
+        raise
 
 
 if os.name != "posix":  # pragma: no cover

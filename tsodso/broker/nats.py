@@ -16,6 +16,8 @@ from tsodso.schemas.envelope import Party
 from tsodso.schemas.rights import Rights, default_rights
 from tsodso.schemas.topics import PREFIX, inbox_filters
 
+READY_PREFIX = "tsodso-ready"  # topics of the probe that tells a cluster is ready (broker.launch)
+
 
 class NatsMissing(RuntimeError):
     """The nats-server binary is not installed."""
@@ -64,9 +66,11 @@ def authorization_text(actors: list[Party], passwords: dict[str, str], *, observ
                 "user": observer,
                 "password": passwords[observer],
                 "allowed_connection_types": ["MQTT"],
-                "permissions": {
-                    "publish": {"deny": [">"]},
-                    "subscribe": {"allow": [f"{PREFIX.replace('/', '.')}.>", "$MQTT.sub.>"]},
+                "permissions": {  # reads the bus; writes only the readiness probe of a cluster
+                    "publish": {"allow": [subject(f"{READY_PREFIX}/#")]},
+                    "subscribe": {
+                        "allow": [f"{PREFIX.replace('/', '.')}.>", subject(f"{READY_PREFIX}/#"), "$MQTT.sub.>"]
+                    },
                 },
             }
         )
@@ -82,6 +86,36 @@ def write_config(data_dir: Path, port: int, *, host: str = "127.0.0.1", auth: st
         f'mqtt {{ listen: "{host}:{port}" }}\n' + (auth or "")
     )
     path = data_dir / "nats.conf"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def write_cluster_config(
+    data_dir: Path,
+    index: int,
+    mqtt_port: int,
+    route_ports: list[int],
+    *,
+    host: str = "127.0.0.1",
+    auth: str | None = None,
+    name: str = "tsodso",
+) -> Path:
+    """The configuration of node ``index`` of a cluster whose nodes route to each other on
+    ``route_ports`` (one per node): JetStream clustered, MQTT on ``mqtt_port``, the MQTT streams (sessions,
+    retained messages, QoS 1 messages in flight) and consumers kept on 3 nodes (or all, if fewer), so
+    that they survive the loss of one."""
+    node_dir = data_dir / f"node{index}"
+    node_dir.mkdir(parents=True, exist_ok=True)
+    replicas = min(3, len(route_ports))
+    routes = ", ".join(f'"nats-route://{host}:{p}"' for p in route_ports)
+    text = (
+        f'server_name: "{name}-n{index}"\nlisten: "{host}:-1"\n'
+        f'jetstream {{ store_dir: "{(node_dir / "jetstream").resolve()}" }}\n'
+        f'mqtt {{ listen: "{host}:{mqtt_port}", stream_replicas: {replicas}, consumer_replicas: {replicas} }}\n'
+        f'cluster {{ name: "{name}", listen: "{host}:{route_ports[index]}", routes: [{routes}] }}\n' + (auth or "")
+    )
+    path = node_dir / "nats.conf"
     path.write_text(text)
     path.chmod(0o600)
     return path

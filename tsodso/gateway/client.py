@@ -251,7 +251,8 @@ class Gateway:
         conn = await self._connect_first()
         self._client = conn
         await conn.subscribe(inbox_filters(self.me), qos=1)
-        self.log.info("connected", broker=self.broker.url, protocol=5 if self._v5 else 4, connections=self.connections)
+        node = conn.node if isinstance(conn, MqttConnection) else self.broker.url
+        self.log.info("connected", node=node, protocol=5 if self._v5 else 4, connections=self.connections)
         await self.publish(self._state("online"), ALL)
         # what arrived so far (retained presence, queued messages) is handled once the caller has had the
         # chance to register its handlers: right after 'async with' gives it the gateway
@@ -332,13 +333,14 @@ class Gateway:
             session_expiry_s=0 if clean else self.session_expiry_s,
             will=Will(self._state_topic, will_payload) if self.will else None,
             keepalive_s=self.keepalive_s,
-            reconnect_delay_s=self.reconnect_delay_s[1] / 10,  # after a loss: the client's fixed delay
+            reconnect_delay_s=(self.reconnect_delay_s[1] / 25, self.reconnect_delay_s[1]),  # after a loss
         )
 
     def _on_connect(self, session_present: bool) -> None:
         self.connections += 1
         if self.connections > 1:  # back after a loss: say so (the first 'online' follows the subscription)
-            self.log.info("reconnected", broker=self.broker.url, connections=self.connections, session=session_present)
+            node = self._client.node if isinstance(self._client, MqttConnection) else self.broker.url
+            self.log.info("reconnected", node=node, connections=self.connections, session=session_present)
             self.spawn(self.publish(self._state("online"), ALL))
 
     def _on_lost(self, reason: str) -> None:

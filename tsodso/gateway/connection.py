@@ -1,6 +1,8 @@
 """Where a gateway connects: a broker URL parsed into host, port, protocol, TLS and credentials.
 
     mqtt://[user[:password]@]host[:port][?protocol=5|3.1.1]
+    mqtt://host1:port1,host2:port2,host3:port3   the nodes of a broker cluster: connect to any, fail
+                                                 over to the next when one is lost
     mqtts://...                       TLS (system CA store, or ?ca=PATH)
     mqtts://...?ca=CA&cert=CRT&key=KEY  mutual TLS: this client's certificate (tsodso secure init)
     memory://NAME                     the in-memory bus NAME of this process (gateway.memory)
@@ -9,9 +11,28 @@ The protocol defaults to MQTT 5; ``protocol=3.1.1`` selects MQTT 3.1.1, where co
 expiry travel in the envelope only.
 """
 
+import re
 import ssl
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
+
+_NODE = re.compile(r"\[(?P<ip6>[^\]]+)\](?::(?P<port6>\d*))?|(?P<host>[^:\[\]]+)(?::(?P<port>\d*))?")
+
+
+def _nodes(url: str, netloc: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    """``host[:port]`` or ``[ipv6][:port]``, comma-separated, as (host, port) pairs."""
+    nodes = []
+    for text in netloc.rpartition("@")[2].split(","):
+        match = _NODE.fullmatch(text.strip())
+        if not match:
+            raise ValueError(f"broker URL {url!r}: {text!r} is not host[:port]")
+        host = match["ip6"] or match["host"]
+        port_text = match["port6"] if match["ip6"] else match["port"]
+        port = int(port_text) if port_text else default_port
+        if not 0 < port < 65536:
+            raise ValueError(f"broker URL {url!r}: port {port} of {host} is not 1..65535")
+        nodes.append((host, port))
+    return tuple(nodes)
 
 
 @dataclass(frozen=True)
@@ -26,6 +47,12 @@ class BrokerSpec:
     cert_file: str | None = None  # client certificate (mutual TLS)
     key_file: str | None = field(default=None, repr=False)
     memory: bool = False  # the in-memory bus ``host`` of this process, not a broker
+    other_nodes: tuple[tuple[str, int], ...] = ()  # further nodes of a cluster (failover), after host:port
+
+    @property
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        """Every node to try, (host, port), this one first."""
+        return ((self.host, self.port), *self.other_nodes)
 
     @classmethod
     def parse(cls, url: str) -> "BrokerSpec":
@@ -36,20 +63,24 @@ class BrokerSpec:
             return cls(host=parts.netloc, port=0, protocol=4, memory=True)
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError(f"broker URL {url!r}: scheme must be mqtt://, mqtts:// or memory://")
-        if not parts.hostname:
+        if not parts.netloc.rpartition("@")[2]:
             raise ValueError(f"broker URL {url!r} has no host")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         version = query.get("protocol", "5")
         if version not in ("5", "3.1.1", "311", "4"):
             raise ValueError(f"broker URL {url!r}: protocol must be 5 or 3.1.1, not {version!r}")
         tls = parts.scheme == "mqtts"
+        (host, port), *others = _nodes(url, parts.netloc, 8883 if tls else 1883)
+        userinfo = parts.netloc.rpartition("@")[0]
+        user, _, password = userinfo.partition(":")
         return cls(
-            host=parts.hostname,
-            port=parts.port or (8883 if tls else 1883),
+            host=host,
+            port=port,
+            other_nodes=tuple(others),
             protocol=5 if version == "5" else 4,
             tls=tls,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
+            username=unquote(user) if user else None,
+            password=unquote(password) if password else None,
             ca_file=query.get("ca"),
             cert_file=query.get("cert"),
             key_file=query.get("key"),
@@ -63,7 +94,8 @@ class BrokerSpec:
         scheme = "mqtts" if self.tls else "mqtt"
         user = f"{self.username}@" if self.username else ""
         query = "" if self.protocol == 5 else "?protocol=3.1.1"
-        return f"{scheme}://{user}{self.host}:{self.port}{query}"
+        nodes = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
+        return f"{scheme}://{user}{nodes}{query}"
 
     def with_credentials(self, username: str | None, password: str | None) -> "BrokerSpec":
         return replace(self, username=username, password=password)

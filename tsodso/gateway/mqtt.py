@@ -15,6 +15,10 @@ What this module adds to the client:
   are sent again after the reconnect, also when the broker lost the session (a restart without
   persistence), where the client itself would drop them; receivers drop the copy by message id;
 - **subscriptions renewed** after a reconnect that found no session;
+- **failover**: after a loss it reconnects itself, with growing, jittered delays, to the next node of
+  a cluster URL (``mqtt://a:1883,b:1883,c:1883``) in turn, on the same client (its packet ids stay
+  unique among the messages in flight); the client's own reconnect (back to the node it lost) is
+  turned off once connected, so that two never race;
 - the broker's refusal of CONNECT as :class:`ConnectRefused` with its reason code;
 - messages in, as :class:`Incoming`, to one callback, called directly (no task per message).
 
@@ -29,8 +33,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import random
 import re
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +50,24 @@ from tsodso.gateway.connection import BrokerSpec
 UNSUPPORTED_PROTOCOL = frozenset({132, 1})  # CONNACK: Unsupported Protocol Version (MQTT 5; 3.1.1 in 1)
 BROKER_BUSY = frozenset({136, 137, 159, 3})  # Server unavailable / busy, connection rate exceeded: try again
 DEFAULT_RECEIVE_MAXIMUM = 65535  # MQTT 5 §3.2.2.3.3: when the broker states none (and MQTT 3.1.1)
+# Once connected, the client's own reconnect (back to the node it lost) is off: this module reconnects.
+# gmqtt allows a reconnect while ``failed_connections <= reconnect_retries``, so 0 still allows one;
+# below 0, other than its UNLIMITED_RECONNECTS (-1), allows none.
+_NO_RECONNECT = -2
 
+# The client's own log: errors only. A lost connection is reported by ``on_lost`` (the gateway logs
+# it once, in its own words); the client would add a warning with a traceback per loss and per write
+# to the closed socket. Its note that it does not reconnect by itself is dropped: this module does.
 log = logging.getLogger("tsodso.mqtt")
+log.setLevel(logging.ERROR)
+logging.getLogger("gmqtt").setLevel(logging.ERROR)  # (its protocol module logs under its own name)
+log.addFilter(lambda record: "max number of failed connection attempts" not in record.getMessage())
+
+
+def _quietly(task: "asyncio.Future[Any]") -> None:
+    """Retrieve a finished background attempt's outcome (its failure is reported by the disconnect)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class ConnectRefused(ConnectionError):
@@ -83,6 +105,11 @@ class Incoming:
     def property(self, name: str) -> Any:
         values = self.properties.get(name)
         return values[0] if values else None
+
+
+def home_node(client_id: str, nodes: int) -> int:
+    """The node (index in a cluster URL's list) a client first tries: its id's CRC-32 modulo ``nodes``."""
+    return zlib.crc32(client_id.encode()) % nodes
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -153,9 +180,11 @@ class _InFlight(PersistentStorage):
 
 
 class MqttConnection:
-    """One client connection to a broker, reconnecting by itself after a loss (``reconnect_delay_s``)
-    until :meth:`close`. ``on_message`` is called for every PUBLISH, in order; ``on_connect(session_present)``
-    after every CONNACK that accepted, the first one included; ``on_lost(reason)`` when a connection ends."""
+    """One client connection to a broker (or to one node of a cluster at a time), reconnecting by
+    itself after a loss until :meth:`close`: first after ``reconnect_delay_s[0]``, doubling to
+    ``reconnect_delay_s[1]``, jittered, to the next node in turn. ``on_message`` is called for every
+    PUBLISH, in order; ``on_connect(session_present)`` after every CONNACK that accepted, the first one
+    included; ``on_lost(reason)`` when a connection ends."""
 
     def __init__(
         self,
@@ -169,7 +198,7 @@ class MqttConnection:
         session_expiry_s: int = 0,
         will: Will | None = None,
         keepalive_s: int = 60,
-        reconnect_delay_s: float = 0.5,
+        reconnect_delay_s: tuple[float, float] = (0.2, 5.0),
     ):
         self.broker = broker
         self.client_id = client_id
@@ -189,6 +218,10 @@ class MqttConnection:
         self._store = _InFlight()
         self._client: gmqtt.Client | None = None
         self._closed = False
+        # index in broker.nodes of the node connected to (or tried last): a cluster's clients start on
+        # the node their id hashes to, spread over the nodes, so that losing one moves a share of them
+        self._node = home_node(client_id, len(broker.nodes))
+        self._recovery: asyncio.Task[None] | None = None
 
     # --- connecting -----------------------------------------------------------------------------
 
@@ -207,7 +240,9 @@ class MqttConnection:
             logger=log,
             **kwargs,
         )
-        client.set_config({"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": self.reconnect_delay_s})
+        # until the first CONNACK the client may reconnect by itself (it does so to speak MQTT 3.1.1 to a
+        # broker that answers MQTT 5 with 'unacceptable protocol version'); after it, this module does
+        client.set_config({"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": self.reconnect_delay_s[0]})
         client.set_auth_credentials(self.broker.username or self.client_id, self.broker.password)
         client.on_message = self._on_message
         client.on_connect = self._on_connect
@@ -215,34 +250,97 @@ class MqttConnection:
         client.on_subscribe = self._on_subscribe
         return client
 
+    @property
+    def node(self) -> str:
+        """The node connected to (or tried last), 'host:port'."""
+        host, port = self.broker.nodes[self._node]
+        return f"{host}:{port}"
+
     async def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect (TCP_NODELAY: asyncio sets it on every TCP connection). Raises :class:`ConnectRefused`
-        (the broker said no), ``OSError`` (nothing listens, no route) or ``TimeoutError``."""
-        client = self._client = self._new_client()
+        """Connect to the first node that accepts, trying each in turn from the current one (at first,
+        the node this client's id hashes to), within
+        ``timeout_s`` in all (TCP_NODELAY: asyncio sets it on every TCP connection). Raises
+        :class:`ConnectRefused` at once where a node says no (every node has the same users), else the
+        last node's ``OSError`` (nothing listens, no route) or ``TimeoutError``."""
+        deadline = time.monotonic() + timeout_s
+        nodes = len(self.broker.nodes)
+        first = self._node
+        failure: BaseException = TimeoutError(f"no node of {self.broker.url} answered within {timeout_s:g} s")
+        for k in range(nodes):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._node = (first + k) % nodes
+            try:  # a node that hangs (a partition) gets its share of the time, not all of it
+                return await self._connect_node(left / (nodes - k) if k < nodes - 1 else left)
+            except (OSError, TimeoutError) as exc:
+                failure = exc
+        raise failure
+
+    async def _connect_node(self, timeout_s: float) -> None:
+        """Connect to the current node. One client serves every connection of this object (its packet
+        ids must stay unique among the messages in flight, which a resumed session sends again); the
+        attempt counts as done at the CONNACK, while the client may still be sending those again."""
+        host, port = self.broker.nodes[self._node]
+        client = self._client = self._client or self._new_client()
+        connecting = asyncio.ensure_future(
+            client.connect(
+                host,
+                port,
+                ssl=self.broker.tls_context() or False,
+                keepalive=self.keepalive_s,
+                version=MQTTv50 if self.protocol == 5 else MQTTv311,
+            )
+        )
+        accepted = asyncio.ensure_future(self.connected.wait())
         try:
-            async with asyncio.timeout(timeout_s):
-                await client.connect(
-                    self.broker.host,
-                    self.broker.port,
-                    ssl=self.broker.tls_context() or False,
-                    keepalive=self.keepalive_s,
-                    version=MQTTv50 if self.protocol == 5 else MQTTv311,
-                )
+            await asyncio.wait({connecting, accepted}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if self.connected.is_set():
+                connecting.add_done_callback(_quietly)  # (the resend of a resumed session goes on)
+                return
+            if not connecting.done():
+                raise TimeoutError(f"{host}:{port} did not accept within {timeout_s:.1f} s")
+            connecting.result()
+            raise ConnectionError(f"{host}:{port} closed the connection")
         except gmqtt.MQTTConnectError as exc:
             await self._stop(client)
             match = re.match(r"code (\d+)", str(exc))
             raise ConnectRefused(int(match.group(1)) if match else 128, str(exc)) from None
         except BaseException:
+            connecting.cancel()
             await self._stop(client)
             raise
+        finally:
+            accepted.cancel()
+
+    async def _recover(self) -> None:
+        """After a loss: connect again, to the next node in turn, until connected or closed."""
+        delay = self.reconnect_delay_s[0]
+        try:
+            while not self._closed and not self.connected.is_set():
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                if self._closed:
+                    return
+                self._node = (self._node + 1) % len(self.broker.nodes)
+                try:
+                    await self.connect(max(2.0, self.reconnect_delay_s[1]))
+                except (OSError, TimeoutError) as exc:  # ConnectRefused too (a busy broker): try again
+                    log.info("%s: reconnecting to %s failed: %s", self.client_id, self.node, exc or repr(exc))
+                delay = min(delay * 2, self.reconnect_delay_s[1])
+        finally:
+            self._recovery = None
 
     async def _stop(self, client: gmqtt.Client) -> None:
-        self._client = None
+        if self.connections == 0:  # never connected: the next attempt may start afresh
+            self._client = None
         self.connected.clear()
         with contextlib.suppress(Exception):  # nothing to disconnect when the connection never came up
             await asyncio.wait_for(client.disconnect(), 2.0)
 
     def _on_connect(self, client: Any, session_present: int, rc: int, properties: dict[str, Any]) -> None:
+        if client is not self._client or client is None:
+            return
+        client.set_config({"reconnect_retries": _NO_RECONNECT})  # from now on, this module does (_recover)
         values = properties.get("receive_maximum") if properties else None
         self._store.limit = (values[0] if values else DEFAULT_RECEIVE_MAXIMUM) - 1
         self._store.wake()
@@ -257,9 +355,15 @@ class MqttConnection:
             self.on_connect(bool(session_present))
 
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        if client is not self._client or not self.connected.is_set():
+            return  # a client given up, or an attempt that never connected (connect() says why)
         self.connected.clear()
-        if self.on_lost is not None and not self._closed:
+        if self._closed:
+            return
+        if self.on_lost is not None:
             self.on_lost(str(packet or exc or "connection lost"))
+        if self._recovery is None:
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
 
     # --- subscribing ----------------------------------------------------------------------------
 
@@ -352,6 +456,8 @@ class MqttConnection:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.drained(), drain_s)
         self._closed = True
+        if self._recovery is not None:
+            self._recovery.cancel()
         if self._client is not None:
             await self._stop(self._client)
 

@@ -70,7 +70,8 @@ BrokerOpt = Annotated[
     typer.Option(
         "--broker",
         "-b",
-        help="embedded | mosquitto | memory (in-process bus, no broker) | mqtt[s]://user:pass@host:port[?protocol=3.1.1]",
+        help="embedded | mosquitto | nats | memory (in-process bus, no broker) | "
+        "mqtt[s]://user:pass@host:port[,host2:port2,...][?protocol=3.1.1] (several nodes: a cluster, failover)",
     ),
 ]
 
@@ -175,8 +176,15 @@ def _serve_until_signal(proc_broker) -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    try:
-        while not stop and proc_broker.proc.poll() is None:
+    members = getattr(proc_broker, "members", None) or [proc_broker]
+    gone: set[int] = set()
+    try:  # a cluster serves on while any node lives (losing one is what it is there to survive)
+        while not stop and len(gone) < len(members):
+            for i, member in enumerate(members):
+                if i not in gone and member.proc.poll() is not None:
+                    gone.add(i)
+                    if len(members) > 1:
+                        err.print(f"node {member.host}:{member.port} exited ({member.proc.returncode})")
             time.sleep(0.2)
     finally:
         proc_broker.stop()
@@ -258,27 +266,44 @@ def broker_nats(
             help="A secrets directory (tsodso secure init): per-actor users and permissions from the rights table."
         ),
     ] = None,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            help="Nodes of a local cluster (3 survives the loss of one), on --port, --port + 1, ...: "
+            "sessions, retained states and messages in flight kept on 3 nodes."
+        ),
+    ] = 1,
 ):
-    """Run nats-server with JetStream and its MQTT interface (MQTT 3.1.1) until Ctrl+C."""
+    """Run nats-server with JetStream and its MQTT interface (MQTT 3.1.1) until Ctrl+C; with --nodes N,
+    a cluster of N, ready once a message goes through every node (actors connect to any:
+    mqtt://host:p1,host:p2,host:p3 fails over to the next node when one is lost)."""
     from tsodso.broker import start_broker
     from tsodso.broker.nats import NatsMissing
+    from tsodso.testbed.security import OBSERVER, load_login
 
     auth = None
+    probe_login = None
     if secrets is not None:
         path = secrets / "nats" / "authorization.conf"
         if not path.exists():
             err.print(f"{path} does not exist; write it with: tsodso secure init --scenario SCENARIO --out {secrets}")
             raise typer.Exit(2)
         auth = path.read_text()
+        probe_login = load_login(secrets, OBSERVER)
     data_dir = data_dir or Path("runs/nats")
+    if nodes > 1:
+        console.print(f"starting {nodes} nats-server nodes; waiting until a message goes through each ...")
     try:
-        running = start_broker("nats", port=port or None, host=host, data_dir=data_dir, auth=auth)
+        running = start_broker(
+            "nats", port=port or None, host=host, data_dir=data_dir, auth=auth, nodes=nodes, probe_login=probe_login
+        )
     except NatsMissing as exc:
         err.print(str(exc))
         raise typer.Exit(1) from None
+    where = data_dir / "nats.conf" if nodes == 1 else data_dir / "node*" / "nats.conf"
     console.print(
-        f"nats-server (MQTT 3.1.1) listening on {running.url} (config {data_dir / 'nats.conf'}"
-        f"{', per-actor users from ' + str(secrets) if secrets else ', anyone may log in'})",
+        f"nats-server (MQTT 3.1.1{f', {nodes} nodes' if nodes > 1 else ''}) listening on {running.url} "
+        f"(config {where}{', per-actor users from ' + str(secrets) if secrets else ', anyone may log in'})",
         highlight=False,
     )
     _serve_until_signal(running)
