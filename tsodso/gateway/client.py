@@ -329,6 +329,7 @@ class Gateway:
             on_message=self._receive,
             on_connect=self._on_connect if not clean else None,
             on_lost=self._on_lost if not clean else None,
+            on_retry=self._on_retry if not clean else None,
             clean=clean,
             session_expiry_s=0 if clean else self.session_expiry_s,
             will=Will(self._state_topic, will_payload) if self.will else None,
@@ -342,6 +343,10 @@ class Gateway:
             node = self._client.node if isinstance(self._client, MqttConnection) else self.broker.url
             self.log.info("reconnected", node=node, connections=self.connections, session=session_present)
             self.spawn(self.publish(self._state("online"), ALL))
+
+    def _on_retry(self, node: str, why: str) -> None:
+        if not self._closing:
+            self.log.info("reconnect failed", node=node, reason=why[:200])
 
     def _on_lost(self, reason: str) -> None:
         if not self._closing:

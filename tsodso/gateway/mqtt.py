@@ -184,7 +184,8 @@ class MqttConnection:
     itself after a loss until :meth:`close`: first after ``reconnect_delay_s[0]``, doubling to
     ``reconnect_delay_s[1]``, jittered, to the next node in turn. ``on_message`` is called for every
     PUBLISH, in order; ``on_connect(session_present)`` after every CONNACK that accepted, the first one
-    included; ``on_lost(reason)`` when a connection ends."""
+    included; ``on_lost(reason)`` when a connection ends; ``on_retry(node, why)`` when an attempt to
+    connect again fails."""
 
     def __init__(
         self,
@@ -194,6 +195,7 @@ class MqttConnection:
         on_message: Callable[[Incoming], None],
         on_connect: Callable[[bool], None] | None = None,
         on_lost: Callable[[str], None] | None = None,
+        on_retry: Callable[[str, str], None] | None = None,
         clean: bool = True,
         session_expiry_s: int = 0,
         will: Will | None = None,
@@ -206,6 +208,7 @@ class MqttConnection:
         self.on_message = on_message
         self.on_connect = on_connect
         self.on_lost = on_lost
+        self.on_retry = on_retry  # (node, why): an attempt to reconnect after a loss failed
         self.clean = clean
         self.session_expiry_s = session_expiry_s
         self.will = will
@@ -271,11 +274,25 @@ class MqttConnection:
             if left <= 0:
                 break
             self._node = (first + k) % nodes
-            try:  # a node that hangs (a partition) gets its share of the time, not all of it
-                return await self._connect_node(left / (nodes - k) if k < nodes - 1 else left)
+            last = k == nodes - 1
+            try:
+                if not last:  # a node out of reach (a partition) gets its share of the time, not all of it
+                    await self._reachable(left / (nodes - k))
+                # one that answers may be slow to accept (a cluster electing leaders after losing a node
+                # answers CONNECT once it has them): half the time left, all of it for the last
+                return await self._connect_node(left if last else max(left / 2, left / (nodes - k)))
             except (OSError, TimeoutError) as exc:
                 failure = exc
         raise failure
+
+    async def _reachable(self, timeout_s: float) -> None:
+        """A TCP connection to the current node opens within ``timeout_s`` (it is closed at once)."""
+        host, port = self.broker.nodes[self._node]
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"{host}:{port} did not answer within {timeout_s:.1f} s") from None
+        writer.close()
 
     async def _connect_node(self, timeout_s: float) -> None:
         """Connect to the current node. One client serves every connection of this object (its packet
@@ -323,9 +340,10 @@ class MqttConnection:
                     return
                 self._node = (self._node + 1) % len(self.broker.nodes)
                 try:
-                    await self.connect(max(2.0, self.reconnect_delay_s[1]))
+                    await self.connect(max(4.0, 2 * self.reconnect_delay_s[1]))
                 except (OSError, TimeoutError) as exc:  # ConnectRefused too (a busy broker): try again
-                    log.info("%s: reconnecting to %s failed: %s", self.client_id, self.node, exc or repr(exc))
+                    if self.on_retry is not None:
+                        self.on_retry(self.node, str(exc) or type(exc).__name__)
                 delay = min(delay * 2, self.reconnect_delay_s[1])
         finally:
             self._recovery = None
