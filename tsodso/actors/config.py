@@ -227,6 +227,38 @@ class LinkConfig(_Model):
     )
 
 
+class LabHost(_Model):
+    """One host of the network lab (``testbed.lab``): the link between it and the lab's switch, in
+    each direction."""
+
+    rate_kbit: float | None = Field(default=None, gt=0, description="[kbit/s] rate limit (tc tbf, or netem's rate)")
+    delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="[ms, wall] one-way delay (tc netem; a kernel without netem gets the same delay per message "
+        "from the gateways, as application-level link conditions, and the run says so)",
+    )
+    jitter_ms: float = Field(default=0.0, ge=0, description="[ms] standard deviation of the delay (normal)")
+    loss_percent: float = Field(default=0.0, ge=0, le=100, description="[%] packets lost (netem), messages (fallback)")
+    partitions: list[tuple[UtcTime, UtcTime]] = Field(
+        default_factory=list, description="the host's link down from t1 to t2 (scenario time): a real partition"
+    )
+
+
+class LabConfig(_Model):
+    """The network lab: every actor on its own host (a network namespace) and the broker on another,
+    joined by a switch (a bridge), real TCP between them (``tsodso up SCENARIO --lab``)."""
+
+    subnet: str = Field(
+        default="10.77.0.0/24", description="IPv4 /24 of the lab: .1 the switch, .10 the broker, the actors from .11"
+    )
+    hosts: dict[str, LabHost] = Field(
+        default_factory=dict,
+        description="the link of a host, by 'role/id' of its actor (e.g. 'dso/dso1') or 'broker'; hosts not "
+        "named get a plain link",
+    )
+
+
 class SecurityConfig(_Model):
     """Who must sign (docs/security.md). Every party signs with its own key and every receiver that
     holds the public keys checks; a device under test that cannot sign is let in only when named here."""
@@ -283,6 +315,9 @@ class Scenario(_Model):
         default_factory=list, description="conditions of the links between actors (delay, jitter, drop, outages)"
     )
     security: SecurityConfig = Field(default_factory=SecurityConfig, description="identities and what is refused")
+    lab: LabConfig = Field(
+        default_factory=LabConfig, description="hosts and links of the network lab (tsodso up --lab; Linux, root)"
+    )
 
     @field_validator("coordination", mode="before")
     @classmethod
@@ -310,6 +345,17 @@ class Scenario(_Model):
                     raise ValueError(
                         f"asset {asset.asset_id!r} of {bsp.id} names dso_id {asset.dso_id!r}; the scenario's DSOs: "
                         f"{', '.join(dsos) or 'none'}"
+                    )
+        hosts = {"broker", *(f"{role}/{ident}" for role, ident in self.actors())}
+        for host, link in self.lab.hosts.items():
+            if host not in hosts:
+                raise ValueError(
+                    f"lab.hosts: {host!r} is no host of this scenario; its hosts: {', '.join(sorted(hosts))}"
+                )
+            for t1, t2 in link.partitions:
+                if t2 <= t1:
+                    raise ValueError(
+                        f"lab.hosts.{host}: partition ends {t2:%H:%M:%S}, not after it begins {t1:%H:%M:%S}"
                     )
         for e in self.tso.emergencies:
             if e.curtail_dso is not None and e.curtail_dso not in dsos:

@@ -189,11 +189,13 @@ def start_broker(
     auth: str | None = None,
     nodes: int = 1,
     probe_login: tuple[str, str] | None = None,
+    prefix: list[str] | None = None,
 ) -> RunningBroker:
     """Start ``embedded``, ``mosquitto`` or ``nats`` on ``port`` (a free one by default; ``nats`` with
     ``nodes`` > 1: a cluster on ``port``, ``port`` + 1, ..., whose readiness probe logs in as
     ``probe_login`` where ``auth`` lets only known users in), name a fresh in-memory bus (``memory``:
-    no broker, ``gateway.memory``), or wrap a URL."""
+    no broker, ``gateway.memory``), or wrap a URL. ``prefix``: what the broker's command runs under
+    (``ip netns exec HOST``: a host of the network lab, ``testbed.lab``)."""
     if kind == "memory":
         import uuid
 
@@ -210,7 +212,7 @@ def start_broker(
         raise BrokerError(f"{kind}: only nats runs as a cluster here (nodes={nodes}); use nats or nodes=1")
     if not 1 <= nodes <= 9:
         raise BrokerError(f"nats: {nodes} nodes; a cluster here has 1 to 9 (3 survives the loss of one)")
-    if port and (problem := port_problem(host, port)):
+    if port and not prefix and (problem := port_problem(host, port)):
         raise BrokerError(f"{kind}: {problem}")
     port = port or free_port(host)
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix=f"tsodso-{kind}-"))
@@ -242,7 +244,7 @@ def start_broker(
         raise BrokerError(
             f"unknown broker {kind!r}: use embedded, mosquitto, nats, memory or an mqtt[s]://host:port URL"
         )
-    return RunningBroker(kind, url, host, port, cmd, data_dir).start()
+    return RunningBroker(kind, url, host, port, [*(prefix or []), *cmd], data_dir).start()
 
 
 def _start_nats_cluster(

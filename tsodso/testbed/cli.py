@@ -561,16 +561,25 @@ def up(
         "runs/secure"
     ),
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
+    lab: Annotated[
+        bool,
+        typer.Option(
+            "--lab",
+            help="Every actor on its own host of the network lab, the broker on another, with the scenario's "
+            "rate limits, delays and partitions on their links (Linux, root; the scenario's 'lab').",
+        ),
+    ] = False,
 ):
     """The secured deployment in one command: identities, Mosquitto with the access list (and mutual
     TLS), every actor in its own process signing and checking; prints the outcome."""
     from tsodso.broker.mosquitto import MosquittoMissing
     from tsodso.testbed.deploy import DeployError
     from tsodso.testbed.deploy import up as deploy
+    from tsodso.testbed.lab import LabError
 
     try:
-        summary = deploy(scenario, out, speed=speed, tls=tls, coordination=_coordination(coordination))
-    except (DeployError, MosquittoMissing) as exc:
+        summary = deploy(scenario, out, speed=speed, tls=tls, coordination=_coordination(coordination), lab=lab)
+    except (DeployError, MosquittoMissing, LabError) as exc:
         err.print(f"tsodso up: {exc}", highlight=False)
         raise typer.Exit(1) from None
     if as_json:
@@ -578,6 +587,61 @@ def up(
         return
     _print_outcomes([summary], console)
     console.print(f"run directory: {out / 'run'}; secrets (reused next time): {out / 'secrets'}", highlight=False)
+
+
+lab_app = typer.Typer(
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    help="The network lab: each actor on its own host (a network namespace), real TCP between them (root).",
+)
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("up")
+def lab_up(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (YAML): its actors and its 'lab' section.")],
+):
+    """Build the lab of a scenario and leave it up: one host per actor and one for the broker, the
+    scenario's rate limits and delays on their links; prints how to run each on its host.
+    (Partitions are played by 'tsodso up SCENARIO --lab', which follows the run's clock.)"""
+    from tsodso.testbed.lab import BRIDGE, BROKER, Lab, LabError
+    from tsodso.testbed.scenario import load_scenario
+
+    network = Lab(load_scenario(scenario))
+    try:
+        network.up()
+    except LabError as exc:
+        err.print(f"tsodso lab up: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    for note in network.notes:
+        err.print(f"note: {note}", highlight=False)
+    broker = network.hosts[BROKER]
+    console.print(f"lab up: switch {BRIDGE}, {len(network.hosts)} hosts; netem: {network.netem}", highlight=False)
+    for host in network.hosts.values():
+        shaped = host.link.model_dump(exclude_defaults=True, exclude={"partitions"})
+        console.print(
+            f"  {host.name:<16} {host.ip:<15} ip netns exec {host.netns} ...  {shaped or ''}", highlight=False
+        )
+    console.print(
+        f"run: ip netns exec {broker.netns} tsodso broker mosquitto --host {broker.ip} --port 1883\n"
+        f"     ip netns exec {network.hosts[next(iter(network.hosts.keys() - {BROKER}))].netns} tsodso actor ... "
+        f"--broker mqtt://{broker.ip}:1883\ndown: tsodso lab down",
+        highlight=False,
+    )
+
+
+@lab_app.command("down")
+def lab_down():
+    """Take the lab down (every tsl-* host and the switch), also one a crashed run left behind."""
+    from tsodso.testbed.lab import Lab, LabError
+
+    try:
+        Lab.check()
+    except LabError as exc:
+        err.print(f"tsodso lab down: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    Lab.down()
+    console.print("lab down")
 
 
 @app.command()

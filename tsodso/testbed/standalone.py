@@ -39,7 +39,7 @@ from tsodso.schemas.envelope import Party
 from tsodso.schemas.messages import ActorState, SystemStateNotice
 from tsodso.schemas.topics import ALL
 from tsodso.testbed.clock import Clock
-from tsodso.testbed.runner import write_outputs
+from tsodso.testbed.runner import link_conditions, write_outputs
 from tsodso.testbed.security import load_identity, load_trust, tls_files
 from tsodso.testbed.stalls import LoopWatch
 
@@ -182,6 +182,8 @@ async def run_actor(
                 clocking = asyncio.create_task(
                     write_clock_offset(gw, Party(role="tso", id=scenario.tso.id), out / f"clock-{role}-{actor_id}.json")
                 )
+            if scenario.links:  # this actor's outgoing links, their outages on the run's clock
+                gw.links = link_conditions(scenario, clock)
             gc.collect()
             gc.freeze()  # see testbed.runner: no full collection over the grid's heap mid-run
             watch = LoopWatch(clock)
