@@ -916,6 +916,42 @@ def bench_failover(
     _bench_table(result, rows)
 
 
+@bench_app.command("lab")
+def bench_lab(
+    partition_s: Annotated[float, typer.Option(help="[s, wall] how long the DSO's host is cut off.")] = 30.0,
+    rate_kbit: Annotated[float, typer.Option(help="[kbit/s] the BSP's link in the rate run.")] = 64.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """The reference run in the network lab (root): the DSO's host partitioned across an MOL validation,
+    then the BSP's link rate-limited; what each does to the run and to each link's latency."""
+    from tsodso.testbed.bench.lab import run_lab_bench
+    from tsodso.testbed.deploy import DeployError
+    from tsodso.testbed.lab import LabError
+
+    try:
+        result = run_lab_bench(partition_s, rate_kbit)
+    except (LabError, DeployError) as exc:
+        err.print(f"tsodso bench lab: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(result))
+        return
+    p, r = result["partition"], result["rate"]
+    rows = [
+        ("netem in this kernel", str(result["netem"])),
+        ("partition: DSO cut off", p["dso_cut_off"]),
+        ("MOL fallbacks", ", ".join(p["mol_fallbacks"]) or "none"),
+        ("DSO connection", "; ".join(p["dso_connection"]) or "never lost"),
+        (
+            "QoS 1 not arrived / setpoints sent, lost, expired",
+            f"{p['qos1_not_arrived']} / {p['setpoints_sent_lost_expired']}",
+        ),
+        ("limit / congestion", f"{p['dso_limit_mw']} MW / {p['congestion_s']} s"),
+    ]
+    rows += [(f"rate: {k} [ms]", f"p50 {v['p50']}, p99 {v['p99']} ({v['count']})") for k, v in r["latency_ms"].items()]
+    _bench_table(result, rows)
+
+
 @bench_app.command("log")
 def bench_log(
     rows: Annotated[int, typer.Option("--rows", help="Rows to record.")] = 500_000,
