@@ -171,7 +171,7 @@ def test_help_texts_keep_their_units_and_brackets():
     """Help is plain text: '[s]', '[MW]' and 'mqtt[s]://' are printed as written, not taken for markup."""
     result = CliRunner().invoke(app, ["run", "--help"])
     assert result.exit_code == 0
-    assert "mqtt[s]://user:pass@host:port[,host2:port2,...][?protocol=3.1.1]" in " ".join(result.output.split())
+    assert "mqtt[s]://user:pass@host:port[,host2:port2,...][?protocol=3.1.1]" in "".join(result.output.split())
     result = CliRunner().invoke(app, ["grid", "show", "--help"])
     assert "simbench:<code>" in result.output
 
