@@ -4,6 +4,7 @@ another, real TCP between them; rate limits, delays and partitions on the hosts'
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,9 @@ def test_the_plan_gives_every_actor_and_the_broker_a_host_and_an_address(tmp_pat
     hosts = {h.name: h for h in plan(scenario)}
     assert {n: h.ip for n, h in hosts.items()} == {
         "broker": "10.88.5.10",
-        "tso/tso": "10.88.5.11",
-        "dso/dso1": "10.88.5.12",
-        "bsp/bsp1": "10.88.5.13",
+        "tso/tso": "10.88.5.20",
+        "dso/dso1": "10.88.5.21",
+        "bsp/bsp1": "10.88.5.22",
     }
     assert hosts["bsp/bsp1"].netns == "tsl-bsp-bsp1" and hosts["bsp/bsp1"].link.rate_kbit == 64
     assert len({h.veth for h in hosts.values()}) == 4 and all(len(h.veth) <= 15 for h in hosts.values())
@@ -113,6 +114,20 @@ def test_a_lab_mistake_is_one_line_naming_it(tmp_path, lab, says):
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"), reason="the lab needs root, ip and tc"
 )
+
+
+@needs_root
+@pytest.mark.xdist_group("lab")  # one lab per machine
+def test_a_second_lab_on_the_machine_is_refused_while_the_first_is_up(tmp_path):
+    from tsodso.testbed.lab import Lab, LabError
+
+    scenario = load_scenario(SCENARIO)
+    with Lab(scenario) as first:
+        with pytest.raises(LabError, match=r"a lab is already up on this machine \(process \d+\): one at a time"):
+            Lab(scenario).up()
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert {h.netns for h in first.hosts.values()} <= {line.split()[0] for line in listed.splitlines()}
+    Lab(scenario).up().down()  # once it is down, the next may come
 
 
 @needs_root

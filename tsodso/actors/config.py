@@ -250,13 +250,26 @@ class LabConfig(_Model):
     joined by a switch (a bridge), real TCP between them (``tsodso up SCENARIO --lab``)."""
 
     subnet: str = Field(
-        default="10.77.0.0/24", description="IPv4 /24 of the lab: .1 the switch, .10 the broker, the actors from .11"
+        default="10.77.0.0/24",
+        description="IPv4 /24 of the lab: .1 the switch, .10 the broker (a cluster's nodes .10, .11, ...), "
+        "the actors from .20",
+    )
+    broker_nodes: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description="1: Mosquitto on host 'broker'; 3 or more: a NATS cluster, each node on its own host "
+        "('broker-1', 'broker-2', ...), the actors failing over between them",
     )
     hosts: dict[str, LabHost] = Field(
         default_factory=dict,
-        description="the link of a host, by 'role/id' of its actor (e.g. 'dso/dso1') or 'broker'; hosts not "
-        "named get a plain link",
+        description="the link of a host, by 'role/id' of its actor (e.g. 'dso/dso1'), 'broker' or 'broker-N'; "
+        "hosts not named get a plain link",
     )
+
+    @property
+    def broker_hosts(self) -> list[str]:
+        return ["broker"] if self.broker_nodes == 1 else [f"broker-{k + 1}" for k in range(self.broker_nodes)]
 
 
 class SecurityConfig(_Model):
@@ -346,7 +359,7 @@ class Scenario(_Model):
                         f"asset {asset.asset_id!r} of {bsp.id} names dso_id {asset.dso_id!r}; the scenario's DSOs: "
                         f"{', '.join(dsos) or 'none'}"
                     )
-        hosts = {"broker", *(f"{role}/{ident}" for role, ident in self.actors())}
+        hosts = {*self.lab.broker_hosts, *(f"{role}/{ident}" for role, ident in self.actors())}
         for host, link in self.lab.hosts.items():
             if host not in hosts:
                 raise ValueError(

@@ -190,12 +190,14 @@ def start_broker(
     nodes: int = 1,
     probe_login: tuple[str, str] | None = None,
     prefix: list[str] | None = None,
+    placement: list[tuple[str, list[str]]] | None = None,
 ) -> RunningBroker:
     """Start ``embedded``, ``mosquitto`` or ``nats`` on ``port`` (a free one by default; ``nats`` with
     ``nodes`` > 1: a cluster on ``port``, ``port`` + 1, ..., whose readiness probe logs in as
     ``probe_login`` where ``auth`` lets only known users in), name a fresh in-memory bus (``memory``:
     no broker, ``gateway.memory``), or wrap a URL. ``prefix``: what the broker's command runs under
-    (``ip netns exec HOST``: a host of the network lab, ``testbed.lab``)."""
+    (``ip netns exec HOST``: a host of the network lab, ``testbed.lab``); ``placement``: a cluster's
+    nodes each on a host of its own, (address, prefix) per node."""
     if kind == "memory":
         import uuid
 
@@ -212,13 +214,13 @@ def start_broker(
         raise BrokerError(f"{kind}: only nats runs as a cluster here (nodes={nodes}); use nats or nodes=1")
     if not 1 <= nodes <= 9:
         raise BrokerError(f"nats: {nodes} nodes; a cluster here has 1 to 9 (3 survives the loss of one)")
-    if port and not prefix and (problem := port_problem(host, port)):
+    if port and not prefix and not placement and (problem := port_problem(host, port)):
         raise BrokerError(f"{kind}: {problem}")
     port = port or free_port(host)
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix=f"tsodso-{kind}-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     if nodes > 1:
-        return _start_nats_cluster(nodes, port, host, data_dir, auth, probe_login)
+        return _start_nats_cluster(nodes, port, host, data_dir, auth, probe_login, placement)
     if kind == "embedded":
         cmd = [
             sys.executable,
@@ -248,18 +250,34 @@ def start_broker(
 
 
 def _start_nats_cluster(
-    nodes: int, port: int, host: str, data_dir: Path, auth: str | None, probe_login: tuple[str, str] | None
+    nodes: int,
+    port: int,
+    host: str,
+    data_dir: Path,
+    auth: str | None,
+    probe_login: tuple[str, str] | None,
+    placement: list[tuple[str, list[str]]] | None,
 ) -> RunningCluster:
-    mqtt_ports = [port] + [port + i if port + i < 65536 else free_port(host) for i in range(1, nodes)]
-    for p in mqtt_ports[1:]:
-        if problem := port_problem(host, p):
-            raise BrokerError(f"nats node on {p}: {problem}")
-    route_ports = [free_port(host) for _ in range(nodes)]
+    if placement is not None:  # each node on a host of its own (the lab): the same ports on every host
+        if len(placement) != nodes:
+            raise BrokerError(f"nats: {nodes} nodes placed on {len(placement)} hosts")
+        mqtt = [(node_host, port) for node_host, _ in placement]
+        routes = [(node_host, 6222) for node_host, _ in placement]
+        prefixes = [prefix for _, prefix in placement]
+    else:
+        ports = [port] + [port + i if port + i < 65536 else free_port(host) for i in range(1, nodes)]
+        for p in ports[1:]:
+            if problem := port_problem(host, p):
+                raise BrokerError(f"nats node on {p}: {problem}")
+        mqtt = [(host, p) for p in ports]
+        routes = [(host, free_port(host)) for _ in range(nodes)]
+        prefixes = [[] for _ in range(nodes)]
     members = []
-    for i, p in enumerate(mqtt_ports):
-        conf = nats.write_cluster_config(data_dir, i, p, route_ports, host=host, auth=auth)
-        members.append(RunningBroker("nats", "", host, p, [nats.binary(), "-c", str(conf)], conf.parent))
-    url = "mqtt://" + ",".join(f"{host}:{p}" for p in mqtt_ports) + "?protocol=3.1.1"
+    for i, (node_host, node_port) in enumerate(mqtt):
+        conf = nats.write_cluster_config(data_dir, i, (node_host, node_port), routes, auth=auth)
+        command = [*prefixes[i], nats.binary(), "-c", str(conf)]
+        members.append(RunningBroker("nats", "", node_host, node_port, command, conf.parent))
+    url = "mqtt://" + ",".join(f"{h}:{p}" for h, p in mqtt) + "?protocol=3.1.1"
     cluster = RunningCluster("nats", url, host, port, [], data_dir, members=members)
     cluster.probe_login = probe_login
     try:

@@ -16,6 +16,10 @@ from tsodso.schemas.envelope import Party
 from tsodso.schemas.rights import Rights, default_rights
 from tsodso.schemas.topics import PREFIX, inbox_filters
 
+# How long a node waits for a client's PUBACK before it sends a QoS 1 message again (NATS: 30 s). A
+# message sent towards a connection that a partition cut off is unacknowledged; once the client is
+# back on another node it comes again after this, not 30 s later (receivers drop copies by message id).
+ACK_WAIT = "2s"
 READY_PREFIX = "tsodso-ready"  # topics of the probe that tells a cluster is ready (broker.launch)
 
 
@@ -94,26 +98,28 @@ def write_config(data_dir: Path, port: int, *, host: str = "127.0.0.1", auth: st
 def write_cluster_config(
     data_dir: Path,
     index: int,
-    mqtt_port: int,
-    route_ports: list[int],
+    mqtt: tuple[str, int],
+    routes: list[tuple[str, int]],
     *,
-    host: str = "127.0.0.1",
     auth: str | None = None,
     name: str = "tsodso",
 ) -> Path:
-    """The configuration of node ``index`` of a cluster whose nodes route to each other on
-    ``route_ports`` (one per node): JetStream clustered, MQTT on ``mqtt_port``, the MQTT streams (sessions,
-    retained messages, QoS 1 messages in flight) and consumers kept on 3 nodes (or all, if fewer), so
-    that they survive the loss of one."""
+    """The configuration of node ``index`` of a cluster whose nodes route to each other at ``routes``
+    (host, port; one per node, this one's included): JetStream clustered, MQTT on ``mqtt`` (host,
+    port), the MQTT streams (sessions, retained messages, QoS 1 messages in flight) and consumers kept
+    on 3 nodes (or all, if fewer), so that they survive the loss of one."""
     node_dir = data_dir / f"node{index}"
     node_dir.mkdir(parents=True, exist_ok=True)
-    replicas = min(3, len(route_ports))
-    routes = ", ".join(f'"nats-route://{host}:{p}"' for p in route_ports)
+    replicas = min(3, len(routes))
+    host, port = mqtt
+    route_host, route_port = routes[index]
+    urls = ", ".join(f'"nats-route://{h}:{p}"' for h, p in routes)
     text = (
         f'server_name: "{name}-n{index}"\nlisten: "{host}:-1"\n'
         f'jetstream {{ store_dir: "{(node_dir / "jetstream").resolve()}" }}\n'
-        f'mqtt {{ listen: "{host}:{mqtt_port}", stream_replicas: {replicas}, consumer_replicas: {replicas} }}\n'
-        f'cluster {{ name: "{name}", listen: "{host}:{route_ports[index]}", routes: [{routes}] }}\n' + (auth or "")
+        f'mqtt {{ listen: "{host}:{port}", stream_replicas: {replicas}, consumer_replicas: {replicas}, '
+        f'ack_wait: "{ACK_WAIT}" }}\n'
+        f'cluster {{ name: "{name}", listen: "{route_host}:{route_port}", routes: [{urls}] }}\n' + (auth or "")
     )
     path = node_dir / "nats.conf"
     path.write_text(text)

@@ -283,6 +283,8 @@ class MqttConnection:
                 return await self._connect_node(left if last else max(left / 2, left / (nodes - k)))
             except (OSError, TimeoutError) as exc:
                 failure = exc
+                if self.connections and self.on_retry is not None:  # (after a loss: say which node failed how)
+                    self.on_retry(self.node, str(exc) or type(exc).__name__)
         raise failure
 
     async def _reachable(self, timeout_s: float) -> None:
@@ -339,11 +341,8 @@ class MqttConnection:
                 if self._closed:
                     return
                 self._node = (self._node + 1) % len(self.broker.nodes)
-                try:
+                with contextlib.suppress(OSError, TimeoutError):  # ConnectRefused too (a busy broker): again
                     await self.connect(max(4.0, 2 * self.reconnect_delay_s[1]))
-                except (OSError, TimeoutError) as exc:  # ConnectRefused too (a busy broker): try again
-                    if self.on_retry is not None:
-                        self.on_retry(self.node, str(exc) or type(exc).__name__)
                 delay = min(delay * 2, self.reconnect_delay_s[1])
         finally:
             self._recovery = None

@@ -604,27 +604,28 @@ def lab_up(
     """Build the lab of a scenario and leave it up: one host per actor and one for the broker, the
     scenario's rate limits and delays on their links; prints how to run each on its host.
     (Partitions are played by 'tsodso up SCENARIO --lab', which follows the run's clock.)"""
-    from tsodso.testbed.lab import BRIDGE, BROKER, Lab, LabError
+    from tsodso.testbed.lab import BRIDGE, Lab, LabError
     from tsodso.testbed.scenario import load_scenario
 
     network = Lab(load_scenario(scenario))
     try:
-        network.up()
+        network.up(keep=True)
     except LabError as exc:
         err.print(f"tsodso lab up: {exc}", highlight=False)
         raise typer.Exit(1) from None
     for note in network.notes:
         err.print(f"note: {note}", highlight=False)
-    broker = network.hosts[BROKER]
+    broker = network.hosts[network.scenario.lab.broker_hosts[0]]
     console.print(f"lab up: switch {BRIDGE}, {len(network.hosts)} hosts; netem: {network.netem}", highlight=False)
     for host in network.hosts.values():
         shaped = host.link.model_dump(exclude_defaults=True, exclude={"partitions"})
         console.print(
             f"  {host.name:<16} {host.ip:<15} ip netns exec {host.netns} ...  {shaped or ''}", highlight=False
         )
+    actor_host = next(n for n in network.hosts if "/" in n)
     console.print(
         f"run: ip netns exec {broker.netns} tsodso broker mosquitto --host {broker.ip} --port 1883\n"
-        f"     ip netns exec {network.hosts[next(iter(network.hosts.keys() - {BROKER}))].netns} tsodso actor ... "
+        f"     ip netns exec {network.hosts[actor_host].netns} tsodso actor ... "
         f"--broker mqtt://{broker.ip}:1883\ndown: tsodso lab down",
         highlight=False,
     )

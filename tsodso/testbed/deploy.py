@@ -9,7 +9,8 @@ summary; the run directory is ``OUT/run`` (a new one each time), each process's 
 
 With ``lab``, every actor runs on its own host of the network lab and Mosquitto on another
 (``testbed.lab``: network namespaces on one switch, the scenario's rate limits, delays and
-partitions on their links); the lab is taken down after the run. Its link changes go to
+partitions on their links; the broker Mosquitto on its host, or a NATS cluster with a node on each of
+``lab.broker_nodes`` hosts); the lab is taken down after the run. Its link changes go to
 ``OUT/run/lab.jsonl``, what its shaped links carried to ``OUT/run/lab-queues.txt``; what it could
 not apply as asked is added to the summary's notes.
 """
@@ -25,9 +26,9 @@ import yaml
 
 from tsodso.broker import start_broker
 from tsodso.broker.acl import auth_lines, tls_auth_lines
-from tsodso.testbed.lab import BROKER, Lab, Partitions, message_level_links
+from tsodso.testbed.lab import Lab, Partitions, message_level_links
 from tsodso.testbed.scenario import load_scenario
-from tsodso.testbed.security import init
+from tsodso.testbed.security import OBSERVER, init, load_login
 
 
 class DeployError(RuntimeError):
@@ -67,15 +68,28 @@ def up(
         per_message = [] if network.netem else message_level_links(scenario)
         if per_message:  # no netem here: the lab's delays, per message, in the actors' scenario
             scenario_file = _with_links(scenario_file, per_message, out / "run" / "lab-scenario.yaml")
-        broker_host = network.hosts[BROKER]
-        with start_broker(
-            "mosquitto",
-            host=broker_host.ip,
-            port=1883,
-            data_dir=out / "broker",
-            auth=auth,
-            prefix=network.command(BROKER, []),
-        ) as broker:
+        nodes = scenario.lab.broker_hosts
+        if len(nodes) == 1:
+            broker_host = network.hosts[nodes[0]]
+            running = start_broker(
+                "mosquitto",
+                host=broker_host.ip,
+                port=1883,
+                data_dir=out / "broker",
+                auth=auth,
+                prefix=network.command(nodes[0], []),
+            )
+        else:  # a NATS cluster, a node per host, the same per-actor users (tsodso secure init)
+            running = start_broker(
+                "nats",
+                nodes=len(nodes),
+                port=1883,
+                data_dir=out / "broker",
+                auth=(secrets / "nats" / "authorization.conf").read_text(),
+                probe_login=load_login(secrets, OBSERVER),
+                placement=[(network.hosts[n].ip, network.command(n, [])) for n in nodes],
+            )
+        with running as broker:
             tso_run = out / "run" / f"run-tso-{scenario.tso.id}.json"
             partitions = Partitions(network, speed, lambda: _wall_origin(tso_run), out / "run" / "lab.jsonl")
             partitions.start()

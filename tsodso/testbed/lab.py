@@ -13,6 +13,10 @@ What the scenario declares per host (``Scenario.lab``) is applied to that link, 
   that TCP retransmits, keepalives expire, the broker keeps the sessions and actors reconnect as
   they would between control centres.
 
+The broker is Mosquitto on host ``broker``, or (``lab.broker_nodes`` 3 or more) a NATS cluster with
+each node on a host of its own (``broker-1``, ``broker-2``, ...), routes between them over the lab's
+links: cutting one node's host off is a node lost to the network, not a killed process.
+
 Decisions (the plan, the commands) are apart from running them (:class:`Lab`). One lab at a time
 per machine; creating it needs root (CAP_NET_ADMIN).
 """
@@ -20,6 +24,7 @@ per machine; creating it needs root (CAP_NET_ADMIN).
 import ipaddress
 import json
 import math
+import os
 import shutil
 import subprocess
 import threading
@@ -40,6 +45,26 @@ class LabError(RuntimeError):
     """The lab cannot be built here: the message says why and what would do."""
 
 
+LOCK = Path("/run/tsodso-lab.owner")  # who holds the machine's lab: a process id, or 'kept'
+
+
+def _owner() -> str | None:
+    """Who holds the lab now, or None (no lab, or its process is gone)."""
+    try:
+        text = LOCK.read_text().strip()
+    except (FileNotFoundError, PermissionError):
+        return None
+    if text == "kept":
+        return "left up by 'tsodso lab up'"
+    try:
+        os.kill(int(text), 0)
+    except (ValueError, ProcessLookupError):
+        return None
+    except PermissionError:
+        pass
+    return f"process {text}"
+
+
 @dataclass(frozen=True)
 class Host:
     name: str  # 'broker' or the actor's 'role/id'
@@ -50,22 +75,25 @@ class Host:
 
 
 def plan(scenario: Scenario) -> list[Host]:
-    """The lab's hosts: the broker (.10), then every actor of the scenario (.11, .12, ...)."""
+    """The lab's hosts: the broker (.10; a cluster's nodes .10, .11, ...), then every actor of the
+    scenario (.20, .21, ...)."""
     net = ipaddress.IPv4Network(scenario.lab.subnet)
     if net.prefixlen != 24:
         raise LabError(f"lab.subnet {scenario.lab.subnet}: give a /24 (e.g. 10.77.0.0/24)")
-    names = [BROKER, *(f"{role}/{ident}" for role, ident in scenario.actors())]
-    if len(names) > 200:
-        raise LabError(f"{len(names)} hosts: a lab here holds at most 200")
+    actors = [f"{role}/{ident}" for role, ident in scenario.actors()]
+    if len(actors) > 200:
+        raise LabError(f"{len(actors)} actors: a lab here holds at most 200")
+    placed = [(name, 10 + k) for k, name in enumerate(scenario.lab.broker_hosts)]
+    placed += [(name, 20 + k) for k, name in enumerate(actors)]
     return [
         Host(
             name,
             f"{PREFIX}-{name.replace('/', '-')}"[:60],
             f"{PREFIX}{i}",
-            str(net.network_address + 10 + i),
+            str(net.network_address + offset),
             scenario.lab.hosts.get(name, LabHost()),
         )
-        for i, name in enumerate(names)
+        for i, (name, offset) in enumerate(placed)
     ]
 
 
@@ -102,7 +130,12 @@ def message_level_links(scenario: Scenario) -> list[LinkConfig]:
     """The lab's delay, jitter and loss as the gateways' link conditions (for a kernel without netem):
     a message from A to B crosses A's link, the broker's link twice and B's link."""
     links = {h.name: h.link for h in plan(scenario)}
-    broker = links.pop(BROKER)
+    brokers = [links.pop(name) for name in scenario.lab.broker_hosts]
+    broker = LabHost(  # a cluster: the slowest node's link (a message may go through any of them)
+        delay_ms=max(b.delay_ms for b in brokers),
+        jitter_ms=max(b.jitter_ms for b in brokers),
+        loss_percent=max(b.loss_percent for b in brokers),
+    )
 
     def combined(parts: list[LabHost]) -> tuple[float, float, float]:
         delay = sum(p.delay_ms for p in parts)
@@ -174,9 +207,26 @@ class Lab:
             raise LabError(f"the lab needs root (network namespaces): {probe.stderr.strip()}")
         _run(["ip", "netns", "del", f"{PREFIX}-root-probe"], check=False)
 
-    def up(self) -> "Lab":
+    def up(self, *, keep: bool = False) -> "Lab":
+        """Build the lab. One lab per machine: another one that is up (its owner alive, or left up on
+        purpose by ``tsodso lab up``) is a LabError; one a crashed run left behind is cleared first.
+        ``keep``: the lab outlives this process (until ``tsodso lab down``)."""
         self.check()
+        owner = _owner()
+        if owner is not None:
+            raise LabError(
+                f"a lab is already up on this machine ({owner}): one at a time; take it down with 'tsodso lab down'"
+            )
         self.down()
+        LOCK.write_text("kept" if keep else str(os.getpid()))
+        try:
+            self._build()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _build(self) -> None:
         self.netem = kernel_has_netem()
         if not self.netem and any(
             h.link.delay_ms or h.link.jitter_ms or h.link.loss_percent for h in self.hosts.values()
@@ -201,11 +251,11 @@ class Lab:
                 _run(cmd)
             if cmd := shaping(host.link, "eth0", self.netem):  # from the host
                 _run([*ns, *cmd])
-        return self
 
     @staticmethod
     def down() -> None:
         """Remove every host and the switch of a lab on this machine (this one or one left behind)."""
+        LOCK.unlink(missing_ok=True)
         listed = _run(["ip", "netns", "list"], check=False).stdout.split("\n")
         for line in listed:
             name = line.split(" ")[0]
