@@ -168,3 +168,32 @@ def test_a_partitioned_dso_host_triggers_the_mol_fallback_and_the_run_recovers_w
     assert summary["latency_by_link_ms"]["bsp->tso"]["p50"] >= 5.0
     if any("no netem" in note for note in summary["notes"]):
         assert (out / "run" / "lab-scenario.yaml").exists()
+
+
+@needs_root
+@pytest.mark.xdist_group("lab")
+def test_a_nats_cluster_in_the_lab_has_a_node_on_each_host_and_carries_the_run(tmp_path):
+    """`lab.broker_nodes: 3`: a NATS cluster with each node on a host of its own (routes over the lab's
+    links), the actors logging in with their own users (tsodso secure init) and each starting on the
+    node its id hashes to; the run gives the reference outcome."""
+    from tsodso.broker.nats import NatsMissing, binary
+    from tsodso.gateway.mqtt import home_node
+
+    try:
+        binary()
+    except NatsMissing as exc:
+        pytest.skip(str(exc))
+    scenario = with_lab(tmp_path, {"broker_nodes": 3})
+    out = tmp_path / "deployment"
+    summary = up(scenario, out, speed=25.0, lab=True)
+    assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.01, abs=0.01)
+    assert summary["congestion_seconds"] == 0 and summary["setpoints_sent"] >= 70
+    assert summary["setpoints_lost"] == 0
+    for conf in sorted((out / "broker").glob("node*/nats.conf")):
+        text = conf.read_text()
+        assert text.count("nats-route://10.77.0.") == 3 and "ack_wait" in text
+    nodes = ["10.77.0.10", "10.77.0.11", "10.77.0.12"]
+    for role, ident in (("tso", "tso"), ("dso", "dso1"), ("bsp", "bsp1")):
+        rows = [json.loads(line) for line in (out / "run" / f"events-{role}-{ident}.jsonl").read_text().splitlines()]
+        (first,) = [r for r in rows if r.get("event") == "connected"]
+        assert first["node"] == f"{nodes[home_node(f'{role}-{ident}', 3)]}:1883"
