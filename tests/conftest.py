@@ -31,6 +31,8 @@ LONG_RUNNING = (
     "tests/test_schemes.py",
     "tests/test_compose.py",
     "tests/test_hostile.py",
+    "tests/test_cluster.py",
+    "tests/test_lab.py",
 )
 
 
