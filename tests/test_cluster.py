@@ -65,8 +65,10 @@ def test_a_node_lost_mid_run_moves_its_actors_to_another_and_nothing_is_lost(clu
         (first, *again) = events(out / "events.jsonl", actor)
         assert first["node"] == nodes[victim], first
         assert again and all(e["node"] != nodes[victim] for e in again), again
-    (tso,) = events(out / "events.jsonl", "tso/tso")  # never lost its node
-    assert tso["node"] == nodes[home_node("tso-tso", 3)]
+    # the TSO started on its own node; the cluster may drop it too while it elects new leaders (its
+    # node lives on: the TSO then comes back, to any node), which the outcome above shows it survived
+    tso = events(out / "events.jsonl", "tso/tso")
+    assert tso[0]["node"] == nodes[home_node("tso-tso", 3)] != nodes[victim]
 
 
 def test_one_cluster_serves_run_after_run_of_separate_actor_processes(cluster, tmp_path):
