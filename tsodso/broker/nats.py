@@ -83,13 +83,19 @@ def authorization_text(actors: list[Party], passwords: dict[str, str], *, observ
 
 def write_config(data_dir: Path, port: int, *, host: str = "127.0.0.1", auth: str | None = None) -> Path:
     """A nats-server configuration with MQTT on ``port`` (NATS itself on a port chosen by the server)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    return _write(data_dir, f"tsodso-{port}", host, f'listen: "{host}:{port}"', "", auth)
+
+
+def _write(directory: Path, server_name: str, host: str, mqtt: str, more: str, auth: str | None) -> Path:
+    """``directory``/nats.conf, readable by its owner only (it may hold passwords): NATS on a port the
+    server chooses, JetStream stored in ``directory``, the ``mqtt`` block's settings, ``more`` lines."""
+    directory.mkdir(parents=True, exist_ok=True)
     text = (
-        f'server_name: "tsodso-{port}"\nlisten: "{host}:-1"\n'
-        f'jetstream {{ store_dir: "{(data_dir / "jetstream").resolve()}" }}\n'
-        f'mqtt {{ listen: "{host}:{port}" }}\n' + (auth or "")
+        f'server_name: "{server_name}"\nlisten: "{host}:-1"\n'
+        f'jetstream {{ store_dir: "{(directory / "jetstream").resolve()}" }}\n'
+        f"mqtt {{ {mqtt} }}\n{more}" + (auth or "")
     )
-    path = data_dir / "nats.conf"
+    path = directory / "nats.conf"
     path.write_text(text)
     path.chmod(0o600)
     return path
@@ -108,20 +114,15 @@ def write_cluster_config(
     (host, port; one per node, this one's included): JetStream clustered, MQTT on ``mqtt`` (host,
     port), the MQTT streams (sessions, retained messages, QoS 1 messages in flight) and consumers kept
     on 3 nodes (or all, if fewer), so that they survive the loss of one."""
-    node_dir = data_dir / f"node{index}"
-    node_dir.mkdir(parents=True, exist_ok=True)
     replicas = min(3, len(routes))
     host, port = mqtt
     route_host, route_port = routes[index]
     urls = ", ".join(f'"nats-route://{h}:{p}"' for h, p in routes)
-    text = (
-        f'server_name: "{name}-n{index}"\nlisten: "{host}:-1"\n'
-        f'jetstream {{ store_dir: "{(node_dir / "jetstream").resolve()}" }}\n'
-        f'mqtt {{ listen: "{host}:{port}", stream_replicas: {replicas}, consumer_replicas: {replicas}, '
-        f'ack_wait: "{ACK_WAIT}" }}\n'
-        f'cluster {{ name: "{name}", listen: "{route_host}:{route_port}", routes: [{urls}] }}\n' + (auth or "")
+    return _write(
+        data_dir / f"node{index}",
+        f"{name}-n{index}",
+        host,
+        f'listen: "{host}:{port}", stream_replicas: {replicas}, consumer_replicas: {replicas}, ack_wait: "{ACK_WAIT}"',
+        f'cluster {{ name: "{name}", listen: "{route_host}:{route_port}", routes: [{urls}] }}\n',
+        auth,
     )
-    path = node_dir / "nats.conf"
-    path.write_text(text)
-    path.chmod(0o600)
-    return path

@@ -60,7 +60,7 @@ def _back(events: Path, killed_at: float) -> dict[str, dict[str, Any]]:
     return back
 
 
-def _reconnects(events: Path) -> list[str]:
+def connection_events(events: Path) -> list[str]:
     """Every loss, failed attempt and reconnection, in order: 'HH:MM:SS.mmm actor event node'."""
     rows = []
     for line in events.read_text().splitlines():
@@ -99,7 +99,7 @@ def run_failover(runs: int = 3, speed: float = 25.0, data_dir: Path | None = Non
                     "back": _back(out / "events.jsonl", killed[-1]),
                     "qos1_not_arrived": qos1_not_arrived(out / "exchange.sqlite"),
                     "expired_before_sent": dropped_expired(out / "exchange.sqlite"),
-                    "reconnects": _reconnects(out / "events.jsonl"),
+                    "reconnects": connection_events(out / "events.jsonl"),
                     "setpoints_sent": summary["setpoints_sent"],
                     "setpoints_lost": summary["setpoints_lost"],
                     "setpoints_expired": summary["setpoints_expired"],

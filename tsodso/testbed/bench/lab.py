@@ -12,7 +12,6 @@ messages).
   latency, the BSP's beside the others'.
 """
 
-import json
 import platform
 import tempfile
 from datetime import datetime, timedelta
@@ -21,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from tsodso.testbed.bench.failover import qos1_not_arrived
+from tsodso.testbed.bench.failover import connection_events, qos1_not_arrived
 from tsodso.testbed.deploy import up
 from tsodso.testbed.lab import kernel_has_netem
 
@@ -35,15 +34,6 @@ def _variant(path: Path, lab: dict[str, Any], end: str, **tso: Any) -> Path:
     data["tso"].update(tso)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-def _events(events: Path) -> list[str]:
-    rows = []
-    for line in events.read_text().splitlines():
-        row = json.loads(line)
-        if row.get("event") in ("disconnected", "reconnected", "reconnect failed"):
-            rows.append(f"{row['timestamp'][11:23]} {row['event']}")
-    return rows
 
 
 def run_lab_bench(partition_s: float = 30.0, rate_kbit: float = 64.0, data_dir: Path | None = None) -> dict[str, Any]:
@@ -63,7 +53,7 @@ def run_lab_bench(partition_s: float = 30.0, rate_kbit: float = 64.0, data_dir: 
         "speed": speed,
         "dso_cut_off": f"{cut:%H:%M:%S} to {heal:%H:%M:%S} (scenario), {partition_s:g} s of wall time",
         "mol_fallbacks": summary["mol_fallbacks"],
-        "dso_connection": _events(out / "run" / "events-dso-dso1.jsonl"),
+        "dso_connection": connection_events(out / "run" / "events-dso-dso1.jsonl"),
         "qos1_not_arrived": qos1_not_arrived(out / "run" / "exchange.sqlite"),
         "setpoints_sent_lost_expired": [
             summary["setpoints_sent"],
