@@ -355,6 +355,20 @@ async def test_presence_birth_is_retained_and_death_is_the_will(broker, uid):
     assert verdicts[:cut_at] == [True] * cut_at and not verdicts[cut_at] and verdicts[-1]
 
 
+async def test_reading_the_retained_again_brings_the_brokers_copies_once_more_and_acts_on_none_twice(broker, uid):
+    """``reread_retained`` (what the TSO does while a peer it waits for is missing): the broker sends its
+    retained states again; the copies of states already handled are ignored as duplicates."""
+    p = parties(uid)
+    async with Gateway(p["bsp"], broker.url), Gateway(p["tso"], broker.url) as tso:
+        states: list[str] = []
+        tso.on(ActorState, lambda m: states.append(f"{m.sender}:{m.body.status}"))
+        await wait_until(lambda: f"{p['bsp']}:online" in states)
+        ignored, handled = tso.stats["ignored"], len(states)
+        await tso.reread_retained()
+        await wait_until(lambda: tso.stats["ignored"] >= ignored + 2)  # the BSP's and the TSO's own state
+        assert len(states) == handled  # those copies, handled: neither acted on
+
+
 async def test_clean_stop_leaves_offline_state_retained(broker, uid):
     p = parties(uid)
     async with Gateway(p["dso"], broker.url):

@@ -405,6 +405,15 @@ class Gateway:
     def connected(self) -> bool:
         return self._client is not None and self._client.connected.is_set()
 
+    async def reread_retained(self) -> None:
+        """Subscribe again, so the broker sends its retained messages (the actors' presence) once more.
+        A clustered broker can miss one: NATS 2.9 kept from a subscriber on node A a retained message
+        published on node C a moment before (3 of 30 tries here, more on a busy host); subscribing
+        again fetched it every time. Copies already handled are ignored as duplicates."""
+        client = self._client
+        if client is not None and client.ready(1):
+            await client.subscribe(inbox_filters(self.me), qos=1)
+
     def _state(self, status: Literal["online", "offline"]) -> ActorState:
         return ActorState(status=status, since=datetime.now(UTC), software=SOFTWARE, started_at=self.started_at)
 

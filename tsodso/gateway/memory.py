@@ -127,8 +127,9 @@ class MemoryClient:
 
     async def subscribe(self, filters: list[str] | str, qos: int = 1, retain_as_published: bool = False) -> None:
         for flt in [filters] if isinstance(filters, str) else filters:
-            self.filters.append(flt)
-            self.bus.changed()
+            if flt not in self.filters:  # subscribing again replaces the subscription; its retained come again
+                self.filters.append(flt)
+                self.bus.changed()
             for topic, message in sorted(self.bus.retained.items()):
                 if topic_matches(flt, topic):
                     self.queue.put_nowait(message)

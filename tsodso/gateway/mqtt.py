@@ -385,9 +385,11 @@ class MqttConnection:
     # --- subscribing ----------------------------------------------------------------------------
 
     async def subscribe(self, filters: list[str], qos: int = 1, retain_as_published: bool = False) -> None:
-        """Subscribe to ``filters`` (renewed after a reconnect that found no session); returns on the SUBACK."""
+        """Subscribe to ``filters`` (renewed after a reconnect that found no session); returns on the SUBACK.
+        A filter subscribed again replaces its subscription, and the broker sends its retained messages again
+        (MQTT 3.1.1 3.8.4; MQTT 5 with Retain Handling 0)."""
         entries = [(f, qos, retain_as_published) for f in filters]
-        self._filters += entries
+        self._filters = [e for e in self._filters if e[0] not in filters] + entries
         mid = self._send_subscribe(entries)
         fut = self._suback[mid] = asyncio.get_running_loop().create_future()
         try:

@@ -42,7 +42,7 @@ from tsodso.schemas.messages import (
 from tsodso.schemas.topics import topic_for
 from tsodso.testbed.clock import Clock
 from tsodso.testbed.conformance.session import dso_profile
-from tsodso.testbed.standalone import LEAD_S, announce_run_start, is_run_start, track_presence
+from tsodso.testbed.standalone import LEAD_S, announce_run_start, is_run_start, track_presence, wait_until_online
 
 FAULTS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
     "bsp": {
@@ -306,10 +306,8 @@ async def _emulate_tso(
         actor = TSO(gw, clock, profile, profile.tso)
         if ready is not None:
             ready()
-        while not peers <= online.online:
-            if stop.is_set():
-                return
-            await asyncio.sleep(0.05)
+        if await wait_until_online(gw, online, peers, float("inf"), stop):
+            return  # stopped before they came
         await announce_run_start(gw, profile, clock)
         run = asyncio.ensure_future(actor.run())
         waiter = asyncio.ensure_future(stop.wait())

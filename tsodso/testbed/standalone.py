@@ -72,6 +72,32 @@ def track_presence(gw: Gateway) -> Presence:
     return presence
 
 
+REREAD_S = 2.0  # while some peer is missing, the retained presence is fetched again this often (wall s)
+
+
+async def wait_until_online(
+    gw: Gateway,
+    presence: Presence,
+    peers: set[str],
+    deadline: float,
+    stop: asyncio.Event | None = None,
+    *,
+    reread_s: float = REREAD_S,
+) -> set[str]:
+    """Wait until every one of ``peers`` ('role/id') is online, until ``deadline`` (wall time) or ``stop``;
+    returns those still missing (empty: all there). Every ``reread_s`` the retained presence is fetched again
+    (``Gateway.reread_retained``): a clustered broker can keep a retained state from a subscriber that
+    came a moment after it."""
+    reread_at = time.time() + reread_s
+    while not peers <= presence.online and time.time() < deadline and not (stop is not None and stop.is_set()):
+        if time.time() >= reread_at:
+            gw.log.info("waiting for peers", missing=sorted(peers - presence.online))
+            await gw.reread_retained()
+            reread_at = time.time() + reread_s
+        await asyncio.sleep(0.05)
+    return peers - presence.online
+
+
 async def announce_run_start(gw: Gateway, scenario: Scenario, clock: Clock) -> None:
     """The TSO starts the run: 'run start' to everyone; scenario time begins LEAD_S after it."""
     wall_start = datetime.now(UTC) + timedelta(seconds=LEAD_S)
@@ -159,14 +185,11 @@ async def run_actor(
                 rejoin(actor, state_file, clock, out)
             elif role == "tso":
                 peers = {f"{r}/{i}" for r, i in scenario.actors() if r != "tso"}
-                deadline = time.time() + start_timeout_s
-                while not peers <= online.online:
-                    if time.time() > deadline:
-                        raise RunNotStarted(
-                            f"not every actor of the scenario came online within {start_timeout_s:g} s "
-                            f"(missing: {', '.join(sorted(peers - online.online))}); start them with 'tsodso actor' on this broker"
-                        )
-                    await asyncio.sleep(0.05)
+                if missing := await wait_until_online(gw, online, peers, time.time() + start_timeout_s):
+                    raise RunNotStarted(
+                        f"not every actor of the scenario came online within {start_timeout_s:g} s "
+                        f"(missing: {', '.join(sorted(missing))}); start them with 'tsodso actor' on this broker"
+                    )
                 await announce_run_start(gw, scenario, clock)
             else:
                 try:
