@@ -5,6 +5,7 @@ previous run's stored 'offline' after the new 'online')."""
 
 import asyncio
 import json
+import socket
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 
 from tests.conftest import assert_no_setpoint_lost, run_processes, short_scenario_file
 from tsodso.broker import start_broker
-from tsodso.broker.nats import NatsMissing, binary
+from tsodso.broker.launch import BrokerExited, RunningBroker, RunningCluster, free_port
+from tsodso.broker.nats import NatsMissing, binary, write_cluster_config
 from tsodso.gateway.mqtt import home_node
 from tsodso.testbed.runner import run_scenario
 from tsodso.testbed.scenario import load_scenario
@@ -89,3 +91,32 @@ def test_one_cluster_serves_run_after_run_of_separate_actor_processes(cluster, t
         assert summary["congestion_seconds"] == 0, run
         assert_no_setpoint_lost(summary)
         assert summary["setpoints_sent"] >= 70, run
+
+
+def test_a_node_that_cannot_start_is_named_with_its_reason_not_waited_for(tmp_path):
+    """A node whose MQTT port another socket holds by the time it starts (a port is free when chosen,
+    and any connection may take it before the node listens) exits; the start says which node and why,
+    at once, instead of waiting for a cluster that cannot deliver."""
+    try:
+        binary()
+    except NatsMissing as exc:
+        pytest.skip(str(exc))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        mqtt = [("127.0.0.1", free_port()), ("127.0.0.1", free_port()), ("127.0.0.1", taken)]
+        routes = [("127.0.0.1", free_port()) for _ in mqtt]
+        members = []
+        for i, node in enumerate(mqtt):
+            conf = write_cluster_config(tmp_path, i, node, routes)
+            members.append(RunningBroker("nats", "", *node, [binary(), "-c", str(conf)], conf.parent))
+        url = "mqtt://" + ",".join(f"{h}:{p}" for h, p in mqtt) + "?protocol=3.1.1"
+        cluster = RunningCluster("nats", url, members=members)
+        try:
+            with pytest.raises(
+                BrokerExited, match=rf"nats node 3 of 3 \(127.0.0.1:{taken}\) exited .*address already in use"
+            ):
+                cluster.start()
+        finally:
+            cluster.stop(hard=True)

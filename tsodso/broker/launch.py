@@ -11,12 +11,14 @@ start_broker("mqtt://host:1883")         # nothing to start
 
 import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,11 +46,15 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
-def wait_for_port(host: str, port: int, timeout_s: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout_s: float = 10.0, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise BrokerError(f"the broker exited with code {proc.returncode} before listening on {host}:{port}")
+            raise BrokerExited(
+                f"the broker exited with code {proc.returncode} before listening on {host}:{port}{last_words(log)}"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
@@ -59,6 +65,19 @@ def wait_for_port(host: str, port: int, timeout_s: float = 10.0, proc: subproces
 
 class BrokerError(ValueError):
     """A broker the user named that the testbed cannot start: the message says which and what is valid."""
+
+
+class BrokerExited(BrokerError):
+    """A broker process the testbed started ended while it was starting; the message gives its last line."""
+
+
+def last_words(log: Path | None) -> str:
+    """': <the last line a broker wrote to its log>', or '' where there is none."""
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines() if log is not None else []
+    except OSError:
+        return ""
+    return f": {lines[-1].strip()[:300]}" if lines else ""
 
 
 @dataclass
@@ -78,8 +97,13 @@ class RunningBroker:
             self.proc = subprocess.Popen(
                 self.command, stdout=_out(self), stderr=subprocess.STDOUT, start_new_session=True
             )
-            wait_for_port(self.host, self.port, proc=self.proc)
+            wait_for_port(self.host, self.port, proc=self.proc, log=self.log_file)
         return self
+
+    @property
+    def log_file(self) -> Path | None:
+        """Where the broker's own output goes (its data directory's ``<kind>.out``)."""
+        return self.data_dir / f"{self.kind}.out" if self.data_dir else None
 
     def stop(self, *, hard: bool = False) -> None:
         """Stop the broker: SIGTERM (Mosquitto saves its persistent sessions) or SIGKILL."""
@@ -120,9 +144,23 @@ class RunningCluster(RunningBroker):
                     member.command, stdout=_out(member), stderr=subprocess.STDOUT, start_new_session=True
                 )
         for member in self.members:
-            wait_for_port(member.host, member.port, proc=member.proc)
-        wait_until_delivering(self.url, self.ready_timeout_s, self.probe_login)
+            try:
+                wait_for_port(member.host, member.port, proc=member.proc, log=member.log_file)
+            except BrokerExited:
+                self.exited()  # the same, naming the node
+                raise
+        wait_until_delivering(self.url, self.ready_timeout_s, self.probe_login, check=self.exited)
         return self
+
+    def exited(self) -> None:
+        """BrokerExited naming the first node whose process has ended (a cluster short of a node that
+        never started is not one to wait for)."""
+        for i, member in enumerate(self.members):
+            if member.proc is not None and member.proc.poll() is not None:
+                raise BrokerExited(
+                    f"nats node {i + 1} of {len(self.members)} ({member.host}:{member.port}) exited with code "
+                    f"{member.proc.returncode}{last_words(member.log_file)}"
+                )
 
     def stop(self, *, hard: bool = False) -> None:
         for member in self.members:
@@ -135,9 +173,12 @@ def _out(broker: RunningBroker) -> Any:
     )  # (the broker process holds it)
 
 
-def wait_until_delivering(url: str, timeout_s: float, login: tuple[str, str] | None = None) -> None:
+def wait_until_delivering(
+    url: str, timeout_s: float, login: tuple[str, str] | None = None, check: Callable[[], None] | None = None
+) -> None:
     """Return once a QoS 1 message published on each node of ``url`` reaches a subscriber on the next
-    node (or the same one, for a single node); BrokerError after ``timeout_s``."""
+    node (or the same one, for a single node); BrokerError after ``timeout_s``. ``check``, called between
+    tries, raises to end the wait early (a node that died)."""
     import asyncio
     import uuid
 
@@ -164,6 +205,8 @@ def wait_until_delivering(url: str, timeout_s: float, login: tuple[str, str] | N
         pending = list(range(len(nodes)))
         last = "no answer"
         while pending:
+            if check is not None:
+                check()
             try:
                 await asyncio.wait_for(round_trip(pending[0]), max(0.1, min(10.0, deadline - time.monotonic())))
                 pending.pop(0)
@@ -216,11 +259,11 @@ def start_broker(
         raise BrokerError(f"nats: {nodes} nodes; a cluster here has 1 to 9 (3 survives the loss of one)")
     if port and not prefix and not placement and (problem := port_problem(host, port)):
         raise BrokerError(f"{kind}: {problem}")
-    port = port or free_port(host)
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix=f"tsodso-{kind}-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     if nodes > 1:
         return _start_nats_cluster(nodes, port, host, data_dir, auth, probe_login, placement)
+    port = port or free_port(host)
     if kind == "embedded":
         cmd = [
             sys.executable,
@@ -250,6 +293,30 @@ def start_broker(
 
 
 def _start_nats_cluster(
+    nodes: int,
+    port: int | None,
+    host: str,
+    data_dir: Path,
+    auth: str | None,
+    probe_login: tuple[str, str] | None,
+    placement: list[tuple[str, list[str]]] | None,
+) -> RunningCluster:
+    """Start the cluster; on free ports of its own choosing (no ``port``), again on other ones where a node
+    found its port taken by then (a port is free when chosen, and any connection may take it before the
+    node listens: seen here)."""
+    tries = 3 if not port and placement is None else 1
+    for attempt in range(1, tries + 1):
+        try:
+            return _start_nats_nodes(nodes, port or free_port(host), host, data_dir, auth, probe_login, placement)
+        except BrokerExited as exc:
+            if attempt == tries or "address already in use" not in str(exc):
+                raise
+            for store in data_dir.glob("node*/jetstream"):
+                shutil.rmtree(store, ignore_errors=True)  # a JetStream cluster that never formed
+    raise AssertionError("unreachable")
+
+
+def _start_nats_nodes(
     nodes: int,
     port: int,
     host: str,
