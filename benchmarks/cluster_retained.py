@@ -6,7 +6,10 @@ a retained QoS 1 message on a fresh topic; ``--gap`` seconds later a subscriber 
 and waits 2 s for it. A try where it never came counts as missed; the subscriber then subscribes again
 (MQTT 3.1.1 3.8.4: the broker sends the retained messages again) and waits 3 s more.
 
-    .venv/bin/python benchmarks/cluster_retained.py [--tries 30] [--gap 0 0.005 0.02]
+With ``--port P`` the same tries run on the one broker listening at 127.0.0.1:P (e.g. Mosquitto on 1883),
+publisher and subscriber on it: the comparison with a broker that is not a cluster.
+
+    .venv/bin/python benchmarks/cluster_retained.py [--tries 30] [--gap 0 0.005 0.02] [--port P]
 """
 
 import argparse
@@ -33,9 +36,8 @@ async def arrived(inbox: list[bytes], within_s: float) -> bool:
     return bool(inbox)
 
 
-async def tries(cluster: RunningCluster, n: int, gap_s: float) -> tuple[int, int]:
-    """(missed, fetched by subscribing again) over ``n`` tries."""
-    first, last = cluster.members[0].port, cluster.members[-1].port
+async def tries(first: int, last: int, n: int, gap_s: float) -> tuple[int, int]:
+    """(missed, fetched by subscribing again) over ``n`` tries: publisher on port ``last``, subscriber on ``first``."""
     missed = fetched = 0
     for _ in range(n):
         tag = uuid.uuid4().hex[:8]
@@ -59,17 +61,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tries", type=int, default=30)
     parser.add_argument("--gap", type=float, nargs="+", default=[0.0, 0.005, 0.02], help="publish → subscribe (s)")
+    parser.add_argument("--port", type=int, help="one broker already listening at 127.0.0.1:PORT instead of a cluster")
     args = parser.parse_args()
-    cluster = start_broker("nats", nodes=3)
-    assert isinstance(cluster, RunningCluster)
+    cluster = None
+    if args.port:
+        first = last = args.port
+    else:
+        cluster = start_broker("nats", nodes=3)
+        assert isinstance(cluster, RunningCluster)
+        first, last = cluster.members[0].port, cluster.members[-1].port
     try:
         print("| publish → subscribe | tries | missed | fetched by subscribing again |")
         print("| --- | --- | --- | --- |")
         for gap_s in args.gap:
-            missed, fetched = asyncio.run(tries(cluster, args.tries, gap_s))
+            missed, fetched = asyncio.run(tries(first, last, args.tries, gap_s))
             print(f"| {gap_s * 1000:g} ms | {args.tries} | {missed} | {fetched} of {missed} |")
     finally:
-        cluster.stop()
+        if cluster is not None:
+            cluster.stop()
 
 
 if __name__ == "__main__":
