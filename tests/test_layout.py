@@ -72,3 +72,14 @@ def test_one_module_owns_the_mqtt_client():
         if name.split(".")[0] in MQTT_CLIENTS
     }
     assert owners == {"tsodso/gateway/mqtt.py"}
+
+
+def test_one_module_owns_the_iec104_library():
+    """Only gateway/iec104.py imports c104 (lib60870): the bridge and the site emulator speak through it."""
+    owners = {
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*.py")
+        for name in _imports(path)
+        if name.split(".")[0] == "c104"
+    }
+    assert owners == {"tsodso/gateway/iec104.py"}

@@ -16,6 +16,7 @@ from tsodso.schemas.messages import (
     MonitoringReport,
     OfferAcceptance,
     SettlementReport,
+    Telemetry,
 )
 
 __all__ = ["BSP", "AssetState", "admissible_deltas", "asset_data", "bid_assets"]
@@ -136,7 +137,10 @@ class BSP(Actor):
             self.core.refused_setpoints += 1
             self.gw.refuse(msg, why)
             return
-        answer, to_dsos, cut = self.core.follow(msg.body, self.asset_targets)
+        await self.answer(msg, *self.core.follow(msg.body, self.asset_targets))
+
+    async def answer(self, msg: Received[DeltaSetpoint], answer: Telemetry, to_dsos: list, cut: list[str]) -> None:
+        """A followed setpoint's telemetry: the answer to the TSO, then each DSO's; what was cut, refused."""
         env = msg.envelope
         await self.gw.publish(
             answer, self.tso, causation_id=env.message_id, correlation_id=env.correlation_id or env.message_id

@@ -60,6 +60,15 @@ class AssetState:
         return self.delta_mw
 
 
+@dataclass(frozen=True)
+class SiteReading:
+    """What a site outside the testbed measured of one asset at a setpoint's instant (a BSP behind a field
+    protocol bridge: ``actors.bsp_iec104``)."""
+
+    delivered_mw: float  # [MW] the asset's deviation from its schedule
+    quality: Quality = Quality.GOOD
+
+
 def asset_data(a: AssetConfig) -> AssetData:
     """An asset's technical data as a prequalification request carries it (aFRR)."""
     return AssetData(
@@ -290,20 +299,28 @@ class BspCore:
         self.fleet_at = to
 
     def follow(
-        self, sp: DeltaSetpoint, targets_of: Callable[[DeltaSetpoint], dict[str, float]] | None = None
+        self,
+        sp: DeltaSetpoint,
+        targets_of: Callable[[DeltaSetpoint], dict[str, float]] | None = None,
+        measured: Mapping[str, SiteReading] | None = None,
     ) -> tuple[Telemetry, list[Send], list[str]]:
         """Take setpoint ``sp`` (already found acceptable by ``setpoint_refusal``): the fleet has
-        followed the previous targets until its instant; its telemetry (to the TSO: the answer; to
-        each DSO: its DN assets), then the new targets from what the contract admits of the setpoint,
-        and what was cut of it."""
+        followed the previous targets until its instant (the model's, or as a site ``measured`` it);
+        its telemetry (to the TSO: the answer; to each DSO: its DN assets), then the new targets from
+        what the contract admits of the setpoint, and what was cut of it."""
         self.last_cycle = sp.cycle
-        self.advance_fleet(sp.instant)
+        if measured is None:
+            self.advance_fleet(sp.instant)
+        else:
+            for asset_id, reading in measured.items():
+                self.assets[asset_id].delta_mw = reading.delivered_mw
+            self.fleet_at = sp.instant
         delivered = sum(a.delta_mw for a in self.assets.values())
         isp = isp_of(sp.instant)
         measurements = [
             Measurement(
                 resource_id=a.config.asset_id,
-                quality=Quality.GOOD,
+                quality=measured[a.config.asset_id].quality if measured else Quality.GOOD,
                 p_mw=a.config.scheduled_mw + self.flex_mw.get((a.config.asset_id, isp), 0.0) + a.delta_mw,
             )
             for a in self.assets.values()
@@ -322,6 +339,13 @@ class BspCore:
             dn = [m for m, a in zip(measurements, self.assets.values()) if a.config.dso_id == dso_id]
             body = Telemetry(source_id=self.me, instant=sp.instant, cycle=sp.cycle, measurements=dn)
             to_dsos.append(Send(body, Party(role="dso", id=dso_id)))
-        follow, cut = admissible_deltas(sp, self.accepted.get(isp, {}), self.limits)
-        self.targets = (targets_of or self.asset_targets)(sp.model_copy(update={"bid_deltas_mw": follow}))
+        self.targets, cut = self.new_targets(sp, targets_of)
         return answer, to_dsos, cut
+
+    def new_targets(
+        self, sp: DeltaSetpoint, targets_of: Callable[[DeltaSetpoint], dict[str, float]] | None = None
+    ) -> tuple[dict[str, float], list[str]]:
+        """What each asset follows after setpoint ``sp`` [MW], from what the contract admits of it; and
+        what was cut of it."""
+        follow, cut = admissible_deltas(sp, self.accepted.get(isp_of(sp.instant), {}), self.limits)
+        return (targets_of or self.asset_targets)(sp.model_copy(update={"bid_deltas_mw": follow})), cut

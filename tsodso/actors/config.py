@@ -84,6 +84,49 @@ class CommercialNeed(_Model):
     max_price_eur_per_mwh: float = Field(description="[EUR/MWh] willingness to pay")
 
 
+IOA = Annotated[int, Field(ge=1, le=16_777_215, description="information object address (3 octets)")]
+
+
+class Iec104Points(_Model):
+    """One asset's information objects at its site (IEC 60870-5-104; docs/iec104.md)."""
+
+    setpoint_ioa: IOA = Field(
+        description="the command that carries the asset's aFRR target: C_SE_TC_1 (short float with time tag) or, "
+        "without time tags, C_SE_NC_1; [MW, deviation from schedule] / scale_mw"
+    )
+    delivered_ioa: IOA = Field(
+        description="the measured value the site reports for it: M_ME_TF_1 (or M_ME_NC_1); the aFRR delta the "
+        "asset delivers [MW, deviation from schedule] / scale_mw"
+    )
+
+
+class Iec104Site(_Model):
+    """A BSP whose fleet is a site spoken to over IEC 60870-5-104 (``tsodso bridge iec104``): the bridge is the
+    controlling station (client), the site the controlled station (server)."""
+
+    host: str = Field(default="127.0.0.1", description="the site's address")
+    port: int = Field(default=2404, ge=1, le=65535, description="the site's IEC 104 port (2404 is the standard's)")
+    common_address: int = Field(default=1, ge=1, le=65534, description="the site's ASDU common address (station)")
+    time_tag: bool = Field(
+        default=True,
+        description="true: commands and measurements carry a CP56Time2a time tag, the setpoint's scenario instant "
+        "(C_SE_TC_1, M_ME_TF_1); false: C_SE_NC_1, M_ME_NC_1",
+    )
+    scale_mw: float = Field(default=1.0, gt=0, description="[MW] per unit of a value on the wire")
+    points: dict[str, Iec104Points] = Field(
+        default_factory=dict,
+        description="asset id -> its points; an asset not given gets setpoint 1000+i, delivered 2000+i (i: its "
+        "place in the BSP's assets, from 0)",
+    )
+
+    def points_of(self, asset_ids: list[str]) -> dict[str, Iec104Points]:
+        """Every asset's points: as configured, else the defaults."""
+        return {
+            a: self.points.get(a) or Iec104Points(setpoint_ioa=1000 + i, delivered_ioa=2000 + i)
+            for i, a in enumerate(asset_ids)
+        }
+
+
 class BspConfig(_Model):
     """A balancing service provider: its portfolio and its bids."""
 
@@ -93,12 +136,32 @@ class BspConfig(_Model):
     bids: list[BidConfig] = Field(description="its aFRR energy bids, each from some of its assets")
     follow_factor: float = Field(default=1.0, gt=0, description="1: follows setpoints; <1 under-delivers")
     needs: list[CommercialNeed] = Field(default_factory=list, description="its own needs (integrated market only)")
+    iec104: Iec104Site | None = Field(
+        default=None,
+        description="its fleet is a site behind an IEC 60870-5-104 bridge (tsodso bridge iec104, docs/iec104.md); "
+        "none: the testbed models the fleet",
+    )
 
     @model_validator(mode="after")
     def _portfolio(self) -> "BspConfig":
         assets = {a.asset_id: a for a in self.assets}
         if len(assets) != len(self.assets):
             raise ValueError(f"bsp {self.id!r}: asset ids must be unique")
+        if self.iec104 is not None:
+            if unknown := set(self.iec104.points) - set(assets):
+                raise ValueError(
+                    f"bsp {self.id!r}: iec104 points for {', '.join(sorted(unknown))}, not one of its assets "
+                    f"({', '.join(assets)})"
+                )
+            used: dict[int, str] = {}
+            for asset_id, p in self.iec104.points_of(list(assets)).items():
+                for kind, ioa in (("setpoint_ioa", p.setpoint_ioa), ("delivered_ioa", p.delivered_ioa)):
+                    if ioa in used:
+                        raise ValueError(
+                            f"bsp {self.id!r}: iec104 {asset_id}.{kind} {ioa} is already {used[ioa]}: every "
+                            "information object address of a site is used once"
+                        )
+                    used[ioa] = f"{asset_id}.{kind}"
         if len({b.bid_id for b in self.bids}) != len(self.bids):
             raise ValueError(f"bsp {self.id!r}: bid ids must be unique")
         for bid in self.bids:
