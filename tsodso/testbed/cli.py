@@ -42,6 +42,10 @@ grid_app = typer.Typer(
     rich_markup_mode=None, no_args_is_help=True, help="The DSOs' grids: what a scenario can name in them."
 )
 app.add_typer(grid_app, name="grid")
+bridge_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="Field protocols at the edge: a BSP's site on IEC 60870-5-104."
+)
+app.add_typer(bridge_app, name="bridge")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -501,6 +505,7 @@ def _run(
     out: Path,
     links: Sequence[str] = (),
     virtual: bool = False,
+    iec104: Sequence[str] = (),
 ) -> dict:
     from tsodso.actors.config import LinkConfig
     from tsodso.broker import start_broker
@@ -512,11 +517,37 @@ def _run(
         pattern, _, params = spec.rpartition(":") if "=" in spec.rpartition(":")[2] else (spec, "", "")
         values = dict(kv.split("=", 1) for kv in params.split(",") if kv)
         scenario.links.append(LinkConfig.model_validate({"between": pattern, **values}))
+    for spec in iec104:
+        _bridge_bsp(scenario, spec)
     import shutil
 
     shutil.rmtree(out / "broker", ignore_errors=True)  # a fresh broker per run: no retained state of the last one
     with start_broker(broker, data_dir=out / "broker") as running:
         return asyncio.run(run_scenario(scenario, running.url, out, speed=speed, virtual=virtual, progress=_progress))
+
+
+def _site_address(spec: str, option: str) -> tuple[str, int]:
+    host, _, port = spec.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise typer.BadParameter(f"{option}: give host:port, e.g. 127.0.0.1:2404")
+    return host, int(port)
+
+
+def _bridge_bsp(scenario, spec: str) -> None:
+    """``--iec104 BSP[=HOST:PORT]``: the scenario's BSP behind the IEC 104 bridge, its site at HOST:PORT
+    (default: its scenario's iec104 site, else 127.0.0.1:2404)."""
+    from tsodso.actors.config import Iec104Site
+
+    bsp_id, _, address = spec.partition("=")
+    bsps = {b.id: b for b in scenario.bsps}
+    if bsp_id not in bsps:
+        raise typer.BadParameter(f"--iec104 {spec!r}: {bsp_id!r} is not a BSP of the scenario ({', '.join(bsps)})")
+    bsp = bsps[bsp_id]
+    site = bsp.iec104 or Iec104Site()
+    if address:
+        host, port = _site_address(address, f"--iec104 {spec!r}")
+        site = site.model_copy(update={"host": host, "port": port})
+    bsp.iec104 = site
 
 
 @app.command()
@@ -536,10 +567,24 @@ def run(
             " (keys of a scenario's links entry; repeatable)."
         ),
     ] = None,
+    iec104: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="'BSP[=HOST:PORT]': that BSP's fleet is a site on IEC 60870-5-104 (tsodso emulate iec104-site), "
+            "bridged; default: the scenario's iec104 site, else 127.0.0.1:2404 (repeatable; docs/iec104.md)."
+        ),
+    ] = None,
 ):
     """Run a scenario with every actor in this process; write the run directory."""
     summary = _run(
-        scenario, _coordination(coordination), 1.0 if realtime else speed, broker, out, link or [], virtual=virtual
+        scenario,
+        _coordination(coordination),
+        1.0 if realtime else speed,
+        broker,
+        out,
+        link or [],
+        virtual=virtual,
+        iec104=iec104 or [],
     )
     from tsodso.testbed.report import build_report
 
@@ -748,6 +793,20 @@ def _print_outcomes(runs: list[dict], to: Console) -> None:
             else "-"
         ),
     )
+
+    def bridged(bsp_id: str) -> Callable[[RunSummary], str]:
+        def text(s: RunSummary) -> str:
+            bridge = (s.bridges or {}).get(bsp_id)
+            if bridge is None:
+                return "-"
+            return f"{bridge.confirmed.p50} / {bridge.confirmed.p99}" + (
+                f", {bridge.not_taken} not taken" if bridge.not_taken else ""
+            )
+
+        return text
+
+    for bsp_id in sorted({b for s in summaries for b in s.bridges or {}}):
+        row(f"{bsp_id} IEC 104 confirmed p50 / p99 [ms]", bridged(bsp_id))
     row("total activation cost [EUR]", lambda s: f"{s.schemes.total_cost_eur:.2f}")
     row("balancing need covered [%]", lambda s: f"{s.schemes.balancing_covered_percent:.1f}")
     row(
@@ -1324,7 +1383,7 @@ def conformance(
 
 @app.command()
 def emulate(
-    role: Annotated[str | None, typer.Argument(help="bsp | dso | tso | mo")] = None,
+    role: Annotated[str | None, typer.Argument(help="bsp | dso | tso | mo | iec104-site")] = None,
     device_id: Annotated[str | None, typer.Option("--device-id", help="The device's id on the bus.")] = None,
     broker: Annotated[
         str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
@@ -1341,19 +1400,27 @@ def emulate(
             help="Write the device's public key here (public-keys.json form), for tsodso conformance --public-keys."
         ),
     ] = None,
+    site_port: Annotated[
+        int | None, typer.Option("--port", help="iec104-site: the port to serve (default: the scenario's, or 2404).")
+    ] = None,
 ):
     """A reference BSP, DSO, TSO or market-operator device that passes its conformance suite (or breaks it
-    with --fault). It signs what it sends with a key made for this run."""
+    with --fault). It signs what it sends with a key made for this run. 'iec104-site' is a BSP's site on
+    IEC 60870-5-104 instead, for 'tsodso bridge iec104' (--device-id: the scenario's BSP whose fleet it is)."""
     from tsodso.testbed.emulate import FAULTS
     from tsodso.testbed.emulate import emulate as run_emulator
+    from tsodso.testbed.iec104_site import SITE_FAULTS
     from tsodso.testbed.scenario import load_scenario
 
     if list_faults:
-        for r, faults in FAULTS.items():
+        for r, faults in {**FAULTS, "iec104-site": SITE_FAULTS}.items():
             for name, (what, breaks) in faults.items():
                 console.print(
                     f"{r} --fault {name}: {what} (fails {', '.join(sorted(breaks))})", highlight=False, soft_wrap=True
                 )
+        return
+    if role == "iec104-site":
+        _emulate_site(load_scenario(scenario), device_id, fault, speed, site_port)
         return
     if role not in FAULTS or device_id is None:
         raise typer.BadParameter(f"give a role ({', '.join(FAULTS)}) and --device-id (or --list-faults)")
@@ -1383,6 +1450,102 @@ def emulate(
             speed=speed,
             signing_key=key[f"{role}/{device_id}"],
             ready=ready,
+        )
+    )
+
+
+def _site_of(scenario, device_id: str | None):
+    """The scenario's BSP ``device_id`` (default: its first) and its IEC 104 site (default: the defaults)."""
+    from tsodso.actors.config import Iec104Site
+
+    bsps = {b.id: b for b in scenario.bsps}
+    if device_id is not None and device_id not in bsps:
+        raise typer.BadParameter(
+            f"--device-id {device_id!r} is not a BSP of the scenario (its BSPs: {', '.join(bsps)})"
+        )
+    bsp = bsps[device_id] if device_id else scenario.bsps[0]
+    return bsp, bsp.iec104 or Iec104Site()
+
+
+def _emulate_site(scenario, device_id: str | None, fault: str | None, speed: float, port: int | None) -> None:
+    from tsodso.testbed.iec104_site import SITE_FAULTS, SiteEmulator
+
+    if fault is not None and fault not in SITE_FAULTS:
+        raise typer.BadParameter(f"iec104-site faults: {', '.join(SITE_FAULTS)}")
+    bsp, site = _site_of(scenario, device_id)
+    emulator = SiteEmulator(
+        bsp, site, port=port, fault=fault, setpoint_period_s=scenario.setpoint_period_s, speed=speed
+    )
+    try:
+        emulator.start()
+    except OSError as exc:
+        err.print(f"tsodso: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    err.print(
+        f"iec104-site of {bsp.id} on {emulator.station.where} (common address {site.common_address}"
+        f"{', fault ' + fault if fault else ''}): waiting for its bridge (tsodso bridge iec104 ...); Ctrl-C stops",
+        highlight=False,
+    )
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop:
+            time.sleep(0.1)
+    finally:
+        emulator.stop()
+
+
+@bridge_app.command("iec104")
+def bridge_iec104(
+    device_id: Annotated[str | None, typer.Option("--device-id", help="The BSP's id on the bus.")] = None,
+    site: Annotated[
+        str | None, typer.Option(help="The site's host:port (default: the scenario's iec104 site, or 127.0.0.1:2404).")
+    ] = None,
+    broker: Annotated[
+        str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
+    ] = "mqtt://127.0.0.1:1883",
+    scenario: ScenarioOpt = REFERENCE_SCENARIO,
+    speed: Annotated[float, typer.Option(callback=_positive_speed, help="Must match the suite's --speed.")] = 1.0,
+):
+    """A BSP on the bus whose fleet is a site on IEC 60870-5-104: setpoints become setpoint commands, the
+    site's measured values its telemetry (docs/iec104.md). Serves conformance sessions as 'tsodso emulate bsp'."""
+    from tsodso.testbed.emulate import bsp_profile
+    from tsodso.testbed.emulate import emulate as run_emulator
+    from tsodso.testbed.scenario import load_scenario
+
+    loaded = load_scenario(scenario)
+    bsp, where = _site_of(loaded, device_id if device_id in {b.id for b in loaded.bsps} else None)
+    if site is not None:
+        host, port = _site_address(site, f"--site {site!r}")
+        where = where.model_copy(update={"host": host, "port": port})
+    device_id = device_id or bsp.id
+    from tsodso.schemas import signing
+
+    key = signing.generate([f"bsp/{device_id}"])
+
+    def ready() -> None:
+        err.print(
+            f"bsp/{device_id} on {broker}, bridged to IEC 104 site {where.host}:{where.port}: waiting for a session "
+            "(tsodso conformance ...); Ctrl-C stops",
+            highlight=False,
+        )
+
+    asyncio.run(
+        run_emulator(
+            "bsp",
+            device_id,
+            broker,
+            bsp_profile(loaded, device_id),
+            speed=speed,
+            signing_key=key[f"bsp/{device_id}"],
+            ready=ready,
+            site=where,
         )
     )
 
@@ -1442,12 +1605,13 @@ def main() -> None:  # pragma: no cover - the console script; tests call ``app``
     from tsodso.actors.grid import GridError
     from tsodso.broker.launch import BrokerError
     from tsodso.gateway.client import BrokerUnreachable
+    from tsodso.gateway.iec104 import SiteUnavailable
     from tsodso.testbed.scenario import ScenarioError
     from tsodso.testbed.security import SecretsError
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         app()
-    except (ScenarioError, SecretsError, BrokerError, GridError, BrokerUnreachable) as exc:
+    except (ScenarioError, SecretsError, BrokerError, GridError, BrokerUnreachable, SiteUnavailable) as exc:
         err.print(f"tsodso: {exc}", highlight=False, markup=False)
         sys.exit(2)

@@ -20,7 +20,8 @@ from typing import Any
 
 from tsodso.actors import market
 from tsodso.actors.bsp import BSP
-from tsodso.actors.config import Scenario
+from tsodso.actors.bsp_iec104 import BridgedBSP, site_link
+from tsodso.actors.config import Iec104Site, Scenario
 from tsodso.actors.coordination import SWITCH
 from tsodso.actors.dso import DSO
 from tsodso.actors.market import Need, Offer
@@ -28,6 +29,7 @@ from tsodso.actors.mo import MarketOperator
 from tsodso.actors.rules import ISP, isp_of
 from tsodso.actors.tso import TSO
 from tsodso.gateway import Gateway, Received
+from tsodso.gateway.iec104 import SiteUnavailable
 from tsodso.schemas import signing
 from tsodso.schemas.envelope import Envelope, Party
 from tsodso.schemas.messages import (
@@ -43,6 +45,8 @@ from tsodso.schemas.topics import topic_for
 from tsodso.testbed.clock import Clock
 from tsodso.testbed.conformance.session import dso_profile
 from tsodso.testbed.standalone import LEAD_S, announce_run_start, is_run_start, track_presence, wait_until_online
+
+SITE_CONNECT_S = 10.0  # [s, wall] how long a bridge waits for its site to accept the connection
 
 FAULTS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
     "bsp": {
@@ -217,10 +221,12 @@ async def emulate(
     stop: asyncio.Event | None = None,
     signing_key: Any = None,
     ready: Callable[[], None] | None = None,
+    site: Iec104Site | None = None,
 ) -> None:
     """Run one emulated device until ``stop`` is set (or SIGINT / SIGTERM); with ``signing_key`` it
     signs what it sends (``schemas.signing``). ``ready`` is called once the device is on the bus,
-    waiting for its session."""
+    waiting for its session. With ``site``, a BSP is the bridge to that IEC 104 site
+    (``actors.bsp_iec104``): it connects to the site first, and fails naming it when it cannot."""
     if role not in FAULTS:
         raise ValueError(f"no emulator for role {role!r} (emulators: {', '.join(FAULTS)})")
     if fault is not None and fault not in FAULTS[role]:
@@ -237,7 +243,19 @@ async def emulate(
     profiles = {"dso": dso_profile, "bsp": bsp_profile}
     profile = profiles[role](scenario, device_id) if role in profiles else scenario
     clock = Clock(profile.start, speed, wall_origin=float("inf"))
-    async with FaultyGateway(Party.of(role, device_id), broker, fault=fault, signing_key=signing_key) as gw:
+    async with contextlib.AsyncExitStack() as stack:
+        link = None
+        if site is not None and role == "bsp":
+            bsp_config = next(b for b in profile.bsps if b.id == device_id)
+            link = await stack.enter_async_context(site_link(bsp_config, profile.setpoint_period_s / speed, site))
+            if not await link.wait_connected(SITE_CONNECT_S):
+                raise SiteUnavailable(
+                    f"IEC 104 site {link.where} did not accept a connection within {SITE_CONNECT_S:g} s ({link.state}): "
+                    "start it (tsodso emulate iec104-site ...) or give its --site host:port"
+                )
+        gw = await stack.enter_async_context(
+            FaultyGateway(Party.of(role, device_id), broker, fault=fault, signing_key=signing_key)
+        )
         connected_at = time.time()
         if role == "dso":
             config = profile.dsos[0].model_copy(
@@ -247,6 +265,8 @@ async def emulate(
         elif role == "mo":
             actor = EmulatedMO(gw, clock, profile)
             actor.fault = fault
+        elif link is not None:
+            actor = BridgedBSP(gw, clock, profile, next(b for b in profile.bsps if b.id == device_id), link)
         else:
             actor = EmulatedBSP(gw, clock, profile, next(b for b in profile.bsps if b.id == device_id))
             actor.fault = fault

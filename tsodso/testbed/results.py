@@ -33,6 +33,24 @@ class CorrectedLink(LinkPercentiles):
     uncertainty_ms: float = Field(description="[ms] summed uncertainty of the two clock offsets")
 
 
+class SiteBridge(_Model):
+    """A BSP behind a field-protocol bridge (``actors.bsp_iec104``): what the bridge adds to each setpoint
+    [ms, wall], from its first command to the site until the site's last confirmation and last measured value."""
+
+    protocol: Literal["iec104"] = "iec104"
+    site: str = Field(description="the site's address and common address")
+    setpoints: int = Field(description="setpoints commanded to the site")
+    not_taken: int = Field(description="setpoints the site did not take (not connected, no confirmation in time)")
+    stale: int = Field(description="setpoints answered without a measured value of their instant")
+    confirmations_missed: int = Field(
+        default=0,
+        description="commands whose confirmation did not come, taken as executed on the site's measured value of "
+        "their instant or on the confirmation of the command sent once more (docs/iec104.md)",
+    )
+    confirmed: LinkPercentiles
+    measured: LinkPercentiles
+
+
 class ClockOffset(_Model):
     """An actor's host clock against the TSO's, measured over the broker (``gateway.clocksync``)."""
 
@@ -140,6 +158,9 @@ class RunSummary(_Model):
     dso_validation_compute_ms: Percentiles
     schemes: SchemeMetrics
     loop_stalls: dict[str, Any] | None = Field(default=None, description="[ms, wall] each process's event-loop stalls")
+    bridges: dict[str, SiteBridge] | None = Field(
+        default=None, description="BSP id -> its site bridge's latency (BSPs behind IEC 104 only)"
+    )
     wall_clock_s: float | None = Field(default=None, description="[s, wall] the run's duration")
     speed: float | Literal["virtual"] | None = Field(
         default=None, description="scenario seconds per wall second, or 'virtual' (testbed.clock.VirtualClock)"

@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from tsodso.actors.bsp import BSP
-from tsodso.actors.config import Scenario
+from tsodso.actors.bsp_iec104 import BridgedBSP, site_link
+from tsodso.actors.config import BspConfig, Scenario
 from tsodso.actors.dso import DSO
 from tsodso.actors.mo import MarketOperator
 from tsodso.actors.tso import TSO
 from tsodso.gateway import ExchangeLog, Gateway, LinkConditions, LinkImpairment
+from tsodso.gateway.iec104 import SiteUnavailable
 from tsodso.gateway.logs import configure_logging
 from tsodso.schemas.envelope import Party
+from tsodso.testbed import stats
 from tsodso.testbed.clock import Clock, VirtualClock
 from tsodso.testbed.results import RunSummary
 from tsodso.testbed.scenario import ScenarioError, dump_scenario
@@ -80,7 +83,7 @@ async def run_scenario(
 
             tso = TSO(await gateway("tso", scenario.tso.id), clock, scenario, scenario.tso)
             dsos = [DSO(await gateway("dso", d.id), clock, scenario, d, out) for d in scenario.dsos]
-            bsps = [BSP(await gateway("bsp", b.id), clock, scenario, b) for b in scenario.bsps]
+            bsps = [await bsp_actor(await gateway("bsp", b.id), clock, scenario, b, stack) for b in scenario.bsps]
             markets = (
                 [MarketOperator(await gateway("mo", scenario.market_operator), clock, scenario)]
                 if scenario.scheme.market_operator
@@ -128,8 +131,44 @@ async def run_scenario(
         speed="virtual" if virtual else speed,
         market=markets[0].results() if markets else None,
         loop_stalls={"runner": watch.results()},
+        bridges={b.core.me: bridge_results(b) for b in bsps if isinstance(b, BridgedBSP)} or None,
     )
     return json.loads((out / "summary.json").read_text())
+
+
+SITE_CONNECT_S = 10.0  # [s, wall] how long a run waits for a BSP's IEC 104 site to accept the connection
+
+
+async def bsp_actor(gw: Gateway, clock: Clock | VirtualClock, scenario: Scenario, config: BspConfig, stack) -> BSP:
+    """The testbed's BSP, or, for a BSP with an ``iec104`` site, the bridge to it (connected before the
+    run starts; a site that does not answer ends the run before it starts, naming the site)."""
+    if config.iec104 is None:
+        return BSP(gw, clock, scenario, config)
+    period_wall_s = clock.wall_seconds(scenario.setpoint_period_s) if isinstance(clock, Clock) else float("inf")
+    link = await stack.enter_async_context(site_link(config, period_wall_s))
+    if not await link.wait_connected(SITE_CONNECT_S):
+        raise SiteUnavailable(
+            f"{config.id}'s IEC 104 site {link.where} did not accept a connection within {SITE_CONNECT_S:g} s "
+            f"({link.state}): start it (tsodso emulate iec104-site --device-id {config.id} ...)"
+        )
+    return BridgedBSP(gw, clock, scenario, config, link)
+
+
+def bridge_results(bsp: BridgedBSP) -> dict[str, Any]:
+    """What a BSP's bridge added to its setpoints (``testbed.results.SiteBridge``)."""
+
+    def dist(values: list[float]) -> dict[str, Any]:
+        return {k: round(v, 3) for k, v in stats.summary(values).items()} if values else {"count": 0}
+
+    return {
+        "site": bsp.link.where,
+        "setpoints": len(bsp.timings) + bsp.not_taken,
+        "not_taken": bsp.not_taken,
+        "stale": sum(1 for t in bsp.timings if not t.fresh),
+        "confirmations_missed": bsp.link.confirmations_missed,
+        "confirmed": dist([t.confirmed_ms for t in bsp.timings]),
+        "measured": dist([t.measured_ms for t in bsp.timings if t.measured_ms is not None]),
+    }
 
 
 def link_conditions(scenario: Scenario, clock: Clock) -> LinkConditions:
@@ -159,11 +198,14 @@ def write_outputs(
     market: dict | None = None,
     loop_stalls: dict | None = None,
     rejoins: list[dict] | None = None,
+    bridges: dict | None = None,
 ) -> None:
     """``summary.json`` and ``timeseries.json`` into the run directory."""
     summary = summarize(scenario, out / "exchange.sqlite", tso, dsos, clock_offsets, market, rejoins)
     if loop_stalls is not None:
         summary["loop_stalls"] = loop_stalls  # per process, its event loop's stalls (testbed.stalls)
+    if bridges is not None:
+        summary["bridges"] = bridges  # per bridged BSP, what its IEC 104 site added (actors.bsp_iec104)
     summary["wall_clock_s"] = round(time.time() - wall_start, 3)
     summary["speed"] = speed
     RunSummary.model_validate(summary).write(out / "summary.json")  # every view reads it through the model
