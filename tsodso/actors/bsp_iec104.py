@@ -22,6 +22,9 @@ SITE_SHARE_OF_PERIOD = 0.6
 """The part of a setpoint period (wall time) the site has to confirm and to measure: the telemetry is
 owed within the period (BSP-TM-010), and the bus needs the rest."""
 
+SITE_CONNECT_S = 20.0
+"""[s, wall] How long a bridge waits for its site to accept the connection and start data transfer."""
+
 VIRTUAL_WAIT_S = 10.0
 """[s, wall] In virtual time scenario time waits for the site: a site silent this long is not there."""
 

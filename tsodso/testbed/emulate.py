@@ -20,7 +20,7 @@ from typing import Any
 
 from tsodso.actors import market
 from tsodso.actors.bsp import BSP
-from tsodso.actors.bsp_iec104 import BridgedBSP, site_link
+from tsodso.actors.bsp_iec104 import SITE_CONNECT_S, BridgedBSP, site_link
 from tsodso.actors.config import Iec104Site, Scenario
 from tsodso.actors.coordination import SWITCH
 from tsodso.actors.dso import DSO
@@ -45,8 +45,6 @@ from tsodso.schemas.topics import topic_for
 from tsodso.testbed.clock import Clock
 from tsodso.testbed.conformance.session import dso_profile
 from tsodso.testbed.standalone import LEAD_S, announce_run_start, is_run_start, track_presence, wait_until_online
-
-SITE_CONNECT_S = 10.0  # [s, wall] how long a bridge waits for its site to accept the connection
 
 FAULTS: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
     "bsp": {

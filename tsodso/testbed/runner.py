@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tsodso.actors.bsp import BSP
-from tsodso.actors.bsp_iec104 import BridgedBSP, site_link
+from tsodso.actors.bsp_iec104 import SITE_CONNECT_S, BridgedBSP, site_link
 from tsodso.actors.config import BspConfig, Scenario
 from tsodso.actors.dso import DSO
 from tsodso.actors.mo import MarketOperator
@@ -134,9 +134,6 @@ async def run_scenario(
         bridges={b.core.me: bridge_results(b) for b in bsps if isinstance(b, BridgedBSP)} or None,
     )
     return json.loads((out / "summary.json").read_text())
-
-
-SITE_CONNECT_S = 10.0  # [s, wall] how long a run waits for a BSP's IEC 104 site to accept the connection
 
 
 async def bsp_actor(gw: Gateway, clock: Clock | VirtualClock, scenario: Scenario, config: BspConfig, stack) -> BSP:
