@@ -114,9 +114,10 @@ class SiteLink:
             tick_rate_ms=50,
             command_timeout_ms=int(max(MIN_TIMEOUT_S, min(self.confirm_timeout_s / 2, CONFIRM_WAIT_S)) * 1000),
         )
-        self._connection = self._client.add_connection(ip=host, port=port, init=c104.Init.ALL)
-        if self._connection is None:
+        connection = self._client.add_connection(ip=host, port=port, init=c104.Init.ALL)
+        if connection is None:
             raise ValueError(f"IEC 104 site {host}:{port}: not an address the library can connect to")
+        self._connection: c104.Connection = connection
         self._connection.on_state_change(callable=self._on_state)
         station = self._connection.add_station(common_address=common_address)
         kinds = (c104.Type.C_SE_TC_1, c104.Type.M_ME_TF_1) if time_tag else (c104.Type.C_SE_NC_1, c104.Type.M_ME_NC_1)
@@ -190,8 +191,11 @@ class SiteLink:
         assert self._loop is not None
         until = self._loop.time() + timeout_s
         while not self.connected:
-            if not await self._changes(until):
-                return self.connected
+            if not await self._changes(min(until, self._loop.time() + 1.0)):
+                if self._loop.time() >= until:
+                    return self.connected
+                if self.state == "open_muted":  # its start of data transfer went unconfirmed (a busy host):
+                    await asyncio.to_thread(self._connection.unmute)  # the library does not ask again
         return True
 
     async def command(self, instant: datetime, targets_mw: dict[str, float], within_s: float) -> SiteAnswer:
