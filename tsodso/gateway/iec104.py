@@ -63,6 +63,13 @@ def _add_point(station: c104.Station | None, ioa: int, kind: c104.Type) -> c104.
     return point
 
 
+def _point_types(time_tag: bool) -> tuple[c104.Type, c104.Type]:
+    """A site's (setpoint command, measured value) types: short floats, with time tag or without."""
+    if time_tag:
+        return c104.Type.C_SE_TC_1, c104.Type.M_ME_TF_1
+    return c104.Type.C_SE_NC_1, c104.Type.M_ME_NC_1
+
+
 def _value(point: c104.Point) -> float:
     """A short floating point (command or measured value) as a float."""
     value = point.value
@@ -120,7 +127,7 @@ class SiteLink:
         self._connection: c104.Connection = connection
         self._connection.on_state_change(callable=self._on_state)
         station = self._connection.add_station(common_address=common_address)
-        kinds = (c104.Type.C_SE_TC_1, c104.Type.M_ME_TF_1) if time_tag else (c104.Type.C_SE_NC_1, c104.Type.M_ME_NC_1)
+        kinds = _point_types(time_tag)
         self._commands: dict[str, c104.Point] = {}
         by_ioa: dict[int, str] = {}
         for asset, p in points.items():
@@ -297,7 +304,7 @@ class ControlledStation:
         self._on_command = on_command
         self._server = c104.Server(ip=host, port=port, tick_rate_ms=50)
         station = self._server.add_station(common_address=common_address)
-        kinds = (c104.Type.C_SE_TC_1, c104.Type.M_ME_TF_1) if time_tag else (c104.Type.C_SE_NC_1, c104.Type.M_ME_NC_1)
+        kinds = _point_types(time_tag)
         self._asset_of: dict[int, str] = {}
         self._measured: dict[str, c104.Point] = {}
         for asset, p in points.items():

@@ -171,19 +171,20 @@ def schemas_validate(
     console.print(f"valid {env.type} from {env.sender} to {', '.join(map(str, env.recipients))}", highlight=False)
 
 
+def _stop_on_signal() -> Callable[[], bool]:
+    """SIGINT and SIGTERM end a serving command's loop: the returned function says whether one came."""
+    stopped: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: stopped.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopped.append(signum))
+    return lambda: bool(stopped)
+
+
 def _serve_until_signal(proc_broker) -> None:
-    stop = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    stopped = _stop_on_signal()
     members = getattr(proc_broker, "members", None) or [proc_broker]
     gone: set[int] = set()
     try:  # a cluster serves on while any node lives (losing one is what it is there to survive)
-        while not stop and len(gone) < len(members):
+        while not stopped() and len(gone) < len(members):
             for i, member in enumerate(members):
                 if i not in gone and member.proc.poll() is not None:
                     gone.add(i)
@@ -1486,16 +1487,9 @@ def _emulate_site(scenario, device_id: str | None, fault: str | None, speed: flo
         f"{', fault ' + fault if fault else ''}): waiting for its bridge (tsodso bridge iec104 ...); Ctrl-C stops",
         highlight=False,
     )
-    stop = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    stopped = _stop_on_signal()
     try:
-        while not stop:
+        while not stopped():
             time.sleep(0.1)
     finally:
         emulator.stop()
