@@ -45,7 +45,7 @@ from tsodso.gateway.arrival import (
     encode,
 )
 from tsodso.gateway.connection import BrokerSpec
-from tsodso.gateway.exchange_log import ExchangeLog, LogRow, now_us
+from tsodso.gateway.exchange_log import KEPT_TYPES, ExchangeLog, LogRow, now_us
 from tsodso.gateway.links import LinkConditions
 from tsodso.gateway.memory import MemoryClient
 from tsodso.gateway.mqtt import BROKER_BUSY, UNSUPPORTED_PROTOCOL, ConnectRefused, Incoming, MqttConnection, Will
@@ -522,7 +522,7 @@ class Gateway:
         if self.links:
             lost, delay = self.links.decide(self._me_str, str(to), time.time())
             if lost:
-                self._record_out(env, topic, len(payload), policy.qos, None, lost)
+                self._record_out(env, topic, payload, policy.qos, None, lost)
                 return env
             if delay > 0:  # in transit on a slow link: sent later, the sender goes on
                 self.spawn(self._send_later(delay, env, topic, payload, policy, props))
@@ -537,7 +537,7 @@ class Gateway:
             raise
         if dropped and self.traffic is not None:
             self.traffic.cancel(str(env.message_id))
-        self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
+        self._record_out(env, topic, payload, policy.qos, sent_us, dropped)
         return env
 
     async def publish_bytes(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int | None:
@@ -554,7 +554,7 @@ class Gateway:
         # the message was on the wire all along: it is delivered even if it expired meanwhile (the
         # receiver refuses it then), as a slow network would
         sent_us, dropped = await self._send(topic, payload, policy, props, None)
-        self._record_out(env, topic, len(payload), policy.qos, sent_us, dropped)
+        self._record_out(env, topic, payload, policy.qos, sent_us, dropped)
 
     def _properties(self, env: Envelope) -> Properties | None:
         """MQTT 5 properties of one message: expiry, and response topic / correlation data of a request or
@@ -613,7 +613,7 @@ class Gateway:
             return sent_us, None
 
     def _record_out(
-        self, env: Envelope, topic: str, size: int, qos: int, sent_us: int | None, dropped: str | None
+        self, env: Envelope, topic: str, payload: bytes, qos: int, sent_us: int | None, dropped: str | None
     ) -> None:
         self.stats["dropped" if dropped else "sent"] += 1
         if dropped:
@@ -634,13 +634,15 @@ class Gateway:
                     env.correlation_id,
                     env.causation_id,
                     env.sequence,
-                    size,
+                    len(payload),
                     qos,
                     int(env.created_at.timestamp() * 1e6),
                     sent_us,
                     None,
                 )
             )
+            if not dropped and sent_us is not None and env.type in KEPT_TYPES:
+                self.exchange_log.keep(env.message_id, env.type, sent_us, payload)
 
     # --- request / response ------------------------------------------------------------------
 

@@ -9,6 +9,10 @@ WAL and a busy timeout serialise the writers.
 
 Times are integers in microseconds since the Unix epoch, UTC (``*_us`` columns).
 One-way latency of a delivered message = ``received_us - created_us`` of its "in" row.
+
+The payloads of the messages an ENTSO-E document carries (``KEPT_TYPES``: bids, merit order
+lists and their validations, acceptances, delta setpoints) are kept as sent, once each, in the
+``kept`` table: ``tsodso esmp export`` turns a run's market into documents from them.
 """
 
 import sqlite3
@@ -42,7 +46,16 @@ CREATE TABLE IF NOT EXISTS exchange (
 );
 CREATE INDEX IF NOT EXISTS exchange_message ON exchange (message_id);
 CREATE INDEX IF NOT EXISTS exchange_type ON exchange (type, direction);
+CREATE TABLE IF NOT EXISTS kept (
+    message_id    TEXT PRIMARY KEY,
+    type          TEXT NOT NULL,
+    sent_us       INTEGER NOT NULL,   -- handed to the MQTT client (sender's clock)
+    payload       BLOB NOT NULL       -- the bytes sent (signed where the sender signs)
+);
 """
+
+KEPT_TYPES = frozenset({"energy_bid", "merit_order_list", "mol_validation", "offer_acceptance", "delta_setpoint"})
+"""The message types whose payloads the log keeps: what ENTSO-E documents carry (docs/esmp.md)."""
 
 COLUMNS = (
     "run_id",
@@ -65,6 +78,7 @@ COLUMNS = (
     "received_us",
 )
 _INSERT = f"INSERT INTO exchange ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_KEEP = "INSERT OR IGNORE INTO kept (message_id, type, sent_us, payload) VALUES (?, ?, ?, ?)"
 
 
 _STORED = (str, int, float, bytes)  # what SQLite stores as it is; anything else (a UUID, a Party) as its text
@@ -93,6 +107,28 @@ class LogRow(NamedTuple):
     received_us: int | None
 
 
+def _drain(queue: deque) -> list:
+    batch = []
+    pop = queue.popleft
+    try:
+        while True:
+            batch.append(pop())
+    except IndexError:
+        pass
+    return batch
+
+
+def kept_payloads(path: str | Path) -> list[tuple[str, int, bytes]]:
+    """(type, sent_us, payload) of every kept message of an exchange log, in the order they were sent."""
+    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'kept'").fetchone():
+            return []
+        return db.execute("SELECT type, sent_us, payload FROM kept ORDER BY sent_us, rowid").fetchall()
+    finally:
+        db.close()
+
+
 def now_us() -> int:
     """Wall-clock time in microseconds since the epoch (UTC)."""
     return time.time_ns() // 1000
@@ -115,6 +151,7 @@ class ExchangeLog:
         self.run_id = run_id
         self.flush_interval_s = flush_interval_s
         self._pending: deque[tuple[Any, ...]] = deque()
+        self._kept: deque[tuple[str, str, int, bytes]] = deque()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._db = connect(self.path)
@@ -126,20 +163,20 @@ class ExchangeLog:
         """Queue one row; cheap enough for the per-message path."""
         self._pending.append(row)
 
+    def keep(self, message_id: Any, type_name: str, sent_us: int, payload: bytes) -> None:
+        """Queue the payload of a sent message of one of ``KEPT_TYPES``."""
+        self._kept.append((str(message_id), type_name, sent_us, payload))
+
     def flush(self) -> int:
         """Write everything queued so far; returns the number of rows written. Thread-safe."""
-        batch = []
-        pop = self._pending.popleft
-        try:
-            while True:
-                batch.append(pop())
-        except IndexError:
-            pass
-        if batch:
+        batch = _drain(self._pending)
+        kept = _drain(self._kept)
+        if batch or kept:
             rows = [tuple(v if v is None or type(v) in _STORED else str(v) for v in row) for row in batch]
             with self._lock:
                 with self._db:
                     self._db.executemany(_INSERT, rows)
+                    self._db.executemany(_KEEP, kept)
                 self.written += len(batch)
         return len(batch)
 

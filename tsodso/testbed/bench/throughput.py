@@ -214,7 +214,7 @@ def step_costs(n: int = 20_000) -> dict[str, float]:
         env = built[0][0]
         t0 = time.perf_counter()
         for e, p in built:
-            gw._record_out(e, topic, len(p), 1, 0, None)
+            gw._record_out(e, topic, p, 1, 0, None)
         out["log_out_us"] = (time.perf_counter() - t0) / n * 1e6
         now = gw.now_us()
         t0 = time.perf_counter()
