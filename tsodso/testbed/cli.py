@@ -8,10 +8,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from tsodso.schemas.esmp import Coding
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"  # the shipped scenarios: defaults work from any folder
 REFERENCE_SCENARIO = SCENARIOS / "nl-afrr-congestion.yaml"
@@ -46,6 +49,13 @@ bridge_app = typer.Typer(
     rich_markup_mode=None, no_args_is_help=True, help="Field protocols at the edge: a BSP's site on IEC 60870-5-104."
 )
 app.add_typer(bridge_app, name="bridge")
+esmp_app = typer.Typer(
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    help="ENTSO-E documents (IEC 62325 / ESMP): a run's bids, merit order lists, validations, acceptances and "
+    "activations, and back (docs/esmp.md).",
+)
+app.add_typer(esmp_app, name="esmp")
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -1609,3 +1619,104 @@ def main() -> None:  # pragma: no cover - the console script; tests call ``app``
     except (ScenarioError, SecretsError, BrokerError, GridError, BrokerUnreachable, SiteUnavailable) as exc:
         err.print(f"tsodso: {exc}", highlight=False, markup=False)
         sys.exit(2)
+
+
+CodesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--codes",
+        help="YAML mapping contract ids (parties, areas, assets) to their EIC codes; an id without one is written "
+        "as it is with --coding-scheme.",
+    ),
+]
+SchemeOpt = Annotated[
+    str,
+    typer.Option("--coding-scheme", help="Coding scheme of ids without an EIC code (a national one: NNL, NDE ...)."),
+]
+
+
+def _coding(codes: Path | None, scheme: str) -> "Coding":
+    from tsodso.schemas.esmp import Coding
+    from tsodso.testbed.esmp import load_codes
+
+    if not (len(scheme) == 3 and scheme.isalnum() and scheme.isupper()):
+        raise typer.BadParameter(
+            f"{scheme!r} is not a coding scheme code such as NNL, NDE or A01", param_hint="--coding-scheme"
+        )
+    return Coding(load_codes(codes) if codes else {}, scheme)
+
+
+@esmp_app.command("export")
+def esmp_export(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory (tsodso run, demo, compare, up).", show_default=False)
+    ],
+    out: Annotated[Path | None, typer.Option(help="Where the documents go (default: RUN_DIR/esmp).")] = None,
+    codes: CodesOpt = None,
+    coding_scheme: SchemeOpt = "NNL",
+    area: Annotated[str | None, typer.Option(help="Market area (default: the run's scenario's tso.area).")] = None,
+) -> None:
+    """Write a run's market as ENTSO-E documents: bids (ReserveBid), merit order lists (MOL), their
+    validations (BidAvailability), acceptances (ReserveAllocationResult) and activations (Activation, PT4S)."""
+    from rich.table import Table
+
+    from tsodso.schemas.esmp import DocumentError
+    from tsodso.testbed.esmp import export_run
+
+    try:
+        written, skipped = export_run(run_dir, out or run_dir / "esmp", _coding(codes, coding_scheme), area)
+    except DocumentError as exc:
+        err.print(f"tsodso esmp export: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    table = Table("document", "file", "messages", title=f"ENTSO-E documents in {out or run_dir / 'esmp'}")
+    for w in written:
+        table.add_row(w.kind, w.path.name, str(w.messages))
+    console.print(table)
+    for line in skipped:
+        err.print(f"not exported: {line}", highlight=False, markup=False)
+
+
+@esmp_app.command("import")
+def esmp_import(
+    file: Annotated[Path, typer.Argument(help="An ENTSO-E document (XML).", show_default=False)],
+    out: Annotated[Path | None, typer.Option(help="Write the messages here (JSON lines) instead of stdout.")] = None,
+    codes: CodesOpt = None,
+    coding_scheme: SchemeOpt = "NNL",
+    scenario_bids: Annotated[
+        bool,
+        typer.Option("--scenario-bids", help="Print the bids as a scenario's bsps[].bids entries (YAML) instead."),
+    ] = False,
+) -> None:
+    """Turn an ENTSO-E document into the contract messages it stands for, each validated as a
+    receiver would (one wire message, envelope + body, per line). Exit 2 naming the element when
+    the document is not one the contract can carry."""
+    import yaml
+
+    from tsodso.schemas.esmp import DocumentError
+    from tsodso.testbed.esmp import import_file
+    from tsodso.testbed.esmp import scenario_bids as as_scenario
+
+    try:
+        document, messages = import_file(file, _coding(codes, coding_scheme))
+    except DocumentError as exc:
+        err.print(f"tsodso esmp import: {file}: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    if scenario_bids:
+        bids = as_scenario(document.bodies)
+        if not bids:
+            err.print(f"tsodso esmp import: {file} is a {document.kind}, not bids", highlight=False, markup=False)
+            raise typer.Exit(2)
+        text = yaml.safe_dump({"bids": bids}, sort_keys=False)
+    else:
+        text = "".join(json.dumps(m) + "\n" for m in messages)
+    if out is None:
+        print(text, end="")
+    else:
+        out.write_text(text)
+    types = sorted({m["envelope"]["type"] for m in messages})
+    err.print(
+        f"{document.kind} {document.mrid} revision {document.revision} ({document.sender} -> {document.receiver}): "
+        f"{len(messages)} {', '.join(types)} message(s), valid under the contract",
+        highlight=False,
+        markup=False,
+    )
