@@ -21,20 +21,25 @@ from tsodso.testbed.esmp import export_run, import_file, scenario_bids
 from tsodso.testbed.runner import run_scenario
 from tsodso.testbed.scenario import load_scenario
 
-REFERENCE = Path(__file__).resolve().parents[1] / "scenarios" / "nl-afrr-congestion.yaml"
+SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
+REFERENCE = SCENARIOS / "nl-afrr-congestion.yaml"
 NOT_IN_DOCUMENTS = {"mol_validation": {"computation_time_s"}}  # a measurement of the testbed, not a market fact
 
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory) -> Path:
-    """The reference scenario in virtual time on the embedded broker, its documents exported."""
-    from tsodso.broker import start_broker
-
+    """The reference scenario in virtual time on the embedded broker."""
     out = tmp_path_factory.mktemp("esmp") / "run"
-    with start_broker("embedded", data_dir=out.parent / "broker") as running:
-        summary = asyncio.run(run_scenario(load_scenario(REFERENCE), running.url, out, virtual=True))
+    summary = _virtual_run(REFERENCE, out)
     assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.01, abs=0.01)
     return out
+
+
+def _virtual_run(scenario: Path, out: Path) -> dict:
+    from tsodso.broker import start_broker
+
+    with start_broker("embedded", data_dir=out.parent / "broker") as running:
+        return asyncio.run(run_scenario(load_scenario(scenario), running.url, out, virtual=True))
 
 
 def _sent(run: Path) -> dict[str, list[dict]]:
@@ -78,6 +83,32 @@ def test_a_run_round_trips_through_entso_e_documents_without_loss(reference_run,
     assert (
         limited and limited[0]["upper_bound_mw"] == 15.01 and limited[0]["limiting_element"] == "line:behind-coupling"
     )
+
+
+def test_every_bsp_aggregator_and_dso_of_the_scheme_comparison_round_trips_too(tmp_path):
+    run = tmp_path / "run"
+    _virtual_run(SCENARIOS / "schemes-comparison.yaml", run)
+    written, skipped = export_run(run, tmp_path / "docs", Coding())
+    assert skipped == []
+
+    def key(d: dict) -> str:
+        return repr(sorted(d.items()))
+
+    back: dict[str, list[dict]] = {}
+    for w in written:
+        for message in import_file(w.path, Coding())[1]:
+            _, body = validate_message(message)
+            dumped = body.model_dump()
+            for name in NOT_IN_DOCUMENTS.get(body.type_name, ()):
+                dumped.pop(name)
+            back.setdefault(body.type_name, []).append(dumped)
+    sent = _sent(run)
+    assert {len({b["bsp_id"] for b in sent["energy_bid"]}), len({v["dso_id"] for v in sent["mol_validation"]})} == {
+        5,
+        2,
+    }
+    for type_name in sent:  # documents group by BSP and ISP: the same messages, in another order
+        assert sorted(back[type_name], key=key) == sorted(sent[type_name], key=key), type_name
 
 
 def test_the_codes_the_documents_carry_are_entso_e_codes(reference_run, tmp_path):

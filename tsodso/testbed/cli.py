@@ -1658,8 +1658,6 @@ def esmp_export(
 ) -> None:
     """Write a run's market as ENTSO-E documents: bids (ReserveBid), merit order lists (MOL), their
     validations (BidAvailability), acceptances (ReserveAllocationResult) and activations (Activation, PT4S)."""
-    from rich.table import Table
-
     from tsodso.schemas.esmp import DocumentError
     from tsodso.testbed.esmp import export_run
 
@@ -1668,10 +1666,9 @@ def esmp_export(
     except DocumentError as exc:
         err.print(f"tsodso esmp export: {exc}", highlight=False, markup=False)
         raise typer.Exit(2) from None
-    table = Table("document", "file", "messages", title=f"ENTSO-E documents in {out or run_dir / 'esmp'}")
+    print(f"{len(written)} ENTSO-E documents in {out or run_dir / 'esmp'}:")
     for w in written:
-        table.add_row(w.kind, w.path.name, str(w.messages))
-    console.print(table)
+        print(f"  {w.path.name}  {w.kind}, {w.messages} message(s)")
     for line in skipped:
         err.print(f"not exported: {line}", highlight=False, markup=False)
 
