@@ -5,6 +5,7 @@ is not there, or a mapping that cannot work, is one line naming it."""
 
 import asyncio
 import socket
+from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from tests.test_conformance import SPEED, device, on_the_bus, output, own_peers
 from tests.test_virtual_time import _without_wall_fields
+from tsodso.actors.bsp_core import BspCore
 from tsodso.actors.bsp_iec104 import site_link
 from tsodso.actors.config import BspConfig, Iec104Site
 from tsodso.broker import start_broker
@@ -138,9 +140,9 @@ async def test_the_bsp_suite_passes_through_the_bridge_and_an_emulated_site(brok
         await on_the_bus(proc)
         report = await run_suite("bsp", device_id, broker.url, scenario, speed=speed, timeout_s=90)
         assert site_proc.poll() is None, output(site_proc)
-    assert report.aborted is None
-    failed = {r.id: r.evidence for r in report.results if r.status == "fail"}
-    assert failed == {}, output(proc)
+        assert report.aborted is None
+        failed = {r.id: r.evidence for r in report.results if r.status == "fail"}
+        assert failed == {}, (failed, output(proc), output(site_proc))
     skipped = {r.id for r in report.results if r.status == "skip"}
     assert skipped == {"BSP-PR-020"}  # the bridge stayed connected
 
@@ -174,3 +176,30 @@ def test_run_names_a_wrong_iec104_option_in_one_line():
     assert unknown.exit_code == 2 and "'bsp9' is not a BSP of the scenario (bsp1)" in unknown.output
     address = CliRunner().invoke(app, ["run", scenario, "--virtual", "--iec104", "bsp1=nohost"])
     assert address.exit_code == 2 and "--iec104 'bsp1=nohost': give host:port" in address.output
+
+
+async def test_an_activation_limit_reaches_the_sites_limit_points_and_bounds_its_fleet():
+    """A limit of bsp1-up to 15.01 MW is 7.505 MW up for each of its two assets (10 MW each of 20 MW);
+    the site holds the targets of the commands that follow within it, after a termination (a limit of
+    0) to no upward deviation at all, while the unlimited down bid leaves 10 MW down."""
+    port = free_port()
+    bsp1 = bridged(port).bsps[0]
+    plant, der = (a.asset_id for a in bsp1.assets)
+    core = BspCore(REFERENCE, bsp1, "bsp1")
+    core.limits["bsp1-up"] = 15.01
+    limits = core.asset_limits()
+    assert limits == {"up": pytest.approx({plant: 7.505, der: 7.505}), "down": {plant: 10.0, der: 10.0}}
+    with SiteEmulator(bsp1, port=port, speed=600.0) as site:
+        async with site_link(bsp1, 1.0) as link:
+            assert await link.wait_connected(30)  # a busy host: the library retries every second
+            sent = await link.limit(REFERENCE.start, limits)
+            assert sorted(sent) == sorted(f"{a} {d}" for a in (plant, der) for d in ("up", "down"))
+            assert site.limits_mw["up"] == pytest.approx({plant: 7.505, der: 7.505}, rel=1e-6)
+            await link.command(REFERENCE.start, {plant: 10.0, der: -10.0}, within_s=2.0)
+            assert site.targets[plant] == pytest.approx(7.505, rel=1e-6) and site.targets[der] == pytest.approx(-10.0)
+            core.limits["bsp1-up"] = 0.0  # the DSO's termination, as the TSO's limit of 0
+            again = await link.limit(REFERENCE.start + timedelta(seconds=4), core.asset_limits())
+            assert sorted(again) == [f"{der} up", f"{plant} up"]  # only what changed goes to the site
+            assert site.limits_mw["up"] == {plant: 0.0, der: 0.0}
+            await link.command(REFERENCE.start + timedelta(seconds=8), {plant: 5.0, der: -5.0}, within_s=2.0)
+            assert site.targets == {plant: 0.0, der: pytest.approx(-5.0)}  # up held at 0, down still free

@@ -257,6 +257,18 @@ class BspCore:
         self.limits[body.bid_id] = body.max_mw
         return None
 
+    def asset_limits(self) -> dict[str, dict[str, float]]:
+        """Per direction ('up', 'down'), the largest deviation from schedule each asset may make under the
+        activation limits [MW, a magnitude]: the sum over its bids of that direction of the bid's limit
+        (else its quantity) times the asset's share of the bid."""
+        most = {"up": dict.fromkeys(self.assets, 0.0), "down": dict.fromkeys(self.assets, 0.0)}
+        for bid in self.bids.values():
+            cap = min(self.limits.get(bid.bid_id, bid.quantity_mw), bid.quantity_mw)
+            for asset, share in bid.assets.items():
+                if asset in most[bid.direction]:
+                    most[bid.direction][asset] += cap * share / bid.quantity_mw
+        return most
+
     # --- following setpoints (CS review §IV.B) ------------------------------------------------------
 
     def asset_targets(self, setpoint: DeltaSetpoint) -> dict[str, float]:

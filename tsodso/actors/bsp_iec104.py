@@ -3,7 +3,10 @@
 On the bus it is the BSP: the same contract and decisions (``actors.bsp_core``: prequalification, bids,
 acceptances, activation limits, what of a setpoint is admitted). Its fleet is not modelled: each admitted
 setpoint becomes one setpoint command per asset to the site (``gateway.iec104.SiteLink``, time-tagged with
-the setpoint's instant), and the telemetry it answers with is what the site measured at that instant.
+the setpoint's instant), and the telemetry it answers with is what the site measured at that instant. An
+activation limit (a DSO's termination arrives as a limit too) is applied to the targets and also sent to
+each asset's limit points, where the site has them: the largest deviation up and down the asset may
+make now.
 A site that does not take the command in time (not connected, no confirmation) makes the setpoint refused
 with the reason, so the TSO knows; values the site did not refresh are sent as ``stale``.
 """
@@ -16,7 +19,7 @@ from tsodso.actors.config import BspConfig, Iec104Site
 from tsodso.gateway import Received
 from tsodso.gateway.iec104 import AssetPoints, SiteLink, SiteUnavailable
 from tsodso.schemas.codes import Quality
-from tsodso.schemas.messages import DeltaSetpoint
+from tsodso.schemas.messages import ActivationLimit, DeltaSetpoint
 
 SITE_SHARE_OF_PERIOD = 0.6
 """The part of a setpoint period (wall time) the site has to confirm and to measure: the telemetry is
@@ -52,7 +55,7 @@ def site_link(config: BspConfig, period_wall_s: float, site: Iec104Site | None =
         site.host,
         site.port,
         site.common_address,
-        {a: AssetPoints(p.setpoint_ioa, p.delivered_ioa) for a, p in points.items()},
+        {a: AssetPoints(p.setpoint_ioa, p.delivered_ioa, p.limit_up_ioa, p.limit_down_ioa) for a, p in points.items()},
         time_tag=site.time_tag,
         scale_mw=site.scale_mw,
         confirm_timeout_s=period_wall_s * SITE_SHARE_OF_PERIOD,
@@ -67,6 +70,20 @@ class BridgedBSP(BSP):
         self.link = link
         self.timings: list[CommandTiming] = []
         self.not_taken = 0
+        self.limits_sent = 0  # activation limits the site confirmed on its limit points
+        self.limits_not_taken = 0
+
+    async def on_limit(self, msg: Received[ActivationLimit]) -> None:
+        await super().on_limit(msg)
+        if self.core.limits.get(msg.body.bid_id) != msg.body.max_mw:
+            return  # refused
+        try:
+            sent = await self.link.limit(msg.body.valid_from, self.core.asset_limits())
+        except SiteUnavailable as e:
+            self.limits_not_taken += 1
+            self.log.warning("activation limit not taken by the site", bid=msg.body.bid_id, reason=str(e))
+            return
+        self.limits_sent += bool(sent)
 
     async def on_setpoint(self, msg: Received[DeltaSetpoint]) -> None:
         sp = msg.body

@@ -98,6 +98,16 @@ class Iec104Points(_Model):
         description="the measured value the site reports for it: M_ME_TF_1 (or M_ME_NC_1); the aFRR delta the "
         "asset delivers [MW, deviation from schedule] / scale_mw"
     )
+    limit_up_ioa: IOA | None = Field(
+        default=None,
+        description="the command that carries the asset's upward activation limit, sent on each activation limit "
+        "(a termination is one of 0): the largest upward deviation from schedule it may make [MW] / scale_mw, "
+        "same type as the setpoint; none: the site has no such point (the bridge still applies the limit to the "
+        "targets it sends)",
+    )
+    limit_down_ioa: IOA | None = Field(
+        default=None, description="the same for the largest downward deviation [MW, a magnitude] / scale_mw"
+    )
 
 
 class Iec104Site(_Model):
@@ -115,14 +125,17 @@ class Iec104Site(_Model):
     scale_mw: float = Field(default=1.0, gt=0, description="[MW] per unit of a value on the wire")
     points: dict[str, Iec104Points] = Field(
         default_factory=dict,
-        description="asset id -> its points; an asset not given gets setpoint 1000+i, delivered 2000+i (i: its "
-        "place in the BSP's assets, from 0)",
+        description="asset id -> its points; an asset not given gets setpoint 1000+i, delivered 2000+i, limits "
+        "up 3000+i and down 4000+i (i: its place in the BSP's assets, from 0)",
     )
 
     def points_of(self, asset_ids: list[str]) -> dict[str, Iec104Points]:
         """Every asset's points: as configured, else the defaults."""
         return {
-            a: self.points.get(a) or Iec104Points(setpoint_ioa=1000 + i, delivered_ioa=2000 + i)
+            a: self.points.get(a)
+            or Iec104Points(
+                setpoint_ioa=1000 + i, delivered_ioa=2000 + i, limit_up_ioa=3000 + i, limit_down_ioa=4000 + i
+            )
             for i, a in enumerate(asset_ids)
         }
 
@@ -155,7 +168,14 @@ class BspConfig(_Model):
                 )
             used: dict[int, str] = {}
             for asset_id, p in self.iec104.points_of(list(assets)).items():
-                for kind, ioa in (("setpoint_ioa", p.setpoint_ioa), ("delivered_ioa", p.delivered_ioa)):
+                for kind, ioa in (
+                    ("setpoint_ioa", p.setpoint_ioa),
+                    ("delivered_ioa", p.delivered_ioa),
+                    ("limit_up_ioa", p.limit_up_ioa),
+                    ("limit_down_ioa", p.limit_down_ioa),
+                ):
+                    if ioa is None:
+                        continue
                     if ioa in used:
                         raise ValueError(
                             f"bsp {self.id!r}: iec104 {asset_id}.{kind} {ioa} is already {used[ioa]}: every "

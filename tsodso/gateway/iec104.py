@@ -33,6 +33,8 @@ class AssetPoints:
 
     setpoint_ioa: int
     delivered_ioa: int
+    limit_up_ioa: int | None = None  # the asset's activation limit commands, where the site has them
+    limit_down_ioa: int | None = None
 
 
 @dataclass
@@ -129,9 +131,14 @@ class SiteLink:
         station = self._connection.add_station(common_address=common_address)
         kinds = _point_types(time_tag)
         self._commands: dict[str, c104.Point] = {}
+        self._limits: dict[tuple[str, str], c104.Point] = {}  # (asset, 'up' | 'down') -> its limit command
+        self._limits_sent: dict[tuple[str, str], float] = {}  # what the site confirmed on this connection
         by_ioa: dict[int, str] = {}
         for asset, p in points.items():
             self._commands[asset] = _add_point(station, p.setpoint_ioa, kinds[0])
+            for direction, ioa in (("up", p.limit_up_ioa), ("down", p.limit_down_ioa)):
+                if ioa is not None:
+                    self._limits[(asset, direction)] = _add_point(station, ioa, kinds[0])
             measured = _add_point(station, p.delivered_ioa, kinds[1])
             measured.on_receive(callable=self._on_measured)
             by_ioa[p.delivered_ioa] = asset
@@ -156,6 +163,8 @@ class SiteLink:
 
     def _set_state(self, state: str) -> None:
         self.state = state
+        if state != "open":
+            self._limits_sent.clear()  # a site that comes back is told its limits again
         assert self._changed is not None
         self._changed.set()
 
@@ -214,6 +223,35 @@ class SiteLink:
         assert self._lock is not None
         async with self._lock:  # one command at a time: a point holds one command's information
             return await self._command(instant, targets_mw, within_s)
+
+    async def limit(self, valid_from: datetime, limits_mw: dict[str, dict[str, float]]) -> list[str]:
+        """Send each asset's limit points (``limits_mw``: per direction 'up' / 'down', asset -> the largest
+        deviation from schedule it may make [MW]), time-tagged ``valid_from`` where the site uses time tags;
+        returns the points commanded ('asset up', ...): those whose value the site has not confirmed on this
+        connection yet. A limit is sent once more when its confirmation does not come; raises
+        :class:`SiteUnavailable` when it is not taken."""
+        assert self._lock is not None
+        async with self._lock:
+            if not self.connected:
+                raise SiteUnavailable(f"IEC 104 site {self.where} is not connected ({self.state})")
+            tag = _utc(valid_from) if self.time_tag else None
+            sent = []
+            for (asset, direction), point in self._limits.items():
+                mw = limits_mw.get(direction, {}).get(asset)
+                if mw is None or self._limits_sent.get((asset, direction)) == mw:
+                    continue
+                point.info = c104.ShortCmd(target=mw / self.scale_mw, recorded_at=tag)
+                for _ in range(2):
+                    if await asyncio.to_thread(point.transmit, c104.Cot.ACTIVATION):
+                        break
+                else:
+                    raise SiteUnavailable(
+                        f"IEC 104 site {self.where} did not confirm the {direction} limit of {asset} (IOA "
+                        f"{point.io_address})" + ("" if self.connected else f"; the connection is {self.state}")
+                    )
+                self._limits_sent[(asset, direction)] = mw
+                sent.append(f"{asset} {direction}")
+            return sent
 
     async def _transmit(self, asset: str, value: float, tag: datetime | None, until: float) -> bool:
         """One asset's setpoint command, True once the site took it by loop time ``until``: its positive
@@ -279,13 +317,16 @@ class SiteLink:
 
 
 Command = Callable[[str, float, datetime | None], bool]
-"""A controlled station's handler of a setpoint: (asset, target MW, time tag or None) -> confirm it."""
+"""A controlled station's handler of a setpoint: (asset, MW, time tag or None) -> confirm it."""
+LimitCommand = Callable[[str, str, float, datetime | None], bool]
+"""... of a limit: (asset, 'up' | 'down', MW, time tag or None) -> confirm it."""
 
 
 class ControlledStation:
     """A site's IEC 104 server (see the module's docstring): each asset's setpoint command goes to
     ``on_command`` on the library's thread, which answers it (positive confirmation when it returns
-    True); :meth:`report` sends an asset's measured value spontaneously."""
+    True), and its limit command to ``on_limit`` alike; :meth:`report` sends an asset's measured value
+    spontaneously."""
 
     def __init__(
         self,
@@ -295,6 +336,7 @@ class ControlledStation:
         points: dict[str, AssetPoints],
         on_command: Command,
         *,
+        on_limit: LimitCommand | None = None,
         time_tag: bool = True,
         scale_mw: float = 1.0,
     ):
@@ -302,16 +344,22 @@ class ControlledStation:
         self.scale_mw = scale_mw
         self.time_tag = time_tag
         self._on_command = on_command
+        self._on_limit = on_limit
         self._server = c104.Server(ip=host, port=port, tick_rate_ms=50)
         station = self._server.add_station(common_address=common_address)
         kinds = _point_types(time_tag)
         self._asset_of: dict[int, str] = {}
+        self._limit_of: dict[int, tuple[str, str]] = {}
         self._measured: dict[str, c104.Point] = {}
         for asset, p in points.items():
             command = _add_point(station, p.setpoint_ioa, kinds[0])
             command.on_receive(callable=self._on_setpoint)
             self._asset_of[p.setpoint_ioa] = asset
             self._measured[asset] = _add_point(station, p.delivered_ioa, kinds[1])
+            for direction, ioa in (("up", p.limit_up_ioa), ("down", p.limit_down_ioa)):
+                if ioa is not None and on_limit is not None:
+                    _add_point(station, ioa, kinds[0]).on_receive(callable=self._on_limit_command)
+                    self._limit_of[ioa] = (asset, direction)
         self._lock = threading.Lock()
 
     def _on_setpoint(
@@ -319,6 +367,14 @@ class ControlledStation:
     ) -> c104.ResponseState:
         asset = self._asset_of[point.io_address]
         taken = self._on_command(asset, _value(point) * self.scale_mw, _utc(point.recorded_at))
+        return c104.ResponseState.SUCCESS if taken else c104.ResponseState.FAILURE
+
+    def _on_limit_command(
+        self, point: c104.Point, previous_info: c104.Information, message: c104.IncomingMessage
+    ) -> c104.ResponseState:
+        assert self._on_limit is not None
+        asset, direction = self._limit_of[point.io_address]
+        taken = self._on_limit(asset, direction, _value(point) * self.scale_mw, _utc(point.recorded_at))
         return c104.ResponseState.SUCCESS if taken else c104.ResponseState.FAILURE
 
     def report(self, asset: str, mw: float, at: datetime | None) -> bool:

@@ -5,7 +5,9 @@ target from a setpoint command and follows it with the asset's ramp and first-or
 (``actors.bsp_core.AssetState``, the same model as the testbed's own BSP), in scenario time: a command's
 time tag is the instant the fleet has reached when it arrives (without time tags, wall time x ``speed``).
 Each command is answered with the asset's measured value of that instant, before the new target takes
-effect; what the bridge reports as the BSP's telemetry is what the site measured.
+effect; what the bridge reports as the BSP's telemetry is what the site measured. An asset's limit
+commands (activation limits; a termination is a limit of 0) bound the targets of the setpoint commands
+that follow, up and down, whatever the commands say.
 
 Fault modes break chosen BSP rules through the bridge (:data:`SITE_FAULTS`; a test holds each to
 exactly that set).
@@ -39,7 +41,7 @@ SITE_FAULTS: dict[str, tuple[str, frozenset[str]]] = {
 def site_points(bsp: BspConfig, site: Iec104Site) -> dict[str, AssetPoints]:
     """The BSP's assets' information object addresses (configured, else the defaults)."""
     return {
-        a: AssetPoints(p.setpoint_ioa, p.delivered_ioa)
+        a: AssetPoints(p.setpoint_ioa, p.delivered_ioa, p.limit_up_ioa, p.limit_down_ioa)
         for a, p in site.points_of([x.asset_id for x in bsp.assets]).items()
     }
 
@@ -67,6 +69,7 @@ class SiteEmulator:
         self.speed = speed
         self.fleet = {a.asset_id: AssetState(a) for a in bsp.assets}
         self.targets = {a: 0.0 for a in self.fleet}
+        self.limits_mw: dict[str, dict[str, float]] = {"up": {}, "down": {}}  # the limit commands' values
         self.fleet_at: dict[str, datetime | None] = {a: None for a in self.fleet}
         self.first_asset = bsp.assets[0].asset_id
         self.cycles = 0  # commands to the first asset: one per setpoint cycle
@@ -79,6 +82,7 @@ class SiteEmulator:
             site.common_address,
             site_points(bsp, site),
             self.on_command,
+            on_limit=self.on_limit,
             time_tag=site.time_tag,
             scale_mw=site.scale_mw,
         )
@@ -102,7 +106,7 @@ class SiteEmulator:
         if last is None or at > last:
             self.fleet_at[asset] = at
         if self.fault != "ignores-commands":
-            self.targets[asset] = target_mw
+            self.targets[asset] = self._bounded(asset, target_mw)
         if self.fault == "late-confirmation" and self.cycles % 3 == 0:
             time.sleep(self.period_wall_s)
         mw, when = state.delta_mw, at
@@ -111,6 +115,16 @@ class SiteEmulator:
         self.station.report(asset, mw, when)
         if self.fault == "connection-drops" and self.cycles % 8 == 0 and asset == list(self.fleet)[-1]:
             threading.Thread(target=self._drop, daemon=True).start()
+        return True
+
+    def _bounded(self, asset: str, target_mw: float) -> float:
+        up, down = self.limits_mw["up"].get(asset, float("inf")), self.limits_mw["down"].get(asset, float("inf"))
+        return max(-down, min(up, target_mw))
+
+    def on_limit(self, asset: str, direction: str, limit_mw: float, tag: datetime | None) -> bool:
+        """An asset's activation limit in one direction: the targets of the commands that follow are held
+        within ``limit_mw`` that way (as the testbed's BSP applies a limit from its next setpoint on)."""
+        self.limits_mw[direction][asset] = abs(limit_mw)
         return True
 
     def _drop(self) -> None:

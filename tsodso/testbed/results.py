@@ -47,6 +47,8 @@ class SiteBridge(_Model):
         description="commands whose confirmation did not come, taken as executed on the site's measured value of "
         "their instant or on the confirmation of the command sent once more (docs/iec104.md)",
     )
+    limits_sent: int = Field(default=0, description="activation limits the site confirmed on its assets' limit points")
+    limits_not_taken: int = Field(default=0, description="activation limits the site did not confirm")
     confirmed: LinkPercentiles
     measured: LinkPercentiles
 

@@ -163,6 +163,8 @@ def bridge_results(bsp: BridgedBSP) -> dict[str, Any]:
         "not_taken": bsp.not_taken,
         "stale": sum(1 for t in bsp.timings if not t.fresh),
         "confirmations_missed": bsp.link.confirmations_missed,
+        "limits_sent": bsp.limits_sent,
+        "limits_not_taken": bsp.limits_not_taken,
         "confirmed": dist([t.confirmed_ms for t in bsp.timings]),
         "measured": dist([t.measured_ms for t in bsp.timings if t.measured_ms is not None]),
     }
