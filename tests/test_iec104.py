@@ -203,3 +203,40 @@ async def test_an_activation_limit_reaches_the_sites_limit_points_and_bounds_its
             assert site.limits_mw["up"] == {plant: 0.0, der: 0.0}
             await link.command(REFERENCE.start + timedelta(seconds=8), {plant: 5.0, der: -5.0}, within_s=2.0)
             assert site.targets == {plant: 0.0, der: pytest.approx(-5.0)}  # up held at 0, down still free
+
+
+async def test_the_sites_connection_is_the_bsps_presence(broker, uid, tmp_path):
+    """The bridge in its own process; the site stops: the BSP says 'offline' (retained) though the bridge
+    stays on the bus; the site is back: 'online' again. Watched by an independent client (paho)."""
+    import json
+    import queue
+
+    import paho.mqtt.client as paho
+
+    device_id, port = f"bsp-{uid}", free_port()
+    _, path = own_peers(tmp_path, uid)
+    states: queue.Queue[str] = queue.Queue()
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)  # what every broker here speaks
+    watcher.on_message = lambda c, u, m: states.put(
+        json.loads(m.payload.decode()[: m.payload.rfind(b',"signature"')] + "}")["body"]["status"]
+    )
+    host, mqtt_port = broker.url.removeprefix("mqtt://").split("?")[0].split(":")
+
+    def next_state(timeout_s: float = 60.0) -> str:  # a deadline only: a busy host reconnects slowly
+        return states.get(timeout=timeout_s)
+
+    with SiteEmulator(REFERENCE.bsps[0], port=port) as first, bridge(device_id, port, broker.url, path) as proc:
+        await on_the_bus(proc)
+        watcher.connect(host, int(mqtt_port))
+        watcher.subscribe(f"tsodso/v1/bsp/{device_id}/actor_state/#", qos=1)
+        watcher.loop_start()
+        try:
+            assert await asyncio.to_thread(next_state) == "online"  # the retained birth
+            first.stop()
+            assert await asyncio.to_thread(next_state) == "offline", output(proc)
+            assert proc.poll() is None  # the bridge stays
+            with SiteEmulator(REFERENCE.bsps[0], port=port):
+                assert await asyncio.to_thread(next_state) == "online", output(proc)
+        finally:
+            watcher.loop_stop()
+            watcher.disconnect()

@@ -8,7 +8,8 @@ activation limit (a DSO's termination arrives as a limit too) is applied to the 
 each asset's limit points, where the site has them: the largest deviation up and down the asset may
 make now.
 A site that does not take the command in time (not connected, no confirmation) makes the setpoint refused
-with the reason, so the TSO knows; values the site did not refresh are sent as ``stale``.
+with the reason, so the TSO knows; values the site did not refresh are sent as ``stale``. While the site's
+connection is down the BSP's presence says 'offline' (the bridge stays on the bus), 'online' once it is back.
 """
 
 from dataclasses import dataclass
@@ -72,6 +73,18 @@ class BridgedBSP(BSP):
         self.not_taken = 0
         self.limits_sent = 0  # activation limits the site confirmed on its limit points
         self.limits_not_taken = 0
+        self.site_losses = 0  # times the site's connection went
+        link.on_state = self._site_state
+
+    def _site_state(self, connected: bool) -> None:
+        """The site's connection is the BSP's presence: 'offline' (retained) while the site is gone, though
+        the bridge stays on the bus and answers every setpoint with its refusal; 'online' once it is back."""
+        if not connected:
+            self.site_losses += 1
+        self.log.warning(
+            "IEC 104 site " + ("back" if connected else "lost"), site=self.link.where, state=self.link.state
+        )
+        self.gw.spawn(self.gw.announce("online" if connected else "offline"))
 
     async def on_limit(self, msg: Received[ActivationLimit]) -> None:
         await super().on_limit(msg)

@@ -217,6 +217,7 @@ class Gateway:
         self.connections = 0
         # every presence state of this process carries it, its will too (gateway.presence)
         self.started_at = datetime.fromtimestamp(self.now_us() / 1e6, UTC)
+        self.presence: Literal["online", "offline"] = "online"  # what a (re)connect says (see announce)
         self.log = structlog.get_logger("gateway").bind(actor=str(me), run=self.run_id)
 
         self._me_str = str(me)
@@ -342,7 +343,15 @@ class Gateway:
         if self.connections > 1:  # back after a loss: say so (the first 'online' follows the subscription)
             node = self._client.node if isinstance(self._client, MqttConnection) else self.broker.url
             self.log.info("reconnected", node=node, connections=self.connections, session=session_present)
-            self.spawn(self.publish(self._state("online"), ALL))
+            self.spawn(self.publish(self._state(self.presence), ALL))
+
+    async def announce(self, status: Literal["online", "offline"]) -> None:
+        """Say this actor's presence again (retained, to all): 'offline' while it cannot serve though it is
+        connected (a bridge whose site is gone), 'online' when it can again. A reconnect repeats what was
+        said last; the MQTT will and a clean stop still say 'offline'."""
+        if status != self.presence:
+            self.presence = status
+            await self.publish(self._state(status), ALL)
 
     def _on_retry(self, node: str, why: str) -> None:
         if not self._closing:

@@ -115,6 +115,7 @@ class SiteLink:
         self.measured: dict[str, Measured] = {}
         self.confirmations_missed = 0  # commands taken as executed on the site's measured value (see _transmit)
         self.state = "closed"
+        self.on_state: Callable[[bool], None] | None = None  # called on the loop when the site comes or goes
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
@@ -162,9 +163,11 @@ class SiteLink:
     # --- the event loop ------------------------------------------------------------------------------
 
     def _set_state(self, state: str) -> None:
-        self.state = state
+        was_open, self.state = self.state == "open", state
         if state != "open":
             self._limits_sent.clear()  # a site that comes back is told its limits again
+        if self.on_state is not None and was_open != (state == "open"):
+            self.on_state(state == "open")
         assert self._changed is not None
         self._changed.set()
 
@@ -199,6 +202,7 @@ class SiteLink:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.on_state = None  # closing is not the site going
         await asyncio.to_thread(self._client.stop)
         self._loop = None
 

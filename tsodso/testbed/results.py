@@ -49,6 +49,9 @@ class SiteBridge(_Model):
     )
     limits_sent: int = Field(default=0, description="activation limits the site confirmed on its assets' limit points")
     limits_not_taken: int = Field(default=0, description="activation limits the site did not confirm")
+    site_losses: int = Field(
+        default=0, description="times the site's connection went (the BSP said 'offline' meanwhile)"
+    )
     confirmed: LinkPercentiles
     measured: LinkPercentiles
 

@@ -165,6 +165,7 @@ def bridge_results(bsp: BridgedBSP) -> dict[str, Any]:
         "confirmations_missed": bsp.link.confirmations_missed,
         "limits_sent": bsp.limits_sent,
         "limits_not_taken": bsp.limits_not_taken,
+        "site_losses": bsp.site_losses,
         "confirmed": dist([t.confirmed_ms for t in bsp.timings]),
         "measured": dist([t.measured_ms for t in bsp.timings if t.measured_ms is not None]),
     }
