@@ -223,6 +223,21 @@ class _Writer:
         if text is not None:
             self.el(node, "text", text[:512])
 
+    def isp_point(self, series: ET.Element, isp_start: datetime) -> ET.Element:
+        """A series' one Period (the ISP, PT15M) with its one Point, position 1; returns the Point."""
+        period = self.el(series, "Period")
+        self.interval(period, "timeInterval", isp_start, _isp_end(isp_start))
+        self.el(period, "resolution", Resolution.PT15M.value)
+        point = self.el(period, "Point")
+        self.el(point, "position", "1")
+        return point
+
+    def complementary(self, parent: ET.Element, values: Mapping[str, Any]) -> None:
+        """The values without an element of their own, as a reason A95 (none when all are None)."""
+        text = _complementary(values)
+        if text:
+            self.reason(parent, COMPLEMENTARY, text)
+
     def bytes(self) -> bytes:
         ET.register_namespace("", self.ns)
         ET.indent(self.root)
@@ -286,23 +301,18 @@ def bid_document(
                 "activation_ConstraintDuration.duration",
                 _duration_s(bid.quantity_mw / bid.ramp_rate_mw_per_min * 60),
             )
-            period = w.el(ts, "Period")
-            w.interval(period, "timeInterval", bid.isp_start, _isp_end(bid.isp_start))
-            w.el(period, "resolution", Resolution.PT15M.value)
-            point = w.el(period, "Point")
-            w.el(point, "position", "1")
+            point = w.isp_point(ts, bid.isp_start)
             w.el(point, "quantity.quantity", _decimal(asset.share_mw))
             w.el(point, "minimum_Quantity.quantity", _decimal(bid.min_quantity_mw))
             w.el(point, "energy_Price.amount", _decimal(bid.price_eur_per_mwh))
-            extra = _complementary(
+            w.complementary(
+                ts,
                 {
                     "reference_mw": bid.reference_mw,
                     "connection_bus": asset.connection_bus,
                     "quantity_mw": bid.quantity_mw if total != bid.quantity_mw else None,
-                }
+                },
             )
-            if extra:
-                w.reason(ts, COMPLEMENTARY, extra)
     return w.bytes()
 
 
@@ -332,22 +342,17 @@ def mol_document(mol: MeritOrderList, *, tso: Party, dso: Party, area: str, crea
             w.el(ts, "direction", entry.direction.value)
             w.el(ts, "minimumActivation_Quantity.quantity", _decimal(entry.lower_bound_mw))
             w.el(ts, "marketObjectStatus.status", STATUS_AVAILABLE)
-            period = w.el(ts, "Period")
-            w.interval(period, "timeInterval", mol.isp_start, _isp_end(mol.isp_start))
-            w.el(period, "resolution", Resolution.PT15M.value)
-            point = w.el(period, "Point")
-            w.el(point, "position", "1")
+            point = w.isp_point(ts, mol.isp_start)
             w.el(point, "quantity.quantity", _decimal(asset.share_mw))
             w.el(point, "energy_Price.amount", _decimal(entry.price_eur_per_mwh))
-            extra = _complementary(
+            w.complementary(
+                ts,
                 {
                     "upper_bound_mw": entry.upper_bound_mw,
                     "connection_bus": asset.connection_bus,
                     "quantity_mw": entry.quantity_mw if total != entry.quantity_mw else None,
-                }
+                },
             )
-            if extra:
-                w.reason(ts, COMPLEMENTARY, extra)
     return w.bytes()
 
 
@@ -383,16 +388,15 @@ def availability_document(
         w.el(ts, "operationalLimit_Quantity.quantity", _decimal(result.upper_bound_mw))
         w.el(ts, "limit_Measurement_Unit.name", MEASUREMENT_UNIT_MW)
         w.reason(ts, VALIDATION_REASON[result.status.value], result.reason)
-        extra = _complementary(
+        w.complementary(
+            ts,
             {
                 "lower_bound_mw": result.lower_bound_mw,
                 "limiting_element": result.limiting_element,
                 "loading_percent": result.loading_percent,
                 "voltage_pu": result.voltage_pu,
-            }
+            },
         )
-        if extra:
-            w.reason(ts, COMPLEMENTARY, extra)
     return w.bytes()
 
 
@@ -434,11 +438,7 @@ def allocation_document(
         w.el(ts, "quantity_Measurement_Unit.name", MEASUREMENT_UNIT_MW)
         w.el(ts, "flowDirection.direction", direction)
         w.el(ts, "minimumActivation_Quantity.quantity", _decimal(lower))
-        period = w.el(ts, "Period")
-        w.interval(period, "timeInterval", acceptance.isp_start, _isp_end(acceptance.isp_start))
-        w.el(period, "resolution", Resolution.PT15M.value)
-        point = w.el(period, "Point")
-        w.el(point, "position", "1")
+        point = w.isp_point(ts, acceptance.isp_start)
         w.el(point, "quantity", _decimal(upper))
         w.reason(ts, code)
     return w.bytes()
@@ -509,16 +509,15 @@ def activation_document(
             point = w.el(period, "Point")
             w.el(point, "position", str(position))
             w.el(point, "quantity", _decimal(abs(value)))
-            extra = _complementary(
+            w.complementary(
+                point,
                 {
                     "reference_mw": sp.reference_mw if sp.reference_mw != reference else None,
                     "delta_mw": sp.delta_mw if sp.delta_mw != math.fsum(sp.bid_deltas_mw.values()) else None,
                     "against_direction": "true" if value < 0 else None,
-                }
+                },
             )
-            if extra:
-                w.reason(point, COMPLEMENTARY, extra)
-        w.reason(ts, COMPLEMENTARY, _complementary({"cycle_offset": cycle_offset, "reference_mw": reference}))
+        w.complementary(ts, {"cycle_offset": cycle_offset, "reference_mw": reference})
     return w.bytes()
 
 
