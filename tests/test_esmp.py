@@ -341,3 +341,27 @@ def test_the_cli_exports_and_imports_and_says_each_mistake_in_one_line(reference
         done = _cli(*args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_bid_document_drives_a_scenarios_bids(reference_run, tmp_path):
+    """`tsodso run --bids FILE`: a BSP's bid document replaces its bids in the scenario; a cheaper
+    energy price is what the run pays, the DSO's limit and the grid are the reference's."""
+    written, _ = export_run(reference_run, tmp_path / "docs", Coding())
+    bids = next(w.path for w in written if w.kind == "ReserveBid_MarketDocument")
+    cheaper = tmp_path / "cheaper.xml"
+    cheaper.write_text(bids.read_text().replace("<energy_Price.amount>85.0<", "<energy_Price.amount>60.0<"))
+    run = [sys.executable, "-m", "tsodso", "run", str(REFERENCE), "--virtual", "--json"]
+    done = subprocess.run(
+        [*run, "--bids", str(cheaper), "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    summary = yaml.safe_load(done.stdout)
+    reference = yaml.safe_load((reference_run / "summary.json").read_text())
+    assert summary["dso_limits_mw"] == reference["dso_limits_mw"] and summary["congestion_seconds"] == 0
+    cost, before = summary["schemes"]["total_cost_eur"], reference["schemes"]["total_cost_eur"]
+    assert cost == pytest.approx(before * 60 / 85, rel=0.01)  # the up bid's energy, paid as bid
+    mol = next(w.path for w in written if w.kind == "MeritOrderList_MarketDocument")
+    done = subprocess.run(
+        [*run, "--bids", str(mol), "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0 and "not a ReserveBid_MarketDocument" in done.stderr and "Traceback" not in done.stderr

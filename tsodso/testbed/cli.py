@@ -517,6 +517,7 @@ def _run(
     links: Sequence[str] = (),
     virtual: bool = False,
     iec104: Sequence[str] = (),
+    bids: Sequence[Path] = (),
 ) -> dict:
     from tsodso.actors.config import LinkConfig
     from tsodso.broker import start_broker
@@ -530,11 +531,46 @@ def _run(
         scenario.links.append(LinkConfig.model_validate({"between": pattern, **values}))
     for spec in iec104:
         _bridge_bsp(scenario, spec)
+    for document in bids:
+        scenario = _document_bids(scenario, document)
     import shutil
 
     shutil.rmtree(out / "broker", ignore_errors=True)  # a fresh broker per run: no retained state of the last one
     with start_broker(broker, data_dir=out / "broker") as running:
         return asyncio.run(run_scenario(scenario, running.url, out, speed=speed, virtual=virtual, progress=_progress))
+
+
+def _document_bids(scenario, path: Path):
+    """``--bids FILE``: the bids of an ENTSO-E ReserveBid_MarketDocument replace its sending BSP's bids
+    in the scenario (offered for every ISP of the run, as a scenario's bids are)."""
+    from pydantic import ValidationError
+
+    from tsodso.schemas.esmp import Coding, DocumentError
+    from tsodso.testbed.esmp import import_file, scenario_bids
+    from tsodso.testbed.scenario import ScenarioError
+
+    try:
+        document, _ = import_file(path, Coding())
+    except DocumentError as exc:
+        raise ScenarioError(f"--bids {path}: {exc}") from None
+    bids = scenario_bids(document.bodies)
+    if not bids:
+        raise ScenarioError(f"--bids {path}: a {document.kind}, not a ReserveBid_MarketDocument")
+    bsp_id = document.sender.id
+    data = scenario.model_dump(mode="json")
+    bsp = next((b for b in data["bsps"] if b["id"] == bsp_id), None)
+    if bsp is None:
+        raise ScenarioError(
+            f"--bids {path}: its sender {bsp_id!r} is not a BSP of the scenario ({', '.join(b['id'] for b in data['bsps'])}); "
+            "map its codes to the scenario's ids: tsodso esmp import FILE --codes CODES --scenario-bids"
+        )
+    bsp["bids"] = bids
+    try:
+        return type(scenario).model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ScenarioError(f"--bids {path}: the scenario refuses its bids: {where}: {first['msg']}") from None
 
 
 def _site_address(spec: str, option: str) -> tuple[str, int]:
@@ -585,6 +621,14 @@ def run(
             "bridged; default: the scenario's iec104 site, else 127.0.0.1:2404 (repeatable; docs/iec104.md)."
         ),
     ] = None,
+    bids: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--bids",
+            help="An ENTSO-E ReserveBid_MarketDocument (e.g. a market party's export): its bids replace its "
+            "sender BSP's bids in the scenario (repeatable; docs/esmp.md).",
+        ),
+    ] = None,
 ):
     """Run a scenario with every actor in this process; write the run directory."""
     summary = _run(
@@ -596,6 +640,7 @@ def run(
         link or [],
         virtual=virtual,
         iec104=iec104 or [],
+        bids=bids or [],
     )
     from tsodso.testbed.report import build_report
 
