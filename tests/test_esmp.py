@@ -327,8 +327,13 @@ def test_the_cli_exports_and_imports_and_says_each_mistake_in_one_line(reference
     garbage.write_text("not xml")
     codes = tmp_path / "codes.yaml"
     codes.write_text("bsp1: 10X1001A1001A39WTOOLONG\n")
+    broken = tmp_path / "broken-run"
+    broken.mkdir()
+    (broken / "exchange.sqlite").write_text("not a database")
     for args, expected in [
         (("export", str(tmp_path / "nowhere")), "is not a run directory"),
+        (("export", str(broken)), "no tso.area"),
+        (("export", str(broken), "--area", "NL"), "not a readable exchange log"),
         (("import", str(tmp_path / "missing.xml")), "cannot read it"),
         (("import", str(garbage)), "not well-formed XML"),
         (("import", str(next(out.glob("mol_*.xml"))), "--scenario-bids"), "not bids"),

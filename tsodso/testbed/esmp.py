@@ -10,6 +10,7 @@ into the messages it stands for, each checked against the contract as a receiver
 """
 
 import json
+import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -80,8 +81,15 @@ def export_run(run_dir: Path, out: Path, coding: Coding, area: str | None = None
     if area is None:
         area = _scenario_area(run_dir)
     sent: dict[str, list[tuple[Envelope, Any]]] = defaultdict(list)
-    for type_name, _, payload in kept_payloads(db):
-        env, body = validate_message(payload)
+    try:
+        kept = kept_payloads(db)
+    except sqlite3.DatabaseError as exc:
+        raise DocumentError(f"{db}: not a readable exchange log ({exc})") from None
+    for type_name, sent_us, payload in kept:
+        try:
+            env, body = validate_message(payload)
+        except InvalidMessage as exc:
+            raise DocumentError(f"{db}: the {type_name} kept at {sent_us} µs breaks the contract: {exc}") from None
         sent[type_name].append((env, body))
     if not sent:
         raise DocumentError(
