@@ -72,7 +72,7 @@ async def test_without_time_tags_a_command_is_answered_by_the_value_measured_aft
     bsp1 = bridged(port, time_tag=False).bsps[0]
     assets = [a.asset_id for a in bsp1.assets]
     with SiteEmulator(bsp1, port=port, speed=600.0) as site:  # 10 scenario minutes per wall second
-        async with site_link(bsp1, 1.0) as link:
+        async with site_link(bsp1, 10.0) as link:  # 6 s to confirm: a deadline only, for a busy host
             assert await link.wait_connected(30)  # a busy host: the library retries every second
             first = await link.command(REFERENCE.start, {assets[0]: 4.0, assets[1]: 0.0}, within_s=2.0)
             await asyncio.sleep(0.2)  # two scenario minutes: the plant ramps toward 4 MW
@@ -190,7 +190,7 @@ async def test_an_activation_limit_reaches_the_sites_limit_points_and_bounds_its
     limits = core.asset_limits()
     assert limits == {"up": pytest.approx({plant: 7.505, der: 7.505}), "down": {plant: 10.0, der: 10.0}}
     with SiteEmulator(bsp1, port=port, speed=600.0) as site:
-        async with site_link(bsp1, 1.0) as link:
+        async with site_link(bsp1, 10.0) as link:  # 6 s to confirm: a deadline only, for a busy host
             assert await link.wait_connected(30)  # a busy host: the library retries every second
             sent = await link.limit(REFERENCE.start, limits)
             assert sorted(sent) == sorted(f"{a} {d}" for a in (plant, der) for d in ("up", "down"))

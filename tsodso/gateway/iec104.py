@@ -22,6 +22,9 @@ from datetime import UTC, datetime
 import c104
 
 MIN_TIMEOUT_S = 0.05  # the library's ticks are 50 ms at the finest
+UNMUTE_AFTER_S = 1.0
+"""[s, wall] A session left 'open_muted' this long (its start of data transfer went unconfirmed on a busy host;
+the library does not ask again) is unmuted, and again each such interval until it is open."""
 CONFIRM_WAIT_S = 1.0
 """[s, wall] How long the library waits for a command's confirmation, at most half the link's confirmation
 timeout, so that a command whose confirmation the library missed can be sent once more (``SiteLink._transmit``)."""
@@ -120,6 +123,7 @@ class SiteLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
+        self._limit_lock: asyncio.Lock | None = None
         self._client = c104.Client(
             tick_rate_ms=50,
             command_timeout_ms=int(max(MIN_TIMEOUT_S, min(self.confirm_timeout_s / 2, CONFIRM_WAIT_S)) * 1000),
@@ -168,6 +172,13 @@ class SiteLink:
             self._limits_sent.clear()  # a site that comes back is told its limits again
         if self.on_state is not None and was_open != (state == "open"):
             self.on_state(state == "open")
+        if state == "open_muted" and self._loop is not None:  # on a reconnect as on the first connect
+            self._loop.call_later(UNMUTE_AFTER_S, self._unmute)
+
+    def _unmute(self) -> None:
+        if self.state == "open_muted" and self._loop is not None and not self._loop.is_closed():
+            self._loop.run_in_executor(None, self._connection.unmute)
+            self._loop.call_later(UNMUTE_AFTER_S, self._unmute)
         assert self._changed is not None
         self._changed.set()
 
@@ -198,6 +209,7 @@ class SiteLink:
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._limit_lock = asyncio.Lock()
         await asyncio.to_thread(self._client.start)
         return self
 
@@ -233,9 +245,10 @@ class SiteLink:
         deviation from schedule it may make [MW]), time-tagged ``valid_from`` where the site uses time tags;
         returns the points commanded ('asset up', ...): those whose value the site has not confirmed on this
         connection yet. A limit is sent once more when its confirmation does not come; raises
-        :class:`SiteUnavailable` when it is not taken."""
-        assert self._lock is not None
-        async with self._lock:
+        :class:`SiteUnavailable` when it is not taken. Limits go beside the setpoint commands (other
+        points), never holding one up; one limit at a time."""
+        assert self._limit_lock is not None
+        async with self._limit_lock:
             if not self.connected:
                 raise SiteUnavailable(f"IEC 104 site {self.where} is not connected ({self.state})")
             tag = _utc(valid_from) if self.time_tag else None
