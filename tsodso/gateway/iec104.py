@@ -275,7 +275,8 @@ class SiteLink:
         confirmation within :data:`CONFIRM_WAIT_S`; else (the library misses a confirmation about once in
         150 commands on a busy host) the site's measured value of the command's instant, which a site sends
         only having executed it, or the confirmation of the same command sent once more (a setpoint is
-        idempotent; a site that executes it twice does nothing new)."""
+        idempotent; a site that executes it twice does nothing new). Without time tags no measured value
+        proves the command, so it is sent again until ``until``."""
         assert self._loop is not None
         point = self._commands[asset]
         point.info = c104.ShortCmd(target=value, recorded_at=tag)
@@ -287,12 +288,13 @@ class SiteLink:
 
         if await asyncio.to_thread(point.transmit, c104.Cot.ACTIVATION):
             return True
-        if not self.connected:
-            return False
-        if executed() or (self._loop.time() < until and await asyncio.to_thread(point.transmit, c104.Cot.ACTIVATION)):
-            self.confirmations_missed += 1
-            return True
-        while not executed() and await self._changes(until):
+        while self.connected and not executed() and self._loop.time() < until:
+            if await asyncio.to_thread(point.transmit, c104.Cot.ACTIVATION):
+                self.confirmations_missed += 1
+                return True
+            if tag is not None:
+                break  # once more at most: the site's measured value of the instant decides
+        while self.connected and not executed() and await self._changes(until):
             pass
         self.confirmations_missed += executed()
         return executed()
