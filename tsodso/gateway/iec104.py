@@ -219,15 +219,13 @@ class SiteLink:
         self._loop = None
 
     async def wait_connected(self, timeout_s: float) -> bool:
-        """True once the site accepted the connection and started data transfer, within ``timeout_s``."""
+        """True once the site accepted the connection and started data transfer, within ``timeout_s`` (a
+        session left muted is unmuted meanwhile: ``_set_state``)."""
         assert self._loop is not None
         until = self._loop.time() + timeout_s
         while not self.connected:
-            if not await self._changes(min(until, self._loop.time() + 1.0)):
-                if self._loop.time() >= until:
-                    return self.connected
-                if self.state == "open_muted":  # its start of data transfer went unconfirmed (a busy host):
-                    await asyncio.to_thread(self._connection.unmute)  # the library does not ask again
+            if not await self._changes(until):
+                return self.connected
         return True
 
     async def command(self, instant: datetime, targets_mw: dict[str, float], within_s: float) -> SiteAnswer:
