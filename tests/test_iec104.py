@@ -78,8 +78,46 @@ async def test_without_time_tags_a_command_is_answered_by_the_value_measured_aft
             await asyncio.sleep(0.2)  # two scenario minutes: the plant ramps toward 4 MW
             second = await link.command(REFERENCE.start, {assets[0]: 4.0, assets[1]: 0.0}, within_s=2.0)
     assert all(first.fresh.values()) and all(second.fresh.values())
+    # the site answers a command with what it measured before taking it (a command is sent once, even when the
+    # library missed its confirmation): nothing yet, then what the plant reached in two minutes
     assert first.values_mw[assets[0]] == 0.0 and 0.0 < second.values_mw[assets[0]] <= 4.0
     assert site.targets[assets[0]] == pytest.approx(4.0) and site.fleet_at[assets[0]] is not None
+
+
+async def test_a_confirmation_after_the_librarys_wait_is_taken_and_a_negative_one_refuses_at_once():
+    """The library waits 0.25 s for a confirmation (and c104 2.2 can miss one that came); the link reads each
+    confirmation off the wire itself: a site that confirms after 0.6 s, within the 3-s deadline, has its
+    command taken, sent once; a site that refuses a command (negative ACT_CON) is refused at once, naming
+    the point, not after the deadline."""
+    import threading
+    import time
+
+    from tsodso.gateway.iec104 import AssetPoints, ControlledStation, SiteLink, SiteUnavailable
+
+    port, points = free_port(), {"plant": AssetPoints(setpoint_ioa=10, delivered_ioa=20)}
+    got: list[float] = []
+    answer = threading.Event()
+
+    def on_command(asset, mw, tag):
+        got.append(mw)
+        time.sleep(0.6)
+        return answer.is_set()
+
+    answer.set()
+    station = ControlledStation("127.0.0.1", port, 3, points, on_command, time_tag=False)
+    station.start()
+    try:
+        async with SiteLink("127.0.0.1", port, 3, points, time_tag=False, confirm_timeout_s=3.0) as link:
+            assert await link.wait_connected(30)
+            took = await link.command(REFERENCE.start, {"plant": 2.5}, within_s=0.1)
+            assert took.confirmed_ms >= 600 and got == [2.5] and link.confirmations_missed == 1
+            answer.clear()
+            began = time.monotonic()
+            with pytest.raises(SiteUnavailable, match=r"did not confirm the setpoint of plant \(IOA 10\)"):
+                await link.command(REFERENCE.start, {"plant": 1.0}, within_s=0.1)
+            assert time.monotonic() - began < 2.9 and got == [2.5, 1.0]
+    finally:
+        station.stop()
 
 
 def test_a_run_whose_site_is_not_there_ends_before_it_starts_naming_the_site(tmp_path):

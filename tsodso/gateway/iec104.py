@@ -25,9 +25,14 @@ MIN_TIMEOUT_S = 0.05  # the library's ticks are 50 ms at the finest
 UNMUTE_AFTER_S = 1.0
 """[s, wall] A session left 'open_muted' this long (its start of data transfer went unconfirmed on a busy host;
 the library does not ask again) is unmuted, and again each such interval until it is open."""
-CONFIRM_WAIT_S = 1.0
-"""[s, wall] How long the library waits for a command's confirmation, at most half the link's confirmation
-timeout, so that a command whose confirmation the library missed can be sent once more (``SiteLink._transmit``)."""
+LIBRARY_WAIT_S = 0.25
+"""[s, wall] How long the library waits for a command's confirmation (at most a quarter of the link's
+confirmation timeout). c104 2.2 can miss one that came: its wait (``Connection::awaitCommandSuccess``) does not
+look for a confirmation that arrived before it began waiting, which a busy host makes likely, and times out. So
+the link also reads every confirmation off the wire itself (``SiteLink._on_raw``) and waits on that for the rest
+of the confirmation timeout: a confirmation that came is never missed, one that came late is still taken."""
+ACT_CON = 7  # cause of transmission: activation confirmation (IEC 60870-5-101 7.2.3)
+TYPE_ID = {c104.Type.C_SE_NC_1: 50, c104.Type.C_SE_TC_1: 63}  # the setpoint commands' type identifications
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,18 @@ def _value(point: c104.Point) -> float:
     return float(value)
 
 
+def confirmation(apdu: bytes, common_address: int, types: frozenset[int]) -> tuple[int, bool] | None:
+    """(information object address, positive) of a command confirmation (ACT_CON) of one of ``types`` to
+    ``common_address`` in an APDU as received (IEC 60870-5-104 with its standard sizes: a two-octet cause of
+    transmission, a two-octet common address, a three-octet address; those c104 uses); None for any other."""
+    if len(apdu) < 15 or apdu[0] != 0x68 or apdu[2] & 0x01:  # too short, not a start, not an I-format frame
+        return None
+    asdu = apdu[6:]
+    if asdu[0] not in types or asdu[2] & 0x3F != ACT_CON or asdu[4] | asdu[5] << 8 != common_address:
+        return None
+    return asdu[6] | asdu[7] << 8 | asdu[8] << 16, not asdu[2] & 0x40
+
+
 def _utc(t: datetime | None) -> datetime | None:
     """A time tag as an aware UTC instant, to the millisecond (the library gives naive UTC)."""
     if t is None:
@@ -116,7 +133,7 @@ class SiteLink:
         self.scale_mw = scale_mw
         self.confirm_timeout_s = max(confirm_timeout_s, MIN_TIMEOUT_S)
         self.measured: dict[str, Measured] = {}
-        self.confirmations_missed = 0  # commands taken as executed on the site's measured value (see _transmit)
+        self.confirmations_missed = 0  # commands the library missed the confirmation of, taken all the same (_send)
         self.state = "closed"
         self.on_state: Callable[[bool], None] | None = None  # called on the loop when the site comes or goes
         self._seq = 0
@@ -126,15 +143,19 @@ class SiteLink:
         self._limit_lock: asyncio.Lock | None = None
         self._client = c104.Client(
             tick_rate_ms=50,
-            command_timeout_ms=int(max(MIN_TIMEOUT_S, min(self.confirm_timeout_s / 2, CONFIRM_WAIT_S)) * 1000),
+            command_timeout_ms=int(max(MIN_TIMEOUT_S, min(self.confirm_timeout_s / 4, LIBRARY_WAIT_S)) * 1000),
         )
         connection = self._client.add_connection(ip=host, port=port, init=c104.Init.ALL)
         if connection is None:
             raise ValueError(f"IEC 104 site {host}:{port}: not an address the library can connect to")
         self._connection: c104.Connection = connection
         self._connection.on_state_change(callable=self._on_state)
+        self._connection.on_receive_raw(callable=self._on_raw)
+        self.common_address = common_address
         station = self._connection.add_station(common_address=common_address)
         kinds = _point_types(time_tag)
+        self._command_types = frozenset({TYPE_ID[kinds[0]]})
+        self._confirmed: dict[int, tuple[int, bool]] = {}  # IOA -> (confirmations so far, the last one positive)
         self._commands: dict[str, c104.Point] = {}
         self._limits: dict[tuple[str, str], c104.Point] = {}  # (asset, 'up' | 'down') -> its limit command
         self._limits_sent: dict[tuple[str, str], float] = {}  # what the site confirmed on this connection
@@ -153,6 +174,10 @@ class SiteLink:
 
     def _on_state(self, connection: c104.Connection, state: c104.ConnectionState) -> None:
         self._call(self._set_state, "open" if state == c104.ConnectionState.OPEN else state.name.lower())
+
+    def _on_raw(self, connection: c104.Connection, data: bytes) -> None:
+        if (confirmed := confirmation(data, self.common_address, self._command_types)) is not None:
+            self._call(self._confirmation, *confirmed)
 
     def _on_measured(
         self, point: c104.Point, previous_info: c104.Information, message: c104.IncomingMessage
@@ -179,6 +204,12 @@ class SiteLink:
         if self.state == "open_muted" and self._loop is not None and not self._loop.is_closed():
             self._loop.run_in_executor(None, self._connection.unmute)
             self._loop.call_later(UNMUTE_AFTER_S, self._unmute)
+        assert self._changed is not None
+        self._changed.set()
+
+    def _confirmation(self, ioa: int, positive: bool) -> None:
+        count, _ = self._confirmed.get(ioa, (0, False))
+        self._confirmed[ioa] = (count + 1, positive)
         assert self._changed is not None
         self._changed.set()
 
@@ -242,10 +273,10 @@ class SiteLink:
         """Send each asset's limit points (``limits_mw``: per direction 'up' / 'down', asset -> the largest
         deviation from schedule it may make [MW]), time-tagged ``valid_from`` where the site uses time tags;
         returns the points commanded ('asset up', ...): those whose value the site has not confirmed on this
-        connection yet. A limit is sent once more when its confirmation does not come; raises
-        :class:`SiteUnavailable` when it is not taken. Limits go beside the setpoint commands (other
+        connection yet, each confirmed within the confirmation timeout; raises :class:`SiteUnavailable` when
+        one is not taken. Limits go beside the setpoint commands (other
         points), never holding one up; one limit at a time."""
-        assert self._limit_lock is not None
+        assert self._limit_lock is not None and self._loop is not None
         async with self._limit_lock:
             if not self.connected:
                 raise SiteUnavailable(f"IEC 104 site {self.where} is not connected ({self.state})")
@@ -256,10 +287,7 @@ class SiteLink:
                 if mw is None or self._limits_sent.get((asset, direction)) == mw:
                     continue
                 point.info = c104.ShortCmd(target=mw / self.scale_mw, recorded_at=tag)
-                for _ in range(2):
-                    if await asyncio.to_thread(point.transmit, c104.Cot.ACTIVATION):
-                        break
-                else:
+                if not await self._send(point, self._loop.time() + self.confirm_timeout_s):
                     raise SiteUnavailable(
                         f"IEC 104 site {self.where} did not confirm the {direction} limit of {asset} (IOA "
                         f"{point.io_address})" + ("" if self.connected else f"; the connection is {self.state}")
@@ -268,34 +296,37 @@ class SiteLink:
                 sent.append(f"{asset} {direction}")
             return sent
 
+    async def _send(self, point: c104.Point, until: float, executed: Callable[[], bool] | None = None) -> bool:
+        """Send ``point``'s command; True once the site confirmed it positively by loop time ``until``: as the
+        library saw it, or as this link read it off the wire (see :data:`LIBRARY_WAIT_S`), or, where
+        ``executed`` is given, once that says the site executed it (its measured value of the command's
+        instant, which a site sends only having done so)."""
+        ioa = point.io_address
+        before, _ = self._confirmed.get(ioa, (0, False))
+        if await asyncio.to_thread(point.transmit, c104.Cot.ACTIVATION):
+            return True
+
+        def answered() -> bool:
+            return self._confirmed.get(ioa, (0, False))[0] > before or (executed is not None and executed())
+
+        while self.connected and not answered() and await self._changes(until):
+            pass
+        count, positive = self._confirmed.get(ioa, (0, False))
+        taken = (count > before and positive) or (executed is not None and executed())
+        self.confirmations_missed += taken
+        return taken
+
     async def _transmit(self, asset: str, value: float, tag: datetime | None, until: float) -> bool:
-        """One asset's setpoint command, True once the site took it by loop time ``until``: its positive
-        confirmation within :data:`CONFIRM_WAIT_S`; else (the library misses a confirmation about once in
-        150 commands on a busy host) the site's measured value of the command's instant, which a site sends
-        only having executed it, or the confirmation of the same command sent once more (a setpoint is
-        idempotent; a site that executes it twice does nothing new). Without time tags no measured value
-        proves the command, so it is sent again until ``until``."""
-        assert self._loop is not None
+        """One asset's setpoint command (see :meth:`_send`), time-tagged ``tag`` where the site uses time tags."""
         point = self._commands[asset]
         point.info = c104.ShortCmd(target=value, recorded_at=tag)
         sent_seq = self._seq
 
         def executed() -> bool:
             m = self.measured.get(asset)
-            return tag is not None and m is not None and m.seq > sent_seq and m.recorded_at == tag
+            return m is not None and m.seq > sent_seq and m.recorded_at == tag
 
-        if await asyncio.to_thread(point.transmit, c104.Cot.ACTIVATION):
-            return True
-        while self.connected and not executed() and self._loop.time() < until:
-            if await asyncio.to_thread(point.transmit, c104.Cot.ACTIVATION):
-                self.confirmations_missed += 1
-                return True
-            if tag is not None:
-                break  # once more at most: the site's measured value of the instant decides
-        while self.connected and not executed() and await self._changes(until):
-            pass
-        self.confirmations_missed += executed()
-        return executed()
+        return await self._send(point, until, executed if tag is not None else None)
 
     async def _command(self, instant: datetime, targets_mw: dict[str, float], within_s: float) -> SiteAnswer:
         if not self.connected:

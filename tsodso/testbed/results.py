@@ -44,8 +44,8 @@ class SiteBridge(_Model):
     stale: int = Field(description="setpoints answered without a measured value of their instant")
     confirmations_missed: int = Field(
         default=0,
-        description="commands whose confirmation did not come, taken as executed on the site's measured value of "
-        "their instant or on the confirmation of the command sent once more (docs/iec104.md)",
+        description="commands whose confirmation the IEC 104 library missed, taken on the confirmation read off "
+        "the wire or on the site's measured value of their instant (docs/iec104.md)",
     )
     limits_sent: int = Field(default=0, description="activation limits the site confirmed on its assets' limit points")
     limits_not_taken: int = Field(default=0, description="activation limits the site did not confirm")
