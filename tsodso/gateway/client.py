@@ -529,7 +529,9 @@ class Gateway:
         props = self._properties(env) if self._v5 else None
         valid_until_us = int(env.valid_until.timestamp() * 1e6) if env.valid_until else None
         if self.links:
-            lost, delay = self.links.decide(self._me_str, str(to), time.time())
+            # the link's state at the instant the message was made (the log's created_us), not a moment later
+            made_s = env.created_at.timestamp() - self.clock_offset_us / 1e6
+            lost, delay = self.links.decide(self._me_str, str(to), made_s)
             if lost:
                 self._record_out(env, topic, payload, policy.qos, None, lost)
                 return env
