@@ -45,7 +45,21 @@ class LabError(RuntimeError):
     """The lab cannot be built here: the message says why and what would do."""
 
 
-LOCK = Path("/run/tsodso-lab.owner")  # who holds the machine's lab: a process id, or 'kept'
+LOCK = Path("/run/tsodso-lab.owner")  # who holds the machine's lab: 'pid start-ticks', or 'kept'
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22), None if there is none:
+    with the pid it names one process, never a later one the kernel gave the same number."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def _me() -> str:
+    return f"{os.getpid()} {_started(os.getpid())}"
 
 
 def _owner() -> str | None:
@@ -56,13 +70,10 @@ def _owner() -> str | None:
         return None
     if text == "kept":
         return "left up by 'tsodso lab up'"
-    try:
-        os.kill(int(text), 0)
-    except (ValueError, ProcessLookupError):
-        return None
-    except PermissionError:
-        pass
-    return f"process {text}"
+    pid, _, started = text.partition(" ")
+    if not pid.isdigit() or _started(int(pid)) is None or _started(int(pid)) != started:
+        return None  # gone (or the number now names another process)
+    return f"process {pid}"
 
 
 @dataclass(frozen=True)
@@ -218,7 +229,7 @@ class Lab:
                 f"a lab is already up on this machine ({owner}): one at a time; take it down with 'tsodso lab down'"
             )
         self.down()
-        LOCK.write_text("kept" if keep else str(os.getpid()))
+        LOCK.write_text("kept" if keep else _me())
         try:
             self._build()
         except BaseException:
