@@ -5,8 +5,11 @@ import pytest
 from tsodso.testbed.bench.fanout import run_fanout
 
 
-def test_fanout_reaches_every_endpoint_every_cycle(own_mosquitto):
-    result = run_fanout(own_mosquitto.url, endpoints=40, cycles=2, period_s=1.0, workers=2)
+@pytest.mark.parametrize("senders", [1, 2])
+def test_fanout_reaches_every_endpoint_every_cycle(own_mosquitto, senders):
+    """From one sender process or spread over two (each the TSO's gateway on its own connection)."""
+    result = run_fanout(own_mosquitto.url, endpoints=40, cycles=2, period_s=1.0, workers=2, senders=senders)
+    assert result["senders"] == senders
     assert result["connected"] == 40
     for path in ("gateway", "raw"):
         assert result[path]["deliveries"] == 80, result[path]

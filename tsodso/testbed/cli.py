@@ -933,6 +933,9 @@ def bench_fanout(
     cycles: Annotated[int, typer.Option(help="Setpoint cycles per path.")] = 5,
     period: Annotated[float, typer.Option(help="Cycle length [s] (4 s in real time; shorter = accelerated).")] = 4.0,
     workers: Annotated[int, typer.Option(help="Processes hosting the endpoints.")] = 2,
+    senders: Annotated[
+        int, typer.Option(min=1, max=16, help="Processes the TSO's gateway sends from (each every K-th endpoint).")
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """One TSO -> N BSP endpoints every cycle: missed cycles, publish->receive p50/p99 and the last delivery of a
@@ -945,7 +948,7 @@ def bench_fanout(
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the broker and endpoints need a socket each
     with start_broker(broker) as running:
-        result = run_fanout(running.url, endpoints, cycles, period, workers)
+        result = run_fanout(running.url, endpoints, cycles, period, workers, senders)
     if as_json:
         print(json.dumps(result))
         return
@@ -962,6 +965,7 @@ def bench_fanout(
         + [
             ("last delivery, gateway / raw (goal <= 1.5)", str(result["last_delivery_ratio"])),
             ("endpoints connected (s)", f"{result['connected']} ({result['connect_s']} s)"),
+            ("the gateway's sender processes", str(result["senders"])),
         ],
     )
 

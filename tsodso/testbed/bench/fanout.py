@@ -12,6 +12,10 @@ Two paths in the same run, same endpoints: the gateway (typed ``DeltaSetpoint``,
 exchange log) and the raw client (``gateway.mqtt``, gmqtt) publishing payloads of the same size. The
 raw path is the floor for one Python sender on this host; the goal is measured against it: the last
 delivery of a cycle (after the cycle began) within 1.5x the raw path's.
+
+``--senders K`` spreads the gateway path over K processes, each the TSO's gateway on its own connection
+(client id ``tso-<id>-<k>``) sending to every K-th endpoint: a receiver sees the same sender, topics and
+per-topic sequence numbers as from one process.
 """
 
 import asyncio
@@ -81,49 +85,105 @@ def _worker(url: str, ids: list[int], ready, results, stop) -> None:
     asyncio.run(_endpoints(url, ids, ready, results, stop))
 
 
-async def _send(url: str, n: int, cycles: int, period_s: float, log_dir: Path) -> dict[str, list[int]]:
-    """Publish cycles on both paths; return cycle start times (ns) per path."""
+def _setpoint(bsp: Party, cycle: int, instant: datetime) -> DeltaSetpoint:
+    return DeltaSetpoint(bsp_id=bsp.id, cycle=cycle, instant=instant, reference_mw=200, delta_mw=float(cycle))
+
+
+async def _gateway_cycles(
+    tso: Gateway, bsps: list[Party], cycles: int, period_s: float, t0: float, starts: list[int]
+) -> None:
+    """The gateway path's cycles from wall time ``t0``: each cycle's setpoints in order, one after the other,
+    as an actor sends a cycle (``Actor.send``); its start (ns) appended to ``starts``."""
+    for k in range(cycles):
+        await asyncio.sleep(max(0.0, t0 + k * period_s - time.time()))
+        starts.append(time.time_ns())
+        instant = datetime.now(UTC)
+        for b in bsps:
+            await tso.publish(_setpoint(b, k, instant), b, valid_for_s=period_s)
+
+
+async def _sender(url: str, ids: list[int], k: int, cycles: int, period_s: float, log_path: str, ready, go, done):
+    """One of ``--senders`` processes: the TSO's gateway (its own connection, client id ``tso-<id>-<k>``)
+    sending to endpoints ``ids`` (each endpoint's topic from one process only: its sequence stays in order)."""
+    spec = BrokerSpec.parse(url)
+    with ExchangeLog(Path(log_path), run_id=f"bench-fanout-{k}") as log:
+        async with Gateway(TSO, spec, log=log, client_id=f"tso-{TSO.id}-{k}") as tso:
+            ready.put(k)
+            t0 = await asyncio.to_thread(go.get)
+            starts: list[int] = []
+            await _gateway_cycles(tso, [Party(role="bsp", id=f"fanout-{i}") for i in ids], cycles, period_s, t0, starts)
+    done.put(starts)
+
+
+def _sender_process(*args: Any) -> None:
+    asyncio.run(_sender(*args))
+
+
+def _spread_gateway(url: str, n: int, cycles: int, period_s: float, senders: int, log_dir: Path) -> list[int]:
+    """The gateway path over ``senders`` processes; each cycle's start (ns): the earliest of the senders'."""
+    ctx = mp.get_context("spawn")
+    ready, done = ctx.Queue(), ctx.Queue()
+    gos = [ctx.Queue() for _ in range(senders)]
+    ids = list(range(n))
+    procs = [
+        ctx.Process(
+            target=_sender_process,
+            args=(url, ids[k::senders], k, cycles, period_s, str(log_dir / f"fanout-{k}.sqlite"), ready, gos[k], done),
+            daemon=True,
+        )
+        for k in range(senders)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    t0 = time.time() + 0.5
+    for go in gos:
+        go.put(t0)
+    per_sender = [done.get(timeout=cycles * period_s + 120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    return [min(column) for column in zip(*per_sender, strict=True)]
+
+
+async def _send(
+    url: str, n: int, cycles: int, period_s: float, log_dir: Path, senders: int = 1
+) -> dict[str, list[int]]:
+    """Publish cycles on both paths; return cycle start times (ns) per path. The gateway path in this process,
+    or spread over ``senders`` processes; the raw path always in this one (the floor for one Python sender)."""
     spec = BrokerSpec.parse(url)
     starts: dict[str, list[int]] = {"gateway": [], "raw": []}
     bsps = [Party(role="bsp", id=f"fanout-{i}") for i in range(n)]
+    if senders > 1:
+        starts["gateway"] = await asyncio.to_thread(_spread_gateway, url, n, cycles, period_s, senders, log_dir)
     with ExchangeLog(log_dir / "fanout.sqlite", run_id="bench-fanout") as log:
         async with (
             Gateway(TSO, spec, log=log) as tso,
             MqttConnection(spec, "fanout-raw", on_message=lambda m: None) as raw,
         ):
-            sample = DeltaSetpoint(
-                bsp_id="fanout-0", cycle=0, instant=datetime.now(UTC), reference_mw=200, delta_mw=1.0
-            )
-            size = len(tso.build(sample, bsps[0])[1])
+            size = len(tso.build(_setpoint(bsps[0], 0, datetime.now(UTC)), bsps[0])[1])
             t0 = time.time() + 0.5
-            for path in ("gateway", "raw"):
-                for k in range(cycles):
-                    deadline = t0 + k * period_s
-                    await asyncio.sleep(max(0.0, deadline - time.time()))
-                    starts[path].append(time.time_ns())
-                    if path == "gateway":
-                        instant = datetime.now(UTC)
-                        for b in bsps:  # in order, one after the other, as an actor sends a cycle (Actor.send)
-                            await tso.publish(
-                                DeltaSetpoint(
-                                    bsp_id=b.id, cycle=k, instant=instant, reference_mw=200, delta_mw=float(k)
-                                ),
-                                b,
-                                valid_for_s=period_s,
-                            )
-                    else:
-                        pad = b"x" * (size - 28)
-
-                        for i in range(n):
-                            await raw.wait_ready(1)
-                            payload = f"{k:08d}{time.time_ns():020d}".encode() + pad  # cycle, publish time
-                            raw.publish(endpoint_topic(i), payload, qos=1)
+            if senders == 1:
+                await _gateway_cycles(tso, bsps, cycles, period_s, t0, starts["gateway"])
                 t0 = t0 + cycles * period_s + 1.0
+            pad = b"x" * (size - 28)
+            for k in range(cycles):
+                await asyncio.sleep(max(0.0, t0 + k * period_s - time.time()))
+                starts["raw"].append(time.time_ns())
+                for i in range(n):
+                    await raw.wait_ready(1)
+                    payload = f"{k:08d}{time.time_ns():020d}".encode() + pad  # cycle, publish time
+                    raw.publish(endpoint_topic(i), payload, qos=1)
     return starts
 
 
 def run_fanout(
-    broker_url: str, endpoints: int = 1000, cycles: int = 5, period_s: float = 4.0, workers: int = 2
+    broker_url: str,
+    endpoints: int = 1000,
+    cycles: int = 5,
+    period_s: float = 4.0,
+    workers: int = 2,
+    senders: int = 1,
 ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
@@ -138,7 +198,7 @@ def run_fanout(
     connected = sum(ready.get(timeout=600) for _ in procs)
     connect_s = time.time() - t_connect
     with tempfile.TemporaryDirectory() as tmp:
-        starts = asyncio.run(_send(broker_url, endpoints, cycles, period_s, Path(tmp)))
+        starts = asyncio.run(_send(broker_url, endpoints, cycles, period_s, Path(tmp), senders))
     time.sleep(period_s)
     stop.set()
     arrivals = [a for _ in procs for a in results.get(timeout=120)]
@@ -190,6 +250,7 @@ def run_fanout(
         "cycles": cycles,
         "period_s": period_s,
         "workers": workers,
+        "senders": senders,
         "gateway": g,
         "raw": r,
         "broker": broker_url,
