@@ -377,3 +377,28 @@ async def test_clean_stop_leaves_offline_state_retained(broker, uid):
         await late.subscribe(topic_for(p["dso"], "actor_state", ALL), qos=1)
         msg = await asyncio.wait_for(anext(aiter(late.messages())), 5)
     assert json.loads(msg.payload)["body"]["status"] == "offline" and msg.retain
+
+
+async def test_a_sends_only_gateway_sends_for_its_actor_and_says_no_presence_and_hears_nothing(broker, uid):
+    """A second connection of the TSO (a fan-out sender process): what it sends reaches the DSO as the
+    TSO's; it neither says 'online' / 'offline' for the TSO nor takes messages meant for the TSO."""
+    p = parties(uid)
+    states: list[str] = []
+    async with Gateway(p["dso"], broker.url) as dso, Gateway(p["tso"], broker.url) as tso:
+        dso.on(ActorState, lambda m: states.append(m.body.status) if m.sender == p["tso"] else None)
+        heard = []
+        dso.on(Heartbeat, lambda m: heard.append(m))
+        tso_heard, helper_heard = [], []
+        tso.on(Heartbeat, lambda m: tso_heard.append(m))
+        await wait_until(lambda: states == ["online"], 30)
+        async with Gateway(p["tso"], broker.url, client_id=f"tso-{uid}-helper", sends_only=True) as helper:
+            helper.on(Heartbeat, lambda m: helper_heard.append(m))
+            env = await helper.publish(Heartbeat(sent_at=datetime.now(UTC), interval_s=1), p["dso"])
+            await wait_until(lambda: len(heard) == 1, 30)
+            await dso.publish(Heartbeat(sent_at=datetime.now(UTC), interval_s=1), p["tso"])
+            await wait_until(lambda: len(tso_heard) == 1, 30)
+        await dso.publish(Heartbeat(sent_at=datetime.now(UTC), interval_s=1), p["tso"])
+        await wait_until(lambda: len(tso_heard) == 2, 30)  # after the helper closed: later than anything it said
+        assert states == ["online"]  # (the TSO's own 'offline' follows when it closes)
+    assert heard[0].sender == p["tso"] and heard[0].envelope.message_id == env.message_id
+    assert helper_heard == []

@@ -184,6 +184,7 @@ class Gateway:
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         traffic: Traffic | None = None,
         will: bool = True,
+        sends_only: bool = False,
     ):
         self.me = me
         self.broker = BrokerSpec.parse(broker) if isinstance(broker, str) else broker
@@ -236,7 +237,10 @@ class Gateway:
         # who watches the messages in flight in this process (a virtual clock), and the handler tasks
         # the arrival being handled has started
         self.traffic = traffic
-        self.will = will  # the retained 'offline' state as the MQTT will (off: a device emulator's fault)
+        # a second connection that only sends for an actor whose own gateway speaks for it (a fan-out
+        # sender process): it subscribes to nothing and says no presence ('online', its will, 'offline')
+        self.sends_only = sends_only
+        self.will = will and not sends_only  # the retained 'offline' as the MQTT will (off: an emulator's fault)
         self._started: list[asyncio.Task[Any]] | None = None
         self.connect_error: str | None = None  # why the last connection attempt failed
         self._early: list[Incoming] | None = []  # arrivals before 'async with' gave the gateway to its caller
@@ -251,10 +255,12 @@ class Gateway:
         self._restore_replay_window()
         conn = await self._connect_first()
         self._client = conn
-        await conn.subscribe(inbox_filters(self.me), qos=1)
+        if not self.sends_only:
+            await conn.subscribe(inbox_filters(self.me), qos=1)
         node = conn.node if isinstance(conn, MqttConnection) else self.broker.url
         self.log.info("connected", node=node, protocol=5 if self._v5 else 4, connections=self.connections)
-        await self.publish(self._state("online"), ALL)
+        if not self.sends_only:
+            await self.publish(self._state("online"), ALL)
         # what arrived so far (retained presence, queued messages) is handled once the caller has had the
         # chance to register its handlers: right after 'async with' gives it the gateway
         loop.call_soon(self._release_early)
@@ -343,7 +349,8 @@ class Gateway:
         if self.connections > 1:  # back after a loss: say so (the first 'online' follows the subscription)
             node = self._client.node if isinstance(self._client, MqttConnection) else self.broker.url
             self.log.info("reconnected", node=node, connections=self.connections, session=session_present)
-            self.spawn(self.publish(self._state(self.presence), ALL))
+            if not self.sends_only:
+                self.spawn(self.publish(self._state(self.presence), ALL))
 
     async def announce(self, status: Literal["online", "offline"]) -> None:
         """Say this actor's presence again (retained, to all): 'offline' while it cannot serve though it is
@@ -351,7 +358,8 @@ class Gateway:
         said last; the MQTT will and a clean stop still say 'offline'."""
         if status != self.presence:
             self.presence = status
-            await self.publish(self._state(status), ALL)
+            if not self.sends_only:
+                await self.publish(self._state(status), ALL)
 
     def _on_retry(self, node: str, why: str) -> None:
         if not self._closing:
@@ -392,7 +400,7 @@ class Gateway:
         if self._closing:
             return
         client = self._client
-        if client is not None and self.failed is None and client.connected.is_set():
+        if client is not None and self.failed is None and client.connected.is_set() and not self.sends_only:
             with contextlib.suppress(Exception):  # (waits for room in a full window, 2 s at most)
                 await asyncio.wait_for(self.publish(self._state("offline"), ALL), 2.0)
         self._closing = True
@@ -420,7 +428,7 @@ class Gateway:
         published on node C a moment before (3 of 30 tries here, more on a busy host); subscribing
         again fetched it every time. Copies already handled are ignored as duplicates."""
         client = self._client
-        if client is not None and client.ready(1):
+        if client is not None and client.ready(1) and not self.sends_only:
             await client.subscribe(inbox_filters(self.me), qos=1)
 
     def _state(self, status: Literal["online", "offline"]) -> ActorState:
@@ -434,7 +442,7 @@ class Gateway:
         self.failed = exc
         self.log.error("gateway died", error=repr(exc), exc_info=exc)
         client = self._client
-        if client is not None and client.ready(1):
+        if client is not None and client.ready(1) and not self.sends_only:
             _, payload = self.build(self._state("offline"), ALL)
             with contextlib.suppress(Exception):
                 client.publish(self._state_topic, payload, qos=1, retain=True)

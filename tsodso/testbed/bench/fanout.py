@@ -14,13 +14,14 @@ raw path is the floor for one Python sender on this host; the goal is measured a
 delivery of a cycle (after the cycle began) within 1.5x the raw path's.
 
 ``--senders K`` spreads the gateway path over K processes, each the TSO's gateway on its own connection
-(client id ``tso-<id>-<k>``) sending to every K-th endpoint: a receiver sees the same sender, topics and
-per-topic sequence numbers as from one process.
+(client id ``tso-<id>-<k>``, ``sends_only``: no subscription, no presence) sending to every K-th endpoint: a
+receiver sees the same sender, topics and per-topic sequence numbers as from one process.
 """
 
 import asyncio
 import contextlib
 import json
+import logging
 import multiprocessing as mp
 import platform
 import tempfile
@@ -32,6 +33,7 @@ from typing import Any
 
 from tsodso.gateway import ExchangeLog, Gateway
 from tsodso.gateway.connection import BrokerSpec
+from tsodso.gateway.logs import configure_logging
 from tsodso.gateway.mqtt import Incoming, MqttConnection
 from tsodso.schemas.envelope import Party
 from tsodso.schemas.messages import DeltaSetpoint
@@ -105,9 +107,10 @@ async def _gateway_cycles(
 async def _sender(url: str, ids: list[int], k: int, cycles: int, period_s: float, log_path: str, ready, go, done):
     """One of ``--senders`` processes: the TSO's gateway (its own connection, client id ``tso-<id>-<k>``)
     sending to endpoints ``ids`` (each endpoint's topic from one process only: its sequence stays in order)."""
+    configure_logging(level=logging.WARNING)  # a spawned process: its events to stderr, as the bench's own
     spec = BrokerSpec.parse(url)
     with ExchangeLog(Path(log_path), run_id=f"bench-fanout-{k}") as log:
-        async with Gateway(TSO, spec, log=log, client_id=f"tso-{TSO.id}-{k}") as tso:
+        async with Gateway(TSO, spec, log=log, client_id=f"tso-{TSO.id}-{k}", sends_only=True) as tso:
             ready.put(k)
             t0 = await asyncio.to_thread(go.get)
             starts: list[int] = []
