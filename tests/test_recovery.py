@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_no_setpoint_lost, short_scenario_file
+from tests.conftest import assert_no_setpoint_lost, assert_nothing_refused_but_expired, short_scenario_file
 from tsodso.broker import start_broker
 from tsodso.testbed.runner import run_scenario
 from tsodso.testbed.scenario import load_scenario
@@ -172,5 +172,5 @@ def test_the_secured_deployment_starts_in_one_command_and_gives_the_reference_ou
     assert summary["dso_limits_mw"]["bsp1-up"] == pytest.approx(15.01, abs=0.01)
     assert summary["congestion_seconds"] == 0
     assert_no_setpoint_lost(summary)
-    assert summary["rejected_messages"] == 0 and summary["refused_messages"] == 0
+    assert_nothing_refused_but_expired(tmp_path / "secure" / "run" / "exchange.sqlite")
     assert (tmp_path / "secure" / "secrets" / "tls" / "bsp-bsp1.crt").exists()
