@@ -88,14 +88,14 @@ def _value(point: c104.Point) -> float:
     return float(value)
 
 
-def confirmation(apdu: bytes, common_address: int, types: frozenset[int]) -> tuple[int, bool] | None:
-    """(information object address, positive) of a command confirmation (ACT_CON) of one of ``types`` to
+def confirmation(apdu: bytes, common_address: int, type_id: int) -> tuple[int, bool] | None:
+    """(information object address, positive) of a command confirmation (ACT_CON) of type ``type_id`` to
     ``common_address`` in an APDU as received (IEC 60870-5-104 with its standard sizes: a two-octet cause of
     transmission, a two-octet common address, a three-octet address; those c104 uses); None for any other."""
     if len(apdu) < 15 or apdu[0] != 0x68 or apdu[2] & 0x01:  # too short, not a start, not an I-format frame
         return None
     asdu = apdu[6:]
-    if asdu[0] not in types or asdu[2] & 0x3F != ACT_CON or asdu[4] | asdu[5] << 8 != common_address:
+    if asdu[0] != type_id or asdu[2] & 0x3F != ACT_CON or asdu[4] | asdu[5] << 8 != common_address:
         return None
     return asdu[6] | asdu[7] << 8 | asdu[8] << 16, not asdu[2] & 0x40
 
@@ -154,7 +154,7 @@ class SiteLink:
         self.common_address = common_address
         station = self._connection.add_station(common_address=common_address)
         kinds = _point_types(time_tag)
-        self._command_types = frozenset({TYPE_ID[kinds[0]]})
+        self._command_type = TYPE_ID[kinds[0]]
         self._confirmed: dict[int, tuple[int, bool]] = {}  # IOA -> (confirmations so far, the last one positive)
         self._commands: dict[str, c104.Point] = {}
         self._limits: dict[tuple[str, str], c104.Point] = {}  # (asset, 'up' | 'down') -> its limit command
@@ -176,7 +176,7 @@ class SiteLink:
         self._call(self._set_state, "open" if state == c104.ConnectionState.OPEN else state.name.lower())
 
     def _on_raw(self, connection: c104.Connection, data: bytes) -> None:
-        if (confirmed := confirmation(data, self.common_address, self._command_types)) is not None:
+        if (confirmed := confirmation(data, self.common_address, self._command_type)) is not None:
             self._call(self._confirmation, *confirmed)
 
     def _on_measured(

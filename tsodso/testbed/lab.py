@@ -71,7 +71,7 @@ def _owner() -> str | None:
     if text == "kept":
         return "left up by 'tsodso lab up'"
     pid, _, started = text.partition(" ")
-    if not pid.isdigit() or _started(int(pid)) is None or _started(int(pid)) != started:
+    if not pid.isdigit() or _started(int(pid)) != started:
         return None  # gone (or the number now names another process)
     return f"process {pid}"
 
