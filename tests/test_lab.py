@@ -111,6 +111,17 @@ def test_a_lab_mistake_is_one_line_naming_it(tmp_path, lab, says):
     assert says in str(caught.value)
 
 
+@pytest.fixture
+def one_lab_at_a_time():
+    """The lab tests wait for each other on a file lock, across pytest-xdist workers: their xdist group
+    alone did not keep them on one worker (`-n 3 --dist loadgroup` on this file ran two labs at once)."""
+    import fcntl
+
+    with open("/tmp/tsodso-lab-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"), reason="the lab needs root, ip and tc"
 )
@@ -118,7 +129,7 @@ needs_root = pytest.mark.skipif(
 
 @needs_root
 @pytest.mark.xdist_group("lab")  # one lab per machine
-def test_a_second_lab_on_the_machine_is_refused_while_the_first_is_up(tmp_path):
+def test_a_second_lab_on_the_machine_is_refused_while_the_first_is_up(tmp_path, one_lab_at_a_time):
     from tsodso.testbed.lab import LOCK, Lab, LabError
 
     scenario = load_scenario(SCENARIO)
@@ -135,7 +146,9 @@ def test_a_second_lab_on_the_machine_is_refused_while_the_first_is_up(tmp_path):
 
 @needs_root
 @pytest.mark.xdist_group("lab")  # one lab per machine
-def test_a_partitioned_dso_host_triggers_the_mol_fallback_and_the_run_recovers_when_it_heals(tmp_path):
+def test_a_partitioned_dso_host_triggers_the_mol_fallback_and_the_run_recovers_when_it_heals(
+    tmp_path, one_lab_at_a_time
+):
     """The DSO's host cut off from 09:59:50 to 10:02:30 (6.4 s of wall time at 25x, longer than the
     TSO's 4-s validation window; shorter than the MQTT keepalive, so the TCP connection survives and
     retransmits): the TSO validates ISP 10:00 without it (exclude_dn), the DSO validates ISP 10:15
@@ -175,7 +188,7 @@ def test_a_partitioned_dso_host_triggers_the_mol_fallback_and_the_run_recovers_w
 
 @needs_root
 @pytest.mark.xdist_group("lab")
-def test_a_nats_cluster_in_the_lab_has_a_node_on_each_host_and_carries_the_run(tmp_path):
+def test_a_nats_cluster_in_the_lab_has_a_node_on_each_host_and_carries_the_run(tmp_path, one_lab_at_a_time):
     """`lab.broker_nodes: 3`: a NATS cluster with each node on a host of its own (routes over the lab's
     links), the actors logging in with their own users (tsodso secure init) and each starting on the
     node its id hashes to; the run gives the reference outcome."""
