@@ -18,6 +18,7 @@ import pytest
 
 from tsodso.broker import RunningBroker, start_broker
 from tsodso.broker.mosquitto import MosquittoMissing, binary
+from tsodso.gateway.loop import new_event_loop
 
 REQUIRE_MOSQUITTO = os.environ.get("TSODSO_REQUIRE_MOSQUITTO") == "1"
 
@@ -34,6 +35,11 @@ LONG_RUNNING = (
     "tests/test_cluster.py",
     "tests/test_lab.py",
 )
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Every async test runs on the loop every tsodso process runs on (writes batched per turn)."""
+    return {"batching": new_event_loop}
 
 
 LOST_GROUP = pytest.StashKey[str]()

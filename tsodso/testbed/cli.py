@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from tsodso.gateway.loop import run as run_batched
+
 if TYPE_CHECKING:
     from tsodso.schemas.esmp import Coding
 
@@ -368,7 +370,7 @@ def bench_rtt(
     from tsodso.testbed.bench.rtt import run_rtt
 
     with start_broker(broker) as running:
-        result = asyncio.run(run_rtt(running.url, n=n, qos=qos, signed=signed))
+        result = run_batched(run_rtt(running.url, n=n, qos=qos, signed=signed))
     result["broker_kind"] = running.kind
     if as_json:
         print(json.dumps(result))
@@ -537,7 +539,7 @@ def _run(
 
     shutil.rmtree(out / "broker", ignore_errors=True)  # a fresh broker per run: no retained state of the last one
     with start_broker(broker, data_dir=out / "broker") as running:
-        return asyncio.run(run_scenario(scenario, running.url, out, speed=speed, virtual=virtual, progress=_progress))
+        return run_batched(run_scenario(scenario, running.url, out, speed=speed, virtual=virtual, progress=_progress))
 
 
 def _document_bids(scenario, path: Path):
@@ -790,7 +792,7 @@ def actor(
     loaded = load_scenario(scenario, coordination=_coordination(coordination), grids=role == "dso")
     actor_in(loaded, role, actor_id, scenario)
     try:
-        asyncio.run(run_actor(role, actor_id, loaded, broker, out, speed=speed, secrets=secrets))
+        run_batched(run_actor(role, actor_id, loaded, broker, out, speed=speed, secrets=secrets))
     except (SecretsError, GatewayFailed, RunNotStarted) as exc:
         err.print(f"tsodso actor {role}/{actor_id}: {exc}", highlight=False, markup=False)
         raise typer.Exit(1) from None
@@ -1164,7 +1166,7 @@ def hostile(
     except (IndexError, ValueError):
         raise typer.BadParameter(f"--targets {targets!r}: comma-separated role/id, e.g. tso/tso,bsp/bsp1") from None
     try:
-        sent = asyncio.run(flood(broker, parties, rate=rate, duration_s=duration))
+        sent = run_batched(flood(broker, parties, rate=rate, duration_s=duration))
     except (OSError, TimeoutError, ValueError) as exc:
         err.print(f"tsodso hostile: {broker}: {exc}", highlight=False)
         raise typer.Exit(1) from None
@@ -1224,7 +1226,7 @@ def compare(
     if unknown:
         raise typer.BadParameter(f"unknown scheme {', '.join(unknown)}; known: {', '.join(SCHEMES)}")
     loaded = load_scenario(scenario)
-    result = asyncio.run(
+    result = run_batched(
         run_compare(
             loaded,
             broker,
@@ -1296,7 +1298,7 @@ def exchange(
     with start_broker(broker, data_dir=out / "broker") as running:
         console.print(f"broker: {running.kind} at {running.url}", highlight=False)
         with ExchangeLog(db, run_id="exchange") as log:
-            asyncio.run(small_exchange(running.url, log))
+            run_batched(small_exchange(running.url, log))
     print_exchange(db, console)
 
 
@@ -1416,7 +1418,7 @@ def conformance(
             finally:
                 ticker.cancel()
 
-        result = asyncio.run(session())
+        result = run_batched(session())
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if as_json:
@@ -1500,7 +1502,7 @@ def emulate(
             highlight=False,
         )
 
-    asyncio.run(
+    run_batched(
         run_emulator(
             role,
             device_id,
@@ -1589,7 +1591,7 @@ def bridge_iec104(
             highlight=False,
         )
 
-    asyncio.run(
+    run_batched(
         run_emulator(
             "bsp",
             device_id,
@@ -1624,7 +1626,7 @@ def capture(
             err.print(f"[red]INVALID[/] {msg.topic}: {msg.error}", highlight=False)
 
     try:
-        n = asyncio.run(
+        n = run_batched(
             record(broker, out, duration_s=duration, count=count, filters=topic or ["tsodso/#"], on_message=show)
         )
     except KeyboardInterrupt:
@@ -1649,7 +1651,7 @@ def replay(
     from tsodso.testbed.capture import replay as play
 
     t0 = time.monotonic()
-    n = asyncio.run(play(file, broker, speed=speed, skip_retained=not with_retained))
+    n = run_batched(play(file, broker, speed=speed, skip_retained=not with_retained))
     console.print(f"replayed {n} messages in {time.monotonic() - t0:.2f} s", highlight=False)
 
 

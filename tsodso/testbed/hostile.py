@@ -30,6 +30,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from tsodso.gateway.connection import BrokerSpec
+from tsodso.gateway.loop import run as run_batched
 from tsodso.gateway.mqtt import Subscriber
 from tsodso.schemas.envelope import Party
 from tsodso.schemas.topics import PREFIX
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kinds", default=",".join(KINDS))
     args = parser.parse_args(argv)
     targets = [Party(role=t.split("/")[0], id=t.split("/")[1]) for t in args.targets.split(",")]
-    sent = asyncio.run(
+    sent = run_batched(
         flood(args.broker, targets, rate=args.rate, duration_s=args.duration, kinds=tuple(args.kinds.split(",")))
     )
     print(json.dumps({"sent": sum(sent.values()), "by_kind": dict(sent)}), flush=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 from tsodso.broker import start_broker
 from tsodso.broker.launch import RunningCluster, wait_until_delivering
+from tsodso.gateway.loop import run as run_batched
 from tsodso.gateway.mqtt import home_node
 from tsodso.testbed.runner import run_scenario
 from tsodso.testbed.scenario import load_scenario
@@ -91,7 +92,7 @@ def run_failover(runs: int = 3, speed: float = 25.0, data_dir: Path | None = Non
 
         for k in range(runs):
             out = base / f"run{k + 1}"
-            summary = asyncio.run(run_scenario(scenario, cluster.url, out, speed=speed, progress=kill))
+            summary = run_batched(run_scenario(scenario, cluster.url, out, speed=speed, progress=kill))
             results.append(
                 {
                     "run": k + 1,

@@ -34,6 +34,7 @@ from typing import Any
 from tsodso.gateway import ExchangeLog, Gateway
 from tsodso.gateway.connection import BrokerSpec
 from tsodso.gateway.logs import configure_logging
+from tsodso.gateway.loop import run as run_batched
 from tsodso.gateway.mqtt import Incoming, MqttConnection
 from tsodso.schemas.envelope import Party
 from tsodso.schemas.messages import DeltaSetpoint
@@ -84,7 +85,7 @@ async def _endpoints(url: str, ids: list[int], ready, results, stop) -> None:
 
 
 def _worker(url: str, ids: list[int], ready, results, stop) -> None:
-    asyncio.run(_endpoints(url, ids, ready, results, stop))
+    run_batched(_endpoints(url, ids, ready, results, stop))
 
 
 def _setpoint(bsp: Party, cycle: int, instant: datetime) -> DeltaSetpoint:
@@ -119,7 +120,7 @@ async def _sender(url: str, ids: list[int], k: int, cycles: int, period_s: float
 
 
 def _sender_process(*args: Any) -> None:
-    asyncio.run(_sender(*args))
+    run_batched(_sender(*args))
 
 
 def _spread_gateway(url: str, n: int, cycles: int, period_s: float, senders: int, log_dir: Path) -> list[int]:
@@ -201,7 +202,7 @@ def run_fanout(
     connected = sum(ready.get(timeout=600) for _ in procs)
     connect_s = time.time() - t_connect
     with tempfile.TemporaryDirectory() as tmp:
-        starts = asyncio.run(_send(broker_url, endpoints, cycles, period_s, Path(tmp), senders))
+        starts = run_batched(_send(broker_url, endpoints, cycles, period_s, Path(tmp), senders))
     time.sleep(period_s)
     stop.set()
     arrivals = [a for _ in procs for a in results.get(timeout=120)]

@@ -9,7 +9,6 @@ no congestion, no setpoint lost), setpoints expired, the setpoint latency p99 an
 of the event loop. Rate 0 is the clean baseline of the same run.
 """
 
-import asyncio
 import json
 import platform
 import subprocess
@@ -18,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tsodso.gateway.loop import run as run_batched
 from tsodso.testbed.runner import run_scenario
 from tsodso.testbed.scenario import load_scenario
 
@@ -54,7 +54,7 @@ def run_hostile(
                     stdout=subprocess.PIPE,
                 )
             try:
-                summary = asyncio.run(run_scenario(scenario, broker_url, Path(tmp) / "run", speed=speed))
+                summary = run_batched(run_scenario(scenario, broker_url, Path(tmp) / "run", speed=speed))
             finally:
                 sent = json.loads(flood.communicate(timeout=120)[0])["sent"] if flood else 0
         limit = summary["dso_limits_mw"].get("bsp1-up")

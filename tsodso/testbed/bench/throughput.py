@@ -29,6 +29,7 @@ from typing import Any
 from tsodso.gateway import DELIVERY_POLICY, DeliveryPolicy, ExchangeLog, Gateway
 from tsodso.gateway.arrival import ArrivalCheck, encode
 from tsodso.gateway.connection import BrokerSpec
+from tsodso.gateway.loop import run as run_batched
 from tsodso.gateway.mqtt import Incoming, MqttConnection
 from tsodso.schemas.envelope import Party
 from tsodso.schemas.messages import DeltaSetpoint
@@ -84,7 +85,7 @@ def _counter(url: str, topic: str, n: int, ready: Any, out: Any) -> None:
                     break
         out.put((len(times), times[0] if times else 0, times[-1] if times else 0))
 
-    asyncio.run(main())
+    run_batched(main())
 
 
 def _blaster(url: str, path: str, n: int, qos: int, size: int, ready: Any, go: Any, out: Any) -> None:
@@ -111,7 +112,7 @@ def _blaster(url: str, path: str, n: int, qos: int, size: int, ready: Any, go: A
             out.put(first)
             await asyncio.sleep(0.5)
 
-    asyncio.run(main())
+    run_batched(main())
 
 
 # --- this process -------------------------------------------------------------------------------------
@@ -239,7 +240,7 @@ def run_throughput(broker_url: str, *, n: int = 20_000) -> dict[str, Any]:
         for qos in (0, 1):
             for direction, fn in (("send", _send), ("receive", _receive)):
                 for path in ("raw", "gateway"):
-                    got, first, last = asyncio.run(fn(broker_url, path, n, qos, Path(tmp)))
+                    got, first, last = run_batched(fn(broker_url, path, n, qos, Path(tmp)))
                     rate = got / ((last - first) / 1e9) if last > first else 0.0
                     rows[f"{direction}_{path}_qos{qos}"] = {"msg_per_s": round(rate), "arrived": got, "lost": n - got}
     steps = step_costs()
