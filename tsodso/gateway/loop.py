@@ -5,9 +5,9 @@ On loopback (and on any link) the cost of an MQTT message in a sending process i
 each PUBLISH (and each PUBACK) with a call of its own. Measured here (BENCHMARKS.md "The gateway's
 writes"), one write costs 12 µs when the writes follow each other and 20 µs when each message's own
 work spaces them out. Every connection opened on this loop instead collects what is written to it
-during one turn of the loop and sends it with one call at the end of that turn: a burst of a
-thousand setpoints leaves in a few large writes, a single message as soon as the code that wrote it
-yields (no timer, no added wait beyond the current turn), and bytes leave in the order written.
+during one turn of the loop after its first few writes, and sends that with one call at the end of
+the turn: a burst of a thousand setpoints leaves in a few large writes, a request or its answer at
+once (no timer, no wait), and bytes leave in the order written.
 
 Built on asyncio's public API only: ``create_connection`` of a loop subclass gives the connection's
 protocol a :class:`BatchedTransport` in place of the socket's transport; the MQTT client (or any
@@ -22,13 +22,16 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 FLUSH_BYTES = 256 * 1024  # a turn that writes more sends it at once, in pieces of this size
+# a turn's first writes leave at once: an MQTT request or answer is a PUBACK and a PUBLISH or two, and
+# must not wait for the end of the turn; a burst beyond them waits and leaves in one write
+DIRECT_WRITES = 4
 
 
 class BatchedTransport(asyncio.Transport):
-    """A connection's transport whose writes in one turn of the loop go out in one ``write`` of the
-    transport beneath, at the end of the turn (or at once past ``FLUSH_BYTES``). ``close`` and
-    ``write_eof`` send what is pending first; ``abort`` drops it, as the transport beneath drops its own
-    buffer. Everything else is the transport beneath."""
+    """A connection's transport whose writes in one turn of the loop go out in at most
+    ``DIRECT_WRITES`` + 1 ``write`` calls of the transport beneath: the first ones at once, the rest
+    together at the end of the turn (or at once past ``FLUSH_BYTES``). ``close`` and ``write_eof`` send what is pending first; ``abort`` drops
+    it, as the transport beneath drops its own buffer. Everything else is the transport beneath."""
 
     def __init__(self, inner: asyncio.Transport, protocol: asyncio.BaseProtocol, loop: asyncio.AbstractEventLoop):
         super().__init__()
@@ -36,26 +39,30 @@ class BatchedTransport(asyncio.Transport):
         self._protocol = protocol
         self._loop = loop
         self._pending = bytearray()
-        self._scheduled = False
+        self._written = 0  # writes handed on in this turn of the loop
 
     # --- writing ------------------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        self._pending += data
+        if self._written < DIRECT_WRITES:  # a turn's first writes leave at once: an answer waits for nothing
+            if self._written == 0:
+                self._loop.call_soon(self._end_of_turn)
+            self._written += 1
+            if not self._inner.is_closing():
+                self._inner.write(data)
+            return
+        self._pending += data  # the turn's later writes leave together when it ends
         if len(self._pending) >= FLUSH_BYTES:
             self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._end_of_turn)
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
             self.write(data)
 
     def _end_of_turn(self) -> None:
-        self._scheduled = False
+        self._written = 0
         self.flush()
 
     def flush(self) -> None:
