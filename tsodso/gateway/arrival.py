@@ -73,6 +73,7 @@ class Received(Generic[B]):
     retained: bool = False
     note: str | None = None
     authenticated: bool = False
+    created_us: int = 0  # the envelope's created_at, µs since the epoch (the sender's clock)
 
     @property
     def sender(self) -> Party:
@@ -109,8 +110,8 @@ class Rejected(Exception):
         return f"{self.code.value}: {self.reason}"
 
 
-def _us(dt) -> int:  # datetime -> µs since epoch
-    return int(dt.timestamp() * 1_000_000)
+def _us(dt) -> int:  # datetime -> µs since epoch (round: a float's x.999… must not lose a microsecond)
+    return round(dt.timestamp() * 1_000_000)
 
 
 @cache
@@ -212,10 +213,10 @@ class ArrivalCheck:
             self._explain(message, topic, sender, authenticated)
             raise  # pragma: no cover - _explain raises
         env = frame.envelope
-        self._check_envelope(env, parts, topic, received_us, retained, authenticated)
-        self._remember(env, received_us)
+        created_us = self._check_envelope(env, parts, topic, received_us, retained, authenticated)
+        self._remember(env, created_us, received_us)
         note = self._sequence_note(topic, env.sequence)
-        return Received(env, frame.body, topic, received_us, size, retained, note, authenticated)
+        return Received(env, frame.body, topic, received_us, size, retained, note, authenticated, created_us)
 
     def _authenticate(self, topic: str, sender: Party, payload: bytes, retained: bool) -> tuple[bytes, bool]:
         """(the message without its signature, whether the signature verified) or Rejected."""
@@ -264,8 +265,8 @@ class ArrivalCheck:
 
     def _check_envelope(
         self, env: Envelope, parts: TopicParts, topic: str, received_us: int, retained: bool, authenticated: bool
-    ) -> None:
-        """Topic consistency, rights, time bounds, expiry, replay."""
+    ) -> int:
+        """Topic consistency, rights, time bounds, expiry, replay. Returns created_at in µs."""
         sender = parts.sender
 
         def refuse(code: RejectReason, reason: str, quiet: bool = False) -> Rejected:
@@ -331,16 +332,13 @@ class ArrivalCheck:
                 f"message {env.message_id} already received {(received_us - first_seen) / 1000:.1f} ms earlier",
                 quiet=True,
             )
+        return created
 
-    def _remember(self, env: Envelope, received_us: int) -> None:
+    def _remember(self, env: Envelope, created_us: int, received_us: int) -> None:
         """Keep the id until the message can no longer be accepted anyway (its expiry, or the type's
         age limit): the replay window."""
         mid = env.message_id
-        until = (
-            _us(env.valid_until)
-            if env.valid_until is not None
-            else (_us(env.created_at) + self._limit_us.get(env.type, 0))
-        )
+        until = _us(env.valid_until) if env.valid_until is not None else created_us + self._limit_us.get(env.type, 0)
         self._seen[mid] = received_us
         forget = self._forget
         heapq.heappush(forget, (until + self.skew_us, mid))

@@ -21,7 +21,6 @@ on connect and an 'offline' state as the MQTT will.
 
 import asyncio
 import contextlib
-import math
 import os
 import random
 import time
@@ -29,7 +28,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypeVar
 
 import structlog
@@ -114,6 +113,16 @@ class NoticeBudget:
             return False
         self._buckets[sender] = (tokens - 1.0, now_s)
         return True
+
+
+class _Made(NamedTuple):
+    """A message made for sending: what ``publish`` needs of it, each computed once."""
+
+    envelope: Envelope
+    payload: bytes
+    topic: str
+    created_us: int  # the envelope's created_at, µs since the epoch
+    valid_until_us: int | None  # its valid_until
 
 
 class Properties(NamedTuple):
@@ -473,13 +482,27 @@ class Gateway:
         """The envelope and the (signed) bytes ``publish`` would send for ``body`` to ``to``, without
         sending them: for tools that must send them late, altered or not at all (emulators' faults,
         the conformance suite's expired setpoint, benchmarks)."""
+        made = self._make(body, to, sequence, correlation_id, causation_id, valid_for_s, reply_to, message_id)
+        return made.envelope, made.payload
+
+    def _make(
+        self,
+        body: Body,
+        to: Party,
+        sequence: int | None,
+        correlation_id: uuid.UUID | None,
+        causation_id: uuid.UUID | None,
+        valid_for_s: float | None,
+        reply_to: str | None,
+        message_id: uuid.UUID | None,
+    ) -> "_Made":
         type_name = body.type_name
         topic = topic_for(self.me, type_name, to)
         if sequence is None:
-            self._sequence[topic] += 1
-            sequence = self._sequence[topic]
-        created = _dt(self.now_us())
+            sequence = self._sequence[topic] = self._sequence[topic] + 1
+        created_us = self.now_us()
         expiry = valid_for_s if valid_for_s is not None else self.policy[type_name].expiry_s
+        until_us = created_us + round(expiry * 1_000_000) if expiry is not None else None
         env = Envelope.model_construct(
             message_id=message_id or new_message_id(),
             type=type_name,
@@ -487,16 +510,16 @@ class Gateway:
             sender=self.me,
             recipients=[to],
             sequence=sequence,
-            created_at=created,
+            created_at=_dt(created_us),
             correlation_id=correlation_id,
             causation_id=causation_id,
-            valid_until=created + timedelta(seconds=expiry) if expiry is not None else None,
+            valid_until=_dt(until_us) if until_us is not None else None,
             reply_to=reply_to,
         )
         payload = encode(env, body)
         if self.signing_key is not None:
             payload = signing.sign(payload, self.signing_key)
-        return env, payload
+        return _Made(env, payload, topic, created_us, until_us)
 
     async def publish(
         self,
@@ -520,43 +543,34 @@ class Gateway:
             # when there is room, so that its created_at and expiry count from when it can leave; a message
             # that waits for a lost connection keeps the time it was made, and expires meanwhile
             await client.wait_ready(1)
-        env, payload = self.build(
-            body,
-            to,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            valid_for_s=valid_for_s,
-            reply_to=reply_to,
-            message_id=message_id,
-        )
+        made = self._make(body, to, None, correlation_id, causation_id, valid_for_s, reply_to, message_id)
+        env, payload = made.envelope, made.payload
         if len(payload) > self.max_payload_bytes:
             raise PayloadTooLarge(
                 f"{type_name} of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes} bytes"
             )
-        topic = topic_for(self.me, type_name, to)
-        props = self._properties(env) if self._v5 else None
-        valid_until_us = int(env.valid_until.timestamp() * 1e6) if env.valid_until else None
+        props = self._properties(made) if self._v5 else None
         if self.links:
             # the link's state at the instant the message was made (the log's created_us), not a moment later
-            made_s = env.created_at.timestamp() - self.clock_offset_us / 1e6
+            made_s = (made.created_us - self.clock_offset_us) / 1e6
             lost, delay = self.links.decide(self._me_str, str(to), made_s)
             if lost:
-                self._record_out(env, topic, payload, policy.qos, None, lost)
+                self._record_out(made, policy.qos, None, lost)
                 return env
             if delay > 0:  # in transit on a slow link: sent later, the sender goes on
-                self.spawn(self._send_later(delay, env, topic, payload, policy, props))
+                self.spawn(self._send_later(delay, made, policy, props))
                 return env
         if self.traffic is not None:
             self.traffic.expect(str(env.message_id), to, self.me)
         try:
-            sent_us, dropped = await self._send(topic, payload, policy, props, valid_until_us)
+            sent_us, dropped = await self._send(made.topic, payload, policy, props, made.valid_until_us)
         except BaseException:
             if self.traffic is not None:
                 self.traffic.cancel(str(env.message_id))
             raise
         if dropped and self.traffic is not None:
             self.traffic.cancel(str(env.message_id))
-        self._record_out(env, topic, payload, policy.qos, sent_us, dropped)
+        self._record_out(made, policy.qos, sent_us, dropped)
         return env
 
     async def publish_bytes(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int | None:
@@ -566,23 +580,23 @@ class Gateway:
         sent_us, _ = await self._send(topic, payload, DeliveryPolicy(qos=qos, retain=retain), None, None)
         return sent_us
 
-    async def _send_later(
-        self, delay: float, env: Envelope, topic: str, payload: bytes, policy: DeliveryPolicy, props: Properties | None
-    ) -> None:
+    async def _send_later(self, delay: float, made: "_Made", policy: DeliveryPolicy, props: Properties | None) -> None:
         await asyncio.sleep(delay)
         # the message was on the wire all along: it is delivered even if it expired meanwhile (the
         # receiver refuses it then), as a slow network would
-        sent_us, dropped = await self._send(topic, payload, policy, props, None)
-        self._record_out(env, topic, payload, policy.qos, sent_us, dropped)
+        sent_us, dropped = await self._send(made.topic, made.payload, policy, props, None)
+        self._record_out(made, policy.qos, sent_us, dropped)
 
-    def _properties(self, env: Envelope) -> Properties | None:
+    def _properties(self, made: "_Made") -> Properties | None:
         """MQTT 5 properties of one message: expiry, and response topic / correlation data of a request or
         an answer. The broker drops the message once the envelope says it has expired (a paced run's
         setpoint lives its scenario period over the speed), not seconds later by the policy's default.
         MQTT counts whole seconds and Mosquitto's clock ticks in whole seconds, so one second is added:
         the broker never drops a message the receiver would still have taken (the receiver checks the
         envelope's validity to the microsecond)."""
-        expiry = math.ceil((env.valid_until - env.created_at).total_seconds() - 1e-9) + 1 if env.valid_until else None
+        env = made.envelope
+        until_us = made.valid_until_us
+        expiry = -(-(until_us - made.created_us) // 1_000_000) + 1 if until_us is not None else None
         if env.reply_to is not None:
             return Properties(expiry, env.reply_to, env.message_id.bytes)
         if env.causation_id is not None:
@@ -631,9 +645,8 @@ class Gateway:
                 await asyncio.sleep(0)
             return sent_us, None
 
-    def _record_out(
-        self, env: Envelope, topic: str, payload: bytes, qos: int, sent_us: int | None, dropped: str | None
-    ) -> None:
+    def _record_out(self, made: "_Made", qos: int, sent_us: int | None, dropped: str | None) -> None:
+        env, topic, payload = made.envelope, made.topic, made.payload
         self.stats["dropped" if dropped else "sent"] += 1
         if dropped:
             self.log.warning("dropped", type=env.type, topic=topic, reason=dropped)
@@ -655,7 +668,7 @@ class Gateway:
                     env.sequence,
                     len(payload),
                     qos,
-                    int(env.created_at.timestamp() * 1e6),
+                    made.created_us,
                     sent_us,
                     None,
                 )
@@ -794,7 +807,8 @@ class Gateway:
                 message_id = str(rej.envelope.message_id) if rej.envelope is not None else None
                 self._on_rejected(rej, len(payload), message.qos, received_us)
                 return
-            message_id = str(msg.envelope.message_id)
+            if started is not None:
+                message_id = str(msg.envelope.message_id)
             self._deliver(msg, message.qos)
         except Exception as exc:
             self.stats["failed"] += 1
@@ -843,7 +857,7 @@ class Gateway:
                     env.sequence,
                     msg.size,
                     qos,
-                    int(env.created_at.timestamp() * 1e6),
+                    msg.created_us or round(env.created_at.timestamp() * 1e6),  # (0: a Received made by hand)
                     None,
                     msg.received_us,
                 )

@@ -81,9 +81,6 @@ _INSERT = f"INSERT INTO exchange ({', '.join(COLUMNS)}) VALUES ({', '.join('?' *
 _KEEP = "INSERT OR IGNORE INTO kept (message_id, type, sent_us, payload) VALUES (?, ?, ?, ?)"
 
 
-_STORED = (str, int, float, bytes)  # what SQLite stores as it is; anything else (a UUID, a Party) as its text
-
-
 class LogRow(NamedTuple):
     """One row; ids and parties may be given as objects (stored as their text)."""
 
@@ -105,6 +102,24 @@ class LogRow(NamedTuple):
     created_us: int | None
     sent_us: int | None
     received_us: int | None
+
+
+# the columns a caller may give as objects (a UUID, a Party)
+_OBJECT_COLUMNS = tuple(
+    COLUMNS.index(c) for c in ("message_id", "sender", "receiver", "correlation_id", "causation_id")
+)
+
+
+def _as_stored(row: LogRow | tuple[Any, ...]) -> tuple[Any, ...]:
+    """The row as SQLite stores it: ids and parties given as objects (a UUID, a Party) as their text.
+    Only the columns that may hold an object are looked at (the writer's cost per row, off the
+    message's path but under the same interpreter lock)."""
+    out = list(row)
+    for i in _OBJECT_COLUMNS:
+        v = out[i]
+        if v is not None and type(v) is not str:
+            out[i] = str(v)
+    return tuple(out)
 
 
 def _drain(queue: deque) -> list:
@@ -172,7 +187,7 @@ class ExchangeLog:
         batch = _drain(self._pending)
         kept = _drain(self._kept)
         if batch or kept:
-            rows = [tuple(v if v is None or type(v) in _STORED else str(v) for v in row) for row in batch]
+            rows = [_as_stored(row) for row in batch]
             with self._lock:
                 with self._db:
                     self._db.executemany(_INSERT, rows)
