@@ -2,8 +2,8 @@
 
 On loopback (and on any link) the cost of an MQTT message in a sending process is mostly the
 ``send`` system call and the wake-up of the broker it causes, not the bytes: a Python client writes
-each PUBLISH (and each PUBACK) with a call of its own. Measured here (BENCHMARKS.md "The gateway's
-writes"), one write costs 12 µs when the writes follow each other and 20 µs when each message's own
+each PUBLISH (and each PUBACK) with a call of its own. Measured here (BENCHMARKS.md "Writes batched
+per turn of the loop"), one write costs 12 µs when the writes follow each other and 20 µs when each message's own
 work spaces them out. Every connection opened on this loop instead collects what is written to it
 during one turn of the loop after its first few writes, and sends that with one call at the end of
 the turn: a burst of a thousand setpoints leaves in a few large writes, a request or its answer at
@@ -30,8 +30,9 @@ DIRECT_WRITES = 4
 class BatchedTransport(asyncio.Transport):
     """A connection's transport whose writes in one turn of the loop go out in at most
     ``DIRECT_WRITES`` + 1 ``write`` calls of the transport beneath: the first ones at once, the rest
-    together at the end of the turn (or at once past ``FLUSH_BYTES``). ``close`` and ``write_eof`` send what is pending first; ``abort`` drops
-    it, as the transport beneath drops its own buffer. Everything else is the transport beneath."""
+    together at the end of the turn (or at once past ``FLUSH_BYTES``). ``close`` and ``write_eof`` send
+    what is pending first; ``abort`` drops it, as the transport beneath drops its own buffer. Everything
+    else is the transport beneath."""
 
     def __init__(self, inner: asyncio.Transport, protocol: asyncio.BaseProtocol, loop: asyncio.AbstractEventLoop):
         super().__init__()
@@ -97,8 +98,12 @@ class BatchedTransport(asyncio.Transport):
         self._inner.close()
 
     def abort(self) -> None:
-        self._pending.clear()
+        self.drop_pending()
         self._inner.abort()
+
+    def drop_pending(self) -> None:
+        """Forget what waits for the end of the turn (the connection is gone, or being aborted)."""
+        self._pending.clear()
 
     def is_closing(self) -> bool:
         return self._inner.is_closing()
@@ -146,7 +151,7 @@ class _Relay(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.batched is not None:
-            self.batched._pending.clear()  # the connection is gone: nothing more leaves by it
+            self.batched.drop_pending()  # the connection is gone: nothing more leaves by it
         self.protocol.connection_lost(exc)
 
     def pause_writing(self) -> None:
