@@ -2,10 +2,13 @@
 
 import sqlite3
 import threading
+import uuid
+from enum import Enum
 
 import pytest
 
 from tsodso.gateway.exchange_log import COLUMNS, ExchangeLog, LogRow, connect
+from tsodso.schemas.envelope import Party
 
 
 def row(i: int, actor: str = "tso/tso") -> LogRow:
@@ -74,3 +77,27 @@ def test_log_benchmark_writes_every_row():
     result = run_log(20_000)
     assert result["rows_written"] == 20_000 and result["lost"] == 0
     assert result["ratio"] == pytest.approx(result["value"] / result["baseline_value"], abs=0.002)
+
+
+class Outcome(Enum):
+    SENT = "sent"
+
+
+def test_ids_and_parties_given_as_objects_are_stored_as_text_in_any_column(tmp_path):
+    """The writer turns a UUID or a Party into its text where the gateway puts them; an object in any
+    other column (a caller's mistake) still lands as its text, the rows around it too."""
+    path = tmp_path / "exchange.sqlite"
+    mid, bsp = uuid.uuid4(), Party(role="bsp", id="bsp1")
+    with ExchangeLog(path, run_id="run") as log:
+        log.record(row(1)._replace(message_id=mid, receiver=bsp, correlation_id=mid))
+        log.record(row(2)._replace(actor=Party(role="tso", id="tso"), outcome=Outcome.SENT))  # type: ignore[arg-type]
+        log.record(row(3))
+    db = sqlite3.connect(path)
+    rows = db.execute(
+        "SELECT sequence, actor, outcome, message_id, receiver, correlation_id FROM exchange ORDER BY sequence"
+    )
+    assert rows.fetchall() == [
+        (1, "tso/tso", "sent", str(mid), "bsp/bsp1", str(mid)),
+        (2, "tso/tso", "Outcome.SENT", "id-2", "bsp/bsp1", None),
+        (3, "tso/tso", "sent", "id-3", "bsp/bsp1", None),
+    ]

@@ -122,6 +122,11 @@ def _as_stored(row: LogRow | tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def _as_text(row: LogRow | tuple[Any, ...]) -> tuple[Any, ...]:
+    """The row with every value SQLite does not store as it is turned into its text (any column)."""
+    return tuple(v if v is None or type(v) in (str, int, float, bytes) else str(v) for v in row)
+
+
 def _drain(queue: deque) -> list:
     batch = []
     pop = queue.popleft
@@ -187,13 +192,20 @@ class ExchangeLog:
         batch = _drain(self._pending)
         kept = _drain(self._kept)
         if batch or kept:
-            rows = [_as_stored(row) for row in batch]
-            with self._lock:
-                with self._db:
-                    self._db.executemany(_INSERT, rows)
-                    self._db.executemany(_KEEP, kept)
-                self.written += len(batch)
+            try:
+                self._write([_as_stored(row) for row in batch], kept)
+            except (sqlite3.InterfaceError, sqlite3.ProgrammingError):
+                # an object in a column the fast path does not look at (the transaction was rolled
+                # back): the batch again, every column looked at, rather than a writer that dies
+                self._write([_as_text(row) for row in batch], kept)
         return len(batch)
+
+    def _write(self, rows: list[tuple[Any, ...]], kept: list[tuple[str, str, int, bytes]]) -> None:
+        with self._lock:
+            with self._db:  # one transaction: all of it, or (an error) none of it
+                self._db.executemany(_INSERT, rows)
+                self._db.executemany(_KEEP, kept)
+            self.written += len(rows)
 
     def deliveries(self, actor: str, since_us: int) -> list[tuple[str, str, int, int]]:
         """(message id, type, created_us, received_us) of what ``actor`` took since ``since_us``: the
