@@ -2,12 +2,13 @@
 
 import sqlite3
 import threading
+import time
 import uuid
 from enum import Enum
 
 import pytest
 
-from tsodso.gateway.exchange_log import COLUMNS, ExchangeLog, LogRow, connect
+from tsodso.gateway.exchange_log import COLUMNS, ExchangeLog, ExchangeLogError, LogRow, connect
 from tsodso.schemas.envelope import Party
 
 
@@ -101,3 +102,51 @@ def test_ids_and_parties_given_as_objects_are_stored_as_text_in_any_column(tmp_p
         (2, "tso/tso", "Outcome.SENT", "id-2", "bsp/bsp1", None),
         (3, "tso/tso", "sent", "id-3", "bsp/bsp1", None),
     ]
+
+
+def _until(predicate, timeout_s: float = 20.0) -> None:
+    """Wait for ``predicate`` (the writer thread's doing), with a deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_rows_wait_while_the_file_is_locked_and_are_written_in_order_when_it_is_free(tmp_path):
+    """Another program holding the file (or a full disk) fails a write: the rows stay queued, the
+    writer keeps trying, and every row lands once the file is free, in the order recorded."""
+    path = tmp_path / "exchange.sqlite"
+    log = ExchangeLog(path, run_id="run", flush_interval_s=0.02, busy_timeout_s=0.05)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    for i in range(1, 501):
+        log.record(row(i))
+    _until(lambda: log.failures >= 2)  # tried, failed, tried again
+    assert log.written == 0
+    log.record(row(501))  # recorded while the earlier ones wait: it lands after them
+    other.execute("COMMIT")
+    _until(lambda: log.written == 501)
+    log.close()
+    ids = [r[0] for r in sqlite3.connect(path).execute("SELECT sequence FROM exchange ORDER BY id")]
+    assert ids == list(range(1, 502)) and log.lost == 0
+
+
+def test_a_log_that_cannot_be_written_says_so_in_one_line_at_close(tmp_path):
+    path = tmp_path / "exchange.sqlite"
+    log = ExchangeLog(path, run_id="run", flush_interval_s=0.02, busy_timeout_s=0.05, max_waiting_rows=10)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    for i in range(25):
+        log.record(row(i))
+    _until(lambda: log.failures >= 1)
+    assert log.lost == 15  # at most 10 wait: the 15 oldest are dropped, and counted
+    with pytest.raises(
+        ExchangeLogError, match=r"could not be written: database is locked \(10 rows not written, 15 dropped"
+    ):
+        log.close()
+    other.execute("COMMIT")
+
+
+def test_an_exchange_log_where_none_can_be_made_is_one_clear_error(tmp_path):
+    with pytest.raises(ExchangeLogError, match="cannot open the exchange log .*no-such-dir"):
+        ExchangeLog(tmp_path / "no-such-dir" / "exchange.sqlite")

@@ -5,7 +5,11 @@ a thread-safe deque, with ids and parties as the objects they are (the writer tu
 off the message's path). A writer thread drains the deque in batches (``executemany`` in one
 transaction, WAL journal) every ``flush_interval_s``. :meth:`close` drains what is left, so nothing
 is lost on a clean stop. Several actors, in one process or several, may share one file: SQLite's
-WAL and a busy timeout serialise the writers.
+WAL and a busy timeout serialise the writers. A write that fails (the disk full, the file locked
+by another program past the busy timeout) leaves its rows queued, in order, and is tried again at the
+next interval; the failure is logged (the first, then at most every ``REPORT_EVERY_S``), and so is the
+write that succeeds after it. At most ``max_waiting_rows`` wait: beyond, the oldest are dropped and
+counted (``lost``). :meth:`close` raises :class:`ExchangeLogError` naming what it could not write.
 
 Times are integers in microseconds since the Unix epoch, UTC (``*_us`` columns).
 One-way latency of a delivered message = ``received_us - created_us`` of its "in" row.
@@ -21,6 +25,12 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import structlog
+
+log = structlog.get_logger("exchange-log")
+
+REPORT_EVERY_S = 10.0  # a failing log says so at most this often
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchange (
@@ -154,28 +164,48 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
+def connect(path: str | Path, *, busy_timeout_s: float = 30.0) -> sqlite3.Connection:
     """Open (and create) an exchange-log database for reading or writing."""
-    db = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
+    db = sqlite3.connect(str(path), timeout=busy_timeout_s, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)
     return db
 
 
+class ExchangeLogError(OSError):
+    """The exchange log could not be opened, or rows could not be written by its close."""
+
+
 class ExchangeLog:
     """Batched, thread-backed writer of exchange rows. Use as a context manager or call close()."""
 
-    def __init__(self, path: str | Path, *, run_id: str = "run", flush_interval_s: float = 0.1):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        run_id: str = "run",
+        flush_interval_s: float = 0.1,
+        busy_timeout_s: float = 30.0,
+        max_waiting_rows: int = 2_000_000,
+    ):
         self.path = Path(path)
         self.run_id = run_id
         self.flush_interval_s = flush_interval_s
+        self.max_waiting_rows = max_waiting_rows
         self._pending: deque[tuple[Any, ...]] = deque()
         self._kept: deque[tuple[str, str, int, bytes]] = deque()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._db = connect(self.path)
+        try:
+            self._db = connect(self.path, busy_timeout_s=busy_timeout_s)
+        except sqlite3.Error as exc:
+            raise ExchangeLogError(f"cannot open the exchange log {self.path}: {exc}") from None
         self.written = 0
+        self.failures = 0  # writes that failed (their rows waited and were tried again)
+        self.lost = 0  # rows dropped because more than max_waiting_rows waited
+        self._failing_since: float | None = None  # monotonic s of the first failure of the current spell
+        self._reported_at = 0.0
         self._thread = threading.Thread(target=self._run, name=f"exchange-log:{self.path.name}", daemon=True)
         self._thread.start()
 
@@ -188,17 +218,35 @@ class ExchangeLog:
         self._kept.append((str(message_id), type_name, sent_us, payload))
 
     def flush(self) -> int:
-        """Write everything queued so far; returns the number of rows written. Thread-safe."""
+        """Write everything queued so far; returns the number of rows written. Thread-safe. On a
+        ``sqlite3.Error`` the rows stay queued, in order, and the error is raised."""
         batch = _drain(self._pending)
         kept = _drain(self._kept)
-        if batch or kept:
+        if not (batch or kept):
+            return 0
+        try:
             try:
                 self._write([_as_stored(row) for row in batch], kept)
             except (sqlite3.InterfaceError, sqlite3.ProgrammingError):
                 # an object in a column the fast path does not look at (the transaction was rolled
                 # back): the batch again, every column looked at, rather than a writer that dies
                 self._write([_as_text(row) for row in batch], kept)
+        except sqlite3.Error:
+            self._pending.extendleft(reversed(batch))  # before anything queued meanwhile
+            self._kept.extendleft(reversed(kept))
+            self._bound()
+            raise
         return len(batch)
+
+    def _bound(self) -> None:
+        """Drop the oldest waiting rows beyond ``max_waiting_rows`` (and as many kept payloads)."""
+        over = len(self._pending) - self.max_waiting_rows
+        if over > 0:
+            for _ in range(over):
+                self._pending.popleft()
+            self.lost += over
+        while len(self._kept) > self.max_waiting_rows:
+            self._kept.popleft()
 
     def _write(self, rows: list[tuple[Any, ...]], kept: list[tuple[str, str, int, bytes]]) -> None:
         with self._lock:
@@ -219,16 +267,55 @@ class ExchangeLog:
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_interval_s):
+            self._flush_or_report()
+
+    def _flush_or_report(self) -> None:
+        now = time.monotonic()
+        try:
             self.flush()
+        except sqlite3.Error as exc:
+            self.failures += 1
+            if self._failing_since is None:
+                self._failing_since = now
+            if self.failures == 1 or now - self._reported_at >= REPORT_EVERY_S:
+                self._reported_at = now
+                log.error(
+                    "exchange log not written; its rows wait and are tried again",
+                    path=str(self.path),
+                    error=str(exc),
+                    waiting=len(self._pending),
+                    lost=self.lost,
+                )
+            return
+        if self._failing_since is not None:
+            log.warning(
+                "exchange log written again",
+                path=str(self.path),
+                after_s=round(now - self._failing_since, 1),
+                lost=self.lost,
+            )
+            self._failing_since = None
 
     def close(self) -> None:
-        """Stop the writer and write every queued row."""
+        """Stop the writer and write every queued row; :class:`ExchangeLogError` says what could not be."""
         if self._stop.is_set():
             return
         self._stop.set()
         self._thread.join()
-        self.flush()
-        self._db.close()
+        try:
+            self.flush()
+        except sqlite3.Error as exc:
+            raise ExchangeLogError(
+                f"the exchange log {self.path} could not be written: {exc} ({len(self._pending)} rows not written"
+                f"{f', {self.lost} dropped before' if self.lost else ''})"
+            ) from None
+        finally:
+            self._db.close()
+        if self.lost:
+            raise ExchangeLogError(
+                f"the exchange log {self.path} lost {self.lost} rows: more than {self.max_waiting_rows} waited "
+                "while it could not be written"
+            )
 
     def __enter__(self) -> "ExchangeLog":
         return self

@@ -1660,6 +1660,7 @@ def main() -> None:  # pragma: no cover - the console script; tests call ``app``
     from tsodso.actors.grid import GridError
     from tsodso.broker.launch import BrokerError
     from tsodso.gateway.client import BrokerUnreachable
+    from tsodso.gateway.exchange_log import ExchangeLogError
     from tsodso.gateway.iec104 import SiteUnavailable
     from tsodso.testbed.scenario import ScenarioError
     from tsodso.testbed.security import SecretsError
@@ -1667,7 +1668,15 @@ def main() -> None:  # pragma: no cover - the console script; tests call ``app``
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         app()
-    except (ScenarioError, SecretsError, BrokerError, GridError, BrokerUnreachable, SiteUnavailable) as exc:
+    except (
+        ScenarioError,
+        SecretsError,
+        BrokerError,
+        GridError,
+        BrokerUnreachable,
+        SiteUnavailable,
+        ExchangeLogError,
+    ) as exc:
         err.print(f"tsodso: {exc}", highlight=False, markup=False)
         sys.exit(2)
 
