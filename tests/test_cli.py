@@ -147,6 +147,15 @@ def test_day_benchmark_runs_the_reference_scenario_and_reports_against_the_paced
             ["run", "scenarios/nl-afrr-congestion.yaml", "--virtual", "--link", "tso/*->dso/*:delay_ms=50"],
             "link conditions (delay, jitter, drop, outages) are wall-clock impairments: run them paced",
         ),
+        # a benchmark pointed at a broker that is not there says so at once (it used to hang, then trace back)
+        (
+            ["bench", "throughput", "--broker", "mqtt://127.0.0.1:1"],
+            "tsodso: mqtt://127.0.0.1:1: no broker answers at 127.0.0.1:1 (Connection refused)",
+        ),
+        (
+            ["bench", "fanout", "--broker", "mqtt://127.0.0.1:1,127.0.0.1:2", "--endpoints", "10"],
+            "no broker answers at 127.0.0.1:1 (Connection refused), 127.0.0.1:2 (Connection refused)",
+        ),
     ],
 )
 def test_a_users_mistake_is_one_line_naming_it_not_a_traceback(argv, line):
@@ -212,6 +221,19 @@ def test_a_broker_on_a_busy_port_says_so_and_exits(kind):
         (["run", "scenarios/nl-afrr-congestion.yaml", "--speed", "-5"], "Invalid value for '--speed': -5 is not > 0"),
         (["report", "scenarios"], "scenarios is not a run directory (no summary.json in it)"),
         (["schemas", "validate", "no-such.json"], "cannot read no-such.json: No such file or directory"),
+        # counts a benchmark cannot run with (a negative endpoint count was an IndexError)
+        (["bench", "fanout", "--endpoints", "-5"], "Invalid value for '--endpoints': Input should be greater than"),
+        (["bench", "fanout", "--period", "0"], "Invalid value for '--period': 0 is not > 0 (the cycle length"),
+        (["bench", "rtt", "--n", "0"], "Invalid value for '--n': Input should be greater than or equal to 1"),
+        (["bench", "rtt", "--qos", "2"], "Invalid value for '--qos': Input should be less than or equal to 1"),
+        (["bench", "day", "--hours", "-1"], "Invalid value for '--hours': -1 is not > 0 (scenario hours)"),
+        (["bench", "log", "--rows", "0"], "Invalid value for '--rows': Input should be greater than or equal to 1"),
+        # a run directory that cannot be (a FileNotFoundError or NotADirectoryError traceback before)
+        (
+            ["exchange", "--out", "/dev/null/x"],
+            "Invalid value for '--out': cannot make the directory /dev/null/x: Not a",
+        ),
+        (["run", "scenarios/nl-afrr-congestion.yaml", "--out", "/dev/null"], "/dev/null is a file, not a directory"),
     ],
 )
 def test_more_mistakes_are_one_line_naming_them(argv, line):

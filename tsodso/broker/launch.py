@@ -46,6 +46,22 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
+def answer_problem(url: str, timeout_s: float = 3.0) -> str | None:
+    """Why the broker at ``url`` cannot be reached (no node accepts a TCP connection within
+    ``timeout_s``), or None: for a tool about to measure it, which has no use for waiting."""
+    from tsodso.gateway.connection import BrokerSpec
+
+    spec = BrokerSpec.parse(url)
+    problems = []
+    for host, port in spec.nodes:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                return None
+        except OSError as exc:
+            problems.append(f"{host}:{port} ({exc.strerror or type(exc).__name__})")
+    return f"no broker answers at {', '.join(problems)}"
+
+
 def wait_for_port(
     host: str, port: int, timeout_s: float = 10.0, proc: subprocess.Popen | None = None, log: Path | None = None
 ) -> None:

@@ -16,6 +16,7 @@ from rich.console import Console
 from tsodso.gateway.loop import run as run_batched
 
 if TYPE_CHECKING:
+    from tsodso.broker.launch import RunningBroker
     from tsodso.schemas.esmp import Coding
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"  # the shipped scenarios: defaults work from any folder
@@ -90,6 +91,41 @@ BrokerOpt = Annotated[
         "mqtt[s]://user:pass@host:port[,host2:port2,...][?protocol=3.1.1] (several nodes: a cluster, failover)",
     ),
 ]
+
+
+def _bench_broker(broker: str) -> "RunningBroker":
+    """The broker a benchmark measures: started here, or one at a URL, which must answer now."""
+    from tsodso.broker import start_broker
+    from tsodso.broker.launch import BrokerError, answer_problem
+
+    running = start_broker(broker)
+    if running.kind == "url" and (problem := answer_problem(running.url)):
+        raise BrokerError(f"{broker}: {problem}")
+    return running
+
+
+def _positive(what: str) -> Callable[[float], float]:
+    """A callback refusing a value that is not > 0, naming it."""
+
+    def check(value: float) -> float:
+        if not value > 0:
+            raise typer.BadParameter(f"{value:g} is not > 0 ({what})")
+        return value
+
+    return check
+
+
+def _directory(value: Path | None) -> Path | None:
+    """Every --out that is a directory: made now, with its parents, or one line saying why it cannot be."""
+    if value is None:
+        return value
+    if value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file, not a directory")
+    try:
+        value.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot make the directory {value}: {exc.strerror or exc}") from None
+    return value
 
 
 def _positive_speed(value: float | None) -> float | None:
@@ -330,7 +366,10 @@ def broker_nats(
 def secure_init(
     scenario: Annotated[Path, typer.Option(help="Scenario file (YAML): its actors get an identity each.")],
     out: Annotated[
-        Path, typer.Option(help="Secrets directory to write (keep it private; give each site its own file).")
+        Path,
+        typer.Option(
+            callback=_directory, help="Secrets directory to write (keep it private; give each site its own file)."
+        ),
     ] = Path("secrets"),
     host: Annotated[
         list[str] | None,
@@ -357,8 +396,8 @@ def secure_init(
 @bench_app.command("rtt")
 def bench_rtt(
     broker: BrokerOpt = "mosquitto",
-    n: Annotated[int, typer.Option("--n", help="Round trips per path.")] = 2000,
-    qos: Annotated[int, typer.Option("--qos", help="QoS of request and response.")] = 1,
+    n: Annotated[int, typer.Option("--n", min=1, help="Round trips per path.")] = 2000,
+    qos: Annotated[int, typer.Option("--qos", min=0, max=1, help="QoS of request and response.")] = 1,
     signed: Annotated[
         bool, typer.Option("--signed", help="Both gateways sign and check signatures (Ed25519).")
     ] = False,
@@ -366,10 +405,9 @@ def bench_rtt(
 ):
     """Gateway request/response round trip against the raw MQTT client (gmqtt), same run. Goals on
     Mosquitto: p50 <= 0.8 ms and <= 1.5x the raw p50, p99 <= 2 ms."""
-    from tsodso.broker import start_broker
     from tsodso.testbed.bench.rtt import run_rtt
 
-    with start_broker(broker) as running:
+    with _bench_broker(broker) as running:
         result = run_batched(run_rtt(running.url, n=n, qos=qos, signed=signed))
     result["broker_kind"] = running.kind
     if as_json:
@@ -403,16 +441,15 @@ def bench_rtt(
 @bench_app.command("throughput")
 def bench_throughput(
     broker: BrokerOpt = "mosquitto",
-    n: Annotated[int, typer.Option("--n", help="Messages per measurement.")] = 20_000,
+    n: Annotated[int, typer.Option("--n", min=1, help="Messages per measurement.")] = 20_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Messages per second through one gateway, sending and receiving, every check and the exchange log
     on, against the raw MQTT client in the same run. Goals: >= 20 000/s at QoS 0 and >= 10 000/s at QoS 1
     each way, none lost at QoS 1."""
-    from tsodso.broker import start_broker
     from tsodso.testbed.bench.throughput import run_throughput
 
-    with start_broker(broker) as running:
+    with _bench_broker(broker) as running:
         result = run_throughput(running.url, n=n)
     result["broker_kind"] = running.kind
     if as_json:
@@ -607,7 +644,7 @@ def run(
     realtime: Annotated[bool, typer.Option("--realtime", help="Same as --speed 1.")] = False,
     virtual: VirtualOpt = False,
     broker: BrokerOpt = "embedded",
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/latest"),
+    out: Annotated[Path, typer.Option(callback=_directory, help="Run directory.")] = Path("runs/latest"),
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
     link: Annotated[
         list[str] | None,
@@ -660,9 +697,10 @@ def up(
     coordination: CoordinationOpt = None,
     speed: Annotated[float, typer.Option(callback=_positive_speed, help="Scenario seconds per wall second.")] = 25.0,
     tls: Annotated[bool, typer.Option("--tls", help="Mutual TLS: only the deployment's certificates get in.")] = False,
-    out: Annotated[Path, typer.Option(help="Deployment directory: secrets/, broker/, run/, one log per actor.")] = Path(
-        "runs/secure"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(callback=_directory, help="Deployment directory: secrets/, broker/, run/, one log per actor."),
+    ] = Path("runs/secure"),
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json.")] = False,
     lab: Annotated[
         bool,
@@ -759,7 +797,9 @@ def actor(
         float,
         typer.Option(callback=_positive_speed, help="Scenario seconds per wall second (the same for every actor)."),
     ] = 50.0,
-    out: Annotated[Path, typer.Option(help="Run directory shared by the actors.")] = Path("runs/actors"),
+    out: Annotated[Path, typer.Option(callback=_directory, help="Run directory shared by the actors.")] = Path(
+        "runs/actors"
+    ),
     secrets: Annotated[
         Path | None,
         typer.Option(
@@ -901,9 +941,9 @@ def _bench_table(result: dict, extra: list[tuple[str, str]]) -> None:
 
 @bench_app.command("mol")
 def bench_mol(
-    bids: Annotated[int, typer.Option("--bids", help="Bids in the merit order list.")] = 1000,
+    bids: Annotated[int, typer.Option("--bids", min=1, help="Bids in the merit order list.")] = 1000,
     grid: Annotated[str, typer.Option("--grid", help="Grid name or simbench:<code>.")] = "simbench:1-MV-semiurb--0-sw",
-    baseline_bids: Annotated[int, typer.Option(help="Bids for the pp.runpp baseline (scaled).")] = 4,
+    baseline_bids: Annotated[int, typer.Option(min=1, help="Bids for the pp.runpp baseline (scaled).")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """DSO validation time of an N-bid MOL, against per-bid pp.runpp. Goal: <= 150 ms for 1000 bids."""
@@ -930,11 +970,19 @@ def bench_mol(
 
 @bench_app.command("fanout")
 def bench_fanout(
-    endpoints: Annotated[int, typer.Option("--endpoints", help="BSP endpoints, each its own MQTT connection.")] = 1000,
+    endpoints: Annotated[
+        int, typer.Option("--endpoints", min=1, help="BSP endpoints, each its own MQTT connection.")
+    ] = 1000,
     broker: BrokerOpt = "mosquitto",
-    cycles: Annotated[int, typer.Option(help="Setpoint cycles per path.")] = 5,
-    period: Annotated[float, typer.Option(help="Cycle length [s] (4 s in real time; shorter = accelerated).")] = 4.0,
-    workers: Annotated[int, typer.Option(help="Processes hosting the endpoints.")] = 2,
+    cycles: Annotated[int, typer.Option(min=1, help="Setpoint cycles per path.")] = 5,
+    period: Annotated[
+        float,
+        typer.Option(
+            callback=_positive("the cycle length in seconds"),
+            help="Cycle length [s] (4 s in real time; shorter = accelerated).",
+        ),
+    ] = 4.0,
+    workers: Annotated[int, typer.Option(min=1, help="Processes hosting the endpoints.")] = 2,
     senders: Annotated[
         int, typer.Option(min=1, max=16, help="Processes the TSO's gateway sends from (each every K-th endpoint).")
     ] = 1,
@@ -944,12 +992,11 @@ def bench_fanout(
     cycle, gateway vs the raw client (the floor) in the same run. Goal: 0 missed cycles, last delivery <= 1.5x raw."""
     import resource
 
-    from tsodso.broker import start_broker
     from tsodso.testbed.bench.fanout import run_fanout
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the broker and endpoints need a socket each
-    with start_broker(broker) as running:
+    with _bench_broker(broker) as running:
         result = run_fanout(running.url, endpoints, cycles, period, workers, senders)
     if as_json:
         print(json.dumps(result))
@@ -982,14 +1029,13 @@ def bench_day(
             help="Pace at this many scenario seconds per wall second (1440: a day in a minute); default: virtual time.",
         ),
     ] = None,
-    hours: Annotated[float, typer.Option(help="Scenario hours.")] = 24.0,
+    hours: Annotated[float, typer.Option(callback=_positive("scenario hours"), help="Scenario hours.")] = 24.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """24 h of the reference scenario in virtual time (goal: <= 30 s wall), or paced (goal: <= 60 s)."""
-    from tsodso.broker import start_broker
     from tsodso.testbed.bench.day import run_day
 
-    with start_broker(broker) as running:
+    with _bench_broker(broker) as running:
         result = run_day(running.url, speed=speed, hours=hours)
     if as_json:
         print(json.dumps(result))
@@ -1008,7 +1054,7 @@ def bench_day(
 
 @bench_app.command("failover")
 def bench_failover(
-    runs: Annotated[int, typer.Option(help="Runs in a row on one cluster, a node killed in each.")] = 3,
+    runs: Annotated[int, typer.Option(min=1, help="Runs in a row on one cluster, a node killed in each.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """The reference run on a 3-node NATS cluster with the DSO's and the BSP's node killed at 10:01:30
@@ -1076,7 +1122,7 @@ def bench_lab(
 
 @bench_app.command("log")
 def bench_log(
-    rows: Annotated[int, typer.Option("--rows", help="Rows to record.")] = 500_000,
+    rows: Annotated[int, typer.Option("--rows", min=1, help="Rows to record.")] = 500_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Exchange-log rows per second with nothing lost. Goal: >= 50 000 rows/s."""
@@ -1105,14 +1151,13 @@ def bench_hostile(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """The reference scenario under a hostile flood: refused messages/s with the outcome unchanged."""
-    from tsodso.broker import start_broker
     from tsodso.testbed.bench.hostile import run_hostile
 
     try:
         chosen = [float(r) for r in rates.split(",")]
     except ValueError:
         raise typer.BadParameter(f"--rates {rates!r}: comma-separated numbers, e.g. 0,1000,2000") from None
-    with start_broker(broker) as running:
+    with _bench_broker(broker) as running:
         result = run_hostile(running.url, chosen, speed=speed)
     if as_json:
         print(json.dumps(result))
@@ -1180,7 +1225,7 @@ def hostile(
 def demo(
     broker: BrokerOpt = "embedded",
     speed: Annotated[float, typer.Option(callback=_positive_speed, help="Scenario seconds per wall second.")] = 50.0,
-    out: Annotated[Path, typer.Option(help="Where the two runs go.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(callback=_directory, help="Where the two runs go.")] = Path("runs/demo"),
     scenario: Annotated[
         Path, typer.Option(help="Scenario file (default: the shipped reference scenario).", show_default=False)
     ] = REFERENCE_SCENARIO,
@@ -1209,7 +1254,9 @@ def compare(
         typer.Argument(help="Scenario file (YAML; default: the shipped scheme comparison).", show_default=False),
     ] = COMPARISON_SCENARIO,
     schemes: Annotated[str, typer.Option(help="'all' or a comma-separated list of schemes.")] = "all",
-    out: Annotated[Path, typer.Option(help="Where the runs and the comparison go.")] = Path("runs/compare"),
+    out: Annotated[Path, typer.Option(callback=_directory, help="Where the runs and the comparison go.")] = Path(
+        "runs/compare"
+    ),
     broker: BrokerOpt = "embedded",
     speed: Annotated[float, typer.Option(callback=_positive_speed, help="Scenario seconds per wall second.")] = 50.0,
     virtual: VirtualOpt = False,
@@ -1259,7 +1306,8 @@ def compare(
 def report(
     runs: Annotated[list[Path], typer.Argument(help="One run directory, or two to compare (e.g. on and off).")],
     out: Annotated[
-        Path | None, typer.Option(help="Where report.html and the PNGs go (default: the first run).")
+        Path | None,
+        typer.Option(callback=_directory, help="Where report.html and the PNGs go (default: the first run)."),
     ] = None,
 ):
     """Build report.html (self-contained, plots embedded) and PNGs from run directories alone."""
@@ -1281,7 +1329,7 @@ def report(
 @app.command()
 def exchange(
     broker: BrokerOpt = "embedded",
-    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/exchange"),
+    out: Annotated[Path, typer.Option(callback=_directory, help="Run directory.")] = Path("runs/exchange"),
 ):
     """A small TSO-DSO-BSP exchange over a real broker; prints what crossed the bus with latencies."""
     from tsodso.broker import start_broker
