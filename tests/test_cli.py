@@ -234,6 +234,17 @@ def test_a_broker_on_a_busy_port_says_so_and_exits(kind):
             "Invalid value for '--out': cannot make the directory /dev/null/x: Not a",
         ),
         (["run", "scenarios/nl-afrr-congestion.yaml", "--out", "/dev/null"], "/dev/null is a file, not a directory"),
+        # the tools that work on a broker now: a broker that is not there, a capture that is not there
+        (
+            ["capture", "--broker", "mqtt://127.0.0.1:1"],
+            "Invalid value for '--broker': mqtt://127.0.0.1:1: no broker answers at 127.0.0.1:1 (Connection refused)",
+        ),
+        (
+            ["conformance", "--role", "bsp", "--device-id", "bsp9", "--broker", "mqtt://127.0.0.1:1"],
+            "Invalid value for '--broker': mqtt://127.0.0.1:1: no broker answers at 127.0.0.1:1",
+        ),
+        (["replay", "no-such-capture.jsonl"], "Invalid value for 'file': file 'no-such-capture.jsonl' does not exist"),
+        (["capture", "--out", "/dev/null/capture.jsonl"], "Invalid value for '--out': /dev/null is a file, not a"),
     ],
 )
 def test_more_mistakes_are_one_line_naming_them(argv, line):

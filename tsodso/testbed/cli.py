@@ -104,6 +104,22 @@ def _bench_broker(broker: str) -> "RunningBroker":
     return running
 
 
+def _answering_broker(url: str) -> str:
+    """Every --broker URL of a tool that works on a broker now (capture, replay, conformance): a URL
+    of the right form, at which a broker answers; else one line saying which and why (a --broker
+    callback, or called by the command once it knows it needs the broker)."""
+    from tsodso.broker.launch import answer_problem
+    from tsodso.gateway.connection import BrokerSpec
+
+    try:
+        BrokerSpec.parse(url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--broker'") from None
+    if problem := answer_problem(url):
+        raise typer.BadParameter(f"{url}: {problem}", param_hint="'--broker'")
+    return url
+
+
 def _positive(what: str) -> Callable[[float], float]:
     """A callback refusing a value that is not > 0, naming it."""
 
@@ -125,6 +141,16 @@ def _directory(value: Path | None) -> Path | None:
         value.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise typer.BadParameter(f"cannot make the directory {value}: {exc.strerror or exc}") from None
+    return value
+
+
+def _file_to_write(value: Path | None) -> Path | None:
+    """Every --out that is a file: its directory made now, or one line saying why it cannot be."""
+    if value is None:
+        return value
+    if value.is_dir():
+        raise typer.BadParameter(f"{value} is a directory; give a file name")
+    _directory(value.parent)
     return value
 
 
@@ -1410,6 +1436,7 @@ def conformance(
         return
     if role is None or device_id is None:
         raise typer.BadParameter("--role and --device-id are required (or --doc)")
+    _answering_broker(broker)
     if not _VERBOSE[0]:  # the suite provokes refusals on purpose (an expired setpoint): its verdicts say the rest
         import logging
 
@@ -1656,9 +1683,11 @@ def bridge_iec104(
 @app.command()
 def capture(
     broker: Annotated[
-        str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
+        str, typer.Option(callback=_answering_broker, help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
     ] = "mqtt://127.0.0.1:1883",
-    out: Annotated[Path, typer.Option(help="Capture file (JSON lines).")] = Path("capture.jsonl"),
+    out: Annotated[Path, typer.Option(callback=_file_to_write, help="Capture file (JSON lines).")] = Path(
+        "capture.jsonl"
+    ),
     duration: Annotated[float | None, typer.Option(help="[s] stop after this long (default: Ctrl-C).")] = None,
     count: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
     topic: Annotated[list[str] | None, typer.Option(help="Topic filter (repeatable; default tsodso/#).")] = None,
@@ -1684,9 +1713,11 @@ def capture(
 
 @app.command()
 def replay(
-    file: Annotated[Path, typer.Argument(help="A capture (tsodso capture).")],
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A capture (tsodso capture).")
+    ],
     broker: Annotated[
-        str, typer.Option(help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
+        str, typer.Option(callback=_answering_broker, help="mqtt[s]://user:pass@host:port[?protocol=3.1.1]")
     ] = "mqtt://127.0.0.1:1883",
     speed: Annotated[
         float, typer.Option(callback=_positive_speed, help="Replay this many times faster than recorded.")
@@ -1759,7 +1790,9 @@ def esmp_export(
     run_dir: Annotated[
         Path, typer.Argument(help="A run directory (tsodso run, demo, compare, up).", show_default=False)
     ],
-    out: Annotated[Path | None, typer.Option(help="Where the documents go (default: RUN_DIR/esmp).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(callback=_directory, help="Where the documents go (default: RUN_DIR/esmp).")
+    ] = None,
     codes: CodesOpt = None,
     coding_scheme: SchemeOpt = "NNL",
     area: Annotated[str | None, typer.Option(help="Market area (default: the run's scenario's tso.area).")] = None,
@@ -1784,7 +1817,10 @@ def esmp_export(
 @esmp_app.command("import")
 def esmp_import(
     file: Annotated[Path, typer.Argument(help="An ENTSO-E document (XML).", show_default=False)],
-    out: Annotated[Path | None, typer.Option(help="Write the messages here (JSON lines) instead of stdout.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(callback=_file_to_write, help="Write the messages here (JSON lines) instead of stdout."),
+    ] = None,
     codes: CodesOpt = None,
     coding_scheme: SchemeOpt = "NNL",
     scenario_bids: Annotated[
