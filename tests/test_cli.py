@@ -245,6 +245,7 @@ def test_a_broker_on_a_busy_port_says_so_and_exits(kind):
         ),
         (["replay", "no-such-capture.jsonl"], "Invalid value for 'file': file 'no-such-capture.jsonl' does not exist"),
         (["capture", "--out", "/dev/null/capture.jsonl"], "Invalid value for '--out': /dev/null is a file, not a"),
+        (["schemas", "export", "/dev/null/contract"], "cannot make the directory /dev/null/contract: Not a directory"),
     ],
 )
 def test_more_mistakes_are_one_line_naming_them(argv, line):

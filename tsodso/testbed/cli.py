@@ -209,7 +209,11 @@ def grid_show(
 
 
 @schemas_app.command("export")
-def schemas_export(directory: Annotated[Path, typer.Argument(help="Where to write the files.")] = Path("contract")):
+def schemas_export(
+    directory: Annotated[Path, typer.Argument(callback=_directory, help="Where to write the files.")] = Path(
+        "contract"
+    ),
+):
     """Write one JSON Schema per message type (DIR/schemas/), one valid example message per type
     (DIR/examples/), the AsyncAPI 3.0 document and the scenario format's JSON Schema
     (DIR/scenario.schema.json; its page: docs/scenario.md)."""
