@@ -495,7 +495,7 @@ class Gateway:
         valid_for_s: float | None,
         reply_to: str | None,
         message_id: uuid.UUID | None,
-    ) -> "_Made":
+    ) -> _Made:
         type_name = body.type_name
         topic = topic_for(self.me, type_name, to)
         if sequence is None:
@@ -580,14 +580,14 @@ class Gateway:
         sent_us, _ = await self._send(topic, payload, DeliveryPolicy(qos=qos, retain=retain), None, None)
         return sent_us
 
-    async def _send_later(self, delay: float, made: "_Made", policy: DeliveryPolicy, props: Properties | None) -> None:
+    async def _send_later(self, delay: float, made: _Made, policy: DeliveryPolicy, props: Properties | None) -> None:
         await asyncio.sleep(delay)
         # the message was on the wire all along: it is delivered even if it expired meanwhile (the
         # receiver refuses it then), as a slow network would
         sent_us, dropped = await self._send(made.topic, made.payload, policy, props, None)
         self._record_out(made, policy.qos, sent_us, dropped)
 
-    def _properties(self, made: "_Made") -> Properties | None:
+    def _properties(self, made: _Made) -> Properties | None:
         """MQTT 5 properties of one message: expiry, and response topic / correlation data of a request or
         an answer. The broker drops the message once the envelope says it has expired (a paced run's
         setpoint lives its scenario period over the speed), not seconds later by the policy's default.
@@ -645,7 +645,7 @@ class Gateway:
                 await asyncio.sleep(0)
             return sent_us, None
 
-    def _record_out(self, made: "_Made", qos: int, sent_us: int | None, dropped: str | None) -> None:
+    def _record_out(self, made: _Made, qos: int, sent_us: int | None, dropped: str | None) -> None:
         env, topic, payload = made.envelope, made.topic, made.payload
         self.stats["dropped" if dropped else "sent"] += 1
         if dropped:
