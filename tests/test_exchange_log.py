@@ -150,3 +150,24 @@ def test_a_log_that_cannot_be_written_says_so_in_one_line_at_close(tmp_path):
 def test_an_exchange_log_where_none_can_be_made_is_one_clear_error(tmp_path):
     with pytest.raises(ExchangeLogError, match="cannot open the exchange log .*no-such-dir"):
         ExchangeLog(tmp_path / "no-such-dir" / "exchange.sqlite")
+
+
+def test_a_run_that_fails_keeps_its_own_error_when_the_log_cannot_be_written_either(tmp_path):
+    """The log's failure at close must not hide why the run ended (it is logged beside it)."""
+    path = tmp_path / "exchange.sqlite"
+    other = sqlite3.connect(path, isolation_level=None)
+    with (
+        pytest.raises(RuntimeError, match="the run's own failure"),
+        ExchangeLog(path, run_id="run", busy_timeout_s=0.05) as log,
+    ):
+        other.execute("BEGIN EXCLUSIVE")
+        log.record(row(1))
+        raise RuntimeError("the run's own failure")
+    other.execute("COMMIT")
+    with (  # without an error of its own, the block ends in the log's
+        pytest.raises(ExchangeLogError, match="could not be written"),
+        ExchangeLog(path, run_id="run", busy_timeout_s=0.05) as log,
+    ):
+        other.execute("BEGIN EXCLUSIVE")
+        log.record(row(2))
+    other.execute("COMMIT")

@@ -320,5 +320,11 @@ class ExchangeLog:
     def __enter__(self) -> "ExchangeLog":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.close()
+        except ExchangeLogError as failed:
+            if exc_type is None:
+                raise
+            # the block ends with an error of its own: that one goes on, this one is said beside it
+            log.error("exchange log not written", path=str(self.path), error=str(failed))
