@@ -48,7 +48,8 @@ def port_problem(host: str, port: int) -> str | None:
 
 def answer_problem(url: str, timeout_s: float = 3.0) -> str | None:
     """Why the broker at ``url`` cannot be reached (no node accepts a TCP connection within
-    ``timeout_s``), or None: for a tool about to measure it, which has no use for waiting."""
+    ``timeout_s``), or None: for a tool about to measure it, which has no use for waiting. ValueError:
+    ``url`` is not a broker URL."""
     from tsodso.gateway.connection import BrokerSpec
 
     spec = BrokerSpec.parse(url)

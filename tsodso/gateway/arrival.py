@@ -213,8 +213,14 @@ class ArrivalCheck:
             self._explain(message, topic, sender, authenticated)
             raise  # pragma: no cover - _explain raises
         env = frame.envelope
-        created_us = self._check_envelope(env, parts, topic, received_us, retained, authenticated)
-        self._remember(env, created_us, received_us)
+        created_us, until_us = self._check_envelope(env, parts, topic, received_us, retained, authenticated)
+        # the replay window keeps the id until the message can no longer be accepted anyway: its
+        # expiry, or the type's age limit
+        self._remember(
+            env.message_id,
+            until_us if until_us is not None else created_us + self._limit_us.get(env.type, 0),
+            received_us,
+        )
         note = self._sequence_note(topic, env.sequence)
         return Received(env, frame.body, topic, received_us, size, retained, note, authenticated, created_us)
 
@@ -265,8 +271,9 @@ class ArrivalCheck:
 
     def _check_envelope(
         self, env: Envelope, parts: TopicParts, topic: str, received_us: int, retained: bool, authenticated: bool
-    ) -> int:
-        """Topic consistency, rights, time bounds, expiry, replay. Returns created_at in µs."""
+    ) -> tuple[int, int | None]:
+        """Topic consistency, rights, time bounds, expiry, replay. Returns created_at and valid_until
+        in µs (None: the envelope has no valid_until)."""
         sender = parts.sender
 
         def refuse(code: RejectReason, reason: str, quiet: bool = False) -> Rejected:
@@ -302,6 +309,7 @@ class ArrivalCheck:
                 quiet=retained,
             )
         limit = self._limit_us.get(env.type, round(2 * 86400e6))
+        until = None
         if env.valid_until is not None:
             until = _us(env.valid_until)
             if until - created > limit + self.skew_us:
@@ -332,16 +340,13 @@ class ArrivalCheck:
                 f"message {env.message_id} already received {(received_us - first_seen) / 1000:.1f} ms earlier",
                 quiet=True,
             )
-        return created
+        return created, until
 
-    def _remember(self, env: Envelope, created_us: int, received_us: int) -> None:
-        """Keep the id until the message can no longer be accepted anyway (its expiry, or the type's
-        age limit): the replay window."""
-        mid = env.message_id
-        until = _us(env.valid_until) if env.valid_until is not None else created_us + self._limit_us.get(env.type, 0)
+    def _remember(self, mid: object, until_us: int, received_us: int) -> None:
+        """Keep the message id in the replay window until ``until_us`` (and the allowed skew)."""
         self._seen[mid] = received_us
         forget = self._forget
-        heapq.heappush(forget, (until + self.skew_us, mid))
+        heapq.heappush(forget, (until_us + self.skew_us, mid))
         while forget and (forget[0][0] < received_us or len(self._seen) > self.dedup_window):
             self._seen.pop(heapq.heappop(forget)[1], None)
 

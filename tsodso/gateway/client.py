@@ -482,20 +482,31 @@ class Gateway:
         """The envelope and the (signed) bytes ``publish`` would send for ``body`` to ``to``, without
         sending them: for tools that must send them late, altered or not at all (emulators' faults,
         the conformance suite's expired setpoint, benchmarks)."""
-        made = self._make(body, to, sequence, correlation_id, causation_id, valid_for_s, reply_to, message_id)
+        made = self._make(
+            body,
+            to,
+            sequence=sequence,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            valid_for_s=valid_for_s,
+            reply_to=reply_to,
+            message_id=message_id,
+        )
         return made.envelope, made.payload
 
     def _make(
         self,
         body: Body,
         to: Party,
-        sequence: int | None,
-        correlation_id: uuid.UUID | None,
-        causation_id: uuid.UUID | None,
-        valid_for_s: float | None,
-        reply_to: str | None,
-        message_id: uuid.UUID | None,
+        *,
+        sequence: int | None = None,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        valid_for_s: float | None = None,
+        reply_to: str | None = None,
+        message_id: uuid.UUID | None = None,
     ) -> _Made:
+        """:meth:`build`, keeping what ``publish`` needs of the message (topic, times) as computed."""
         type_name = body.type_name
         topic = topic_for(self.me, type_name, to)
         if sequence is None:
@@ -543,7 +554,15 @@ class Gateway:
             # when there is room, so that its created_at and expiry count from when it can leave; a message
             # that waits for a lost connection keeps the time it was made, and expires meanwhile
             await client.wait_ready(1)
-        made = self._make(body, to, None, correlation_id, causation_id, valid_for_s, reply_to, message_id)
+        made = self._make(
+            body,
+            to,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            valid_for_s=valid_for_s,
+            reply_to=reply_to,
+            message_id=message_id,
+        )
         env, payload = made.envelope, made.payload
         if len(payload) > self.max_payload_bytes:
             raise PayloadTooLarge(
@@ -857,7 +876,7 @@ class Gateway:
                     env.sequence,
                     msg.size,
                     qos,
-                    msg.created_us or round(env.created_at.timestamp() * 1e6),  # (0: a Received made by hand)
+                    msg.created_us,
                     None,
                     msg.received_us,
                 )

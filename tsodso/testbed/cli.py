@@ -109,13 +109,12 @@ def _answering_broker(url: str) -> str:
     of the right form, at which a broker answers; else one line saying which and why (a --broker
     callback, or called by the command once it knows it needs the broker)."""
     from tsodso.broker.launch import answer_problem
-    from tsodso.gateway.connection import BrokerSpec
 
     try:
-        BrokerSpec.parse(url)
-    except ValueError as exc:
+        problem = answer_problem(url)
+    except ValueError as exc:  # not a broker URL
         raise typer.BadParameter(str(exc), param_hint="'--broker'") from None
-    if problem := answer_problem(url):
+    if problem:
         raise typer.BadParameter(f"{url}: {problem}", param_hint="'--broker'")
     return url
 
