@@ -270,3 +270,49 @@ async def test_a_burst_beyond_the_brokers_window_of_messages_in_flight_is_delive
             reader.cancel()
     assert sorted(m.body.series[0].p_mw[0] for m in got) == [float(i) for i in range(300)]
     assert tso.stats["sent"] >= 300 and not tso.stats["dropped"]
+
+
+@pytest.mark.parametrize("own_broker", ["embedded", "mosquitto"], indirect=True)
+async def test_publish_now_while_the_broker_is_gone_delivers_everything_once(own_broker, uid):
+    """``publish_now`` writes at once where it can; where it cannot (no connection), the message goes
+    on in a task of the gateway and is delivered after the reconnect, once."""
+    p = parties(uid)
+    got: list = []
+    async with (
+        Gateway(p["tso"], own_broker.url, reconnect_delay_s=(0.05, 0.5)) as tso,
+        Gateway(p["dso"], own_broker.url, reconnect_delay_s=(0.05, 0.5)) as dso,
+    ):
+        reader = asyncio.create_task(collect(dso, got, Schedule))
+        own_broker.stop()
+        envelopes = [tso.publish_now(schedule(i), p["dso"]) for i in range(20)]  # plain calls: nothing awaited
+        await asyncio.sleep(0.3)
+        own_broker.start()
+        await wait_until(lambda: len({m.envelope.message_id for m in got}) == 20, timeout=30)
+        await asyncio.sleep(0.3)
+        reader.cancel()
+    assert sorted(m.envelope.message_id for m in got) == sorted(e.message_id for e in envelopes)
+    assert len(got) == 20 and not tso.stats["dropped"]
+
+
+async def test_publish_now_beyond_the_brokers_window_waits_for_room(uid, tmp_path):
+    """300 plain calls against a window of 5 QoS 1 messages in flight: those beyond it wait for room in
+    the gateway's tasks; every message arrives, once."""
+    from tsodso.broker.launch import RunningBroker, free_port
+    from tsodso.broker.mosquitto import binary
+
+    mosquitto_or_skip()
+    port = free_port()
+    conf = tmp_path / "small-window.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages 5\n")
+    url = f"mqtt://127.0.0.1:{port}"
+    with RunningBroker("mosquitto", url, port=port, command=[binary(), "-c", str(conf)], data_dir=tmp_path).start():
+        p = parties(uid)
+        got: list = []
+        async with Gateway(p["tso"], url) as tso, Gateway(p["dso"], url) as dso:
+            reader = asyncio.create_task(collect(dso, got, Schedule))
+            for i in range(300):
+                tso.publish_now(schedule(i), p["dso"])
+            await wait_until(lambda: len(got) >= 300, timeout=30)
+            reader.cancel()
+    assert sorted(m.body.series[0].p_mw[0] for m in got) == [float(i) for i in range(300)]
+    assert not tso.stats["dropped"]

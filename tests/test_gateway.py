@@ -132,6 +132,32 @@ async def test_request_response_correlates_and_times_out(broker, uid, tmp_path):
     assert retries == 2  # the request and its one retry
 
 
+async def test_a_plain_handler_answers_at_once_with_reply_now(broker, uid, tmp_path):
+    """A handler that answers without waiting is a plain function: its answer is written on the
+    receiving path (no task per request), correlated and logged like any other."""
+    p = parties(uid)
+    mol = sample("merit_order_list")
+    with ExchangeLog(tmp_path / "x.sqlite", run_id=uid) as log:
+        async with Gateway(p["tso"], broker.url, log=log) as tso, Gateway(p["dso"], broker.url, log=log) as dso:
+            answered: list = []
+
+            @dso.on(MeritOrderList)
+            def validate(msg):
+                answered.append(dso.reply_now(msg, sample("mol_validation")))
+
+            answers = [await tso.request(mol, p["dso"], timeout=5) for _ in range(3)]
+    assert [a.envelope.message_id for a in answers] == [e.message_id for e in answered]
+    assert all(a.envelope.causation_id == a.envelope.correlation_id for a in answers)
+    assert len({a.envelope.causation_id for a in answers}) == 3  # each answers its own request
+    assert not dso.stats["failed"]
+    db = sqlite3.connect(log.path)
+    out = db.execute(
+        "SELECT causation_id, outcome FROM exchange WHERE actor=? AND direction='out' AND type='mol_validation'",
+        (str(p["dso"]),),
+    ).fetchall()
+    assert sorted(out) == sorted((str(a.envelope.causation_id), "sent") for a in answers)
+
+
 async def test_bad_input_is_rejected_with_its_own_reason_and_the_actor_keeps_serving(broker, uid, tmp_path):
     p = parties(uid)
     tso_id, dso = p["tso"], p["dso"]

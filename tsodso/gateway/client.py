@@ -2,8 +2,13 @@
 
     async with Gateway(Party(role="dso", id="dso1"), "mqtt://127.0.0.1:1883", log=log) as gw:
         @gw.on(MeritOrderList)
-        async def validate(msg: Received[MeritOrderList]) -> None:
-            await gw.reply(msg, MolValidation(...))
+        def validate(msg: Received[MeritOrderList]) -> None:   # answers at once: a plain call
+            gw.reply_now(msg, MolValidation(...))
+
+        @gw.on(PrequalificationRequest)
+        async def forward(msg: Received[PrequalificationRequest]) -> None:   # waits: its own task
+            verdicts = await gw.request(PrequalificationForward(...), to=dso, timeout=5)
+            await gw.reply(msg, PrequalificationResult(...))
 
         answer = await gw.request(PrequalificationForward(...), to=tso, timeout=5)
         async for msg in gw.messages():   # everything no handler took
@@ -546,8 +551,7 @@ class Gateway:
         """Send ``body`` to ``to`` (an actor, ``Party(role, 'all')`` or ``ALL``) with its type's
         delivery policy. Returns the envelope it went out in. QoS 1 messages wait for a connection;
         QoS 0 messages and messages that expire while waiting are dropped (and logged)."""
-        type_name = body.type_name
-        policy = self.policy[type_name]
+        policy = self.policy[body.type_name]
         client = self._client
         if policy.qos and client is not None and client.connected.is_set() and not client.ready(1):
             # flow control (the broker's window of QoS 1 messages in flight is full): the message is made
@@ -563,10 +567,56 @@ class Gateway:
             reply_to=reply_to,
             message_id=message_id,
         )
-        env, payload = made.envelope, made.payload
-        if len(payload) > self.max_payload_bytes:
+        props, taken = self._outgoing(made, policy, to)
+        if not taken:
+            await self._send_out(made, policy, props)
+        return made.envelope
+
+    def publish_now(
+        self,
+        body: Body,
+        to: Party,
+        *,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        valid_for_s: float | None = None,
+        reply_to: str | None = None,
+        message_id: uuid.UUID | None = None,
+    ) -> Envelope:
+        """:meth:`publish` as a plain call, for a handler that answers without waiting (a plain
+        function given to :meth:`on`: no task per message). The message is made now and written at
+        once when the connection can take it; otherwise (no connection, the broker's QoS 1 window
+        full, a slow link) it goes on in one of the gateway's tasks as :meth:`publish` would send it,
+        counting its expiry from now. Raises what :meth:`publish` raises before sending."""
+        policy = self.policy[body.type_name]
+        made = self._make(
+            body,
+            to,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            valid_for_s=valid_for_s,
+            reply_to=reply_to,
+            message_id=message_id,
+        )
+        props, taken = self._outgoing(made, policy, to)
+        if taken:
+            return made.envelope
+        client = self._client
+        if self.failed is None and client is not None and client.ready(policy.qos):
+            self._expect(made)
+            sent_us, dropped = self._write(client, made.topic, made.payload, policy, props, made.valid_until_us)
+            self._sent(made, policy, sent_us, dropped)
+        else:
+            self.spawn(self._send_out(made, policy, props))
+        return made.envelope
+
+    def _outgoing(self, made: _Made, policy: DeliveryPolicy, to: Party) -> tuple[Properties | None, bool]:
+        """What every message passes before it is sent: the size limit, its MQTT 5 properties, the link
+        to ``to`` (lost, or in transit for a while). Returns the properties and whether the link took
+        the message (then it is not to be sent now)."""
+        if len(made.payload) > self.max_payload_bytes:
             raise PayloadTooLarge(
-                f"{type_name} of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes} bytes"
+                f"{made.envelope.type} of {len(made.payload)} bytes exceeds the limit of {self.max_payload_bytes} bytes"
             )
         props = self._properties(made) if self._v5 else None
         if self.links:
@@ -575,22 +625,30 @@ class Gateway:
             lost, delay = self.links.decide(self._me_str, str(to), made_s)
             if lost:
                 self._record_out(made, policy.qos, None, lost)
-                return env
+                return props, True
             if delay > 0:  # in transit on a slow link: sent later, the sender goes on
                 self.spawn(self._send_later(delay, made, policy, props))
-                return env
+                return props, True
+        return props, False
+
+    def _expect(self, made: _Made) -> None:
         if self.traffic is not None:
-            self.traffic.expect(str(env.message_id), to, self.me)
+            self.traffic.expect(str(made.envelope.message_id), made.envelope.recipients[0], self.me)
+
+    def _sent(self, made: _Made, policy: DeliveryPolicy, sent_us: int | None, dropped: str | None) -> None:
+        if dropped and self.traffic is not None:
+            self.traffic.cancel(str(made.envelope.message_id))
+        self._record_out(made, policy.qos, sent_us, dropped)
+
+    async def _send_out(self, made: _Made, policy: DeliveryPolicy, props: Properties | None) -> None:
+        self._expect(made)
         try:
-            sent_us, dropped = await self._send(made.topic, payload, policy, props, made.valid_until_us)
+            sent_us, dropped = await self._send(made.topic, made.payload, policy, props, made.valid_until_us)
         except BaseException:
             if self.traffic is not None:
-                self.traffic.cancel(str(env.message_id))
+                self.traffic.cancel(str(made.envelope.message_id))
             raise
-        if dropped and self.traffic is not None:
-            self.traffic.cancel(str(env.message_id))
-        self._record_out(made, policy.qos, sent_us, dropped)
-        return env
+        self._sent(made, policy, sent_us, dropped)
 
     async def publish_bytes(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int | None:
         """Send ``payload`` on ``topic`` as it is: no envelope, no checks, no exchange-log row. For
@@ -640,21 +698,9 @@ class Gateway:
                     return None, "gateway closed before the message could be sent"
                 await client.wait_ready(policy.qos)
                 continue
-            sent_us = self.now_us()
-            if valid_until_us is not None and sent_us > valid_until_us:
-                return None, "expired before it could be sent"
-            if props is None:
-                client.publish(topic, payload, policy.qos, policy.retain)
-            else:
-                client.publish(
-                    topic,
-                    payload,
-                    policy.qos,
-                    policy.retain,
-                    expiry_s=props.expiry_s,
-                    response_topic=props.response_topic,
-                    correlation=props.correlation,
-                )
+            sent_us, dropped = self._write(client, topic, payload, policy, props, valid_until_us)
+            if dropped:
+                return None, dropped
             self._burst += 1
             if self.broker.memory or self._burst >= BURST:
                 # let the loop run: the socket drains what was written, acknowledgements and arrivals are
@@ -663,6 +709,33 @@ class Gateway:
                 self._burst = 0
                 await asyncio.sleep(0)
             return sent_us, None
+
+    def _write(
+        self,
+        client: MqttConnection | MemoryClient,
+        topic: str,
+        payload: bytes,
+        policy: DeliveryPolicy,
+        props: Properties | None,
+        valid_until_us: int | None,
+    ) -> tuple[int | None, str | None]:
+        """Write one message on a connection that can take it now: (sent_us, None), or (None, why)."""
+        sent_us = self.now_us()
+        if valid_until_us is not None and sent_us > valid_until_us:
+            return None, "expired before it could be sent"
+        if props is None:
+            client.publish(topic, payload, policy.qos, policy.retain)
+        else:
+            client.publish(
+                topic,
+                payload,
+                policy.qos,
+                policy.retain,
+                expiry_s=props.expiry_s,
+                response_topic=props.response_topic,
+                correlation=props.correlation,
+            )
+        return sent_us, None
 
     def _record_out(self, made: _Made, qos: int, sent_us: int | None, dropped: str | None) -> None:
         env, topic, payload = made.envelope, made.topic, made.payload
@@ -748,13 +821,20 @@ class Gateway:
             body, req.sender, correlation_id=req.correlation_id or req.message_id, causation_id=req.message_id
         )
 
+    def reply_now(self, request: Received[Any], body: Body) -> Envelope:
+        """:meth:`reply` as a plain call (see :meth:`publish_now`)."""
+        req = request.envelope
+        return self.publish_now(
+            body, req.sender, correlation_id=req.correlation_id or req.message_id, causation_id=req.message_id
+        )
+
     # --- receiving ----------------------------------------------------------------------------
 
     def on(self, body_type: type[B], handler: Handler | None = None) -> Any:
         """Register a handler for a message type (usable as a decorator). An ``async`` handler handles
         each message in its own task, so it may itself send requests and wait for answers; a plain
-        function is called at once, on the receiving path (for bookkeeping that never waits: no task
-        per message)."""
+        function is called at once, on the receiving path, with no task per message: for handling that
+        never waits (bookkeeping, or an answer sent with :meth:`reply_now`)."""
 
         def register(fn: Handler) -> Handler:
             self._handlers[body_type.type_name].append(fn)
@@ -887,7 +967,7 @@ class Gateway:
             self.log.warning("my message was rejected", by=str(env.sender), code=msg.body.code, reason=msg.body.reason)
         if env.type == Heartbeat.type_name and env.reply_to is not None and env.causation_id is None:
             # a clock probe: answer at once with this host's time (see gateway.clocksync)
-            self.spawn(self.reply(msg, Heartbeat(sent_at=_dt(msg.received_us), interval_s=msg.body.interval_s)))
+            self.reply_now(msg, Heartbeat(sent_at=_dt(msg.received_us), interval_s=msg.body.interval_s))
             return
         if env.causation_id is not None:
             waiter = self._pending.get(env.causation_id)
@@ -954,4 +1034,4 @@ class Gateway:
             return
         if not self.notices.take(str(rej.sender), now_s):
             return
-        self.spawn(self.publish(rejection_notice(rej), rej.sender, causation_id=env.message_id if env else None))
+        self.publish_now(rejection_notice(rej), rej.sender, causation_id=env.message_id if env else None)
