@@ -9,8 +9,8 @@ On a Mosquitto of its own (the project's configuration: TCP_NODELAY). The stages
   request -> TSO write      the TSO's request(): envelope, serialisation, log row, MQTT PUBLISH handed over
   TSO write -> DSO arrival  broker hop (write, Mosquitto, read, MQTT parsing in the client, PUBACK)
   DSO checks                every check on arrival (``ArrivalCheck.check``: parse, validate, rights, time, replay)
-  DSO checks -> handler     log row, dispatch, the handler's task started by the loop
-  handler -> DSO write      the handler's reply(): envelope, serialisation, log row, PUBLISH handed over
+  DSO checks -> handler     log row, dispatch, the handler called
+  handler -> DSO write      the handler's reply_now(): envelope, serialisation, log row, PUBLISH handed over
   DSO write -> TSO arrival  broker hop back
   TSO checks                every check on arrival of the answer
   TSO checks -> returns     log row, the waiting request woken by the loop, request() returns
@@ -90,9 +90,9 @@ async def breakdown(url: str, n: int, warmup: int = 200) -> dict[str, float]:
         ):
 
             @dso.on(MeritOrderList)
-            async def validate(msg: Any) -> None:
+            def validate(msg: Any) -> None:  # as bench rtt's DSO: a plain call, no task per request
                 marks.append(time.perf_counter_ns())
-                await dso.reply(msg, answer)
+                dso.reply_now(msg, answer)
 
             for gw in (tso, dso):
                 client = gw._client

@@ -66,7 +66,8 @@ class DSO(Actor):
         gateway.on(MarketResult, self.on_market_result)
         gateway.on(FlexActivation, self.on_flex)
         gateway.on(PrequalificationForward, self.on_prequalification)
-        gateway.on(MeritOrderList, self.on_mol)
+        # without a configured delay the validation is answered at once, on the receiving path
+        gateway.on(MeritOrderList, self.on_mol_late if config.validation_delay_s else self.on_mol)
         gateway.on(Telemetry, self.on_telemetry)
         gateway.on(Schedule, self.on_schedule)
         gateway.on(CurtailmentRequest, self.on_curtailment)
@@ -74,15 +75,18 @@ class DSO(Actor):
 
     # --- what arrives ---------------------------------------------------------------------------
 
-    async def on_prequalification(self, msg: Received[PrequalificationForward]) -> None:
-        await self.gw.reply(msg, self.core.prequalify(msg.body))
+    def on_prequalification(self, msg: Received[PrequalificationForward]) -> None:
+        self.gw.reply_now(msg, self.core.prequalify(msg.body))
 
     async def on_schedule(self, msg: Received[Schedule]) -> None:
         await self.send(self.core.take_schedule(msg.body))
 
-    async def on_mol(self, msg: Received[MeritOrderList]) -> None:
-        if self.config.validation_delay_s:
-            await asyncio.sleep(self.config.validation_delay_s)
+    def on_mol(self, msg: Received[MeritOrderList]) -> None:
+        self.gw.reply_now(msg, self.core.validate(msg.body))
+
+    async def on_mol_late(self, msg: Received[MeritOrderList]) -> None:
+        """The validation after the configured delay (a slow DSO, for the TSO's timeouts)."""
+        await asyncio.sleep(self.config.validation_delay_s)
         await self.gw.reply(msg, self.core.validate(msg.body))
 
     async def on_bid(self, msg: Received[EnergyBid]) -> None:
@@ -104,8 +108,8 @@ class DSO(Actor):
         DSO acts on the curtailment requests that come with it."""
         self.log.info("system state", state=msg.body.state, since=msg.body.since.isoformat(), reason=msg.body.reason)
 
-    async def on_curtailment(self, msg: Received[CurtailmentRequest]) -> None:
-        await self.gw.reply(msg, self.core.curtail(msg.body))
+    def on_curtailment(self, msg: Received[CurtailmentRequest]) -> None:
+        self.gw.reply_now(msg, self.core.curtail(msg.body))
 
     # --- the run -----------------------------------------------------------------------------
 

@@ -176,8 +176,8 @@ async def run_rtt(
         ):
 
             @dso.on(MeritOrderList)
-            async def validate(msg: Any) -> None:
-                await dso.reply(msg, answer)
+            def validate(msg: Any) -> None:  # answers without waiting: a plain call, no task per request
+                dso.reply_now(msg, answer)
 
             # raw payloads of the same sizes as the gateway's wire messages
             req_env, req_bytes = tso.build(mol, DSO)
