@@ -110,7 +110,9 @@ class FaultyGateway(Gateway):
         self.fault = fault
         self._bad_sent = False
 
-    async def publish(self, body: Body, to: Party, **kw: Any) -> Envelope:
+    def _altered(self, body: Body, to: Party, kw: dict[str, Any]) -> Body | Envelope:
+        """The body to send in place of ``body`` (``kw`` altered in place), or the envelope of a message
+        that is counted but never sent."""
         if self.fault == "no-correlation" and kw.get("causation_id") is not None:
             kw["causation_id"] = kw["correlation_id"] = None
         if self.fault == "stale-telemetry" and isinstance(body, Telemetry) and (body.cycle or 0) % 3:
@@ -122,18 +124,36 @@ class FaultyGateway(Gateway):
                     "results": [r.model_copy(update={"upper_bound_mw": r.upper_bound_mw + 1000}) for r in body.results]
                 }
             )
-        env = await super().publish(body, to, **kw)
-        if self.fault == "bad-schema" and not self._bad_sent and body.type_name != "actor_state":
-            self._bad_sent = True
-            _, payload = self.build(body, to)
-            doc = json.loads(signing.split(payload)[0])
-            doc["body"]["colour"] = "blue"  # extra fields are refused by every body schema
-            bad = json.dumps(doc).encode()
-            await self.publish_bytes(
-                topic_for(self.me, body.type_name, to),
-                signing.sign(bad, self.signing_key) if self.signing_key else bad,
-                qos=self.policy[body.type_name].qos,
-            )
+        return body
+
+    def _bad_copy(self, body: Body, to: Party) -> tuple[str, bytes, int] | None:
+        """bad-schema: once, a copy of the first message with a field no schema has (topic, bytes, QoS)."""
+        if self.fault != "bad-schema" or self._bad_sent or body.type_name == "actor_state":
+            return None
+        self._bad_sent = True
+        _, payload = self.build(body, to)
+        doc = json.loads(signing.split(payload)[0])
+        doc["body"]["colour"] = "blue"  # extra fields are refused by every body schema
+        bad = json.dumps(doc).encode()
+        signed = signing.sign(bad, self.signing_key) if self.signing_key else bad
+        return topic_for(self.me, body.type_name, to), signed, self.policy[body.type_name].qos
+
+    async def publish(self, body: Body, to: Party, **kw: Any) -> Envelope:
+        altered = self._altered(body, to, kw)
+        if isinstance(altered, Envelope):
+            return altered
+        env = await super().publish(altered, to, **kw)
+        if bad := self._bad_copy(altered, to):
+            await self.publish_bytes(bad[0], bad[1], qos=bad[2])
+        return env
+
+    def publish_now(self, body: Body, to: Party, **kw: Any) -> Envelope:
+        altered = self._altered(body, to, kw)
+        if isinstance(altered, Envelope):
+            return altered
+        env = super().publish_now(altered, to, **kw)
+        if bad := self._bad_copy(altered, to):
+            self.spawn(self.publish_bytes(bad[0], bad[1], qos=bad[2]))
         return env
 
 
