@@ -567,7 +567,7 @@ class Gateway:
             reply_to=reply_to,
             message_id=message_id,
         )
-        props, taken = self._outgoing(made, policy, to)
+        props, taken = self._outgoing(made, policy)
         if not taken:
             await self._send_out(made, policy, props)
         return made.envelope
@@ -598,7 +598,7 @@ class Gateway:
             reply_to=reply_to,
             message_id=message_id,
         )
-        props, taken = self._outgoing(made, policy, to)
+        props, taken = self._outgoing(made, policy)
         if taken:
             return made.envelope
         client = self._client
@@ -610,9 +610,9 @@ class Gateway:
             self.spawn(self._send_out(made, policy, props))
         return made.envelope
 
-    def _outgoing(self, made: _Made, policy: DeliveryPolicy, to: Party) -> tuple[Properties | None, bool]:
+    def _outgoing(self, made: _Made, policy: DeliveryPolicy) -> tuple[Properties | None, bool]:
         """What every message passes before it is sent: the size limit, its MQTT 5 properties, the link
-        to ``to`` (lost, or in transit for a while). Returns the properties and whether the link took
+        to its recipient (lost, or in transit for a while). Returns the properties and whether the link took
         the message (then it is not to be sent now)."""
         if len(made.payload) > self.max_payload_bytes:
             raise PayloadTooLarge(
@@ -622,7 +622,7 @@ class Gateway:
         if self.links:
             # the link's state at the instant the message was made (the log's created_us), not a moment later
             made_s = (made.created_us - self.clock_offset_us) / 1e6
-            lost, delay = self.links.decide(self._me_str, str(to), made_s)
+            lost, delay = self.links.decide(self._me_str, str(made.envelope.recipients[0]), made_s)
             if lost:
                 self._record_out(made, policy.qos, None, lost)
                 return props, True
