@@ -158,6 +158,58 @@ async def test_a_plain_handler_answers_at_once_with_reply_now(broker, uid, tmp_p
     assert sorted(out) == sorted((str(a.envelope.causation_id), "sent") for a in answers)
 
 
+async def test_a_late_answer_to_an_earlier_attempt_ends_the_request(broker, uid):
+    """The DSO answers the first attempt only once the second has arrived: that late answer counts."""
+    p = parties(uid)
+    async with Gateway(p["tso"], broker.url) as tso, Gateway(p["dso"], broker.url) as dso:
+        seen: list = []
+
+        @dso.on(MeritOrderList)
+        def answer_the_first_late(msg):
+            seen.append(msg)
+            if len(seen) == 2:
+                dso.reply_now(seen[0], sample("mol_validation"))
+
+        answer = await tso.request(sample("merit_order_list"), p["dso"], timeout=1.0, retries=1)
+    assert len(seen) == 2
+    assert answer.envelope.causation_id == seen[0].envelope.message_id != seen[1].envelope.message_id
+
+
+async def test_a_cancelled_request_stops_waiting_and_the_gateway_serves_on(broker, uid):
+    """Cancelling a waiting request raises CancelledError at once (not a timeout later); the next
+    request is answered."""
+    p = parties(uid)
+    async with Gateway(p["tso"], broker.url) as tso, Gateway(p["dso"], broker.url) as dso:
+        arrived: list = []
+
+        @dso.on(MeritOrderList)
+        def answer_from_the_second_on(msg):
+            arrived.append(msg)
+            if len(arrived) > 1:
+                dso.reply_now(msg, sample("mol_validation"))
+
+        waiting = asyncio.create_task(tso.request(sample("merit_order_list"), p["dso"], timeout=30))
+        async with asyncio.timeout(10):
+            while not arrived:  # the request has reached the DSO, which does not answer it
+                await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, 5)
+        answer = await tso.request(sample("merit_order_list"), p["dso"], timeout=5)
+        assert answer.envelope.type == "mol_validation" and not tso.stats["failed"]
+
+
+async def test_a_plain_handler_that_returns_a_value_still_answers(broker, uid):
+    """``lambda msg: gw.reply_now(msg, answer)`` returns the answer's envelope: a plain handler's return
+    value is not used (not mistaken for a task to start), and the DSO keeps answering."""
+    p = parties(uid)
+    async with Gateway(p["tso"], broker.url) as tso, Gateway(p["dso"], broker.url) as dso:
+        dso.on(MeritOrderList, lambda msg: dso.reply_now(msg, sample("mol_validation")))
+        answers = [await tso.request(sample("merit_order_list"), p["dso"], timeout=5) for _ in range(2)]
+        assert [a.envelope.type for a in answers] == ["mol_validation"] * 2
+        assert not dso.stats["failed"] and dso.failed is None
+
+
 async def test_bad_input_is_rejected_with_its_own_reason_and_the_actor_keeps_serving(broker, uid, tmp_path):
     p = parties(uid)
     tso_id, dso = p["tso"], p["dso"]

@@ -114,6 +114,14 @@ def _us(dt) -> int:  # datetime -> µs since epoch (round: a float's x.999… mu
     return round(dt.timestamp() * 1_000_000)
 
 
+def _names(recipients: list[Party], party: Party) -> bool:
+    """``party`` is one of ``recipients`` (field by field; one recipient without a loop)."""
+    if len(recipients) == 1:
+        r = recipients[0]
+        return r.id == party.id and r.role == party.role
+    return any(r.id == party.id and r.role == party.role for r in recipients)
+
+
 @cache
 def _frame_model(type_name: str) -> Any:
     """``{"envelope": Envelope, "body": <the type's body>}`` as one model, or None for an unknown type."""
@@ -166,8 +174,9 @@ class ArrivalCheck:
         self.policy = policy
         self.skew_us = round(max_clock_skew_s * 1_000_000)
         self._limit_us = {t: round(p.validity_limit_s * 1_000_000) for t, p in policy.items()}
-        self._seen: dict[object, int] = {}  # message id -> first received_us (the replay window)
-        self._forget: list[tuple[int, object]] = []  # heap of (until_us, message id)
+        # the replay window, keyed by the message id's 128-bit integer (hashed in C; a UUID's hash is Python)
+        self._seen: dict[int, int] = {}  # message id -> first received_us
+        self._forget: list[tuple[int, int]] = []  # heap of (until_us, message id)
         self._last_sequence: dict[str, int] = {}  # topic -> last sequence number
 
     def _addressed_to_me(self, recipient: Party) -> bool:
@@ -217,7 +226,7 @@ class ArrivalCheck:
         # the replay window keeps the id until the message can no longer be accepted anyway: its
         # expiry, or the type's age limit
         self._remember(
-            env.message_id,
+            env.message_id.int,
             until_us if until_us is not None else created_us + self._limit_us.get(env.type, 0),
             received_us,
         )
@@ -285,7 +294,7 @@ class ArrivalCheck:
             env.sender.id != sender.id
             or env.sender.role != sender.role
             or env.type != parts.type
-            or not any(r.id == to.id and r.role == to.role for r in env.recipients)
+            or not _names(env.recipients, to)
         ):
             raise refuse(
                 RejectReason.TOPIC_MISMATCH,
@@ -331,7 +340,7 @@ class ArrivalCheck:
                 f"created {(received_us - created) / 1e6:.0f} s ago; a {env.type} is accepted for at most "
                 f"{limit / 1e6:g} s",
             )
-        first_seen = self._seen.get(env.message_id)
+        first_seen = self._seen.get(env.message_id.int)
         if first_seen is not None:
             # a QoS 1 copy sent again after a lost acknowledgement, or a replay: never acted on twice,
             # and not worth a notice (the sender of a copy has nothing to correct)
@@ -342,7 +351,7 @@ class ArrivalCheck:
             )
         return created, until
 
-    def _remember(self, mid: object, until_us: int, received_us: int) -> None:
+    def _remember(self, mid: int, until_us: int, received_us: int) -> None:
         """Keep the message id in the replay window until ``until_us`` (and the allowed skew)."""
         self._seen[mid] = received_us
         forget = self._forget
@@ -350,12 +359,12 @@ class ArrivalCheck:
         while forget and (forget[0][0] < received_us or len(self._seen) > self.dedup_window):
             self._seen.pop(heapq.heappop(forget)[1], None)
 
-    def preload(self, seen: Iterable[tuple[object, str, int, int]]) -> int:
+    def preload(self, seen: Iterable[tuple[uuid.UUID | str, str, int, int]]) -> int:
         """Restore the replay window after a restart: (message id, type, created_us, received_us) of
         messages delivered before (the exchange log keeps them). Returns how many are still in it."""
         forget = self._forget
         for mid, type_name, created_us, received_us in seen:
-            key = uuid.UUID(mid) if isinstance(mid, str) else mid
+            key = (uuid.UUID(mid) if isinstance(mid, str) else mid).int
             self._seen[key] = received_us
             heapq.heappush(forget, (created_us + self._limit_us.get(type_name, 0) + self.skew_us, key))
         return len(self._seen)

@@ -26,6 +26,7 @@ on connect and an 'offline' state as the MQTT will.
 
 import asyncio
 import contextlib
+import inspect
 import os
 import random
 import time
@@ -70,7 +71,7 @@ from tsodso.schemas.rights import Rights, default_rights
 from tsodso.schemas.topics import ALL, inbox_filters, topic_for
 
 B = TypeVar("B", bound=Body)
-Handler = Callable[[Received[Any]], Awaitable[None] | None]
+Handler = Callable[[Received[Any]], Any]  # async: awaited in its own task; plain: what it returns is not used
 
 SOFTWARE = "tsodso-testbed/0.1"
 BURST = 32  # messages written in a row before the sender lets the event loop run
@@ -167,6 +168,15 @@ def new_message_id() -> uuid.UUID:
     proves who sent a message): drawn from a generator seeded once from the OS, without a system call per
     message as ``uuid.uuid4`` makes."""
     return uuid.UUID(int=_ids.getrandbits(128), version=4)
+
+
+_validate_envelope = Envelope.__pydantic_validator__.validate_python
+
+
+def _time_out(answer: asyncio.Future[Any]) -> None:
+    """A request's time is up: its caller stops waiting (an answer that comes first wins)."""
+    if not answer.done():
+        answer.set_exception(TimeoutError())
 
 
 def _dt(us: int) -> datetime:
@@ -519,18 +529,22 @@ class Gateway:
         created_us = self.now_us()
         expiry = valid_for_s if valid_for_s is not None else self.policy[type_name].expiry_s
         until_us = created_us + round(expiry * 1_000_000) if expiry is not None else None
-        env = Envelope.model_construct(
-            message_id=message_id or new_message_id(),
-            type=type_name,
-            schema_version=SCHEMA_VERSION,
-            sender=self.me,
-            recipients=[to],
-            sequence=sequence,
-            created_at=_dt(created_us),
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            valid_until=_dt(until_us) if until_us is not None else None,
-            reply_to=reply_to,
+        # validated in pydantic-core, which costs fewer instructions than model_construct's Python loop
+        # (benchmarks/gateway_instructions.py): what this gateway sends follows the contract too
+        env = _validate_envelope(
+            {
+                "message_id": message_id or new_message_id(),
+                "type": type_name,
+                "schema_version": SCHEMA_VERSION,
+                "sender": self.me,
+                "recipients": [to],
+                "sequence": sequence,
+                "created_at": _dt(created_us),
+                "correlation_id": correlation_id,
+                "causation_id": causation_id,
+                "valid_until": _dt(until_us) if until_us is not None else None,
+                "reply_to": reply_to,
+            }
         )
         payload = encode(env, body)
         if self.signing_key is not None:
@@ -790,7 +804,7 @@ class Gateway:
         ids: list[uuid.UUID] = []
         try:
             for attempt in range(retries + 1):
-                if answer.cancelled():  # the last attempt timed out: a late answer to any attempt counts
+                if answer.done():  # the last attempt timed out: a late answer to any attempt counts
                     answer = loop.create_future()
                     for earlier in ids:
                         self._pending[earlier] = answer
@@ -801,11 +815,15 @@ class Gateway:
                 await self.publish(
                     body, to, correlation_id=correlation_id or ids[0], reply_to=reply_to, message_id=env_id
                 )
+                # one timer on the answer, not a timeout on the task (asyncio.timeout costs twice the
+                # instructions, benchmarks/gateway_instructions.py)
+                timer = loop.call_later(timeout, _time_out, answer)
                 try:
-                    async with asyncio.timeout(timeout):
-                        return await answer
+                    return await answer
                 except TimeoutError:
                     self.log.warning("request timed out", type=body.type_name, to=str(to), attempt=attempt + 1)
+                finally:
+                    timer.cancel()
             raise RequestTimeout(
                 f"no {response_type} from {to} within {timeout} s for {body.type_name} "
                 f"({retries + 1} attempt{'s' if retries else ''})"
@@ -834,7 +852,7 @@ class Gateway:
         """Register a handler for a message type (usable as a decorator). An ``async`` handler handles
         each message in its own task, so it may itself send requests and wait for answers; a plain
         function is called at once, on the receiving path, with no task per message: for handling that
-        never waits (bookkeeping, or an answer sent with :meth:`reply_now`)."""
+        never waits (bookkeeping, or an answer sent with :meth:`reply_now`); what it returns is not used."""
 
         def register(fn: Handler) -> Handler:
             self._handlers[body_type.type_name].append(fn)
@@ -979,7 +997,7 @@ class Gateway:
         if handlers:
             for handler in handlers:
                 result = handler(msg)
-                if result is not None:  # a coroutine: an async handler's own task
+                if result is not None and inspect.isawaitable(result):  # an async handler's own task
                     self.spawn(result)
         elif self._inbox is None and not self._keep_unhandled:
             self.stats["unhandled"] += 1

@@ -194,7 +194,7 @@ class ExchangeLog:
         self.flush_interval_s = flush_interval_s
         self.max_waiting_rows = max_waiting_rows
         self._pending: deque[tuple[Any, ...]] = deque()
-        self._kept: deque[tuple[str, str, int, bytes]] = deque()
+        self._kept: deque[tuple[Any, str, int, bytes]] = deque()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         try:
@@ -214,8 +214,9 @@ class ExchangeLog:
         self._pending.append(row)
 
     def keep(self, message_id: Any, type_name: str, sent_us: int, payload: bytes) -> None:
-        """Queue the payload of a sent message of one of ``KEPT_TYPES``."""
-        self._kept.append((str(message_id), type_name, sent_us, payload))
+        """Queue the payload of a sent message of one of ``KEPT_TYPES`` (the id as text or as its object:
+        the writer turns it into text)."""
+        self._kept.append((message_id, type_name, sent_us, payload))
 
     def flush(self) -> int:
         """Write everything queued so far; returns the number of rows written. Thread-safe. On a
@@ -224,13 +225,14 @@ class ExchangeLog:
         kept = _drain(self._kept)
         if not (batch or kept):
             return 0
+        kept_rows = [(m if type(m) is str else str(m), t, us, p) for m, t, us, p in kept]
         try:
             try:
-                self._write([_as_stored(row) for row in batch], kept)
+                self._write([_as_stored(row) for row in batch], kept_rows)
             except (sqlite3.InterfaceError, sqlite3.ProgrammingError):
                 # an object in a column the fast path does not look at (the transaction was rolled
                 # back): the batch again, every column looked at, rather than a writer that dies
-                self._write([_as_text(row) for row in batch], kept)
+                self._write([_as_text(row) for row in batch], kept_rows)
         except sqlite3.Error:
             self._pending.extendleft(reversed(batch))  # before anything queued meanwhile
             self._kept.extendleft(reversed(kept))
