@@ -267,6 +267,13 @@ class Lab:
     def down() -> None:
         """Remove every host and the switch of a lab on this machine (this one or one left behind)."""
         LOCK.unlink(missing_ok=True)
+        # the hosts' links first, each at once with its peer: deleting a namespace frees the links in it
+        # later, in the kernel's own time, and a lab built meanwhile would find their names taken
+        for line in _run(["ip", "-o", "link", "show"], check=False).stdout.splitlines():
+            fields = line.split(": ")
+            name = fields[1].split("@")[0] if len(fields) > 1 else ""
+            if name.startswith(PREFIX) and name != BRIDGE:
+                _run(["ip", "link", "del", name], check=False)
         listed = _run(["ip", "netns", "list"], check=False).stdout.split("\n")
         for line in listed:
             name = line.split(" ")[0]
