@@ -42,13 +42,13 @@ SET_UP = 1000  # messages made in every step case's set-up, whatever n (so that 
 
 
 def _steps(case: str, n: int) -> None:
-    from tsodso.gateway import DELIVERY_POLICY, DeliveryPolicy, ExchangeLog, Gateway
+    from tsodso.gateway import ExchangeLog, Gateway
     from tsodso.gateway.arrival import ArrivalCheck
     from tsodso.schemas.messages import MeritOrderList
     from tsodso.schemas.rights import default_rights
-    from tsodso.testbed.bench.rtt import DSO, TSO, sample_mol
+    from tsodso.testbed.bench.rtt import DSO, TSO, rtt_policy, sample_mol
 
-    policy = {**DELIVERY_POLICY, "merit_order_list": DeliveryPolicy(qos=1, expiry_s=900)}
+    policy = rtt_policy()
     log = ExchangeLog(Path(tempfile.mkdtemp()) / "steps.sqlite", run_id="steps", flush_interval_s=3600)
     tso = Gateway(TSO, "memory://steps", log=log, policy=policy)
     dso = Gateway(DSO, "memory://steps", log=log, policy=policy)
@@ -76,18 +76,14 @@ def _steps(case: str, n: int) -> None:
 
 
 async def _round_trips(case: str, n: int, url: str) -> None:
-    from tsodso.gateway import DELIVERY_POLICY, DeliveryPolicy, ExchangeLog, Gateway
+    from tsodso.gateway import ExchangeLog, Gateway
     from tsodso.gateway.connection import BrokerSpec
     from tsodso.gateway.mqtt import Incoming, MqttConnection
     from tsodso.schemas.messages import MeritOrderList
-    from tsodso.testbed.bench.rtt import DSO, TSO, sample_mol, sample_validation
+    from tsodso.testbed.bench.rtt import DSO, TSO, rtt_policy, sample_mol, sample_validation
 
     spec = BrokerSpec.parse(url)
-    policy = {
-        **DELIVERY_POLICY,
-        "merit_order_list": DeliveryPolicy(qos=1, expiry_s=900),
-        "mol_validation": DeliveryPolicy(qos=1, expiry_s=900),
-    }
+    policy = rtt_policy()
     mol = sample_mol()
     answer = sample_validation(mol)
     warmup = 20

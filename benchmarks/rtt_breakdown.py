@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from tsodso.broker import start_broker
-from tsodso.gateway import DELIVERY_POLICY, DeliveryPolicy, ExchangeLog, Gateway
+from tsodso.gateway import ExchangeLog, Gateway
 from tsodso.gateway.connection import BrokerSpec
 from tsodso.gateway.loop import run
 from tsodso.schemas.messages import MeritOrderList
-from tsodso.testbed.bench.rtt import DSO, TSO, run_rtt, sample_mol, sample_validation
+from tsodso.testbed.bench.rtt import DSO, TSO, rtt_policy, run_rtt, sample_mol, sample_validation
 
 STAGES = (
     "request -> TSO write",
@@ -73,11 +73,7 @@ def _checked(fn: Callable[..., Any], marks: list[int]) -> Callable[..., Any]:
 
 async def breakdown(url: str, n: int, warmup: int = 200) -> dict[str, float]:
     spec = BrokerSpec.parse(url)
-    policy = {
-        **DELIVERY_POLICY,
-        "merit_order_list": DeliveryPolicy(qos=1, expiry_s=900),
-        "mol_validation": DeliveryPolicy(qos=1, expiry_s=900),
-    }
+    policy = rtt_policy()
     mol = sample_mol()
     answer = sample_validation(mol)
     marks: list[int] = []

@@ -43,6 +43,15 @@ TSO = Party(role="tso", id="bench-tso")
 DSO = Party(role="dso", id="bench-dso")
 
 
+def rtt_policy(qos: int = 1) -> dict[str, DeliveryPolicy]:
+    """The delivery policy of the round trip: request and answer at ``qos``, valid 15 min."""
+    return {
+        **DELIVERY_POLICY,
+        "merit_order_list": DeliveryPolicy(qos=qos, expiry_s=900),
+        "mol_validation": DeliveryPolicy(qos=qos, expiry_s=900),
+    }
+
+
 def sample_mol(n_bids: int = 1) -> MeritOrderList:
     return MeritOrderList(
         mol_id="bench",
@@ -151,11 +160,7 @@ async def run_rtt(
         keys = signing.generate([str(TSO), str(DSO)])
         trust = Trust(signing.public_keys(keys))
         security = {p: {"signing_key": keys[str(p)], "trust": trust} for p in (TSO, DSO)}
-    policy = {
-        **DELIVERY_POLICY,
-        "merit_order_list": DeliveryPolicy(qos=qos, expiry_s=900),
-        "mol_validation": DeliveryPolicy(qos=qos, expiry_s=900),
-    }
+    policy = rtt_policy(qos)
     mol = sample_mol()
     answer = sample_validation(mol)
     answers: asyncio.Queue[Incoming] = asyncio.Queue()
